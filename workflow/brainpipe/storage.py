@@ -62,6 +62,16 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def portable_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Store text as variable-length strings, the string type the Zarr v3 spec defines.
+
+    Fixed-width numpy unicode (``<U7``) has no Zarr v3 specification; other
+    readers may not open it.
+    """
+    fixed = [name for name, var in ds.variables.items() if var.dtype.kind == "U"]
+    return ds.assign({name: ds[name].astype(object) for name in fixed}) if fixed else ds
+
+
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` to the Zarr store ``path`` atomically.
 
@@ -69,7 +79,7 @@ def write_zarr(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     chunks; attrs must be JSON-serialisable.
     """
     with atomic_path(path) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
+        portable_strings(ds).to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
     return Path(path)
 
 

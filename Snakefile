@@ -1,0 +1,30 @@
+# brainpipe: from a multi-subject brain dataset to evaluated encoding models.
+#
+#   snakemake --cores 2                    # the default config: embedded synthetic dataset
+#   snakemake --profile cluster            # on SLURM
+#
+# Rules are thin; the work is done by the `brainpipe` package in workflow/brainpipe.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/preprocess.smk"
+include: "rules/betas.smk"
+include: "rules/features.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/summary.tsv",
+        f"{RESULTS}/report.html",
+    default_target: True

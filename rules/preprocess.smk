@@ -1,0 +1,20 @@
+# Mask, detrend, high-pass and convert to percent signal change (nilearn).
+
+
+rule preprocess:
+    input:
+        data=DATA,
+        manifest=f"{RESULTS}/inputs_manifest.json",
+    output:
+        preproc=directory(f"{RESULTS}/sub-{{subject}}/preproc.zarr"),
+    params:
+        sessions=config["sessions"],
+        runs=config["runs"],
+        task=config["task"],
+        options=config.get("preprocess", {}),
+    log:
+        f"{LOGS}/preprocess/sub-{{subject}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/preprocess.py"

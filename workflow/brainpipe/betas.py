@@ -1,0 +1,212 @@
+"""Single-trial betas by least squares — all (LSA): one regressor per trial.
+
+The solver works on arrays and is vectorised over voxels (one pseudo-inverse of
+the design per run, applied to blocks of voxels); :func:`estimate_subject_betas`
+streams a subject's runs from ``preproc.zarr`` and writes ``betas.zarr`` as
+the storage contract in DESIGN.md describes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from brainpipe.bids import BidsLayout, RunKey, read_events
+from brainpipe.design import FINE_DT, trial_regressors
+from brainpipe.hrf import canonical_hrf
+from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling
+from brainpipe.storage import atomic_path, open_zarr, portable_strings, provenance_attrs
+
+log = logging.getLogger(__name__)
+
+
+def lsa_design(onsets: np.ndarray, durations: np.ndarray, n_scans: int, tr: float) -> np.ndarray:
+    """LSA design of one run: trial regressors (canonical HRF), then intercept and linear trend.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_scans, n_trials + 2)
+    """
+    trials = trial_regressors(onsets, durations, n_scans, tr, canonical_hrf(FINE_DT))
+    t = np.linspace(-1.0, 1.0, n_scans)
+    return np.column_stack([trials, np.ones(n_scans), t])
+
+
+def fit_lsa(
+    data: np.ndarray, design: np.ndarray, n_trials: int, voxel_chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares betas of every voxel for one run.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (n_scans, n_voxels)
+        Preprocessed signal (percent signal change).
+    design : numpy.ndarray, shape (n_scans, n_regressors)
+        Design whose first ``n_trials`` columns are the trials.
+    n_trials : int
+        Number of trial columns.
+    voxel_chunk : int
+        Voxels per block, bounding the temporary memory.
+
+    Returns
+    -------
+    betas : numpy.ndarray, shape (n_trials, n_voxels), float32
+    r2 : numpy.ndarray, shape (n_voxels,), float32
+        Variance of the run explained by the full design, per voxel (0 for
+        constant voxels).
+    """
+    if design.shape[0] != data.shape[0]:
+        raise ValueError(f"design has {design.shape[0]} scans but data has {data.shape[0]}")
+    # One pseudo-inverse per run, shared by all voxels.
+    pinv = np.linalg.pinv(design.astype(np.float64))
+    n_voxels = data.shape[1]
+    betas = np.empty((n_trials, n_voxels), dtype=np.float32)
+    r2 = np.zeros(n_voxels, dtype=np.float32)
+    for start in range(0, n_voxels, voxel_chunk):
+        block = np.asarray(data[:, start : start + voxel_chunk], dtype=np.float64)
+        coef = pinv @ block
+        resid = block - design @ coef
+        total = ((block - block.mean(axis=0)) ** 2).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r2_block = np.where(total > 0, 1.0 - (resid**2).sum(axis=0) / total, 0.0)
+        betas[:, start : start + voxel_chunk] = coef[:n_trials]
+        r2[start : start + voxel_chunk] = r2_block
+    return betas, r2
+
+
+def roi_membership(layout: BidsLayout, subject: str, rois: list[str]) -> dict[str, np.ndarray]:
+    """Boolean ROI membership per brain voxel (brain-mask C order), one array per ROI."""
+    mask = np.asarray(nib.load(layout.brain_mask(subject)).dataobj) > 0
+    return {
+        roi: (np.asarray(nib.load(layout.roi_mask(subject, roi)).dataobj) > 0)[mask] for roi in rois
+    }
+
+
+def zscore_by_session(betas: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    """Z-score each voxel's betas within each session (constant voxels become 0)."""
+    out = np.empty_like(betas, dtype=np.float32)
+    for ses in np.unique(sessions):
+        sel = sessions == ses
+        block = betas[sel]
+        sd = block.std(axis=0)
+        sd[sd == 0] = 1.0
+        out[sel] = (block - block.mean(axis=0)) / sd
+    return out
+
+
+def estimate_subject_betas(
+    preproc_path: str | Path,
+    layout: BidsLayout,
+    subject: str,
+    runs: list[RunKey],
+    rois: list[str],
+    out_path: str | Path,
+    voxel_chunk: int = 4096,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Estimate LSA betas for every run of a subject and write ``betas.zarr`` atomically.
+
+    The store holds ``betas(trial, voxel)`` float32 in % signal change, with
+    trial coords ``stimulus, session, run, onset``, voxel coords ``i, j, k, x,
+    y, z``, boolean ``roi_<name>(voxel)`` coords, and per-voxel ``r2``,
+    ``hrf_index``, ``ncsnr``, ``nc_1trial`` and ``nc_3trial`` (% variance).
+    Trials are chunked by session and voxels by ``voxel_chunk``.
+    """
+    preproc = open_zarr(preproc_path)
+    tr = float(preproc.attrs["tr"])
+    n_voxels = preproc.sizes["voxel"]
+    per_run = []
+    for key in runs:
+        events = read_events(layout.events(key))
+        per_run.append((key, events))
+    trial_session = np.concatenate([np.full(len(ev), k.session) for k, ev in per_run])
+    n_trials = len(trial_session)
+    session_sizes = [int((trial_session == s).sum()) for s in dict.fromkeys(trial_session)]
+    trial_chunk = max(session_sizes)
+    roi_coords = {
+        f"roi_{name}": ("voxel", member)
+        for name, member in roi_membership(layout, subject, rois).items()
+    }
+    template = xr.Dataset(
+        {
+            "betas": (
+                ("trial", "voxel"),
+                da.zeros((n_trials, n_voxels), dtype=np.float32, chunks=(trial_chunk, voxel_chunk)),
+            ),
+            "r2": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
+            "hrf_index": ("voxel", da.zeros(n_voxels, dtype=np.int16, chunks=voxel_chunk)),
+            "ncsnr": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
+            "nc_1trial": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
+            "nc_3trial": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
+        },
+        coords={
+            "stimulus": (
+                "trial",
+                np.concatenate([ev["stimulus"].to_numpy(str) for _, ev in per_run]),
+            ),
+            "session": ("trial", trial_session),
+            "run": ("trial", np.concatenate([np.full(len(ev), k.run) for k, ev in per_run])),
+            "onset": ("trial", np.concatenate([ev["onset"].to_numpy(float) for _, ev in per_run])),
+            **{c: ("voxel", preproc[c].values) for c in ("i", "j", "k", "x", "y", "z")},
+            **roi_coords,
+        },
+        attrs={
+            **{k: preproc.attrs[k] for k in ("subject", "affine", "volume_shape", "space", "tr")},
+            "units": "percent signal change",
+            "method": "lsa",
+            "hrf_library": ["canonical (SPM double gamma)"],
+            "stage": "betas",
+            **provenance_attrs(config),
+        },
+    )
+    r2_sum = np.zeros(n_voxels, dtype=np.float64)
+    with atomic_path(out_path) as tmp:
+        portable_strings(template).to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
+        start = 0
+        session_betas: list[np.ndarray] = []
+        for n, (key, events) in enumerate(tqdm(per_run, desc=f"betas sub-{subject}", unit="run")):
+            sel = (preproc["session"] == key.session) & (preproc["run"] == key.run)
+            data = preproc["bold"].isel(time=np.flatnonzero(sel.values)).values
+            design = lsa_design(
+                events["onset"].to_numpy(), events["duration"].to_numpy(), data.shape[0], tr
+            )
+            betas, r2 = fit_lsa(data, design, len(events), voxel_chunk)
+            r2_sum += r2
+            session_betas.append(betas)
+            last_of_session = n + 1 == len(per_run) or per_run[n + 1][0].session != key.session
+            if last_of_session:
+                block = np.concatenate(session_betas)
+                xr.Dataset({"betas": (("trial", "voxel"), block)}).to_zarr(
+                    tmp,
+                    region={"trial": slice(start, start + len(block)), "voxel": slice(None)},
+                    safe_chunks=False,
+                )
+                start += len(block)
+                session_betas = []
+            log.info("sub-%s %s: %d trials", subject, key, len(events))
+        written = xr.open_zarr(tmp, consolidated=True)
+        ncsnr = np.zeros(n_voxels, dtype=np.float32)
+        stimuli = written["stimulus"].values
+        for v0 in range(0, n_voxels, voxel_chunk):
+            block = written["betas"][:, v0 : v0 + voxel_chunk].values
+            ncsnr[v0 : v0 + voxel_chunk] = ncsnr_from_repeats(
+                zscore_by_session(block, trial_session), stimuli
+            )
+        per_voxel = xr.Dataset(
+            {
+                "r2": ("voxel", (r2_sum / len(per_run)).astype(np.float32)),
+                "hrf_index": ("voxel", np.zeros(n_voxels, dtype=np.int16)),
+                "ncsnr": ("voxel", ncsnr),
+                "nc_1trial": ("voxel", noise_ceiling(ncsnr, 1).astype(np.float32)),
+                "nc_3trial": ("voxel", noise_ceiling(ncsnr, 3).astype(np.float32)),
+            }
+        )
+        per_voxel.to_zarr(tmp, region={"voxel": slice(None)})
+    return Path(out_path)

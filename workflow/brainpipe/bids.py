@@ -1,0 +1,173 @@
+"""Paths and readers for a BIDS dataset laid out as brainpipe expects.
+
+Raw runs follow BIDS (``sub-*/ses-*/func/*_bold.nii.gz`` with ``_bold.json``
+sidecars and ``_events.tsv``); brain masks, ROI masks and stimuli sit in the
+places the embedded synthetic dataset uses, which real-dataset ingest
+reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from brainpipe.errors import BrainpipeInputError
+
+#: Columns every events.tsv must have.
+EVENTS_COLUMNS = ("onset", "duration", "trial_type", "stimulus")
+#: Columns the stimuli table must have.
+STIMULI_COLUMNS = ("stimulus", "image", "caption", "shared")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One functional run of one subject."""
+
+    subject: str
+    session: str
+    run: str
+
+
+@dataclass(frozen=True)
+class BidsLayout:
+    """Where each file of a dataset lives.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root (holds ``dataset_description.json``).
+    task : str
+        BIDS task label of the functional runs.
+    """
+
+    root: Path
+    task: str = "images"
+
+    def _func_stem(self, key: RunKey) -> Path:
+        name = f"sub-{key.subject}_ses-{key.session}_task-{self.task}_run-{key.run}"
+        return Path(self.root, f"sub-{key.subject}", f"ses-{key.session}", "func", name)
+
+    def bold(self, key: RunKey) -> Path:
+        """The 4D BOLD NIfTI of a run."""
+        return self._func_stem(key).with_name(self._func_stem(key).name + "_bold.nii.gz")
+
+    def sidecar(self, key: RunKey) -> Path:
+        """The JSON sidecar of a run's BOLD file."""
+        return self._func_stem(key).with_name(self._func_stem(key).name + "_bold.json")
+
+    def events(self, key: RunKey) -> Path:
+        """The events.tsv of a run."""
+        return self._func_stem(key).with_name(self._func_stem(key).name + "_events.tsv")
+
+    def brain_mask(self, subject: str) -> Path:
+        """The subject's brain mask in functional space."""
+        return Path(
+            self.root, f"sub-{subject}", "anat", f"sub-{subject}_space-synth_desc-brain_mask.nii.gz"
+        )
+
+    def roi_mask(self, subject: str, roi: str) -> Path:
+        """A binary ROI mask in the subject's functional space."""
+        return Path(
+            self.root,
+            "derivatives",
+            "rois",
+            f"sub-{subject}",
+            f"sub-{subject}_space-synth_roi-{roi}_mask.nii.gz",
+        )
+
+    @property
+    def stimuli_dir(self) -> Path:
+        """Folder holding the stimulus images and their table."""
+        return Path(self.root, "stimuli")
+
+    @property
+    def stimuli_table(self) -> Path:
+        """The table of stimuli: id, image path, caption, shared flag."""
+        return self.stimuli_dir / "stimuli.tsv"
+
+
+def run_keys(subject: str, sessions: list[str], runs: list[str]) -> list[RunKey]:
+    """All runs of a subject, in acquisition order."""
+    return [RunKey(subject, ses, run) for ses in sessions for run in runs]
+
+
+def read_events(path: str | Path) -> pd.DataFrame:
+    """Read and check an events.tsv.
+
+    Returns the stimulus trials (``trial_type`` other than blanks) sorted by
+    onset, with ``onset`` and ``duration`` as float and ``stimulus`` as str.
+
+    Raises
+    ------
+    BrainpipeInputError
+        If a column is missing, a value is not numeric or is negative, or a
+        stimulus trial has no stimulus id.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BrainpipeInputError(path, "<file>", "events file is missing")
+    events = pd.read_csv(path, sep="\t", dtype={"stimulus": str, "trial_type": str})
+    missing = [c for c in EVENTS_COLUMNS if c not in events.columns]
+    if missing:
+        raise BrainpipeInputError(
+            path,
+            missing[0],
+            f"column is missing (has {list(events.columns)}, needs {list(EVENTS_COLUMNS)})",
+        )
+    for col in ("onset", "duration"):
+        values = pd.to_numeric(events[col], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise BrainpipeInputError(
+                path, col, f"row {row + 1}: expected a number, got {events[col].iloc[row]!r}"
+            )
+        negative = values < 0
+        if negative.any():
+            row = int(negative.to_numpy().nonzero()[0][0])
+            raise BrainpipeInputError(
+                path, col, f"row {row + 1}: must be >= 0, got {float(values.iloc[row])}"
+            )
+        events[col] = values.astype(float)
+    no_stim = events["stimulus"].isna() | (events["stimulus"].str.strip() == "")
+    if no_stim.any():
+        row = int(no_stim.to_numpy().nonzero()[0][0])
+        raise BrainpipeInputError(path, "stimulus", f"row {row + 1}: stimulus id is empty")
+    return events.sort_values("onset", kind="stable").reset_index(drop=True)
+
+
+def read_tr(sidecar: str | Path) -> float:
+    """Repetition time in seconds from a BOLD JSON sidecar."""
+    sidecar = Path(sidecar)
+    if not sidecar.exists():
+        raise BrainpipeInputError(sidecar, "<file>", "BOLD sidecar is missing")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise BrainpipeInputError(sidecar, "<file>", f"not valid JSON ({err})") from err
+    tr = meta.get("RepetitionTime")
+    if not isinstance(tr, int | float) or isinstance(tr, bool) or tr <= 0:
+        raise BrainpipeInputError(
+            sidecar, "RepetitionTime", f"expected a positive number of seconds, got {tr!r}"
+        )
+    return float(tr)
+
+
+def read_stimuli(path: str | Path) -> pd.DataFrame:
+    """Read and check the stimuli table (one row per stimulus id)."""
+    path = Path(path)
+    if not path.exists():
+        raise BrainpipeInputError(path, "<file>", "stimuli table is missing")
+    table = pd.read_csv(path, sep="\t", dtype={"stimulus": str, "image": str, "caption": str})
+    missing = [c for c in STIMULI_COLUMNS if c not in table.columns]
+    if missing:
+        raise BrainpipeInputError(path, missing[0], "column is missing")
+    dup = table["stimulus"].duplicated()
+    if dup.any():
+        raise BrainpipeInputError(
+            path, "stimulus", f"duplicate stimulus id {table['stimulus'][dup].iloc[0]!r}"
+        )
+    return table

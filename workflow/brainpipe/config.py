@@ -1,0 +1,93 @@
+"""Config validation against the JSON schema, with errors that name the key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from brainpipe.errors import BrainpipeInputError
+
+#: The schema shipped with the workflow.
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the config JSON schema (written as YAML)."""
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    value = error.instance
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"expected {expected}, got {shown} ({type(value).__name__})"
+    if error.validator == "additionalProperties":
+        return f"unknown key(s): {error.message.split('(')[-1].rstrip(')')}"
+    if error.validator == "required":
+        return error.message
+    return f"{error.message} (got {shown})"
+
+
+def validate_config(
+    config: Mapping[str, Any], schema: Mapping[str, Any] | None = None, source: str = "config"
+) -> None:
+    """Validate ``config`` against the schema.
+
+    Parameters
+    ----------
+    config : mapping
+        The workflow configuration.
+    schema : mapping, optional
+        The JSON schema; defaults to ``config/schemas/config.schema.yaml``.
+    source : str
+        How to name the config in messages (its file, usually).
+
+    Raises
+    ------
+    BrainpipeInputError
+        For the first problem found (deepest path first), naming the key, the
+        value received and what was expected.
+    """
+    schema = load_schema() if schema is None else schema
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: (-len(e.path), str(e.path)))
+    if errors:
+        err = errors[0]
+        raise BrainpipeInputError(source, _key_path(err), _describe(err))
+
+
+def result_locations(config: Mapping[str, Any]) -> dict[str, str]:
+    """Where the summary, the report and the stores of a config's run are."""
+    results = f"{config['results_dir']}/{config['dataset']}"
+    return {
+        "summary": f"{results}/summary.tsv",
+        "report": f"{results}/report.html",
+        "stores": f"{results}/sub-*/betas.zarr, {results}/features/*.zarr, {results}/models/",
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Validate a config; print where its results go.")
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--where", action="store_true", help="print result locations")
+    args = parser.parse_args()
+    with open(args.config) as fh:
+        cfg = yaml.safe_load(fh)
+    validate_config(cfg, source=str(args.config))
+    if args.where:
+        for name, location in result_locations(cfg).items():
+            print(f"{name:>8}: {location}")

@@ -1,0 +1,13 @@
+from brainpipe.bids import BidsLayout
+from brainpipe.features.pca import build_feature_store
+from brainpipe.logs import log_to
+
+with log_to(snakemake.log[0]):
+    build_feature_store(
+        snakemake.wildcards.features,
+        BidsLayout(snakemake.input.data).stimuli_table,
+        snakemake.input.splits,
+        snakemake.output.features,
+        n_components=snakemake.params.n_components,
+        config=snakemake.config,
+    )

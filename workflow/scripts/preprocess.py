@@ -1,0 +1,15 @@
+from brainpipe.bids import BidsLayout, run_keys
+from brainpipe.logs import log_to
+from brainpipe.preprocess import preprocess_subject
+
+with log_to(snakemake.log[0]):
+    p = snakemake.params
+    subject = snakemake.wildcards.subject
+    preprocess_subject(
+        BidsLayout(snakemake.input.data, p.task),
+        subject,
+        run_keys(subject, p.sessions, p.runs),
+        snakemake.output.preproc,
+        config=snakemake.config,
+        **p.options,
+    )

@@ -1,0 +1,6 @@
+from brainpipe.bids import BidsLayout
+from brainpipe.logs import log_to
+from brainpipe.splits import make_splits
+
+with log_to(snakemake.log[0]):
+    make_splits(BidsLayout(snakemake.input.data).stimuli_table, snakemake.output.splits)
