@@ -168,7 +168,9 @@ def estimate_subject_betas(
     )
     r2_sum = np.zeros(n_voxels, dtype=np.float64)
     with atomic_path(out_path) as tmp:
-        portable_strings(template).to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
+        portable_strings(template).to_zarr(
+            tmp, mode="w", compute=False, zarr_format=3, consolidated=True
+        )
         start = 0
         session_betas: list[np.ndarray] = []
         for n, (key, events) in enumerate(tqdm(per_run, desc=f"betas sub-{subject}", unit="run")):

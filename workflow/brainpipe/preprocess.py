@@ -148,7 +148,9 @@ def preprocess_subject(
         },
     )
     with atomic_path(out_path) as tmp:
-        portable_strings(template).to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
+        portable_strings(template).to_zarr(
+            tmp, mode="w", compute=False, zarr_format=3, consolidated=True
+        )
         for n, key in enumerate(tqdm(runs, desc=f"preprocess sub-{subject}", unit="run")):
             tr = read_tr(layout.sidecar(key))
             data = masking.apply_mask(
