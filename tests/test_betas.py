@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from nilearn.glm.first_level import compute_regressor
+
 from brainpipe.betas import fit_lsa, lsa_design, zscore_by_session
 from brainpipe.design import trial_regressors
 from brainpipe.hrf import canonical_hrf
-from nilearn.glm.first_level import compute_regressor
 
 TR = 1.6
 

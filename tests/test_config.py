@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from brainpipe.config import validate_config
 from brainpipe.errors import BrainpipeInputError
 

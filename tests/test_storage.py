@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+
 from brainpipe.storage import atomic_path, config_hash, open_zarr, write_text_atomic, write_zarr
 
 

@@ -22,7 +22,13 @@ from brainpipe.bids import BidsLayout, RunKey, read_events
 from brainpipe.design import FINE_DT, trial_regressors
 from brainpipe.hrf import canonical_hrf
 from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling
-from brainpipe.storage import atomic_path, open_zarr, portable_strings, provenance_attrs
+from brainpipe.storage import (
+    atomic_path,
+    open_zarr,
+    portable_strings,
+    provenance_attrs,
+    quiet_consolidated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +173,7 @@ def estimate_subject_betas(
         },
     )
     r2_sum = np.zeros(n_voxels, dtype=np.float64)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, quiet_consolidated():
         portable_strings(template).to_zarr(
             tmp, mode="w", compute=False, zarr_format=3, consolidated=True
         )

@@ -20,7 +20,7 @@ from nilearn import masking, signal
 from tqdm.auto import tqdm
 
 from brainpipe.bids import BidsLayout, RunKey, read_tr
-from brainpipe.storage import atomic_path, portable_strings, provenance_attrs
+from brainpipe.storage import atomic_path, portable_strings, provenance_attrs, quiet_consolidated
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def preprocess_subject(
             **provenance_attrs(config),
         },
     )
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, quiet_consolidated():
         portable_strings(template).to_zarr(
             tmp, mode="w", compute=False, zarr_format=3, consolidated=True
         )

@@ -11,11 +11,13 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from brainpipe import __version__
@@ -33,6 +35,18 @@ def provenance_attrs(config: Mapping[str, Any] | None = None) -> dict[str, str]:
         "brainpipe_version": __version__,
         "config_hash": config_hash(config or {}),
     }
+
+
+@contextmanager
+def quiet_consolidated():
+    """Silence zarr's notice that consolidated metadata is outside the v3 spec.
+
+    We keep consolidated metadata because it makes opening a store one read,
+    which matters on object stores; zarr-python reads and writes it fine.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
 
 
 @contextmanager
@@ -78,7 +92,7 @@ def write_zarr(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     Chunking is taken from each variable's ``encoding["chunks"]`` or its Dask
     chunks; attrs must be JSON-serialisable.
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, quiet_consolidated():
         portable_strings(ds).to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
     return Path(path)
 
@@ -88,7 +102,16 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: Zarr store does not exist")
-    return xr.open_zarr(path, consolidated=True)
+    ds = xr.open_zarr(path, consolidated=True)
+    # Zarr v3 strings come back as numpy's StringDType, which much of numpy and
+    # pandas cannot cast yet; labels are small, so hand them out as plain str.
+    text = [name for name, var in ds.coords.items() if var.dtype.kind == "T"]
+    return ds.assign_coords(
+        {
+            name: (ds[name].dims, np.asarray(ds[name].values, dtype=object).astype(str))
+            for name in text
+        }
+    )
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:

@@ -1,0 +1,262 @@
+"""PCA fitted on training stimuli only, and the Zarr feature store builder.
+
+Leakage rule (see DESIGN.md, "Splits and leakage"): the PCA mean and components, and
+anything a feature model fits, see the training stimuli only. Changing test stimuli
+changes their scores but never the fitted transform.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.features import check_columns, get_feature_model, required_columns
+from brainpipe.storage import provenance_attrs, write_zarr
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+STIMULUS_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class PCAParams:
+    """A fitted PCA.
+
+    Attributes
+    ----------
+    mean : ndarray of float64, shape (n_raw_features,)
+        Mean of the training features.
+    components : ndarray of float64, shape (n_components, n_raw_features)
+        Orthonormal principal axes (rows), by decreasing explained variance. Signs are
+        fixed so that each row's largest-magnitude loading is positive (deterministic).
+    explained_variance_ratio : ndarray of float64, shape (n_components,)
+        Fraction of the training variance each component explains.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance_ratio: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return int(self.components.shape[0])
+
+
+def fit_pca(X_train: np.ndarray, n_components: int) -> PCAParams:
+    """Fit PCA on training features by a thin SVD of the centred data.
+
+    Parameters
+    ----------
+    X_train : ndarray, shape (n_train, n_raw_features)
+        Raw features of the training stimuli only.
+    n_components : int
+        Requested number of components; capped at ``min(n_train - 1, n_raw_features)``.
+
+    Returns
+    -------
+    params : PCAParams
+    """
+    X = np.asarray(X_train, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X_train must be 2-D (n_train, n_raw_features), got shape {X.shape}")
+    n, p = X.shape
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 training stimuli, got {n}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X_train contains NaN or infinite values")
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    k = int(min(n_components, n - 1, p))
+    mean = X.mean(axis=0)
+    Xc = X - mean
+    _, s, vt = np.linalg.svd(Xc, full_matrices=False)
+    components = vt[:k]
+    # deterministic signs: largest |loading| of each component positive
+    idx = np.argmax(np.abs(components), axis=1)
+    signs = np.sign(components[np.arange(k), idx])
+    signs[signs == 0] = 1.0
+    components = components * signs[:, None]
+    total = float(np.sum(s**2))
+    evr = (s[:k] ** 2) / total if total > 0 else np.zeros(k)
+    return PCAParams(
+        mean=mean,
+        components=np.ascontiguousarray(components),
+        explained_variance_ratio=evr,
+    )
+
+
+def transform(params: PCAParams, X: np.ndarray) -> np.ndarray:
+    """Project features onto fitted components.
+
+    Parameters
+    ----------
+    params : PCAParams
+    X : ndarray, shape (n_stimuli, n_raw_features)
+
+    Returns
+    -------
+    scores : ndarray of float32, shape (n_stimuli, n_components)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != params.mean.shape[0]:
+        raise ValueError(
+            f"X must have shape (n_stimuli, {params.mean.shape[0]}), got {X.shape}"
+        )
+    return ((X - params.mean) @ params.components.T).astype(np.float32)
+
+
+def read_stimuli_and_splits(
+    stimuli_tsv: Path, splits_tsv: Path, columns: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Read the stimuli table and attach each stimulus's split.
+
+    Parameters
+    ----------
+    stimuli_tsv : Path
+        Tab-separated table with a ``stimulus`` column (unique) plus ``columns``.
+    splits_tsv : Path
+        Tab-separated table with columns ``stimulus`` and ``split`` ("train" or "test").
+    columns : tuple of str
+        Further columns of ``stimuli_tsv`` that must be present.
+
+    Returns
+    -------
+    stimuli : DataFrame
+        The stimuli table in file order with a ``split`` column added; stimuli that have
+        no row in the splits table get split ``"unassigned"`` (never fitted on).
+        ``stimuli.attrs["source"]`` holds the path for error messages.
+
+    Raises
+    ------
+    BrainpipeInputError
+        Missing file or column, duplicate stimulus, unknown split value, or a stimulus in
+        the splits table without a row in the stimuli table.
+    """
+    stimuli_tsv, splits_tsv = Path(stimuli_tsv), Path(splits_tsv)
+    for path in (stimuli_tsv, splits_tsv):
+        if not path.is_file():
+            raise BrainpipeInputError(str(path), "(file)", "file does not exist")
+    stim = pd.read_csv(stimuli_tsv, sep="\t", dtype={"stimulus": str}, keep_default_na=False)
+    check_columns(stim, ["stimulus", *columns], stimuli_tsv)
+    dup = stim["stimulus"][stim["stimulus"].duplicated()]
+    if len(dup):
+        raise BrainpipeInputError(
+            str(stimuli_tsv), "stimulus", f"duplicate stimulus ids, e.g. {dup.iloc[0]!r}"
+        )
+    splits = pd.read_csv(splits_tsv, sep="\t", dtype=str, keep_default_na=False)
+    check_columns(splits, ["stimulus", "split"], splits_tsv)
+    dup = splits["stimulus"][splits["stimulus"].duplicated()]
+    if len(dup):
+        raise BrainpipeInputError(
+            str(splits_tsv), "stimulus", f"stimulus {dup.iloc[0]!r} appears more than once"
+        )
+    bad = splits.loc[~splits["split"].isin(SPLITS), "split"]
+    if len(bad):
+        raise BrainpipeInputError(
+            str(splits_tsv), "split", f"got {bad.iloc[0]!r}, expected one of {list(SPLITS)}"
+        )
+    unknown = splits.loc[~splits["stimulus"].isin(stim["stimulus"]), "stimulus"]
+    if len(unknown):
+        raise BrainpipeInputError(
+            str(splits_tsv),
+            "stimulus",
+            f"{len(unknown)} stimulus id(s) have no row in {stimuli_tsv}, "
+            f"e.g. {unknown.iloc[0]!r}",
+        )
+    split_of = dict(zip(splits["stimulus"], splits["split"], strict=True))
+    stim = stim.copy()
+    stim["split"] = [split_of.get(s, "unassigned") for s in stim["stimulus"]]
+    n_unassigned = int((stim["split"] == "unassigned").sum())
+    if n_unassigned:
+        log.warning("%d stimuli in %s have no split in %s; marked 'unassigned'",
+                    n_unassigned, stimuli_tsv, splits_tsv)
+    stim.attrs["source"] = str(stimuli_tsv)
+    return stim
+
+
+def build_feature_store(
+    feature_model: str,
+    stimuli_tsv: Path,
+    splits_tsv: Path,
+    out_path: Path,
+    n_components: int,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Extract features, fit PCA on the training stimuli, write the Zarr feature store.
+
+    Parameters
+    ----------
+    feature_model : str
+        Name in :data:`brainpipe.features.FEATURE_MODELS`.
+    stimuli_tsv : Path
+        ``stimuli/stimuli.tsv``; image paths are relative to its folder.
+    splits_tsv : Path
+        ``splits.tsv`` (stimulus → "train" / "test").
+    out_path : Path
+        Zarr store to write (atomically).
+    n_components : int
+        Requested PCA components (capped at ``n_train - 1`` and the raw feature count).
+    config : dict, optional
+        Config whose hash goes into the provenance attributes.
+
+    Returns
+    -------
+    out_path : Path
+        The store, with ``features(stimulus, feature)`` float32 (PCA scores of all
+        stimuli), ``pca_mean(raw_feature)``, ``pca_components(feature, raw_feature)``,
+        ``explained_variance_ratio(feature)``, coords ``stimulus``, ``split(stimulus)``,
+        ``feature``, ``raw_feature`` and attrs ``feature_model``, ``n_components``,
+        ``n_components_requested``, ``fitted_on="train"``, ``n_fit_stimuli``, plus
+        provenance.
+    """
+    model = get_feature_model(feature_model)
+    stimuli_tsv = Path(stimuli_tsv)
+    stim = read_stimuli_and_splits(stimuli_tsv, splits_tsv, required_columns(feature_model))
+    train_mask = (stim["split"] == "train").to_numpy()
+    n_train = int(train_mask.sum())
+    if n_train < 2:
+        raise BrainpipeInputError(
+            str(splits_tsv), "split", f"need at least 2 'train' stimuli to fit PCA, got {n_train}"
+        )
+    raw = np.asarray(model(stim, stimuli_tsv.parent, train_mask), dtype=np.float32)
+    if raw.ndim != 2 or raw.shape[0] != len(stim):
+        raise ValueError(
+            f"feature model {feature_model!r} returned shape {raw.shape}, "
+            f"expected ({len(stim)}, n_raw_features)"
+        )
+    params = fit_pca(raw[train_mask], n_components)
+    scores = transform(params, raw)
+    k, p = params.components.shape
+    ds = xr.Dataset(
+        {
+            "features": (("stimulus", "feature"), scores),
+            "pca_mean": (("raw_feature",), params.mean),
+            "pca_components": (("feature", "raw_feature"), params.components),
+            "explained_variance_ratio": (("feature",), params.explained_variance_ratio),
+        },
+        coords={
+            "stimulus": stim["stimulus"].to_numpy(dtype=object),
+            "split": ("stimulus", stim["split"].to_numpy(dtype=object)),
+            "feature": np.arange(k, dtype=np.int64),
+            "raw_feature": np.arange(p, dtype=np.int64),
+        },
+        attrs={
+            "feature_model": feature_model,
+            "n_components": int(k),
+            "n_components_requested": int(n_components),
+            "fitted_on": "train",
+            "n_fit_stimuli": n_train,
+            **provenance_attrs(config),
+        },
+    )
+    ds["features"].encoding["chunks"] = (min(STIMULUS_CHUNK, len(stim)), k)
+    ds["pca_components"].encoding["chunks"] = (k, p)
+    return write_zarr(ds, out_path)
