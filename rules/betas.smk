@@ -11,7 +11,6 @@ rule betas:
         sessions=config["sessions"],
         runs=config["runs"],
         task=config["task"],
-        rois=config["rois"],
         voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
     log:
         f"{LOGS}/betas/sub-{{subject}}.log",

@@ -15,20 +15,19 @@ rule download:
         "../workflow/scripts/download.py"
 
 
+# One check per subject, so adding a subject re-checks only that subject.
 rule validate_inputs:
     input:
         data=DATA,
     output:
-        manifest=f"{RESULTS}/inputs_manifest.json",
+        manifest=f"{RESULTS}/sub-{{subject}}/inputs_manifest.json",
     params:
-        subjects=config["subjects"],
         sessions=config["sessions"],
         runs=config["runs"],
         tr=config["tr"],
-        rois=config["rois"],
         task=config["task"],
     log:
-        f"{LOGS}/validate_inputs.log",
+        f"{LOGS}/validate_inputs/sub-{{subject}}.log",
     conda:
         ENV
     script:
@@ -38,7 +37,6 @@ rule validate_inputs:
 rule splits:
     input:
         data=DATA,
-        manifest=f"{RESULTS}/inputs_manifest.json",
     output:
         splits=f"{RESULTS}/splits.tsv",
     log:

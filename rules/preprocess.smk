@@ -4,7 +4,7 @@
 rule preprocess:
     input:
         data=DATA,
-        manifest=f"{RESULTS}/inputs_manifest.json",
+        manifest=f"{RESULTS}/sub-{{subject}}/inputs_manifest.json",
     output:
         preproc=directory(f"{RESULTS}/sub-{{subject}}/preproc.zarr"),
     params:

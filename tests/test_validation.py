@@ -18,7 +18,6 @@ SUBJECTS = ["01", "02"]
 SESSIONS = ["01", "02"]
 RUNS = ["01", "02"]
 TR = 1.6
-ROIS = ["V1", "V4", "LOC"]
 KEY = RunKey("02", "01", "02")
 
 
@@ -30,7 +29,7 @@ def dataset(tiny_dataset, tmp_path):
 
 
 def _validate(root, **overrides):
-    args = dict(subjects=SUBJECTS, sessions=SESSIONS, runs=RUNS, tr=TR, rois=ROIS)
+    args = dict(subjects=SUBJECTS, sessions=SESSIONS, runs=RUNS, tr=TR)
     args.update(overrides)
     return validate_dataset(root, **args)
 
@@ -44,8 +43,8 @@ def _edit_events(root, edit):
 
 def test_generated_dataset_passes(dataset):
     manifest = _validate(dataset)
-    assert set(manifest["subjects"]) == set(SUBJECTS)
-    assert TINY["n_sessions"] * TINY["n_runs"] == len(manifest["subjects"]["01"]["runs"])
+    assert set(manifest) == set(SUBJECTS)
+    assert TINY["n_sessions"] * TINY["n_runs"] == len(manifest["01"]["runs"])
 
 
 def test_events_missing_column(dataset):
@@ -141,8 +140,3 @@ def test_stimulus_image_file_missing(dataset):
         _validate(dataset)
     assert str(err.value).startswith(f"{layout.stimuli_table}: field 'image': stimulus ")
     assert str(image) in str(err.value)
-
-
-def test_missing_roi(dataset):
-    with pytest.raises(BrainpipeInputError, match="ROI 'FFA' of sub-01 \\(config key 'rois'\\)"):
-        _validate(dataset, rois=["V1", "FFA"])

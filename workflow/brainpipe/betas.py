@@ -112,7 +112,6 @@ def estimate_subject_betas(
     layout: BidsLayout,
     subject: str,
     runs: list[RunKey],
-    rois: list[str],
     out_path: str | Path,
     voxel_chunk: int = 4096,
     config: dict[str, Any] | None = None,
@@ -123,6 +122,8 @@ def estimate_subject_betas(
     trial coords ``stimulus, session, run, onset``, voxel coords ``i, j, k, x,
     y, z``, boolean ``roi_<name>(voxel)`` coords, and per-voxel ``r2``,
     ``hrf_index``, ``ncsnr``, ``nc_1trial`` and ``nc_3trial`` (% variance).
+    Every ROI the dataset has for the subject becomes a coord, so adding an
+    ROI to the config needs no new betas.
     Trials are chunked by session and voxels by ``voxel_chunk``.
     """
     preproc = open_zarr(preproc_path)
@@ -138,7 +139,7 @@ def estimate_subject_betas(
     trial_chunk = max(session_sizes)
     roi_coords = {
         f"roi_{name}": ("voxel", member)
-        for name, member in roi_membership(layout, subject, rois).items()
+        for name, member in roi_membership(layout, subject, layout.available_rois(subject)).items()
     }
     template = xr.Dataset(
         {

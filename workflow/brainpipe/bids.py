@@ -78,6 +78,12 @@ class BidsLayout:
             f"sub-{subject}_space-synth_roi-{roi}_mask.nii.gz",
         )
 
+    def available_rois(self, subject: str) -> list[str]:
+        """Names of the ROI masks the dataset has for ``subject``, sorted."""
+        folder = self.roi_mask(subject, "X").parent
+        pattern = f"sub-{subject}_space-synth_roi-*_mask.nii.gz"
+        return sorted(p.name.split("_roi-")[1].split("_mask")[0] for p in folder.glob(pattern))
+
     @property
     def stimuli_dir(self) -> Path:
         """Folder holding the stimulus images and their table."""

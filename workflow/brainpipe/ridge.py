@@ -287,9 +287,7 @@ class RidgeCVEncoder:
         self.score = score
         self.method = method
 
-    def fit(
-        self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None
-    ) -> RidgeCVEncoder:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> RidgeCVEncoder:
         """Choose alphas by CV, then refit on all of ``X``, ``Y``.
 
         Parameters

@@ -47,10 +47,9 @@ def check_subject(
     sessions: list[str],
     runs: list[str],
     tr: float,
-    rois: list[str],
     images: dict[str, Path],
 ) -> dict[str, Any]:
-    """Check one subject's masks, runs, sidecars and events.
+    """Check one subject's brain mask, runs, sidecars and events.
 
     Returns
     -------
@@ -62,18 +61,6 @@ def check_subject(
         raise BrainpipeInputError(mask_path, "<file>", f"brain mask of sub-{subject} is missing")
     mask_img = nib.load(mask_path)
     volume_shape = tuple(int(s) for s in mask_img.shape[:3])
-    for roi in rois:
-        roi_path = layout.roi_mask(subject, roi)
-        if not roi_path.exists():
-            raise BrainpipeInputError(
-                roi_path, "<file>", f"ROI {roi!r} of sub-{subject} (config key 'rois') is missing"
-            )
-        if tuple(nib.load(roi_path).shape[:3]) != volume_shape:
-            raise BrainpipeInputError(
-                roi_path,
-                "shape",
-                f"{nib.load(roi_path).shape} differs from the brain mask {volume_shape}",
-            )
     checked_runs = []
     for key in run_keys(subject, sessions, runs):
         bold_path = layout.bold(key)
@@ -128,23 +115,24 @@ def check_subject(
     return {"n_voxels": n_voxels, "volume_shape": list(volume_shape), "runs": checked_runs}
 
 
-def validate_dataset(
+def validate_subject(
     root: str | Path,
-    subjects: list[str],
+    subject: str,
     sessions: list[str],
     runs: list[str],
     tr: float,
-    rois: list[str],
     task: str = "images",
 ) -> dict[str, Any]:
-    """Check a whole dataset against the config; return a manifest of what was checked.
+    """Check everything one subject's pipeline reads; return a manifest of what was checked.
 
     Parameters
     ----------
     root : path
         Dataset root.
-    subjects, sessions, runs, rois : list of str
-        What the config asks for (keys ``subjects``, ``sessions``, ``runs``, ``rois``).
+    subject : str
+        Subject label (config key ``subjects``).
+    sessions, runs : list of str
+        Runs the config asks for (keys ``sessions`` and ``runs``).
     tr : float
         The config's repetition time in seconds.
     task : str
@@ -159,8 +147,19 @@ def validate_dataset(
     images = check_stimuli(layout)
     return {
         "root": str(root),
+        "subject": subject,
         "n_stimuli": len(images),
-        "subjects": {
-            s: check_subject(layout, s, sessions, runs, tr, rois, images) for s in subjects
-        },
+        **check_subject(layout, subject, sessions, runs, tr, images),
     }
+
+
+def validate_dataset(
+    root: str | Path,
+    subjects: list[str],
+    sessions: list[str],
+    runs: list[str],
+    tr: float,
+    task: str = "images",
+) -> dict[str, dict[str, Any]]:
+    """:func:`validate_subject` for every subject; the manifests by subject."""
+    return {s: validate_subject(root, s, sessions, runs, tr, task) for s in subjects}

@@ -10,7 +10,6 @@ with log_to(snakemake.log[0]):
         BidsLayout(snakemake.input.data, p.task),
         subject,
         run_keys(subject, p.sessions, p.runs),
-        p.rois,
         snakemake.output.betas,
         voxel_chunk=p.voxel_chunk,
         config=snakemake.config,

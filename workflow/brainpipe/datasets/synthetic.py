@@ -29,7 +29,7 @@ only, V4 on lowlevel and colour, LOC on category and a little colour; voxels out
 the ROIs have zero mapping and zero offset (noise only). Each ROI voxel's mapping is
 scaled so that the sd of its stimulus response across the subject's stimuli is
 ``signal_sd`` times a smooth gain ``exp(0.2 z)``; ROI voxels also carry a positive mean
-evoked response ``offset`` of about ``signal_sd``.
+evoked response ``offset`` of about ``signal_sd``, stored as ``response_offset(voxel)``.
 
 Noise ceiling
 -------------
@@ -137,18 +137,31 @@ class SyntheticParams:
             is_int_type = f.type in ("int", int)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise BrainpipeInputError(
-                    _SOURCE, f.name, f"got {value!r}; expected a {'integer' if is_int_type else 'number'}"
+                    _SOURCE,
+                    f.name,
+                    f"got {value!r}; expected a {'integer' if is_int_type else 'number'}",
                 )
             if is_int_type:
                 if not float(value).is_integer():
-                    raise BrainpipeInputError(_SOURCE, f.name, f"got {value!r}; expected an integer")
+                    raise BrainpipeInputError(
+                        _SOURCE, f.name, f"got {value!r}; expected an integer"
+                    )
                 object.__setattr__(self, f.name, int(value))
             else:
                 if not math.isfinite(float(value)):
-                    raise BrainpipeInputError(_SOURCE, f.name, f"got {value!r}; expected a finite number")
+                    raise BrainpipeInputError(
+                        _SOURCE, f.name, f"got {value!r}; expected a finite number"
+                    )
                 object.__setattr__(self, f.name, float(value))
         _check_range("seed", self.seed, 0, None)
-        for name in ("n_subjects", "n_sessions", "n_runs", "trials_per_run", "max_repeats", "n_hrfs"):
+        for name in (
+            "n_subjects",
+            "n_sessions",
+            "n_runs",
+            "trials_per_run",
+            "max_repeats",
+            "n_hrfs",
+        ):
             _check_range(name, getattr(self, name), 1, None)
         _check_range("n_shared", self.n_shared, 0, None)
         _check_range("image_size", self.image_size, 16, None)
@@ -394,11 +407,14 @@ def _response_space(
 ) -> tuple[np.ndarray, list[str]]:
     """The shared response space, shape (n_stimuli, n_components), and each component's block."""
     rng = _rng(params, _TAG_RESPONSE)
-    energy = _zscore(np.stack([synthetic_stimuli.edge_energy(im) for im in images]))
+    # V1-like voxels pool edge energy over a coarse 4x4 retinotopic lattice.
+    energy = _zscore(np.stack([synthetic_stimuli.edge_energy(im, grid=4) for im in images]))
     low = _zscore(energy @ rng.standard_normal((energy.shape[1], COMPONENT_BLOCKS["lowlevel"])))
     colours = list(synthetic_stimuli.COLOURS)
     colour_onehot = np.eye(len(colours))[[colours.index(f.colour) for f in factors]]
-    colour = _zscore(colour_onehot @ rng.standard_normal((len(colours), COMPONENT_BLOCKS["colour"])))
+    colour = _zscore(
+        colour_onehot @ rng.standard_normal((len(colours), COMPONENT_BLOCKS["colour"]))
+    )
     cats = list(synthetic_stimuli.CATEGORIES)
     sups = list(synthetic_stimuli.SUPERORDINATES)
     cat_onehot = np.concatenate(
@@ -408,7 +424,9 @@ def _response_space(
         ],
         axis=1,
     )
-    category = _zscore(cat_onehot @ rng.standard_normal((cat_onehot.shape[1], COMPONENT_BLOCKS["category"])))
+    category = _zscore(
+        cat_onehot @ rng.standard_normal((cat_onehot.shape[1], COMPONENT_BLOCKS["category"]))
+    )
     blocks = [b for b, n in COMPONENT_BLOCKS.items() for _ in range(n)]
     return np.concatenate([low, colour, category], axis=1), blocks
 
@@ -495,7 +513,9 @@ def _generate(root: Path, params: SyntheticParams) -> None:
     unique: dict[str, list[tuple[str, int]]] = {}
     next_index = params.n_shared + 1
     for s, sub in enumerate(subjects):
-        counts = _unique_repeat_counts(n_unique_trials, params.max_repeats, _rng(params, _TAG_REPEATS, s))
+        counts = _unique_repeat_counts(
+            n_unique_trials, params.max_repeats, _rng(params, _TAG_REPEATS, s)
+        )
         unique[sub] = [(stimulus_id(next_index + k), c) for k, c in enumerate(counts)]
         next_index += len(counts)
     all_ids = [stimulus_id(i) for i in range(1, next_index)]
@@ -543,7 +563,10 @@ def _generate(root: Path, params: SyntheticParams) -> None:
         pd.DataFrame([{"hrf_index": i, **p} for i, p in enumerate(lib_params)]),
         gt_dir / "hrf_library.tsv",
     )
-    _write_json(_derivative_description("brainpipe synthetic ground truth", params), gt_dir / "dataset_description.json")
+    _write_json(
+        _derivative_description("brainpipe synthetic ground truth", params),
+        gt_dir / "dataset_description.json",
+    )
     _write_json(
         _derivative_description("brainpipe synthetic ROIs", params),
         root / "derivatives" / "rois" / "dataset_description.json",
@@ -556,8 +579,20 @@ def _generate(root: Path, params: SyntheticParams) -> None:
     try:
         for s, sub in enumerate(subjects):
             _generate_subject(
-                root, params, s, sub, template, affine, kernels, response, components, blocks,
-                shared_ids, unique[sub], stim_row, writer,
+                root,
+                params,
+                s,
+                sub,
+                template,
+                affine,
+                kernels,
+                response,
+                components,
+                blocks,
+                shared_ids,
+                unique[sub],
+                stim_row,
+                writer,
             )
     finally:
         writer.close()
@@ -579,7 +614,9 @@ def _generate(root: Path, params: SyntheticParams) -> None:
         },
         root / "dataset_description.json",
     )
-    _write_tsv(pd.DataFrame({"participant_id": [f"sub-{x}" for x in subjects]}), root / "participants.tsv")
+    _write_tsv(
+        pd.DataFrame({"participant_id": [f"sub-{x}" for x in subjects]}), root / "participants.tsv"
+    )
 
 
 def _schedule(
@@ -687,11 +724,14 @@ def _generate_subject(
     mapping = mapping.astype(np.float32)
     offset = np.where(
         roi != "none",
-        params.signal_sd * np.clip(1.0 + 0.3 * _smooth_field(tune_rng, shape, 2.0)[mask], 0.2, None),
+        params.signal_sd
+        * np.clip(1.0 + 0.3 * _smooth_field(tune_rng, shape, 2.0)[mask], 0.2, None),
         0.0,
     )
     stim_idx = np.asarray([stim_row[x] for x in trials["stimulus"]])
-    stimulus_response = (offset + response[stim_idx] @ mapping.astype(np.float64)).astype(np.float32)
+    stimulus_response = (offset + response[stim_idx] @ mapping.astype(np.float64)).astype(
+        np.float32
+    )
     amplitude = stimulus_response + params.trial_noise_sd * tune_rng.standard_normal(
         stimulus_response.shape
     )
@@ -761,7 +801,11 @@ def _generate_subject(
         _save_nifti(
             vol,
             affine,
-            root / "derivatives" / "rois" / func_prefix / f"{func_prefix}_space-{SPACE}_roi-{name}_mask.nii.gz",
+            root
+            / "derivatives"
+            / "rois"
+            / func_prefix
+            / f"{func_prefix}_space-{SPACE}_roi-{name}_mask.nii.gz",
         )
 
     # Noise ceiling implied by the generator.
@@ -781,11 +825,20 @@ def _generate_subject(
     ds = xr.Dataset(
         {
             "amplitude": (("trial", "voxel"), amplitude, {"units": "percent signal change"}),
-            "stimulus_response": (("trial", "voxel"), stimulus_response, {"units": "percent signal change"}),
+            "stimulus_response": (
+                ("trial", "voxel"),
+                stimulus_response,
+                {"units": "percent signal change"},
+            ),
             "mapping": (("component", "voxel"), mapping),
             "hrf_index": ("voxel", hrf_index),
             "roi": ("voxel", _strings(roi)),
             "baseline": ("voxel", baseline),
+            "response_offset": (
+                "voxel",
+                offset.astype(np.float32),
+                {"units": "percent signal change"},
+            ),
             "ncsnr": ("voxel", ncsnr.astype(np.float32)),
             "ncsnr_amplitude": ("voxel", ncsnr_amplitude.astype(np.float32)),
             "noise_ceiling": ("voxel", ceiling.astype(np.float32), {"units": "percent"}),

@@ -144,9 +144,7 @@ def _shape_alpha(factors: StimulusFactors, image_size: int) -> np.ndarray:
     return np.asarray(small, dtype=np.float64) / 255.0
 
 
-def render_image(
-    factors: StimulusFactors, image_size: int, rng: np.random.Generator
-) -> np.ndarray:
+def render_image(factors: StimulusFactors, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw the shape described by ``factors`` on a textured, noisy grey background.
 
     Parameters

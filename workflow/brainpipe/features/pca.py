@@ -107,9 +107,7 @@ def transform(params: PCAParams, X: np.ndarray) -> np.ndarray:
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != params.mean.shape[0]:
-        raise ValueError(
-            f"X must have shape (n_stimuli, {params.mean.shape[0]}), got {X.shape}"
-        )
+        raise ValueError(f"X must have shape (n_stimuli, {params.mean.shape[0]}), got {X.shape}")
     return ((X - params.mean) @ params.components.T).astype(np.float32)
 
 
@@ -168,16 +166,19 @@ def read_stimuli_and_splits(
         raise BrainpipeInputError(
             str(splits_tsv),
             "stimulus",
-            f"{len(unknown)} stimulus id(s) have no row in {stimuli_tsv}, "
-            f"e.g. {unknown.iloc[0]!r}",
+            f"{len(unknown)} stimulus id(s) have no row in {stimuli_tsv}, e.g. {unknown.iloc[0]!r}",
         )
     split_of = dict(zip(splits["stimulus"], splits["split"], strict=True))
     stim = stim.copy()
     stim["split"] = [split_of.get(s, "unassigned") for s in stim["stimulus"]]
     n_unassigned = int((stim["split"] == "unassigned").sum())
     if n_unassigned:
-        log.warning("%d stimuli in %s have no split in %s; marked 'unassigned'",
-                    n_unassigned, stimuli_tsv, splits_tsv)
+        log.warning(
+            "%d stimuli in %s have no split in %s; marked 'unassigned'",
+            n_unassigned,
+            stimuli_tsv,
+            splits_tsv,
+        )
     stim.attrs["source"] = str(stimuli_tsv)
     return stim
 
