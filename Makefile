@@ -10,11 +10,12 @@ CORES ?= 2
 
 .PHONY: install run test lint clean
 
+# One pip command with torch pinned, so pip takes the local CPU build where one lies on disk
+# (torch==2.13.0 from the registry elsewhere).
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "brainpipe needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# One pip command with torch pinned, so pip takes the local CPU build where one lies on disk.
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)

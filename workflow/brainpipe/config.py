@@ -66,6 +66,20 @@ def validate_config(
     if errors:
         err = errors[0]
         raise BrainpipeInputError(source, _key_path(err), _describe(err))
+    _check_registered(config, source)
+
+
+def _check_registered(config: Mapping[str, Any], source: str) -> None:
+    """Names that must be registry entries: feature models."""
+    from brainpipe.features import FEATURE_MODELS
+
+    for n, name in enumerate(config.get("feature_models", [])):
+        if name not in FEATURE_MODELS:
+            raise BrainpipeInputError(
+                source,
+                f"feature_models.{n}",
+                f"unknown feature model {name!r} (registered: {sorted(FEATURE_MODELS)})",
+            )
 
 
 def result_locations(config: Mapping[str, Any]) -> dict[str, str]:
