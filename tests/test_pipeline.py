@@ -60,11 +60,11 @@ def tiny_config(**overrides) -> dict:
     return config
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True):
-    """Run the real workflow in ``workdir`` with ``config``; return the completed process."""
+def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+    """The command that runs the real workflow in ``workdir`` with ``config`` (written there)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -78,6 +78,11 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True):
         "2",
         *args,
     ]
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True):
+    """Run the real workflow in ``workdir`` with ``config``; return the completed process."""
+    cmd = snakemake_command(workdir, config, *args)
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -304,23 +309,8 @@ def test_unknown_feature_model_is_refused_before_any_job(tmp_path):
 
 def test_killed_download_leaves_nothing_that_looks_complete(tmp_path):
     workdir = tmp_path / "killed"
-    workdir.mkdir()
-    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(workdir / "config.yaml"),
-            "--cores",
-            "1",
-            "download",
-        ],
+        snakemake_command(workdir, tiny_config(), "download"),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
