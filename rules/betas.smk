@@ -1,4 +1,4 @@
-# Single-trial betas (LSA) and the noise ceiling from repeats, into betas.zarr.
+# Single-trial betas (LSA or GLMsingle, config betas.method) and the noise ceiling from repeats, into betas.zarr.
 
 
 rule betas:
@@ -12,6 +12,9 @@ rule betas:
         runs=config["runs"],
         task=config["task"],
         voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
+    threads: 1
+    resources:
+        mem_mb=4000,  # also sizes the GLMsingle voxel chunk; the profile may override
     log:
         f"{LOGS}/betas/sub-{{subject}}.log",
     conda:

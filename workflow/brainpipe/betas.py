@@ -219,3 +219,46 @@ def estimate_subject_betas(
         )
         per_voxel.to_zarr(tmp, region={"voxel": slice(None)})
     return Path(out_path)
+
+
+def estimate_betas(
+    preproc_path: str | Path,
+    layout: BidsLayout,
+    subject: str,
+    runs: list[RunKey],
+    out_path: str | Path,
+    voxel_chunk: int = 4096,
+    config: dict[str, Any] | None = None,
+    mem_mb: float = 4000,
+    threads: int = 1,
+) -> Path:
+    """Write ``betas.zarr`` with the method of ``config["betas"]["method"]``.
+
+    ``lsa`` (default): :func:`estimate_subject_betas`. ``glmsingle``:
+    :func:`brainpipe.glmsingle.subject.estimate_subject_betas_glmsingle` with
+    the types of ``betas.types``, its voxel chunk sized from ``mem_mb``.
+    """
+    method = (config or {}).get("betas", {}).get("method", "lsa")
+    if method == "lsa":
+        return estimate_subject_betas(
+            preproc_path, layout, subject, runs, out_path, voxel_chunk=voxel_chunk, config=config
+        )
+    if method == "glmsingle":
+        from brainpipe.glmsingle.subject import estimate_subject_betas_glmsingle
+
+        return estimate_subject_betas_glmsingle(
+            preproc_path,
+            layout,
+            subject,
+            runs,
+            out_path,
+            voxel_chunk=voxel_chunk,
+            config=config,
+            mem_mb=mem_mb,
+            threads=threads,
+        )
+    from brainpipe.errors import BrainpipeInputError
+
+    raise BrainpipeInputError(
+        "config", "betas.method", f"got {method!r}; expected 'lsa' or 'glmsingle'"
+    )

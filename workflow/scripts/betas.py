@@ -1,11 +1,12 @@
-from brainpipe.betas import estimate_subject_betas
+from brainpipe.betas import estimate_betas
 from brainpipe.bids import BidsLayout, run_keys
+from brainpipe.compute import dask_resources
 from brainpipe.logs import log_to
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
     p = snakemake.params
     subject = snakemake.wildcards.subject
-    estimate_subject_betas(
+    estimate_betas(
         snakemake.input.preproc,
         BidsLayout(snakemake.input.data, p.task),
         subject,
@@ -13,4 +14,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.betas,
         voxel_chunk=p.voxel_chunk,
         config=snakemake.config,
+        mem_mb=snakemake.resources.mem_mb,
+        threads=snakemake.threads,
     )

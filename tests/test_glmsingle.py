@@ -1,0 +1,310 @@
+"""GLMsingle-level single-trial betas (types A-D), checked against the synthetic ground truth."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainpipe.betas import estimate_betas, fit_lsa, lsa_design
+from brainpipe.bids import BidsLayout, read_events, run_keys
+from brainpipe.datasets import synthetic
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.glmsingle import GLMSingle, GLMSingleOptions, RunSpec, check_types, read_hrf_library
+from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
+from brainpipe.glmsingle.library import DEFAULT_TABLE, library_kernels, time_to_peak
+from brainpipe.hrf import hrf_library_parameters
+from brainpipe.preprocess import preprocess_subject
+from brainpipe.storage import open_zarr
+
+#: Higher-noise synthetic data: structured noise strong enough for noise regressors to matter.
+NOISY = {
+    "seed": 1,
+    "n_subjects": 1,
+    "n_sessions": 2,
+    "n_runs": 3,
+    "trials_per_run": 40,
+    "voxel_size_mm": 8.0,
+    "n_shared": 16,
+    "noise_sd": 1.5,
+    "structured_noise_sd": 1.5,
+}
+SUB = "01"
+
+
+def _load(root: Path, sessions=("01", "02"), runs=("01", "02", "03")):
+    """Brain-voxel time series in % signal change (per-run mean removed) and the run specs."""
+    layout = BidsLayout(root, synthetic.TASK)
+    mask = np.asarray(nib.load(layout.brain_mask(SUB)).dataobj) > 0
+    blocks, specs, start = [], [], 0
+    for key in run_keys(SUB, list(sessions), list(runs)):
+        raw = np.asarray(nib.load(layout.bold(key)).dataobj, dtype=np.float64)[mask].T
+        mean = raw.mean(axis=0)
+        blocks.append((100.0 * (raw / mean - 1.0)).astype(np.float32))
+        ev = read_events(layout.events(key))
+        specs.append(
+            RunSpec(
+                key.session,
+                key.run,
+                start,
+                start + raw.shape[0],
+                ev["onset"].to_numpy(float),
+                ev["duration"].to_numpy(float),
+                ev["stimulus"].to_numpy(str),
+            )
+        )
+        start += raw.shape[0]
+    return np.concatenate(blocks), specs
+
+
+def _fit(data, specs, types, backend="numpy", chunk=4096, **kw):
+    out = np.zeros((sum(len(s.onsets) for s in specs), data.shape[1]), dtype=np.float32)
+
+    def read(ts, vs):
+        return data[ts, vs]
+
+    def write(trials, vs, block):
+        out[trials, vs] = block
+
+    model = GLMSingle(
+        specs,
+        synthetic.SyntheticParams().tr,
+        data.shape[1],
+        GLMSingleOptions(types=types, **kw),
+        backend=backend,
+        chunk=chunk,
+    )
+    return out, model.fit(read, write)
+
+
+def _median_r(betas, truth, voxels):
+    return float(np.median([np.corrcoef(betas[:, v], truth[:, v])[0, 1] for v in voxels]))
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glmsingle") / "synthetic"
+    synthetic.generate(root, synthetic.SyntheticParams.from_config(NOISY))
+    data, specs = _load(root)
+    gt = synthetic.load_ground_truth(root, SUB)
+    fits = {t: _fit(data, specs, ("A", "B", "C", "D")[: "ABCD".index(t) + 1]) for t in "ABCD"}
+    return root, data, specs, gt, fits
+
+
+def test_each_type_improves_on_type_a_and_lsa(noisy):
+    _, data, specs, gt, fits = noisy
+    amp = gt["amplitude"].values
+    roi = np.flatnonzero(gt["roi"].values != "none")
+    lsa = np.concatenate(
+        [
+            fit_lsa(
+                data[s.start : s.stop],
+                lsa_design(s.onsets, s.durations, s.n_scans, 1.6),
+                len(s.onsets),
+            )[0]
+            for s in specs
+        ]
+    )
+    r = {"LSA": _median_r(lsa, amp, roi), **{t: _median_r(fits[t][0], amp, roi) for t in "ABCD"}}
+    baseline = max(r["LSA"], r["A"])
+    for t in "BCD":
+        assert r[t] > baseline + 0.01, r
+    assert r["D"] >= r["B"], r
+
+
+def test_true_hrf_is_recovered_for_most_voxels(noisy):
+    _, _, _, gt, fits = noisy
+    res = fits["B"][1]
+    roi = gt["roi"].values != "none"
+    ttp = time_to_peak(library_kernels(read_hrf_library(None), 0.1), 0.1)
+    est, true = res.hrf_index[roi], gt["hrf_index"].values[roi]
+    # Neighbouring library HRFs differ by ~0.2 s in time to peak: judge by time to peak.
+    assert np.mean(np.abs(ttp[est] - ttp[true]) <= 0.5) >= 0.7
+    assert np.corrcoef(ttp[est], ttp[true])[0, 1] > 0.8
+    assert (fits["A"][1].hrf_index == -1).all()  # type A: canonical HRF everywhere
+
+
+def test_noise_ceiling_agrees_with_the_generator(noisy):
+    from brainpipe.betas import zscore_by_session
+    from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling
+
+    _, _, specs, gt, fits = noisy
+    roi = gt["roi"].values != "none"
+    stimuli = np.concatenate([s.stimuli for s in specs])
+    sessions = np.concatenate([np.full(len(s.onsets), s.session) for s in specs])
+    betas = fits["B"][0]  # unregularised, HRF of each voxel: what the generator's ceiling assumes
+    ncsnr = ncsnr_from_repeats(zscore_by_session(betas, sessions), stimuli)
+    nc = noise_ceiling(ncsnr, 1)
+    true_nc = gt["noise_ceiling"].values
+    assert np.median(nc[roi]) == pytest.approx(np.median(true_nc[roi]), rel=0.25)
+    assert np.corrcoef(nc[roi], true_nc[roi])[0, 1] > 0.3
+    assert np.median(nc[~roi]) < 10 < np.median(nc[roi])  # noise-only voxels have no ceiling
+
+
+def test_numpy_and_torch_give_the_same_betas(noisy):
+    _, data, specs, _, fits = noisy
+    sub = data[:, :600]
+    a, ra = _fit(sub, specs, ("A", "B", "C", "D"), backend="numpy")
+    b, rb = _fit(sub, specs, ("A", "B", "C", "D"), backend="torch")
+    assert ra.n_pcs_per_session == rb.n_pcs_per_session
+    np.testing.assert_array_equal(ra.hrf_index, rb.hrf_index)
+    np.testing.assert_allclose(a, b, atol=2e-3 * np.abs(a).max())
+
+
+def test_chunking_does_not_change_the_result(noisy):
+    _, data, specs, _, fits = noisy
+    betas, res = _fit(data, specs, ("A", "B", "C", "D"), chunk=700)
+    full, full_res = fits["D"]
+    assert res.n_pcs_per_session == full_res.n_pcs_per_session
+    np.testing.assert_allclose(betas, full, atol=1e-3 * np.abs(full).max())
+    assert voxel_chunk_for_memory(8000, 40_000, align=512) > voxel_chunk_for_memory(
+        2000, 40_000, align=512
+    )
+    assert voxel_chunk_for_memory(8000, 40_000, align=512) % 512 == 0
+
+
+def test_sessions_are_fitted_separately_then_concatenated(noisy):
+    _, data, specs, _, fits = noisy
+    joint = fits["A"][0]
+    parts = []
+    for ses in ("01", "02"):
+        sel = [s for s in specs if s.session == ses]
+        t0 = sel[0].start
+        shifted = [
+            RunSpec(s.session, s.run, s.start - t0, s.stop - t0, s.onsets, s.durations, s.stimuli)
+            for s in sel
+        ]
+        parts.append(_fit(data[t0 : sel[-1].stop], shifted, ("A",))[0])
+    np.testing.assert_allclose(joint, np.concatenate(parts), atol=1e-4)
+
+
+def test_runs_of_different_length(noisy):
+    _, data, specs, _, _ = noisy
+    lengths = {s.n_scans for s in specs}
+    assert len(lengths) > 1  # the generator's blank slots already vary run length
+    # Cut 10 scans off the end of the first run: still fits, same number of trials.
+    keep = np.ones(len(data), dtype=bool)
+    keep[specs[0].stop - 10 : specs[0].stop] = False
+    cut = [
+        RunSpec(
+            s.session,
+            s.run,
+            s.start - (10 if i else 0),
+            s.stop - 10,
+            s.onsets,
+            s.durations,
+            s.stimuli,
+        )
+        for i, s in enumerate(specs)
+    ]
+    betas, _ = _fit(data[keep][:, :400], cut, ("A", "B", "C", "D"))
+    assert betas.shape == (sum(len(s.onsets) for s in specs), 400) and np.isfinite(betas).all()
+
+
+def test_no_repeats_falls_back_and_says_so(noisy, caplog):
+    _, data, specs, _, _ = noisy
+    unique = [
+        RunSpec(
+            s.session,
+            s.run,
+            s.start,
+            s.stop,
+            s.onsets,
+            s.durations,
+            np.array([f"{s.session}{s.run}-{n}" for n in range(len(s.onsets))]),
+        )
+        for s in specs
+    ]
+    with caplog.at_level(logging.WARNING):
+        betas, res = _fit(data[:, :500], unique, ("A", "B", "C", "D"))
+    assert "no stimulus repeats" in caplog.text
+    assert any("cannot be cross-validated" in n for n in res.notes)
+    assert set(res.n_pcs_per_session.values()) == {0}
+    assert np.all(res.ridge_fraction[res.valid] == 1.0)
+    np.testing.assert_allclose(betas, _fit(data[:, :500], unique, ("A", "B"))[0], atol=1e-4)
+    # One session without repeats borrows from the other.
+    mixed = [u if u.session == "02" else s for s, u in zip(specs, unique, strict=True)]
+    with caplog.at_level(logging.WARNING):
+        _, res = _fit(data[:, :500], mixed, ("A", "B", "C", "D"))
+    assert res.n_pcs_per_session["01"] == res.n_pcs_per_session["02"]
+    assert any("session 02: no stimulus repeats" in n for n in res.notes)
+
+
+def test_zero_and_nan_voxels(noisy):
+    _, data, specs, gt, _ = noisy
+    bad = data[:, :800].copy()
+    bad[:, 3] = 0.0
+    bad[:, 5] = np.nan
+    bad[100, 7] = np.inf
+    betas, res = _fit(bad, specs, ("A", "B", "C", "D"))
+    assert np.isfinite(betas).all()
+    assert not res.valid[[3, 5, 7]].any() and res.valid.sum() == 797
+    assert (betas[:, [3, 5, 7]] == 0).all() and (res.hrf_index[[3, 5, 7]] == -1).all()
+    assert any("zero or non-finite" in n for n in res.notes)
+
+
+def test_hrf_library_table():
+    table = read_hrf_library(DEFAULT_TABLE)
+    expected = pd.DataFrame(
+        [{"hrf_index": i, **p} for i, p in enumerate(hrf_library_parameters(20))]
+    )
+    np.testing.assert_allclose(table.to_numpy(float), expected[table.columns].to_numpy(float))
+
+
+def test_bad_hrf_table_and_types_are_rejected(tmp_path):
+    bad = tmp_path / "lib.tsv"
+    pd.DataFrame({"hrf_index": [0], "peak_delay": [6.0]}).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(BrainpipeInputError, match="undershoot_delay"):
+        read_hrf_library(bad)
+    with pytest.raises(BrainpipeInputError, match="betas.types"):
+        check_types(["A", "C"])
+    assert check_types(["A", "B"]) == ("A", "B")
+    assert bytes_per_voxel(2712, 750, 20, 63, 750) > bytes_per_voxel(300, 120, 20, 40, 240)
+
+
+def test_subject_store_follows_the_contract(tiny_dataset, tmp_path):
+    layout = BidsLayout(tiny_dataset, "images")
+    runs = run_keys("01", ["01", "02"], ["01", "02"])
+    preproc = tmp_path / "preproc.zarr"
+    preprocess_subject(layout, "01", runs, preproc)
+    cfg = {"betas": {"method": "glmsingle", "types": ["A", "B", "C", "D"], "backend": "numpy"}}
+    out = estimate_betas(
+        preproc,
+        layout,
+        "01",
+        runs,
+        tmp_path / "betas.zarr",
+        voxel_chunk=512,
+        config=cfg,
+        mem_mb=1000,
+    )
+    ds = open_zarr(out)
+    assert ds["betas"].dtype == np.float32 and ds["betas"].dims == ("trial", "voxel")
+    for name in ("stimulus", "session", "run", "onset", "i", "j", "k", "x", "y", "z"):
+        assert name in ds.coords
+    assert any(c.startswith("roi_") for c in ds.coords)
+    for name in (
+        "r2",
+        "hrf_index",
+        "n_noise_components",
+        "ridge_fraction",
+        "ncsnr",
+        "nc_1trial",
+        "nc_3trial",
+    ):
+        assert ds[name].dims == ("voxel",)
+    assert ds["hrf_index"].dtype == np.int16
+    assert ds.attrs["method"] == "glmsingle" and ds.attrs["glmsingle_type"] == "D"
+    assert set(ds.attrs["n_noise_components_per_session"]) == {"01", "02"}
+    assert np.isfinite(ds["betas"].values).all()
+    gt = synthetic.load_ground_truth(tiny_dataset, "01")
+    assert (ds["i"].values == gt["i"].values).all()  # voxel order = ground truth order
+    # method lsa still goes through the LSA estimator
+    lsa = estimate_betas(
+        preproc, layout, "01", runs, tmp_path / "lsa.zarr", config={"betas": {"method": "lsa"}}
+    )
+    assert open_zarr(lsa).attrs["method"] == "lsa"
+    shutil.rmtree(preproc)

@@ -1,0 +1,38 @@
+"""Single-trial betas at the level of GLMsingle (Prince et al., eLife 2022).
+
+Types, each building on the previous one:
+
+- A: ON-OFF GLM with the canonical HRF (per-voxel R², noise pool) and
+  single-trial least squares with the canonical HRF;
+- B: each voxel's HRF chosen from a library (``config/hrf_library.tsv``);
+- C: GLMdenoise noise regressors, their number chosen by leave-one-run-out CV;
+- D: per-voxel fractional ridge chosen by the same CV, rescaled.
+
+Modules: :mod:`.backend` (numpy / torch / CUDA switch), :mod:`.library` (HRF
+table), :mod:`.solvers` (pure math), :mod:`.estimator` (streamed fit),
+:mod:`.chunking` (voxel chunk from memory), :mod:`.subject` (betas.zarr).
+"""
+
+from brainpipe.glmsingle.backend import Backend, get_backend
+from brainpipe.glmsingle.estimator import (
+    TYPES,
+    GLMSingle,
+    GLMSingleOptions,
+    GLMSingleResult,
+    RunSpec,
+    check_types,
+)
+from brainpipe.glmsingle.library import library_kernels, read_hrf_library
+
+__all__ = [
+    "TYPES",
+    "Backend",
+    "GLMSingle",
+    "GLMSingleOptions",
+    "GLMSingleResult",
+    "RunSpec",
+    "check_types",
+    "get_backend",
+    "library_kernels",
+    "read_hrf_library",
+]

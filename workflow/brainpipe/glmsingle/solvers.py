@@ -1,0 +1,376 @@
+"""Pure solvers of the GLMsingle-style single-trial GLM, vectorised over voxels.
+
+Small design-side matrices (one run, one HRF) are built in float64 numpy by the
+``*_operators`` functions, once per session and HRF; the voxel-side work
+(``operator @ data``, fractional ridge, cross-validation errors) runs on a
+:class:`~brainpipe.glmsingle.backend.Backend` in float32, on blocks of voxels.
+
+Notation for one run: ``T`` scans, ``n`` trials, ``y`` data ``(T, c)`` for ``c``
+voxels, ``X`` trial regressors ``(T, n)``, ``N`` an orthonormal nuisance basis
+(polynomials, then noise components). Every data-side product goes through
+an orthonormal basis of the residualised design, so ``y`` never needs to be
+residualised explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from brainpipe.glmsingle.backend import Backend
+
+#: Relative singular-value cut below which a direction of the design is dropped.
+RCOND = 1e-6
+
+
+def polynomial_basis(n_scans: int, degree: int) -> np.ndarray:
+    """Orthonormal Legendre polynomials of degree 0..``degree`` over a run, shape (T, degree+1)."""
+    t = np.linspace(-1.0, 1.0, n_scans)
+    raw = np.stack([np.polynomial.legendre.Legendre.basis(d)(t) for d in range(degree + 1)], 1)
+    q, _ = np.linalg.qr(raw)
+    return q
+
+
+def default_poly_degree(n_scans: int, tr: float) -> int:
+    """GLMsingle's rule: round(run duration in minutes / 2), at least 1."""
+    return max(1, int(round(n_scans * tr / 60.0 / 2.0)))
+
+
+def orth(a: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the column space of ``a`` (rank-revealing SVD)."""
+    if a.shape[1] == 0:
+        return a
+    u, s, _ = np.linalg.svd(a, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return u[:, :0]
+    return u[:, s > RCOND * s[0]]
+
+
+def residualise(a: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``a`` minus its projection on the orthonormal ``basis``."""
+    return a - basis @ (basis.T @ a) if basis.shape[1] else a
+
+
+# --------------------------------------------------------------------------------------
+# Pass 1: ON-OFF R² (type A) and per-HRF explained variance (type B)
+# --------------------------------------------------------------------------------------
+def screening_operator(
+    poly: np.ndarray, onoff: np.ndarray, trial_designs: np.ndarray
+) -> np.ndarray:
+    """Stacked projection rows for the screening pass of one run.
+
+    Parameters
+    ----------
+    poly : ndarray, shape (T, p)
+        Orthonormal polynomial basis.
+    onoff : ndarray, shape (T,)
+        ON-OFF regressor (sum of the canonical-HRF trial regressors).
+    trial_designs : ndarray, shape (H, T, n)
+        Trial regressors of the run for each of ``H`` HRFs.
+
+    Returns
+    -------
+    op : ndarray, shape (p + 1 + H * n, T)
+        Rows: the polynomials, the unit ON-OFF direction (residualised on the
+        polynomials), then for each HRF an orthonormal basis of its
+        residualised trial design, zero-padded to ``n`` rows. ``(op @ y)**2``
+        summed within each block gives the variance each model explains.
+    """
+    T, p = poly.shape
+    x = residualise(onoff[:, None], poly)[:, 0]
+    norm = np.linalg.norm(x)
+    q_on = x / norm if norm > 0 else x
+    H, _, n = trial_designs.shape
+    rows = np.zeros((p + 1 + H * n, T))
+    rows[:p] = poly.T
+    rows[p] = q_on
+    for h in range(H):
+        q = orth(residualise(trial_designs[h], poly))
+        rows[p + 1 + h * n : p + 1 + h * n + q.shape[1]] = q.T
+    return rows
+
+
+def screening_stats(
+    xp: Backend, op: Any, y: Any, n_poly: int, n_hrfs: int, n_trials: int
+) -> tuple[Any, Any, Any]:
+    """Variance of one run's data (polynomials removed) and explained by each model.
+
+    Returns
+    -------
+    total : (c,) sum of squares of ``y`` after removing the polynomials
+    onoff : (c,) sum of squares explained by the ON-OFF regressor
+    per_hrf : (H, c) sum of squares explained by each HRF's single-trial design
+    """
+    proj = op @ y
+    sq = proj * proj
+    total = xp.sum(y * y, axis=0) - xp.sum(sq[:n_poly], axis=0)
+    onoff = sq[n_poly]
+    if n_hrfs == 0:
+        return total, onoff, None
+    per_hrf = xp.sum(sq[n_poly + 1 :].reshape(n_hrfs, n_trials, -1), axis=1)
+    return total, onoff, per_hrf
+
+
+def noise_components(pool: np.ndarray, nuisance: np.ndarray, n_components: int) -> np.ndarray:
+    """GLMdenoise noise regressors of one run from noise-pool time series.
+
+    Parameters
+    ----------
+    pool : ndarray, shape (T, m)
+        Noise-pool voxels of the run.
+    nuisance : ndarray, shape (T, q)
+        Orthonormal basis projected out first (polynomials and ON-OFF regressor).
+    n_components : int
+        Components to return.
+
+    Returns
+    -------
+    ndarray, shape (T, n_components)
+        Leading left singular vectors of the residuals, each voxel scaled to
+        unit norm first; orthogonal to ``nuisance``. Zero columns if the pool
+        has fewer than ``n_components`` directions.
+    """
+    r = residualise(np.asarray(pool, dtype=np.float64), nuisance)
+    norms = np.linalg.norm(r, axis=0)
+    r = r[:, norms > 0] / norms[norms > 0]
+    out = np.zeros((pool.shape[0], n_components))
+    if r.shape[1] == 0 or n_components == 0:
+        return out
+    evals, evecs = np.linalg.eigh(r @ r.T)
+    order = np.argsort(evals)[::-1]
+    keep = order[: min(n_components, int((evals > RCOND * evals.max()).sum()))]
+    out[:, : len(keep)] = evecs[:, keep]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Single-trial fit with cross-validation on repeats (types A-D)
+# --------------------------------------------------------------------------------------
+@dataclass
+class RunOperators:
+    """Design-side operators of one run for one HRF and one nuisance basis (float32 on xp).
+
+    ``stacked @ y`` gives, in order: ``n_svd`` rotated coefficients ``Uᵀy``,
+    ``n_rep`` rows ``Zᵀy`` (repeated-trial regressors with nuisance and the other
+    trials projected out) and ``n_q`` rows ``Q̃ᵀy`` (basis of what the CV
+    projects out), plus one row of zeros when any block is empty.
+    """
+
+    stacked: Any  # (n_svd + n_rep + n_q, T)
+    inv_s: Any  # (n_svd, 1)
+    s2: np.ndarray  # (n_svd,) squared singular values
+    v: Any  # (n, n_svd)
+    gram_rep: Any  # (n_rep, n_rep) ZᵀZ
+    n_svd: int
+    n_rep: int
+    n_q: int
+    n_trials: int
+
+
+def run_operators(
+    xp: Backend, design: np.ndarray, nuisance: np.ndarray, repeated: np.ndarray
+) -> RunOperators:
+    """Build :class:`RunOperators` for one run.
+
+    Parameters
+    ----------
+    design : ndarray, shape (T, n)
+        Trial regressors with this run's HRF.
+    nuisance : ndarray, shape (T, q)
+        Orthonormal nuisance basis (polynomials, noise components).
+    repeated : ndarray of bool, shape (n,)
+        Trials whose stimulus is also shown in another run of the session.
+    """
+    xr_ = residualise(design, nuisance)
+    u, s, vt = np.linalg.svd(xr_, full_matrices=False)
+    keep = s > RCOND * (s[0] if s.size else 1.0)
+    u, s, vt = u[:, keep], s[keep], vt[keep]
+    others = orth(np.column_stack([nuisance, xr_[:, ~repeated]]))
+    z = residualise(design[:, repeated], others)
+    stacked = np.concatenate([u.T, z.T, others.T], axis=0)
+    return RunOperators(
+        stacked=xp.asarray(stacked),
+        inv_s=xp.asarray((1.0 / s)[:, None]),
+        s2=s**2,
+        v=xp.asarray(vt.T),
+        gram_rep=xp.asarray(z.T @ z),
+        n_svd=int(s.size),
+        n_rep=int(repeated.sum()),
+        n_q=int(others.shape[1]),
+        n_trials=design.shape[1],
+    )
+
+
+@dataclass
+class ProjectedRun:
+    """Voxel-side quantities of one run (float32 on xp, ``c`` voxels)."""
+
+    rot: Any  # (n_svd, c) OLS coefficients in the rotated basis: Uᵀy / s
+    g: Any  # (n_rep, c) Zᵀy
+    w2: Any  # (c,) ||R̃ y||²: what the CV prediction must explain
+
+
+def project_run(xp: Backend, ops: RunOperators, y: Any) -> ProjectedRun:
+    """Apply one run's operators to its data ``y`` (T, c)."""
+    proj = ops.stacked @ y
+    a, b = ops.n_svd, ops.n_svd + ops.n_rep
+    q = proj[b:]
+    w2 = xp.sum(y * y, axis=0) - xp.sum(q * q, axis=0)
+    return ProjectedRun(rot=proj[:a] * ops.inv_s, g=proj[a:b], w2=xp.clip(w2, 0.0, None))
+
+
+def betas_from_rotated(xp: Backend, ops: list[RunOperators], rots: list[Any]) -> Any:
+    """Trial betas ``(n_session_trials, c)`` from per-run rotated coefficients."""
+    return xp.concatenate([o.v @ r for o, r in zip(ops, rots, strict=True)], axis=0)
+
+
+def cv_error(
+    xp: Backend,
+    betas: Any,
+    other_mean: Any,
+    ops: list[RunOperators],
+    proj: list[ProjectedRun],
+) -> tuple[Any, Any]:
+    """Leave-one-run-out prediction error of repeated trials, per voxel.
+
+    Each repeated trial of a held-out run is predicted by the mean beta of
+    the same stimulus in the other runs (``other_mean``, a sparse averaging
+    operator); the prediction is compared with the held-out data after the
+    run's nuisance and non-repeated trials are projected out.
+
+    Returns
+    -------
+    err : (c,) sum over runs of squared prediction error
+    total : (c,) sum over runs of ``||R̃ y||²`` (the CV R² is ``1 - err / total``)
+    """
+    pred = xp.spmm(other_mean, betas)  # (n_rep_total, c)
+    err = xp.zeros((betas.shape[1],))
+    total = xp.zeros((betas.shape[1],))
+    start = 0
+    for o, p in zip(ops, proj, strict=True):
+        total = total + p.w2
+        if o.n_rep == 0:
+            continue
+        b = pred[start : start + o.n_rep]
+        start += o.n_rep
+        err = err + p.w2 - 2.0 * xp.sum(b * p.g, axis=0) + xp.sum(b * (o.gram_rep @ b), axis=0)
+    return err, total
+
+
+def other_run_mean_operator(
+    stimuli: np.ndarray, runs: np.ndarray
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Sparse operator averaging, for each repeated trial, its stimulus's trials in other runs.
+
+    Parameters
+    ----------
+    stimuli, runs : ndarray, shape (n_trials,)
+        Stimulus and run label of each trial of the session, in session order.
+
+    Returns
+    -------
+    op : scipy.sparse.csr_matrix, shape (n_repeated, n_trials)
+        Rows in session order of the repeated trials.
+    repeated : ndarray of bool, shape (n_trials,)
+        Trials whose stimulus appears in another run of the session.
+    """
+    stimuli = np.asarray(stimuli).astype(str)
+    runs = np.asarray(runs).astype(str)
+    by_stim: dict[str, list[int]] = {}
+    for t, s in enumerate(stimuli):
+        by_stim.setdefault(s, []).append(t)
+    rows, cols, vals = [], [], []
+    repeated = np.zeros(len(stimuli), dtype=bool)
+    for t, s in enumerate(stimuli):
+        others = [u for u in by_stim[s] if runs[u] != runs[t]]
+        if others:
+            r = int(repeated.sum())
+            repeated[t] = True
+            rows.extend([r] * len(others))
+            cols.extend(others)
+            vals.extend([1.0 / len(others)] * len(others))
+    n_rep = int(repeated.sum())
+    op = sp.csr_matrix((vals, (rows, cols)), shape=(n_rep, len(stimuli)), dtype=np.float64)
+    return op, repeated
+
+
+@dataclass
+class FracRidgeGrid:
+    """Per-voxel fraction-of-norm curve on a log grid of ridge penalties."""
+
+    asc: Any  # (G, c) fraction of the OLS norm, ascending (penalty decreasing)
+    log_alpha: Any  # (G,) log penalties matching ``asc`` rows
+    s2: Any  # (N, 1) squared singular values
+
+
+def fractional_ridge_grid(xp: Backend, s2: np.ndarray, rot: Any, n_grid: int = 64) -> FracRidgeGrid:
+    """Fraction of the OLS coefficient norm reached by each ridge penalty, per voxel.
+
+    Parameters
+    ----------
+    s2 : ndarray, shape (N,)
+        Squared singular values of the (block-diagonal) session design.
+    rot : (N, c)
+        OLS coefficients in the rotated basis (the norm is rotation invariant).
+    """
+    lo, hi = np.log(s2.min()) - 7.0, np.log(s2.max()) + 9.0
+    log_alpha = np.linspace(hi, lo, n_grid)  # penalty decreasing -> fraction ascending
+    shrink = s2[None, :] / (s2[None, :] + np.exp(log_alpha)[:, None])  # (G, N)
+    rot2 = rot * rot
+    norm0 = xp.sum(rot2, axis=0)
+    safe0 = xp.where(norm0 > 0, norm0, 1.0)
+    asc = xp.sqrt(xp.clip((xp.asarray(shrink**2) @ rot2) / safe0[None, :], 0.0, 1.0))
+    return FracRidgeGrid(asc=asc, log_alpha=xp.asarray(log_alpha), s2=xp.asarray(s2)[:, None])
+
+
+def fractional_ridge_scale(xp: Backend, grid: FracRidgeGrid, target: Any) -> Any:
+    """Shrinkage factors ``s² / (s² + α_v)`` reaching ``target`` fraction per voxel.
+
+    Fractional ridge (Rokem & Kay 2020): for each voxel the penalty ``α_v`` with
+    ``||β_α|| = f_v ||β_OLS||`` is found by linear interpolation in ``log α``.
+
+    Parameters
+    ----------
+    grid : FracRidgeGrid
+    target : (c,)
+        Target fraction per voxel in (0, 1]; 1 gives OLS (factors of 1).
+
+    Returns
+    -------
+    (N, c)
+    """
+    n_grid = grid.asc.shape[0]
+    j = xp.clip(xp.searchsorted_rows(grid.asc, target), 1, n_grid - 1)
+    f0, f1 = xp.take_rows(grid.asc, j - 1), xp.take_rows(grid.asc, j)
+    a0, a1 = grid.log_alpha[j - 1], grid.log_alpha[j]
+    den = f1 - f0
+    w = xp.clip((target - f0) / xp.where(den > 0, den, 1.0), 0.0, 1.0)
+    alpha = _exp(xp, a0 + w * (a1 - a0))
+    alpha = xp.where(target >= 1.0, 0.0, alpha)
+    return grid.s2 / (grid.s2 + alpha[None, :])
+
+
+def _exp(xp: Backend, a: Any) -> Any:
+    if xp.name == "numpy":
+        return np.exp(a)
+    return a.exp()
+
+
+def rescale_to(xp: Backend, shrunk: Any, reference: Any) -> Any:
+    """Per voxel, the affine map of ``shrunk`` that best fits ``reference`` (least squares).
+
+    GLMsingle's post-ridge rescaling: the regularised betas keep their
+    pattern across trials but regain the units of the unregularised ones.
+    Shapes ``(n_trials, c)``.
+    """
+    n = shrunk.shape[0]
+    ms = xp.sum(shrunk, axis=0) / n
+    mr = xp.sum(reference, axis=0) / n
+    ds = shrunk - ms[None, :]
+    var = xp.sum(ds * ds, axis=0)
+    cov = xp.sum(ds * (reference - mr[None, :]), axis=0)
+    slope = cov / xp.where(var > 0, var, 1.0)
+    return ds * slope[None, :] + mr[None, :]
