@@ -12,6 +12,9 @@ rule preprocess:
         runs=config["runs"],
         task=config["task"],
         options=config.get("preprocess", {}),
+    threads: 1
+    resources:
+        mem_mb=2000,  # Dask inside the job sizes its chunks from this (brainpipe.compute)
     log:
         f"{LOGS}/preprocess/sub-{{subject}}.log",
     conda:

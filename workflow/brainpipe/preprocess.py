@@ -68,14 +68,11 @@ def clean_run(
     finite = np.isfinite(data).all(axis=0)
     data = np.where(finite, data, 0.0)
     mean = data.mean(axis=0)
-    cleaned = signal.clean(
-        data,
-        detrend=detrend,
-        standardize=False,
-        high_pass=high_pass_hz,
-        t_r=tr,
-        ensure_finite=True,
-    )
+    cleaned = signal.clean(data, detrend=detrend, standardize=None, filter=False, t_r=tr)
+    if high_pass_hz:
+        # nilearn's Butterworth filter, applied to all voxels at once: signal.clean
+        # filters voxel by voxel, ~40x slower on a whole brain.
+        cleaned = signal.butterworth(cleaned, 1.0 / tr, high_pass=high_pass_hz, copy=True)
     valid = finite & (mean > 0)
     psc = np.zeros_like(cleaned, dtype=np.float32)
     psc[:, valid] = 100.0 * cleaned[:, valid] / mean[valid]

@@ -1,8 +1,9 @@
 from brainpipe.bids import BidsLayout, run_keys
+from brainpipe.compute import dask_resources
 from brainpipe.logs import log_to
 from brainpipe.preprocess import preprocess_subject
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
     p = snakemake.params
     subject = snakemake.wildcards.subject
     preprocess_subject(
