@@ -39,6 +39,8 @@ rule splits:
         data=DATA,
     output:
         splits=f"{RESULTS}/splits.tsv",
+    params:
+        shared_train_fraction=config.get("splits", {}).get("shared_train_fraction", 0.0),
     log:
         f"{LOGS}/splits.log",
     conda:

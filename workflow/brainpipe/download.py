@@ -1,7 +1,11 @@
 """Get a dataset into the data folder: download it, or for ``synthetic`` generate it.
 
-The dataset lands under a temporary name and is renamed into place once it is
-complete, so an interrupted download never looks finished.
+Which dataset and how is looked up in the registry (``config/datasets/NAME.yaml``,
+see :mod:`brainpipe.datasets.registry`). The dataset lands under a temporary
+name and is renamed into place once it is complete, so an interrupted download
+never looks finished; remote objects are first fetched into a persistent
+cache next to it (``{data_dir}/.{dataset}-objects``), so a failed or killed
+download resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -9,14 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from brainpipe.datasets.registry import available_datasets, load_entry
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import atomic_path
 
-#: Datasets brainpipe can fetch today.
-KNOWN_DATASETS = ("synthetic",)
+#: Datasets brainpipe can fetch (the registry's entries).
+KNOWN_DATASETS = tuple(available_datasets())
 
 
-def fetch_dataset(name: str, dest: str | Path, params: dict[str, Any] | None = None) -> Path:
+def fetch_dataset(
+    name: str,
+    dest: str | Path,
+    params: dict[str, Any] | None = None,
+    *,
+    subjects: list[str] | None = None,
+    sessions: list[str] | None = None,
+    source: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
     """Fetch (or generate) dataset ``name`` into ``dest``.
 
     Parameters
@@ -26,15 +40,54 @@ def fetch_dataset(name: str, dest: str | Path, params: dict[str, Any] | None = N
     dest : path
         Folder the dataset's root becomes.
     params : dict, optional
-        Dataset-specific parameters (for ``synthetic``: the config's
-        ``synthetic`` block).
+        For ``synthetic``: the config's ``synthetic`` block.
+    subjects, sessions : list of str, optional
+        What to fetch (config keys ``subjects``, ``sessions``).
+    source : dict, optional
+        The config's ``source`` block, merged over the registry's.
+    progress : bool
+        Show progress bars.
     """
-    if name not in KNOWN_DATASETS:
-        raise BrainpipeInputError(
-            "config", "dataset", f"no downloader for {name!r} (known: {list(KNOWN_DATASETS)})"
-        )
-    from brainpipe.datasets import synthetic
+    entry = load_entry(name)
+    merged = entry.merged_source({"source": source or {}})
+    if entry.kind == "synthetic":
+        from brainpipe.datasets import synthetic
 
-    with atomic_path(dest) as tmp:
-        synthetic.generate(tmp, synthetic.SyntheticParams.from_config(params or {}))
-    return Path(dest)
+        with atomic_path(dest) as tmp:
+            synthetic.generate(tmp, synthetic.SyntheticParams.from_config(params or {}))
+        return Path(dest)
+    if not subjects:
+        raise BrainpipeInputError("config", "subjects", f"{name} needs at least one subject")
+    cache = merged.get("cache_dir")
+    if entry.kind == "nsd":
+        from brainpipe.datasets import nsd
+
+        opts = nsd.NsdOptions.from_config({**entry.info, **merged})
+        return nsd.download_nsd(
+            dest, subjects, sessions or [], opts, cache=cache, progress=progress
+        )
+    if entry.kind == "openneuro":
+        from brainpipe.datasets import openneuro
+        from brainpipe.remote import S3Source
+
+        if "accession" not in merged:
+            raise BrainpipeInputError(entry.path, "source.accession", "is missing")
+        s3 = S3Source.from_config({"bucket": openneuro.OPENNEURO_BUCKET, **merged})
+        return openneuro.download_openneuro(
+            dest,
+            merged["accession"],
+            subjects,
+            source=s3,
+            sessions=merged.get("sessions") or sessions,
+            derivatives=bool(merged.get("derivatives", False)),
+            cache=cache,
+            workers=int(merged.get("workers", 4)),
+            progress=progress,
+        )
+    if entry.kind == "bids":
+        from brainpipe.datasets import openneuro
+
+        if not merged.get("path"):
+            raise BrainpipeInputError("config", "source.path", "a local BIDS dataset needs a path")
+        return openneuro.link_local_bids(dest, merged["path"], subjects, merged.get("fmriprep"))
+    raise BrainpipeInputError(entry.path, "kind", f"no downloader for kind {entry.kind!r}")

@@ -1,0 +1,204 @@
+"""NSD ingest benchmark: one NSD-shaped session from a loopback S3 server into betas.zarr.
+
+Writes one session in NSD's format (``/betas`` int16 (750, 83, 104, 81), ~1 GB, plus the
+brain mask, ROI volumes, ncsnr and ``nsd_expdesign.mat`` of a 81×104×83 subject), serves it
+from moto's S3 server (its own process), then measures in the same run, each in a fresh
+process:
+
+- reference: a plain sequential read of the same object bytes (one GET streamed to nowhere);
+- brainpipe: ``fetch_dataset("nsd")`` (resumable, verified download) + ``make_nsd_splits`` +
+  ``ingest_nsd_subject`` -> betas.zarr.
+
+Whole-process wall time and peak RSS (process tree, sampled) of each; target: peak RSS
+<= 2 GB and brainpipe within 3x of the reference. The machine's cores are shared with other
+work: rerun before trusting a small difference.
+
+    .venv/bin/python benchmarks/ingest.py           # full size (~1 GB session)
+    .venv/bin/python benchmarks/ingest.py --quick   # 750 × 40×48×40 (~110 MB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from measure import measure  # noqa: E402
+
+from brainpipe.datasets import nsd  # noqa: E402
+from tests.s3_server import admin_client, make_public_bucket, write_nsd_tree  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "ingest.json"
+BUCKET = "natural-scenes-dataset"
+FULL = (81, 104, 83)
+QUICK = (40, 48, 40)
+
+
+def write_session(path: Path, shape: tuple[int, int, int], seed: int = 0, batch: int = 50) -> None:
+    """``/betas`` int16 (750, K, J, I) written batch by batch (bounded memory)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h5:
+        dset = h5.create_dataset("betas", shape=(750, *shape[::-1]), dtype=np.int16)
+        for t0 in range(0, 750, batch):
+            n = min(batch, 750 - t0)
+            dset[t0 : t0 + n] = rng.integers(-1500, 1500, (n, *shape[::-1]), dtype=np.int16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+REFERENCE = """
+import boto3, sys
+from botocore import UNSIGNED
+from botocore.config import Config
+c = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                 config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}))
+body = c.get_object(Bucket=sys.argv[2], Key=sys.argv[3])["Body"]
+n = 0
+for chunk in body.iter_chunks(1 << 20):
+    n += len(chunk)
+print(n)
+"""
+
+BRAINPIPE = """
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from brainpipe.datasets import nsd
+from brainpipe.datasets.registry import load_entry
+from brainpipe.download import fetch_dataset
+endpoint, work = sys.argv[1], Path(sys.argv[2])
+phases = {"imports_s": time.perf_counter() - t0}
+t = time.perf_counter()
+source = {"endpoint_url": endpoint, "stimuli": False}
+data = fetch_dataset("nsd", work / "data/nsd", subjects=["01"], sessions=["01"], source=source,
+                     progress=False)
+phases["fetch_s"] = time.perf_counter() - t
+t = time.perf_counter()
+entry = load_entry("nsd")
+opts = nsd.NsdOptions.from_config({**entry.info, **entry.merged_source({"source": source})})
+nsd.make_nsd_splits(data / nsd.EXPDESIGN_KEY, ["01"], ["01"], work / "splits.tsv")
+nsd.ingest_nsd_subject(data, "01", ["01"], work / "betas.zarr", opts, work / "splits.tsv")
+phases["splits_and_ingest_s"] = time.perf_counter() - t
+(work / "phases.json").write_text(json.dumps(phases))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"volume {QUICK} instead of {FULL}")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    args = parser.parse_args()
+    shape = QUICK if args.quick else FULL
+    out = args.out or RESULTS.with_name("ingest_quick.json" if args.quick else "ingest.json")
+    work = Path(tempfile.mkdtemp(prefix="bp-ingest-bench-"))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c",
+         f"from moto.server import ThreadedMotoServer as S; import time; "
+         f"s = S(ip_address='127.0.0.1', port={port}, verbose=False); s.start(); time.sleep(1e9)"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        tree = work / "bucket"
+        write_nsd_tree(tree, subjects=("01",), sessions=(), shape=shape, n_images=300)
+        key = nsd.betas_key("01", "01", nsd.NsdOptions())
+        write_session(tree / key, shape)
+        size = (tree / key).stat().st_size
+        for _ in range(100):
+            try:
+                client = admin_client(endpoint)
+                make_public_bucket(client, BUCKET)
+                break
+            except Exception:  # noqa: BLE001 - server still starting
+                time.sleep(0.2)
+        for path in sorted(tree.rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(tree).as_posix()
+                client.upload_file(str(path), BUCKET, rel, ExtraArgs={"ACL": "public-read"})
+        (tree / key).unlink()  # only the server holds it now
+        import nibabel as nib
+
+        mask = np.asarray(
+            nib.load(tree / "nsddata/ppdata/subj01/func1pt8mm/brainmask.nii.gz").dataobj
+        )
+        n_vox = int((mask > 0).sum())
+        ref = measure([sys.executable, "-c", REFERENCE, endpoint, BUCKET, key])
+        ours = measure([sys.executable, "-c", BRAINPIPE, endpoint, str(work)])
+        if ours.returncode or ref.returncode:
+            raise SystemExit(
+                f"a measured command failed: ref {ref.returncode}, brainpipe {ours.returncode}"
+            )
+        phases = json.loads((work / "phases.json").read_text())
+        import xarray as xr
+
+        store = xr.open_zarr(work / "betas.zarr", consolidated=True)
+        assert store.sizes == {"trial": 750, "voxel": n_vox}, store.sizes
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    ratio = ours.wall_s / ref.wall_s
+    rows = [
+        ("plain sequential GET (reference)", ref),
+        ("brainpipe fetch + ingest -> betas.zarr", ours),
+    ]
+    print(f"NSD session {shape} x 750 int16 = {size / 2**30:.2f} GiB, {n_vox} brain voxels kept")
+    print(f"{'':42s} {'wall s':>8s} {'peak tree RSS MB':>17s}")
+    for name, m in rows:
+        print(f"{name:42s} {m.wall_s:8.1f} {m.peak_tree_rss_mb:17.0f}")
+    print("brainpipe phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+    print(f"ratio brainpipe / reference: {ratio:.2f}x (target <= 3x); "
+          f"peak RSS {ours.peak_tree_rss_mb:.0f} MB (target <= 2048 MB)")  # fmt: skip
+    result = {
+        "benchmark": "ingest",
+        "volume_shape": list(shape),
+        "trials": 750,
+        "object_bytes": size,
+        "voxels_kept": n_vox,
+        "reference": {"what": "one GET streamed, same bytes", **ref.as_dict()},
+        "brainpipe": {
+            "what": "fetch_dataset(nsd) + make_nsd_splits + ingest_nsd_subject",
+            **ours.as_dict(),
+        },
+        "brainpipe_phases_s": phases,
+        "ratio_wall": ratio,
+        "targets": {"ratio_wall_max": 3.0, "peak_rss_mb_max": 2048},
+        "meets_targets": bool(ratio <= 3.0 and ours.peak_tree_rss_mb <= 2048),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "2 cores shared with other engineers",
+        },
+        "command": " ".join(
+            [".venv/bin/python", "benchmarks/ingest.py", *(["--quick"] if args.quick else [])]
+        ),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

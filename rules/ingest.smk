@@ -1,0 +1,68 @@
+# Real datasets (registry: config/datasets/NAME.yaml): fetch them from their public home
+# (resumable, verified, parallel; see brainpipe.remote) and, for datasets that ship betas
+# (NSD, `betas: ingest`), turn those into betas.zarr and splits.tsv instead of estimating them.
+# Only registry files are read while the DAG is built: `snakemake -n` touches no network.
+
+if DATASET_ENTRY.kind != "synthetic":
+
+    ruleorder: fetch > download
+
+    rule fetch:
+        output:
+            data=directory(DATA),
+        params:
+            dataset=DATASET,
+            subjects=config["subjects"],
+            sessions=config["sessions"],
+            source=config.get("source", {}),
+        threads: 1
+        resources:
+            mem_mb=2000,
+        log:
+            f"{LOGS}/fetch.log",
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/fetch.py"
+
+
+if INGEST_BETAS:
+
+    ruleorder: ingest_splits > splits
+    ruleorder: ingest_betas > betas
+
+    rule ingest_splits:
+        input:
+            data=DATA,
+        output:
+            splits=f"{RESULTS}/splits.tsv",
+        params:
+            subjects=config["subjects"],
+            sessions=config["sessions"],
+        log:
+            f"{LOGS}/ingest_splits.log",
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/ingest_splits.py"
+
+    rule ingest_betas:
+        input:
+            data=DATA,
+            splits=f"{RESULTS}/splits.tsv",
+        output:
+            betas=directory(f"{RESULTS}/sub-{{subject}}/betas.zarr"),
+        params:
+            dataset=DATASET,
+            sessions=config["sessions"],
+            source=config.get("source", {}),
+            voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
+        threads: 1
+        resources:
+            mem_mb=3000,  # one session of kept voxels (750 × voxels × 4 B) + one read batch
+        log:
+            f"{LOGS}/ingest_betas/sub-{{subject}}.log",
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/ingest_betas.py"

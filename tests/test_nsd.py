@@ -1,0 +1,235 @@
+"""NSD: from a loopback S3 server serving NSD's real key layout and file formats to betas.zarr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from brainpipe.datasets import nsd
+from brainpipe.datasets.registry import load_entry
+from brainpipe.download import fetch_dataset
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.remote import read_manifest
+from brainpipe.splits import read_splits
+from brainpipe.storage import open_zarr
+
+from .conftest import ROOT
+from .s3_server import admin_client, make_public_bucket, moto_server, upload_tree, write_nsd_tree
+
+BUCKET = "natural-scenes-dataset"
+SESSIONS = ["01", "02"]
+
+
+@pytest.fixture(scope="module")
+def nsd_server(tmp_path_factory):
+    """A moto S3 server holding a tiny NSD; yields (endpoint_url, ground truth)."""
+    tree = tmp_path_factory.mktemp("nsd-bucket")
+    truth = write_nsd_tree(tree, subjects=("01",), sessions=SESSIONS)
+    with moto_server() as endpoint:
+        client = admin_client(endpoint)
+        make_public_bucket(client, BUCKET)
+        upload_tree(client, BUCKET, tree)
+        yield endpoint, truth
+
+
+def options(endpoint: str, **extra) -> nsd.NsdOptions:
+    entry = load_entry("nsd")
+    return nsd.NsdOptions.from_config(
+        {**entry.info, **entry.merged_source({"source": {"endpoint_url": endpoint, **extra}})}
+    )
+
+
+@pytest.fixture(scope="module")
+def fetched(nsd_server, tmp_path_factory):
+    """The data folder after fetching subject 01, sessions 01-02 from the server."""
+    endpoint, _ = nsd_server
+    dest = tmp_path_factory.mktemp("data") / "nsd"
+    fetch_dataset(
+        "nsd", dest, subjects=["01"], sessions=SESSIONS,
+        source={"endpoint_url": endpoint}, progress=False,
+    )  # fmt: skip
+    return dest
+
+
+def test_fetch_lays_out_bucket_keys_and_only_needed_images(fetched, nsd_server):
+    _, truth = nsd_server
+    opts = options("unused")
+    for key in [nsd.EXPDESIGN_KEY, *nsd.subject_keys("01", SESSIONS, opts)]:
+        assert (fetched / key).is_file(), key
+    assert not (fetched / nsd.STIMULI_KEY).exists()  # the 40 GB brick is never downloaded
+    manifest = read_manifest(fetched.with_name(".nsd-objects"))
+    assert nsd.betas_key("01", "02", opts) in manifest
+    assert all(rec["verified"] == "md5" for rec in manifest.values())
+    table = pd.read_csv(fetched / "stimuli/stimuli.tsv", sep="\t", dtype={"stimulus": str})
+    ids = truth["subjectim"][0, truth["masterordering"][: 750 * len(SESSIONS)]]
+    assert sorted(table["stimulus"]) == sorted(nsd.stimulus_name(i) for i in np.unique(ids))
+    from PIL import Image
+
+    first = int(table["stimulus"].iloc[0].split("-")[1])
+    img = np.asarray(Image.open(fetched / "stimuli" / table["image"].iloc[0]))
+    np.testing.assert_array_equal(img, truth["images"][first])
+    assert set(table.loc[table["shared"] == 1, "stimulus"]) == {
+        nsd.stimulus_name(i) for i in truth["shared"]
+    }
+
+
+def test_ingest_matches_hdf5_design_rois_and_ncsnr(fetched, nsd_server, tmp_path):
+    _, truth = nsd_server
+    opts = options("unused")
+    splits = tmp_path / "splits.tsv"
+    table = nsd.make_nsd_splits(fetched / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+    assert set(table.loc[table["split"] == "test", "stimulus"]) == {
+        nsd.stimulus_name(i) for i in truth["shared"]
+    }
+    out = nsd.ingest_nsd_subject(fetched, "01", SESSIONS, tmp_path / "betas.zarr", opts, splits)
+    ds = open_zarr(out)
+    mask = truth["mask"]["01"]
+    ijk = np.argwhere(mask)
+    assert ds.sizes == {"trial": 1500, "voxel": len(ijk)}
+    np.testing.assert_array_equal(np.stack([ds.i, ds.j, ds.k], 1), ijk)
+    betas = ds["betas"].values
+    assert betas.dtype == np.float32
+    for n, ses in enumerate(SESSIONS):  # NIfTI (i, j, k) voxel <- HDF5 [t, k, j, i] / 300
+        expected = truth["betas"][("01", ses)][mask].T
+        np.testing.assert_allclose(betas[n * 750 : (n + 1) * 750], expected, atol=1e-6)
+    ids = truth["subjectim"][0, truth["masterordering"][:1500]]
+    assert list(ds.stimulus.values) == [nsd.stimulus_name(i) for i in ids]
+    assert list(ds.session.values[[0, 749, 750]]) == ["01", "01", "02"]
+    assert ds.run.values[0] == "01" and ds.run.values[749] == "12"
+    visual = truth["rois"]["01"]["prf-visualrois"][mask]
+    np.testing.assert_array_equal(ds["roi_V1"].values, np.isin(visual, [1, 2]))
+    np.testing.assert_array_equal(ds["roi_hV4"].values, visual == 7)
+    np.testing.assert_array_equal(
+        ds["roi_nsdgeneral"].values, truth["rois"]["01"]["nsdgeneral"][mask] == 1
+    )
+    places = truth["rois"]["01"]["floc-places"][mask]
+    np.testing.assert_array_equal(ds["roi_PPA"].values, places == 2)
+    np.testing.assert_allclose(ds["ncsnr"].values, truth["ncsnr"]["01"][mask])
+    nc = 100 * ds["ncsnr"].values ** 2 / (ds["ncsnr"].values ** 2 + 1 / 3)
+    np.testing.assert_allclose(ds["nc_3trial"].values, nc, rtol=1e-5)
+    assert (
+        ds.attrs["volume_shape"] == list(mask.shape)
+        and ds.attrs["units"] == "percent signal change"
+    )
+    assert ds["betas"].encoding["chunks"][0] == 750  # trials chunked by session
+
+
+def test_zscore_statistics_come_from_training_trials_only(fetched, tmp_path):
+    opts = options("unused", zscore=True)
+    splits = tmp_path / "splits.tsv"
+    nsd.make_nsd_splits(fetched / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+    ds = open_zarr(
+        nsd.ingest_nsd_subject(fetched, "01", SESSIONS, tmp_path / "z.zarr", opts, splits)
+    )
+    train = pd.Series(ds.stimulus.values).map(read_splits(splits)).to_numpy() == "train"
+    first = ds["betas"].values[:750]
+    np.testing.assert_allclose(first[train[:750]].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(first[train[:750]].std(0), 1, atol=1e-3)
+    # Changing the test trials' betas must not change any training trial's z-score.
+    import h5py
+
+    changed = tmp_path / "changed"
+    import shutil
+
+    shutil.copytree(fetched, changed)
+    path = changed / nsd.betas_key("01", "01", opts)
+    path.unlink()
+    shutil.copy(fetched / nsd.betas_key("01", "01", opts), path)
+    with h5py.File(path, "r+") as h5:
+        test_rows = np.flatnonzero(~train[:750])
+        assert len(test_rows) > 0
+        h5["betas"][test_rows[0]] = 30000
+    ds2 = open_zarr(
+        nsd.ingest_nsd_subject(changed, "01", SESSIONS, tmp_path / "z2.zarr", opts, splits)
+    )
+    np.testing.assert_array_equal(ds2["betas"].values[:750][train[:750]], first[train[:750]])
+
+
+def test_bad_hdf5_shape_names_file_and_field(fetched, tmp_path):
+    import h5py
+
+    bad = tmp_path / "betas_session01.hdf5"
+    with h5py.File(bad, "w") as h5:
+        h5.create_dataset("betas", data=np.zeros((750, 6, 7, 5), np.int16))  # NIfTI order: wrong
+    with pytest.raises(
+        BrainpipeInputError, match=r"betas_session01.hdf5: field 'betas'.*\(trials, K, J, I\)"
+    ):
+        nsd.read_session_betas(bad, np.arange(3), (6, 7, 5))
+
+
+def nsd_config(endpoint: str) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(
+        dataset="nsd", subjects=["01"], sessions=SESSIONS, runs=["01"], tr=1.333333, task="nsd",
+        rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint},
+    )  # fmt: skip
+    config.pop("synthetic", None)
+    return config
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+        "--cores", "2", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=300)
+
+
+def test_dry_run_touches_no_network(tmp_path):
+    # An endpoint nothing listens on: any connection attempt would fail the dry run.
+    result = run_snakemake(tmp_path, nsd_config("http://127.0.0.1:9"), "-n")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for rule in ("fetch", "ingest_splits", "ingest_betas"):
+        assert f"rule {rule}:" in result.stdout
+    assert "rule betas:" not in result.stdout and "rule preprocess:" not in result.stdout
+    assert not (tmp_path / "data").exists()
+
+
+def test_snakemake_fetches_and_ingests_from_server(nsd_server, tmp_path):
+    endpoint, truth = nsd_server
+    target = "results/nsd/sub-01/betas.zarr"
+    result = run_snakemake(tmp_path, nsd_config(endpoint), target)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ds = open_zarr(tmp_path / target)
+    mask = truth["mask"]["01"]
+    np.testing.assert_allclose(
+        ds["betas"].values[750:], truth["betas"][("01", "02")][mask].T, atol=1e-6
+    )
+    assert (tmp_path / "results/nsd/splits.tsv").exists()
+
+
+def test_registry_entries_and_errors(tmp_path):
+    assert load_entry("nsd").kind == "nsd" and load_entry("synthetic").betas == "estimate"
+    for name in ("bold5000", "things-fmri", "things-meg"):
+        assert load_entry(name).source["bucket"] == "openneuro.org"
+    with pytest.raises(BrainpipeInputError, match=r"field 'dataset'.*'nope'"):
+        load_entry("nope")
+    with pytest.raises(BrainpipeInputError, match="not implemented"):
+        load_entry("nsd").betas_mode({"source": {"betas": "estimate"}})
+    with pytest.raises(BrainpipeInputError, match="ships no betas"):
+        load_entry("things-fmri").betas_mode({"source": {"betas": "ingest"}})
+    (tmp_path / "bad.yaml").write_text("kind: ftp\n")
+    with pytest.raises(BrainpipeInputError, match=r"bad.yaml: field 'kind'"):
+        load_entry("bad", tmp_path)
+    with pytest.raises(BrainpipeInputError, match=r"field 'source.space'"):
+        nsd.NsdOptions.from_config({"space": "fsaverage"})
+    with pytest.raises(BrainpipeInputError, match="subjects 1-8"):
+        nsd.subject_label("09")
+
+
+def test_expdesign_missing_field_is_named(tmp_path):
+    import scipy.io
+
+    path = tmp_path / "nsd_expdesign.mat"
+    scipy.io.savemat(path, {"masterordering": np.ones((1, 10)), "subjectim": np.ones((8, 10))})
+    with pytest.raises(BrainpipeInputError, match=r"nsd_expdesign.mat: field 'sharedix'"):
+        nsd.read_expdesign(path)

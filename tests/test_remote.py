@@ -1,0 +1,242 @@
+"""brainpipe.remote against a real loopback S3 server (moto) and a misbehaving proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from brainpipe.remote import (
+    RangeFile,
+    RemoteAccessError,
+    S3Source,
+    UnsafeKeyError,
+    fetch_objects,
+    read_manifest,
+    safe_local_path,
+)
+from brainpipe.remote.fetch import MANIFEST_NAME
+
+from .conftest import ROOT
+from .s3_server import FlakyProxy, admin_client, make_public_bucket, moto_server, upload
+
+BUCKET = "test-bucket"
+SIZE = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    """(endpoint, payload): a public bucket with a 3 MB object, a private one and an HDF5."""
+    payload = np.random.default_rng(0).bytes(SIZE)
+    with moto_server() as endpoint:
+        client = admin_client(endpoint)
+        make_public_bucket(client, BUCKET)
+        upload(client, BUCKET, "data/blob.bin", payload)
+        upload(client, BUCKET, "data/small.txt", b"hello\n")
+        upload(client, BUCKET, "secret/blob.bin", b"no", public=False)
+        yield endpoint, payload
+
+
+def test_fetch_verifies_md5_and_writes_manifest(server, tmp_path):
+    endpoint, payload = server
+    results = fetch_objects(
+        S3Source(BUCKET, endpoint_url=endpoint), ["data/blob.bin", "data/small.txt"], tmp_path,
+        progress=False,
+    )  # fmt: skip
+    assert [r.status for r in results] == ["fetched", "fetched"]
+    assert (tmp_path / "data/blob.bin").read_bytes() == payload
+    assert results[0].verified == "md5" and results[0].md5 == hashlib.md5(payload).hexdigest()
+    manifest = read_manifest(tmp_path)
+    assert manifest["data/blob.bin"]["size"] == SIZE
+    assert manifest["data/blob.bin"]["path"] == "data/blob.bin"
+    assert not list(tmp_path.rglob("*.part"))
+    again = fetch_objects(
+        S3Source(BUCKET, endpoint_url=endpoint), ["data/blob.bin"], tmp_path, progress=False
+    )
+    assert again[0].status == "cached"
+
+
+def test_interrupted_several_times_resumes_and_verifies(server, tmp_path):
+    endpoint, payload = server
+    with FlakyProxy(endpoint, drop_after=600_000, drops=4) as proxy:
+        (result,) = fetch_objects(
+            S3Source(BUCKET, endpoint_url=proxy.url), ["data/blob.bin"], tmp_path,
+            backoff_s=0.01, progress=False,
+        )  # fmt: skip
+    assert proxy.dropped == 4
+    assert result.attempts == 5  # one request per interruption, each continuing with Range
+    assert result.verified == "md5"
+    assert (tmp_path / "data/blob.bin").read_bytes() == payload
+
+
+def test_killed_process_resumes_from_part_file(server, tmp_path):
+    """A real kill -9 mid-transfer: the next run continues the .part file, then verifies."""
+    endpoint, payload = server
+    with FlakyProxy(endpoint, drop_after=1_000_000, drops=1) as proxy:
+        # The child loses its connection after 1 MB and sleeps 30 s before retrying;
+        # we kill -9 it during that sleep, leaving a .part file behind.
+        script = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from brainpipe.remote import S3Source, fetch_objects\n"
+            f"src = S3Source({BUCKET!r}, endpoint_url={proxy.url!r})\n"
+            f"fetch_objects(src, ['data/blob.bin'], {str(tmp_path)!r},"
+            " progress=False, backoff_s=30)\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", script])
+        part = tmp_path / "data/blob.bin.part"
+        deadline = time.time() + 30
+        while time.time() < deadline and not (part.exists() and part.stat().st_size > 0):
+            time.sleep(0.05)
+        while time.time() < deadline and proxy.dropped == 0:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the child now sleeps in its 30 s backoff
+        child.kill()
+        child.wait()
+    size = part.stat().st_size
+    assert 0 < size < SIZE and not (tmp_path / "data/blob.bin").exists()
+    (result,) = fetch_objects(
+        S3Source(BUCKET, endpoint_url=endpoint), ["data/blob.bin"], tmp_path, progress=False
+    )
+    assert result.resumed_bytes == size and result.attempts == 1
+    assert (tmp_path / "data/blob.bin").read_bytes() == payload
+
+
+def test_corruption_in_transit_is_detected_and_refetched(server, tmp_path):
+    endpoint, payload = server
+    with FlakyProxy(endpoint, corrupt_at=123_456, corruptions=1) as proxy:
+        (result,) = fetch_objects(
+            S3Source(BUCKET, endpoint_url=proxy.url), ["data/blob.bin"], tmp_path,
+            backoff_s=0.01, progress=False,
+        )  # fmt: skip
+    assert proxy.corrupted == 1
+    assert result.attempts >= 2
+    assert (tmp_path / "data/blob.bin").read_bytes() == payload
+
+
+def test_stale_part_file_with_wrong_bytes_is_discarded(server, tmp_path):
+    endpoint, payload = server
+    part = tmp_path / "data/blob.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1_000_000)  # e.g. left over from another version of the object
+    (result,) = fetch_objects(
+        S3Source(BUCKET, endpoint_url=endpoint), ["data/blob.bin"], tmp_path, progress=False
+    )
+    assert result.resumed_bytes == 1_000_000 and result.attempts == 2
+    assert (tmp_path / "data/blob.bin").read_bytes() == payload
+
+
+def test_corrupted_local_copy_is_detected_and_refetched(server, tmp_path):
+    endpoint, payload = server
+    src = S3Source(BUCKET, endpoint_url=endpoint)
+    fetch_objects(src, ["data/blob.bin"], tmp_path, progress=False)
+    path = tmp_path / "data/blob.bin"
+    with open(path, "r+b") as fh:  # flip one byte, same size
+        fh.seek(1000)
+        fh.write(bytes([payload[1000] ^ 1]))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    (result,) = fetch_objects(src, ["data/blob.bin"], tmp_path, progress=False)
+    assert result.status == "fetched"
+    assert path.read_bytes() == payload
+
+
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a\\..\\x", "C:/x", ""]
+)
+def test_malicious_keys_are_refused(tmp_path, key):
+    with pytest.raises(UnsafeKeyError):
+        safe_local_path(tmp_path, key)
+
+
+def test_malicious_key_refused_before_any_transfer(server, tmp_path):
+    endpoint, _ = server
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeKeyError, match=r"'\.\./x'"):
+        fetch_objects(S3Source(BUCKET, endpoint_url=endpoint), ["data/small.txt", "../x"], dest)
+    assert not (tmp_path / "x").exists() and not (dest / "data/small.txt").exists()
+
+
+def test_symlink_escape_is_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "root" / "link")
+    with pytest.raises(UnsafeKeyError, match="outside"):
+        safe_local_path(tmp_path / "root", "link/x")
+
+
+def test_access_denied_names_the_file_and_what_to_do(server, tmp_path):
+    endpoint, _ = server
+    with pytest.raises(
+        RemoteAccessError, match=r"s3://test-bucket/secret/blob.bin.*access denied.*anonymous"
+    ):
+        fetch_objects(
+            S3Source(BUCKET, endpoint_url=endpoint), ["secret/blob.bin"], tmp_path, progress=False
+        )
+
+
+def test_offline_names_the_file_and_what_to_do(tmp_path):
+    src = S3Source(BUCKET, endpoint_url="http://127.0.0.1:9", connect_timeout=1)
+    with pytest.raises(
+        RemoteAccessError, match=r"s3://test-bucket/data/blob.bin.*cannot reach.*offline"
+    ):
+        fetch_objects(src, ["data/blob.bin"], tmp_path, progress=False, retries=2, backoff_s=0.01)
+
+
+def test_missing_object_names_the_file(server, tmp_path):
+    endpoint, _ = server
+    with pytest.raises(RemoteAccessError, match=r"data/nope.bin.*no such object"):
+        fetch_objects(
+            S3Source(BUCKET, endpoint_url=endpoint), ["data/nope.bin"], tmp_path, progress=False
+        )
+
+
+def test_rangefile_reads_hdf5_rows_without_downloading_it(server, tmp_path):
+    endpoint, _ = server
+    bricks = np.random.default_rng(1).integers(0, 255, (200, 32, 32, 3), dtype=np.uint8)
+    local = tmp_path / "brick.hdf5"
+    with h5py.File(local, "w") as h5:
+        h5.create_dataset("imgBrick", data=bricks, chunks=(1, 32, 32, 3))
+    upload(admin_client(endpoint), BUCKET, "stim/brick.hdf5", local.read_bytes())
+    src = S3Source(BUCKET, endpoint_url=endpoint)
+    with RangeFile(src, "stim/brick.hdf5", block_size=16384) as raw, h5py.File(raw, "r") as h5:
+        np.testing.assert_array_equal(h5["imgBrick"][7], bricks[7])
+        np.testing.assert_array_equal(h5["imgBrick"][150], bricks[150])
+        fetched = raw.requests * raw.block_size
+    assert fetched < local.stat().st_size / 4  # only the blocks the two rows need
+
+
+def test_manifest_is_json_in_the_destination(server, tmp_path):
+    endpoint, _ = server
+    fetch_objects(
+        S3Source(BUCKET, endpoint_url=endpoint), ["data/small.txt"], tmp_path, progress=False
+    )
+    import json
+
+    doc = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    rec = doc["objects"]["data/small.txt"]
+    assert rec["md5"] == hashlib.md5(b"hello\n").hexdigest() and rec["url"].startswith(
+        "s3://test-bucket/"
+    )
+
+
+def test_multipart_etag_is_verified(server, tmp_path):
+    import io
+
+    from boto3.s3.transfer import TransferConfig
+
+    endpoint, _ = server
+    payload = np.random.default_rng(2).bytes(11 << 20)
+    cfg = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    admin_client(endpoint).upload_fileobj(
+        io.BytesIO(payload), BUCKET, "data/multi.bin", ExtraArgs={"ACL": "public-read"}, Config=cfg
+    )
+    src = S3Source(BUCKET, endpoint_url=endpoint)
+    assert src.head("data/multi.bin").etag.endswith("-3")
+    (result,) = fetch_objects(src, ["data/multi.bin"], tmp_path, progress=False)
+    assert result.verified == "multipart-md5"
+    assert (tmp_path / "data/multi.bin").read_bytes() == payload

@@ -1,0 +1,585 @@
+"""The Natural Scenes Dataset (NSD): download from its public bucket and ingest its betas.
+
+Bucket layout (``s3://natural-scenes-dataset``, anonymous), as documented in the
+NSD data manual; ``{subj}`` is ``subj01`` … ``subj08``, ``{space}`` is
+``func1pt8mm`` or ``func1mm``, ``{version}`` e.g. ``betas_fithrf_GLMdenoise_RR``::
+
+    nsddata/experiments/nsd/nsd_expdesign.mat             masterordering, subjectim, sharedix
+    nsddata/experiments/nsd/nsd_stim_info_merged.csv      one row per 73k image (nsdId 0-based)
+    nsddata/ppdata/{subj}/{space}/brainmask.nii.gz        voxels brainpipe keeps (or nsdgeneral)
+    nsddata/ppdata/{subj}/{space}/roi/{roi}.nii.gz        label volumes: nsdgeneral,
+                                                          prf-visualrois, floc-faces, ...
+    nsddata_betas/ppdata/{subj}/{space}/{version}/betas_session{NN}.hdf5   /betas int16 ×300
+    nsddata_betas/ppdata/{subj}/{space}/{version}/ncsnr.nii.gz
+    nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5          /imgBrick 73000×425×425×3 uint8
+
+Axis order. The betas HDF5 files were written by MATLAB, so HDF5 (C order)
+sees the axes reversed: ``/betas`` has shape ``(750, K, J, I)`` = ``(750, 83,
+104, 81)`` at 1.8 mm, while the NIfTI volumes (brain mask, ROIs, ncsnr) have
+shape ``(I, J, K)`` = ``(81, 104, 83)``. Voxel ``(i, j, k)`` of the NIfTI is
+``betas[t, k, j, i]``; :func:`hdf5_voxel_index` does that mapping explicitly.
+
+Design. ``masterordering`` (1 × 30000, 1-based) gives, for the t-th trial of
+the experiment (session ``t // 750``), the index of the image among the
+subject's 10,000; ``subjectim`` (8 × 10000, 1-based) maps that to the 73k id;
+``sharedix`` (1 × 1000, 1-based) lists the shared-1000 images, the test split.
+brainpipe names stimuli ``nsd-NNNNN`` with the 0-based 73k id (the ``nsdId``
+of ``nsd_stim_info_merged.csv`` and the row of ``imgBrick``).
+
+Runs and onsets. Each session has 12 runs; the registry gives the trials per
+run (``trials_per_run``) and the trial period, from which the ``run`` and
+nominal ``onset`` coords are derived (NSD ships betas, not the onsets we fit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import scipy.io
+import xarray as xr
+from tqdm.auto import tqdm
+from zarr.codecs import BloscCodec
+
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.metrics import noise_ceiling
+from brainpipe.remote import RangeFile, S3Source, fetch_objects, safe_local_path
+from brainpipe.splits import read_splits
+from brainpipe.storage import (
+    atomic_path,
+    portable_strings,
+    provenance_attrs,
+    quiet_consolidated,
+    write_text_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+#: Scale of the int16 betas in the HDF5 files (percent signal change × 300).
+BETA_SCALE = 300.0
+TRIALS_PER_SESSION = 750
+#: Beta versions NSD publishes.
+BETA_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
+#: Compressor of the betas array (fast to write; see ingest_nsd_subject).
+BETAS_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+#: Volume spaces ingest supports (fsaverage surfaces are not implemented yet).
+SPACES = ("func1pt8mm", "func1mm")
+
+
+@dataclass(frozen=True)
+class NsdOptions:
+    """What to fetch and how to ingest it (the ``source`` block merged over the registry)."""
+
+    bucket: str = "natural-scenes-dataset"
+    endpoint_url: str | None = None
+    anonymous: bool = True
+    space: str = "func1pt8mm"
+    beta_version: str = "betas_fithrf_GLMdenoise_RR"
+    mask: str = "brainmask"  # voxels kept: "brainmask" or "nsdgeneral"
+    zscore: bool = False  # per-session z-scoring, statistics from training trials only
+    stimuli: bool = True  # extract the images the trials use (range reads of the HDF5)
+    stimuli_file: str | None = None  # a local copy of nsd_stimuli.hdf5 instead of range reads
+    workers: int = 4
+    trial_batch: int = 50  # trials read from HDF5 at once (memory: batch × volume × 2 bytes)
+    tr: float = 4 / 3
+    trial_period_s: float = 4.0
+    trials_per_run: tuple[int, ...] = (63, 62) * 6
+    roi_files: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, block: dict[str, Any] | None) -> NsdOptions:
+        """Build from a mapping, checking each value (unknown keys are ignored)."""
+        block = dict(block or {})
+        kwargs = {k: block[k] for k in cls.__dataclass_fields__ if k in block}
+        if "trials_per_run" in kwargs:
+            kwargs["trials_per_run"] = tuple(int(n) for n in kwargs["trials_per_run"])
+        opts = cls(**kwargs)
+        if opts.space not in SPACES:
+            raise BrainpipeInputError(
+                "config", "source.space", f"expected one of {list(SPACES)}, got {opts.space!r}"
+            )
+        if opts.beta_version not in BETA_VERSIONS:
+            raise BrainpipeInputError(
+                "config",
+                "source.beta_version",
+                f"expected one of {list(BETA_VERSIONS)}, got {opts.beta_version!r}",
+            )
+        if opts.mask not in ("brainmask", "nsdgeneral"):
+            raise BrainpipeInputError(
+                "config", "source.mask", f"expected 'brainmask' or 'nsdgeneral', got {opts.mask!r}"
+            )
+        if sum(opts.trials_per_run) != TRIALS_PER_SESSION:
+            raise BrainpipeInputError(
+                "config", "trials_per_run", f"must sum to {TRIALS_PER_SESSION} per session"
+            )
+        return opts
+
+    def source(self) -> S3Source:
+        """The bucket to fetch from."""
+        return S3Source(self.bucket, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+
+
+def subject_label(subject: str) -> str:
+    """NSD's subject folder name: ``"01"`` or ``"1"`` -> ``"subj01"``."""
+    try:
+        n = int(str(subject).removeprefix("subj"))
+    except ValueError as err:
+        raise BrainpipeInputError("config", "subjects", f"NSD subject {subject!r}") from err
+    if not 1 <= n <= 8:
+        raise BrainpipeInputError("config", "subjects", f"NSD has subjects 1-8, got {subject!r}")
+    return f"subj{n:02d}"
+
+
+def session_number(session: str) -> int:
+    """``"01"`` -> 1 (NSD has up to 40 sessions)."""
+    try:
+        n = int(session)
+    except ValueError as err:
+        raise BrainpipeInputError("config", "sessions", f"NSD session {session!r}") from err
+    if not 1 <= n <= 40:
+        raise BrainpipeInputError("config", "sessions", f"NSD has sessions 1-40, got {session!r}")
+    return n
+
+
+# --- keys in the bucket -------------------------------------------------------------------
+EXPDESIGN_KEY = "nsddata/experiments/nsd/nsd_expdesign.mat"
+STIM_INFO_KEY = "nsddata/experiments/nsd/nsd_stim_info_merged.csv"
+STIMULI_KEY = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+
+
+def betas_key(subject: str, session: str, opts: NsdOptions) -> str:
+    """Key of one session's betas HDF5."""
+    return (
+        f"nsddata_betas/ppdata/{subject_label(subject)}/{opts.space}/{opts.beta_version}/"
+        f"betas_session{session_number(session):02d}.hdf5"
+    )
+
+
+def ncsnr_key(subject: str, opts: NsdOptions) -> str:
+    """Key of the subject's noise-ceiling SNR volume."""
+    return betas_key(subject, "01", opts).rsplit("/", 1)[0] + "/ncsnr.nii.gz"
+
+
+def brainmask_key(subject: str, opts: NsdOptions) -> str:
+    """Key of the subject's brain mask in functional space."""
+    return f"nsddata/ppdata/{subject_label(subject)}/{opts.space}/brainmask.nii.gz"
+
+
+def roi_key(subject: str, roi_file: str, opts: NsdOptions) -> str:
+    """Key of one ROI label volume (``nsdgeneral``, ``prf-visualrois``, ``floc-faces``, …)."""
+    return f"nsddata/ppdata/{subject_label(subject)}/{opts.space}/roi/{roi_file}.nii.gz"
+
+
+def subject_keys(subject: str, sessions: list[str], opts: NsdOptions) -> list[str]:
+    """Every key ingest needs for one subject."""
+    return [
+        brainmask_key(subject, opts),
+        ncsnr_key(subject, opts),
+        *(roi_key(subject, name, opts) for name in opts.roi_files),
+        *(betas_key(subject, ses, opts) for ses in sessions),
+    ]
+
+
+# --- design -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExpDesign:
+    """``nsd_expdesign.mat``, converted to 0-based indices."""
+
+    masterordering: np.ndarray  # (30000,) index into the subject's 10,000 images
+    subjectim: np.ndarray  # (8, 10000) 73k id of each subject image
+    sharedix: np.ndarray  # (1000,) 73k ids of the shared images
+
+    def trial_stimuli(self, subject: str, session: str) -> np.ndarray:
+        """0-based 73k ids of the 750 trials of one session, shape (750,)."""
+        s = int(subject_label(subject)[4:]) - 1
+        n = session_number(session) - 1
+        order = self.masterordering[n * TRIALS_PER_SESSION : (n + 1) * TRIALS_PER_SESSION]
+        return self.subjectim[s, order]
+
+
+def read_expdesign(path: str | Path) -> ExpDesign:
+    """Read ``nsd_expdesign.mat`` (MATLAB v5, scipy.io) and check its fields.
+
+    Raises
+    ------
+    BrainpipeInputError
+        A field is missing, or an index is out of range.
+    """
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(path)
+    except (OSError, ValueError, NotImplementedError) as err:
+        raise BrainpipeInputError(path, "<file>", f"not a readable MATLAB file ({err})") from err
+    fields = {}
+    for name in ("masterordering", "subjectim", "sharedix"):
+        if name not in mat:
+            raise BrainpipeInputError(path, name, "variable is missing")
+        fields[name] = np.asarray(mat[name]).astype(np.int64)
+    order = fields["masterordering"].ravel() - 1
+    subjectim = np.atleast_2d(fields["subjectim"]) - 1
+    shared = fields["sharedix"].ravel() - 1
+    if order.min() < 0 or order.max() >= subjectim.shape[1]:
+        raise BrainpipeInputError(
+            path, "masterordering", f"values must be in 1..{subjectim.shape[1]} (1-based)"
+        )
+    if subjectim.min() < 0 or shared.min() < 0:
+        raise BrainpipeInputError(path, "subjectim", "73k ids must be >= 1 (1-based)")
+    return ExpDesign(order, subjectim, shared)
+
+
+def stimulus_name(nsd_id: int) -> str:
+    """brainpipe's stimulus label of a 0-based 73k id."""
+    return f"nsd-{int(nsd_id):05d}"
+
+
+def make_nsd_splits(
+    expdesign: str | Path, subjects: list[str], sessions: list[str], out_tsv: str | Path
+) -> pd.DataFrame:
+    """Write ``splits.tsv``: every image the subjects see in ``sessions``; shared-1000 = test."""
+    design = read_expdesign(expdesign)
+    ids = np.unique(
+        np.concatenate([design.trial_stimuli(s, ses) for s in subjects for ses in sessions])
+    )
+    shared = np.isin(ids, design.sharedix)
+    table = pd.DataFrame(
+        {
+            "stimulus": [stimulus_name(i) for i in ids],
+            "split": np.where(shared, "test", "train"),
+            "shared": shared.astype(int),
+        }
+    )
+    write_text_atomic(table.to_csv(sep="\t", index=False), out_tsv)
+    return table
+
+
+# --- download -----------------------------------------------------------------------------
+def download_nsd(
+    dest: str | Path,
+    subjects: list[str],
+    sessions: list[str],
+    opts: NsdOptions,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fetch what ingest needs for ``subjects`` × ``sessions`` and lay it out under ``dest``.
+
+    Objects go to ``cache`` (a mirror of the bucket's keys that persists across
+    failed runs, so transfers resume); ``dest`` is then built atomically from
+    hard links to them (copies across file systems), plus ``stimuli/`` with the
+    images the trials use (read by range requests from the 40 GB stimulus file,
+    never downloaded whole) and ``stimuli/stimuli.tsv``.
+    """
+    dest = Path(dest)
+    cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
+    source = opts.source()
+    keys = [EXPDESIGN_KEY, STIM_INFO_KEY]
+    for subject in subjects:
+        keys += subject_keys(subject, sessions, opts)
+    log.info("NSD: %d objects from %s into %s", len(keys), source.url(""), cache)
+    fetch_objects(source, keys, cache, workers=opts.workers, progress=progress)
+    with atomic_path(dest) as tmp:
+        for key in keys:
+            _link(safe_local_path(cache, key), safe_local_path(tmp, key))
+        if opts.stimuli:
+            design = read_expdesign(safe_local_path(cache, EXPDESIGN_KEY))
+            ids = np.unique(
+                np.concatenate([design.trial_stimuli(s, ses) for s in subjects for ses in sessions])
+            )
+            extract_stimuli(source, opts, ids, design.sharedix, Path(tmp) / "stimuli")
+    return dest
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copy2(src, dst)
+
+
+def extract_stimuli(
+    source: S3Source, opts: NsdOptions, ids: np.ndarray, shared: np.ndarray, out_dir: Path
+) -> pd.DataFrame:
+    """Write images ``ids`` (0-based 73k) as PNGs, and ``stimuli.tsv`` listing them.
+
+    Columns of ``stimuli.tsv``: stimulus, image, caption (empty: NSD's bucket
+    has no captions), shared.
+
+    Reads only those rows of ``imgBrick`` — from ``opts.stimuli_file`` if set,
+    else by range requests on the bucket's HDF5 — in index order, one at a time.
+    """
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    raw = open(opts.stimuli_file, "rb") if opts.stimuli_file else RangeFile(source, STIMULI_KEY)
+    with raw, h5py.File(raw, "r") as h5:
+        if "imgBrick" not in h5:
+            raise BrainpipeInputError(STIMULI_KEY, "imgBrick", "dataset is missing")
+        brick = h5["imgBrick"]
+        if brick.ndim != 4 or brick.shape[3] != 3 or ids.max() >= brick.shape[0]:
+            raise BrainpipeInputError(
+                STIMULI_KEY,
+                "imgBrick",
+                f"expected (73000, H, W, 3) covering id {ids.max()}, got {brick.shape}",
+            )
+        rows = []
+        shared_set = set(shared.tolist())
+        for i in tqdm(sorted(int(i) for i in ids), desc="NSD stimuli", unit="img", mininterval=1.0):
+            name = stimulus_name(i)
+            Image.fromarray(np.asarray(brick[i], dtype=np.uint8)).save(
+                out_dir / "images" / f"{name}.png"
+            )
+            rows.append((name, f"images/{name}.png", "", int(i in shared_set)))
+    table = pd.DataFrame(rows, columns=["stimulus", "image", "caption", "shared"])
+    write_text_atomic(table.to_csv(sep="\t", index=False), out_dir / "stimuli.tsv")
+    return table
+
+
+# --- ingest -------------------------------------------------------------------------------
+def hdf5_voxel_index(ijk: np.ndarray, volume_shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat indices into a MATLAB-written ``(K, J, I)`` volume of NIfTI voxels ``(i, j, k)``.
+
+    Parameters
+    ----------
+    ijk : ndarray of int, shape (n_voxels, 3)
+        NIfTI voxel indices.
+    volume_shape : (I, J, K)
+        NIfTI volume shape, e.g. (81, 104, 83).
+
+    Returns
+    -------
+    ndarray of int64, shape (n_voxels,)
+        Index into ``betas[t].reshape(-1)`` where ``betas[t]`` has shape (K, J, I).
+    """
+    ni, nj, nk = volume_shape
+    return np.ravel_multi_index((ijk[:, 2], ijk[:, 1], ijk[:, 0]), (nk, nj, ni))
+
+
+def _load_volume(path: Path, shape: tuple[int, ...] | None, field_name: str) -> nib.Nifti1Image:
+    if not path.exists():
+        raise BrainpipeInputError(path, "<file>", f"{field_name} volume is missing")
+    img = nib.load(path)
+    if shape is not None and img.shape[:3] != shape:
+        raise BrainpipeInputError(
+            path, "shape", f"{field_name} must match the brain mask {shape}, got {img.shape}"
+        )
+    return img
+
+
+def ingest_nsd_subject(
+    root: str | Path,
+    subject: str,
+    sessions: list[str],
+    out_path: str | Path,
+    opts: NsdOptions,
+    splits_tsv: str | Path | None = None,
+    voxel_chunk: int = 4096,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Convert NSD's betas of one subject into ``betas.zarr`` (the brainpipe contract).
+
+    Session by session: read ``/betas`` in batches of ``opts.trial_batch``
+    trials, keep the mask's voxels, divide by 300 (-> % signal change, float32),
+    optionally z-score each voxel within the session with mean and SD of the
+    session's *training* trials only (test = the shared 1000, from
+    ``splits_tsv``), and write the session's rows into the store. Peak memory is
+    one session of kept voxels (750 × n_voxels × 4 bytes) plus one batch.
+
+    Writes ``betas(trial, voxel)`` float32; trial coords ``stimulus, session,
+    run, onset``; voxel coords ``i, j, k, x, y, z``; ``roi_<name>`` for every
+    label of every ROI file present; ``ncsnr`` and ``nc_1trial`` /
+    ``nc_3trial`` from NSD's ncsnr volume; ``r2`` NaN and ``hrf_index`` -1
+    (NSD's own per-voxel R² and HRF index are not ingested).
+
+    Raises
+    ------
+    BrainpipeInputError
+        A file is missing, has the wrong shape, or ``/betas`` is not int16
+        ``(750, K, J, I)``.
+    """
+    root = Path(root)
+    design = read_expdesign(safe_local_path(root, EXPDESIGN_KEY))
+    mask_img = _load_volume(safe_local_path(root, brainmask_key(subject, opts)), None, "brainmask")
+    shape = tuple(int(n) for n in mask_img.shape[:3])
+    mask = np.asarray(mask_img.dataobj) > 0
+    if opts.mask == "nsdgeneral":
+        path = safe_local_path(root, roi_key(subject, "nsdgeneral", opts))
+        mask &= np.asarray(_load_volume(path, shape, "nsdgeneral").dataobj) > 0
+    ijk = np.argwhere(mask).astype(np.int32)  # C order = the contract's voxel order
+    n_vox = len(ijk)
+    flat = hdf5_voxel_index(ijk, shape)
+    xyz = nib.affines.apply_affine(mask_img.affine, ijk).astype(np.float32)
+
+    roi_coords: dict[str, tuple[str, np.ndarray]] = {}
+    for roi_file, labels in opts.roi_files.items():
+        path = safe_local_path(root, roi_key(subject, roi_file, opts))
+        if not path.exists():
+            log.warning("%s missing: no roi coords from %s", path, roi_file)
+            continue
+        vol = np.asarray(_load_volume(path, shape, roi_file).dataobj)[mask]
+        for name, values in labels.items():
+            roi_coords[f"roi_{name}"] = ("voxel", np.isin(vol, values))
+    ncsnr_path = safe_local_path(root, ncsnr_key(subject, opts))
+    ncsnr = np.asarray(_load_volume(ncsnr_path, shape, "ncsnr").dataobj, dtype=np.float32)[mask]
+
+    stimuli, sess, runs, onsets = [], [], [], []
+    run_of_trial = np.repeat(np.arange(1, len(opts.trials_per_run) + 1), opts.trials_per_run)
+    start_of_run = np.concatenate([[0], np.cumsum(opts.trials_per_run)[:-1]])
+    within = np.arange(TRIALS_PER_SESSION) - start_of_run[run_of_trial - 1]
+    for ses in sessions:
+        stimuli.append([stimulus_name(i) for i in design.trial_stimuli(subject, ses)])
+        sess.append(np.full(TRIALS_PER_SESSION, ses))
+        runs.append(np.array([f"{r:02d}" for r in run_of_trial]))
+        onsets.append(within * opts.trial_period_s)
+    stimuli_all = np.concatenate(stimuli)
+    split = None
+    if splits_tsv is not None:
+        table = read_splits(splits_tsv)
+        split = pd.Series(stimuli_all).map(table)
+        if split.isna().any():
+            raise BrainpipeInputError(
+                splits_tsv, "stimulus", f"{stimuli_all[split.isna().to_numpy()][0]} has no split"
+            )
+        split = split.to_numpy(str)
+    elif opts.zscore:
+        raise BrainpipeInputError("config", "source.zscore", "z-scoring needs splits.tsv")
+
+    n_trials = TRIALS_PER_SESSION * len(sessions)
+    chunks = (TRIALS_PER_SESSION, min(voxel_chunk, max(n_vox, 1)))
+    nc = {n: noise_ceiling(ncsnr, n).astype(np.float32) for n in (1, 3)}
+    template = xr.Dataset(
+        {
+            "betas": (
+                ("trial", "voxel"),
+                da.zeros((n_trials, n_vox), dtype=np.float32, chunks=chunks),
+            ),
+            "r2": ("voxel", np.full(n_vox, np.nan, np.float32)),
+            "hrf_index": ("voxel", np.full(n_vox, -1, np.int16)),
+            "ncsnr": ("voxel", ncsnr),
+            "nc_1trial": ("voxel", nc[1]),
+            "nc_3trial": ("voxel", nc[3]),
+        },
+        coords={
+            "stimulus": ("trial", stimuli_all),
+            "session": ("trial", np.concatenate(sess)),
+            "run": ("trial", np.concatenate(runs)),
+            "onset": ("trial", np.concatenate(onsets).astype(float)),
+            **{c: ("voxel", ijk[:, n]) for n, c in enumerate("ijk")},
+            **{c: ("voxel", xyz[:, n]) for n, c in enumerate("xyz")},
+            **roi_coords,
+        },
+        attrs={
+            "subject": str(subject),
+            "affine": np.asarray(mask_img.affine).tolist(),
+            "volume_shape": list(shape),
+            "space": f"nsd-{opts.space}",
+            "tr": float(opts.tr),
+            "units": "z-score (per session, training-trial statistics)"
+            if opts.zscore
+            else "percent signal change",
+            "method": f"nsd:{opts.beta_version}",
+            "source": f"s3://{opts.bucket}",
+            "zscore": bool(opts.zscore),
+            "stage": "betas",
+            **provenance_attrs(config),
+        },
+    )
+    for name in ("r2", "hrf_index", "ncsnr", "nc_1trial", "nc_3trial"):
+        template[name].encoding["chunks"] = (chunks[1],)
+    # Blosc-LZ4 with byte shuffle: ~3x faster to write than zarr's default zstd on the
+    # (high-entropy) betas, for ~5% more bytes; any zarr/xarray reader decodes it.
+    template["betas"].encoding["compressors"] = (BETAS_CODEC,)
+    with atomic_path(out_path) as tmp, quiet_consolidated():
+        portable_strings(template).to_zarr(
+            tmp, mode="w", compute=False, zarr_format=3, consolidated=True
+        )
+        for n, ses in enumerate(tqdm(sessions, desc=f"NSD betas sub-{subject}", unit="session")):
+            path = safe_local_path(root, betas_key(subject, ses, opts))
+            block = read_session_betas(path, flat, shape, opts.trial_batch)
+            rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
+            if opts.zscore:
+                block = zscore_with_train_stats(block, split[rows] == "train", path)
+            xr.Dataset({"betas": (("trial", "voxel"), block)}).to_zarr(
+                tmp, region={"trial": rows, "voxel": slice(None)}
+            )
+            del block
+            log.info(
+                "sub-%s session %s: %d trials × %d voxels", subject, ses, TRIALS_PER_SESSION, n_vox
+            )
+    return Path(out_path)
+
+
+def read_session_betas(
+    path: Path, flat: np.ndarray, shape: tuple[int, int, int], trial_batch: int = 50
+) -> np.ndarray:
+    """One session's betas at the kept voxels, in % signal change.
+
+    Parameters
+    ----------
+    path : Path
+        ``betas_sessionNN.hdf5`` with ``/betas`` int16 of shape ``(750, K, J, I)``.
+    flat : ndarray, shape (n_voxels,)
+        From :func:`hdf5_voxel_index`.
+    shape : (I, J, K)
+        NIfTI volume shape.
+
+    Returns
+    -------
+    ndarray of float32, shape (750, n_voxels)
+    """
+    if not path.exists():
+        raise BrainpipeInputError(path, "<file>", "betas file is missing (run the download)")
+    want = (TRIALS_PER_SESSION, *shape[::-1])
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise BrainpipeInputError(path, "<file>", f"not a readable HDF5 file ({err})") from err
+    with h5:
+        if "betas" not in h5:
+            raise BrainpipeInputError(path, "betas", "dataset is missing")
+        dset = h5["betas"]
+        if dset.shape != want or dset.dtype != np.int16:
+            raise BrainpipeInputError(
+                path,
+                "betas",
+                f"expected int16 {want} (trials, K, J, I), got {dset.dtype} {dset.shape}",
+            )
+        out = np.empty((TRIALS_PER_SESSION, len(flat)), dtype=np.float32)
+        for t0 in range(0, TRIALS_PER_SESSION, trial_batch):
+            t1 = min(TRIALS_PER_SESSION, t0 + trial_batch)
+            raw = dset[t0:t1].reshape(t1 - t0, -1)
+            np.divide(np.take(raw, flat, axis=1), BETA_SCALE, out=out[t0:t1], dtype=np.float32)
+            del raw
+    return out
+
+
+def zscore_with_train_stats(block: np.ndarray, train: np.ndarray, source: Path) -> np.ndarray:
+    """Z-score each voxel (in place) with the mean and SD of the training trials only.
+
+    Parameters
+    ----------
+    block : ndarray of float32, shape (n_trials, n_voxels)
+    train : ndarray of bool, shape (n_trials,)
+        Training trials; test trials are transformed but never enter the statistics.
+    """
+    if train.sum() < 2:
+        raise BrainpipeInputError(
+            source, "betas", "z-scoring needs >= 2 training trials per session"
+        )
+    mean = block[train].mean(axis=0, dtype=np.float64).astype(np.float32)
+    sd = block[train].std(axis=0, dtype=np.float64).astype(np.float32)
+    sd[sd == 0] = 1.0
+    block -= mean
+    block /= sd
+    return block

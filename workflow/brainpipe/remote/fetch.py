@@ -1,0 +1,419 @@
+"""Resumable, verified, retried, parallel and atomic object downloads with a manifest.
+
+A transfer writes ``<file>.part`` and continues it with a ``Range`` request
+after any interruption (a dropped connection, a killed process); the request is
+conditional on the ETag, so bytes of two object versions are never spliced.
+A finished ``.part`` is checked (size, and the MD5 the ETag encodes) before it
+is renamed onto its final name, so a file under its final name is always
+complete. A file that fails the check is fetched again from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from brainpipe.remote.errors import RemoteAccessError, RemoteIntegrityError
+from brainpipe.remote.keys import safe_local_path
+from brainpipe.remote.source import ObjectInfo, S3Source, is_retryable
+from brainpipe.storage import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+#: Name of the manifest written in the destination folder.
+MANIFEST_NAME = ".brainpipe-fetch-manifest.json"
+_BLOCK = 1 << 20  # bytes per read from the network
+_MULTIPART_SIZES_MB = (8, 16, 5, 64, 32, 50, 100)  # common client part sizes, tried in order
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What happened to one object."""
+
+    key: str
+    path: str
+    size: int
+    etag: str
+    md5: str | None  # hex digest of the local file (None where it was trusted from the manifest)
+    verified: str  # "md5", "multipart-md5" or "size" (ETag not an MD5 we could reproduce)
+    status: str  # "fetched" or "cached"
+    attempts: int  # requests made (1 = no interruption)
+    resumed_bytes: int  # bytes already on disk (.part) when the transfer began
+
+
+def file_md5(path: str | os.PathLike, block: int = 8 << 20) -> str:
+    """Hex MD5 of a file, read in blocks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _multipart_etag(path: Path, size: int, n_parts: int, part_size: int) -> str:
+    digests = []
+    with open(path, "rb") as fh:
+        for _ in range(n_parts):
+            digests.append(hashlib.md5(fh.read(part_size), usedforsecurity=False).digest())
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{n_parts}"
+
+
+class _StreamDigest:
+    """The digest the ETag should equal, computed as bytes arrive.
+
+    Single-part ETags are the MD5 of the object; multipart ETags are the MD5 of
+    the parts' MD5s, ``-N``. For those the part size is guessed (the first
+    common size giving N parts); a wrong guess only costs a re-read later.
+    """
+
+    def __init__(self, info: ObjectInfo) -> None:
+        self.multipart = "-" in info.etag
+        self.part_size = 0
+        if self.multipart:
+            n_parts = int(info.etag.rsplit("-", 1)[1])
+            for guess in _part_size_guesses(info.size, n_parts):
+                if -(-info.size // guess) == n_parts:
+                    self.part_size = guess
+                    break
+        self._current = hashlib.md5(usedforsecurity=False)
+        self._in_part = 0
+        self._parts: list[bytes] = []
+
+    def update(self, chunk: bytes) -> None:
+        if not self.multipart:
+            self._current.update(chunk)
+            return
+        view = memoryview(chunk)
+        while len(view):
+            take = min(len(view), self.part_size - self._in_part)
+            self._current.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self._in_part == self.part_size:
+                self._parts.append(self._current.digest())
+                self._current, self._in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def etag(self) -> str | None:
+        """The ETag these bytes would have; None if the part size is unknown."""
+        if not self.multipart:
+            return self._current.hexdigest()
+        if not self.part_size:
+            return None
+        parts = self._parts + ([self._current.digest()] if self._in_part else [])
+        return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+def _part_size_guesses(size: int, n_parts: int) -> list[int]:
+    guesses = [mb << 20 for mb in _MULTIPART_SIZES_MB]
+    even = -(-size // max(n_parts, 1))
+    return [*guesses, -(-even // (1 << 20)) << 20]
+
+
+def verify_file(
+    path: Path, info: ObjectInfo, md5: str | None = None, streamed_etag: str | None = None
+) -> tuple[bool, str, str | None]:
+    """Check ``path`` against the server's size and ETag.
+
+    Returns
+    -------
+    ok : bool
+    how : str
+        ``"md5"`` (single-part ETag is the MD5), ``"multipart-md5"`` (the ETag
+        was reproduced for a common part size) or ``"size"`` (only the size
+        could be checked).
+    md5 : str or None
+        Hex MD5 of the file (``md5`` if given, computed for single-part
+        ETags; None for multipart ETags, which hash each part instead).
+    """
+    if path.stat().st_size != info.size:
+        return False, "size", md5
+    etag = info.etag.lower()
+    if etag and "-" not in etag and len(etag) == 32:
+        md5 = md5 or file_md5(path)
+        return md5 == etag, "md5", md5
+    if "-" in etag:
+        if streamed_etag is not None and streamed_etag == etag:
+            return True, "multipart-md5", md5
+        n_parts = int(etag.rsplit("-", 1)[1])
+        for part in _part_size_guesses(info.size, n_parts):
+            if (
+                -(-info.size // part) == n_parts
+                and _multipart_etag(path, info.size, n_parts, part) == etag
+            ):
+                return True, "multipart-md5", md5
+    return True, "size", md5
+
+
+def fetch_object(
+    source: S3Source,
+    info: ObjectInfo,
+    dest: str | os.PathLike,
+    *,
+    retries: int = 6,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 30.0,
+    progress: tqdm | None = None,
+    trusted: dict[str, Any] | None = None,
+) -> FetchResult:
+    """Download one object to ``dest``, resuming ``dest.part`` if present.
+
+    Parameters
+    ----------
+    source : S3Source
+        Where the object lives.
+    info : ObjectInfo
+        Its key, size and ETag (from :meth:`S3Source.head` or a listing).
+    dest : path
+        Final local path; written as ``dest.part`` then renamed.
+    retries : int
+        Consecutive attempts without progress before giving up. An attempt
+        that received bytes resets the count, so a flaky link that keeps
+        dropping still finishes.
+    backoff_s, max_backoff_s : float
+        Sleep ``backoff_s * 2**n`` (capped) before the n-th retry.
+    progress : tqdm, optional
+        Byte counter to advance.
+    trusted : dict, optional
+        The manifest record of a previous fetch: a file whose size, ETag and
+        mtime still match it is not hashed again.
+
+    Raises
+    ------
+    RemoteAccessError
+        Offline, access denied or no such object (after retries where transient).
+    RemoteIntegrityError
+        The object failed verification on every attempt.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    if dest.exists():
+        stat = dest.stat()
+        if (
+            trusted
+            and trusted.get("etag") == info.etag
+            and trusted.get("size") == info.size == stat.st_size
+            and trusted.get("mtime_ns") == stat.st_mtime_ns
+        ):
+            _advance(progress, info.size)
+            return FetchResult(
+                info.key, str(dest), info.size, info.etag, trusted.get("md5"),
+                trusted.get("verified", "size"), "cached", 0, 0,
+            )  # fmt: skip
+        ok, how, md5 = verify_file(dest, info)
+        if ok:
+            _advance(progress, info.size)
+            return FetchResult(info.key, str(dest), info.size, info.etag, md5, how, "cached", 0, 0)
+        log.warning(
+            "%s: local copy %s fails verification (%s); fetching again",
+            source.url(info.key),
+            dest,
+            how,
+        )
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    resumed = part.stat().st_size if part.exists() else 0
+    _advance(progress, min(resumed, info.size))
+    attempts = failures = bad_checks = 0
+    # MD5 of the bytes in .part, updated as they arrive (saves re-reading the file);
+    # unknown when .part came from an earlier process.
+    hasher = _StreamDigest(info) if resumed == 0 else None
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > info.size:
+            _advance(progress, -offset)
+            part.unlink()
+            offset = 0
+            hasher = _StreamDigest(info)
+        got = 0
+        if offset < info.size:
+            attempts += 1
+            try:
+                body = source.get(info.key, offset, etag=info.etag)
+                with open(part, "ab") as fh:
+                    for chunk in body.iter_chunks(_BLOCK):
+                        fh.write(chunk)
+                        if hasher is not None:
+                            hasher.update(chunk)
+                        got += len(chunk)
+                        _advance(progress, len(chunk))
+            except Exception as err:  # noqa: BLE001 - classified below
+                code = _error_code(err)
+                if code in ("PreconditionFailed", "412"):
+                    # The object changed since we looked: start over with its new version.
+                    log.warning("%s changed on the server; restarting", source.url(info.key))
+                    _advance(progress, -(offset + got))
+                    part.unlink(missing_ok=True)
+                    hasher = _StreamDigest(info)
+                    info = source.head(info.key)
+                    continue
+                if not is_retryable(err):
+                    raise source.translate(err, info.key) from err
+                failures = 0 if got else failures + 1
+                if failures >= retries:
+                    raise source.translate(err, info.key) from err
+                delay = min(max_backoff_s, backoff_s * 2 ** max(failures - 1, 0))
+                log.info(
+                    "%s: %s after %d bytes; retrying in %.1fs (resume at %d)",
+                    source.url(info.key), type(err).__name__, offset + got, delay, offset + got,
+                )  # fmt: skip
+                time.sleep(delay)
+                continue
+        streamed = hasher.etag() if hasher else None
+        single = streamed if hasher and not hasher.multipart else None
+        ok, how, md5 = verify_file(part, info, md5=single, streamed_etag=streamed)
+        if ok:
+            os.replace(part, dest)
+            return FetchResult(
+                info.key, str(dest), info.size, info.etag, md5, how, "fetched", attempts, resumed
+            )
+        bad_checks += 1
+        log.warning(
+            "%s: downloaded bytes fail %s verification; fetching again", source.url(info.key), how
+        )
+        _advance(progress, -part.stat().st_size)
+        part.unlink()
+        hasher = _StreamDigest(info)
+        if bad_checks >= max(2, retries // 2):
+            raise RemoteIntegrityError(
+                source.url(info.key),
+                f"{bad_checks} downloads failed {how} verification (ETag {info.etag})",
+                "A server or proxy corrupts transfers; retry later or from another network.",
+            )
+
+
+def _advance(progress: tqdm | None, n: int) -> None:
+    if progress is not None and n:
+        progress.update(n)
+
+
+def _error_code(err: Exception) -> str:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The fetch manifest of ``root`` (key -> record); empty if none."""
+    path = Path(root, MANIFEST_NAME)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())["objects"]
+    except (json.JSONDecodeError, KeyError):
+        log.warning("%s is unreadable; ignoring it", path)
+        return {}
+
+
+def fetch_objects(
+    source: S3Source,
+    objects: Iterable[str | ObjectInfo],
+    root: str | os.PathLike,
+    *,
+    strip_prefix: str = "",
+    workers: int = 4,
+    retries: int = 6,
+    backoff_s: float = 0.5,
+    progress: bool = True,
+) -> list[FetchResult]:
+    """Fetch many objects into ``root`` in parallel and record them in the manifest.
+
+    Parameters
+    ----------
+    source : S3Source
+    objects : iterable of str or ObjectInfo
+        Keys (looked up with HEAD) or listing entries.
+    root : path
+        Destination folder; object ``key`` lands at ``root/key`` (minus
+        ``strip_prefix``). Keys that would leave ``root`` are refused before
+        anything is fetched.
+    workers : int
+        Parallel transfers.
+    retries, backoff_s :
+        See :func:`fetch_object`.
+    progress : bool
+        Show a byte progress bar (tqdm).
+
+    Returns
+    -------
+    list of FetchResult
+        In the order given.
+
+    Raises
+    ------
+    UnsafeKeyError
+        A key maps outside ``root`` (nothing is fetched then).
+    RemoteAccessError
+        The first object that could not be fetched (the others still finish).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    items = list(objects)
+    local = []
+    for item in items:  # refuse unsafe keys before any network traffic
+        key = item if isinstance(item, str) else item.key
+        rel = key[len(strip_prefix) :] if strip_prefix and key.startswith(strip_prefix) else key
+        local.append(safe_local_path(root, rel))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        infos = list(pool.map(lambda i: source.head(i) if isinstance(i, str) else i, items))
+    manifest = read_manifest(root)
+    lock = threading.Lock()
+    results: list[FetchResult | None] = [None] * len(infos)
+    errors: list[Exception] = []
+    bar = tqdm(
+        total=sum(i.size for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
+        desc=f"fetch {source.bucket}", disable=not progress, mininterval=1.0,
+    )  # fmt: skip
+
+    def one(n: int) -> FetchResult:
+        info, dest = infos[n], local[n]
+        return fetch_object(
+            source, info, dest, retries=retries, backoff_s=backoff_s, progress=bar,
+            trusted=manifest.get(info.key),
+        )  # fmt: skip
+
+    with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(one, n): n for n in range(len(infos))}
+        for fut in as_completed(futures):
+            n = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as err:  # noqa: BLE001 - re-raised after the others finish
+                errors.append(err)
+                continue
+            results[n] = res
+            with lock:
+                record = asdict(res)
+                record["path"] = os.path.relpath(res.path, root)
+                record["url"] = source.url(res.key)
+                record["mtime_ns"] = Path(res.path).stat().st_mtime_ns
+                if res.status == "fetched" or res.key not in manifest:
+                    record["fetched_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+                else:
+                    record["fetched_at"] = manifest[res.key].get("fetched_at")
+                    record["md5"] = record["md5"] or manifest[res.key].get("md5")
+                manifest[res.key] = record
+    _write_manifest(root, manifest)
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
+
+
+def _write_manifest(root: Path, manifest: dict[str, dict[str, Any]]) -> None:
+    doc = {"written_at": datetime.now(UTC).isoformat(timespec="seconds"), "objects": manifest}
+    write_text_atomic(json.dumps(doc, indent=1, sort_keys=True), root / MANIFEST_NAME)
+
+
+__all__ = ["FetchResult", "RemoteAccessError", "fetch_object", "fetch_objects", "read_manifest"]

@@ -1,0 +1,11 @@
+from brainpipe.download import fetch_dataset
+from brainpipe.logs import log_to
+
+with log_to(snakemake.log[0]):
+    fetch_dataset(
+        snakemake.params.dataset,
+        snakemake.output.data,
+        subjects=snakemake.params.subjects,
+        sessions=snakemake.params.sessions,
+        source=snakemake.params.source,
+    )
