@@ -1,0 +1,24 @@
+# Cross-subject alignment into a shared space, one job per method (config align.methods),
+# fitted on the shared stimuli of the training split, applied to every trial.
+
+
+rule align:
+    input:
+        betas=expand(f"{RESULTS}/sub-{{subject}}/betas.zarr", subject=config["subjects"]),
+        splits=f"{RESULTS}/splits.tsv",
+    output:
+        store=directory(f"{RESULTS}/align/{{method}}.zarr"),
+    wildcard_constraints:
+        method="[a-z_]+",
+    params:
+        subjects=config["subjects"],
+        method_params=lambda wc: align_method_params(wc.method),
+    threads: 1
+    resources:
+        mem_mb=4000,
+    log:
+        f"{LOGS}/align/{{method}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/align.py"
