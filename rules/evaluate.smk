@@ -1,10 +1,12 @@
-# Test-split scores per voxel, then one tidy summary per dataset.
+# Test-split scores per job (encoding: per voxel; decoding: retrieval), then one tidy
+# summary per dataset.
 
 
 rule evaluate:
     input:
         betas=f"{RESULTS}/sub-{{subject}}/betas.zarr",
         predictions=f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{{model}}-{{features}}/predictions.zarr",
+        embedding=embedding_input,
     output:
         metrics=f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{{model}}-{{features}}/metrics.json",
         scores=directory(
@@ -12,6 +14,10 @@ rule evaluate:
         ),
     params:
         dataset=DATASET,
+        n_boot=1000,
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/evaluate/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.log",
     conda:
@@ -25,6 +31,9 @@ rule summary:
         metrics=[f"{d}/metrics.json" for d in model_dirs()],
     output:
         summary=f"{RESULTS}/summary.tsv",
+    resources:
+        mem_mb=1000,
+        runtime=5,
     log:
         f"{LOGS}/summary.log",
     conda:

@@ -9,6 +9,9 @@ rule features:
         features=directory(f"{RESULTS}/features/{{features}}.zarr"),
     params:
         n_components=config.get("features", {}).get("n_components", 32),
+    threads: 1
+    resources:
+        mem_mb=2000,  # Dask inside the job sizes its chunks from this (brainpipe.compute)
     log:
         f"{LOGS}/features/{{features}}.log",
     conda:

@@ -1,19 +1,62 @@
-# Encoding models, one job per subject × ROI × model × feature model.
+# Model zoo training: one job per subject × ROI × model × feature model, plus one
+# leave-one-subject-out pretraining job per ROI for cross-subject models.
+
+
+rule spatial_features:
+    input:
+        data=DATA,
+        splits=f"{RESULTS}/splits.tsv",
+    output:
+        features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),
+    log:
+        f"{LOGS}/features/spatial_{{features}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/spatial_features.py"
+
+
+rule pretrain:
+    input:
+        betas=expand(f"{RESULTS}/sub-{{subject}}/betas.zarr", subject=config["subjects"]),
+        features=train_feature_inputs,
+        splits=f"{RESULTS}/splits.tsv",
+    output:
+        weights=expand(
+            f"{RESULTS}/models/shared/{{{{roi}}}}/{{{{model}}}}-{{{{features}}}}/pretrained-without-{{subject}}.safetensors",
+            subject=config["subjects"],
+        ),
+    params:
+        subjects=config["subjects"],
+    threads: 1
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
+    log:
+        f"{LOGS}/train/shared_{{roi}}_{{model}}-{{features}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/pretrain.py"
 
 
 rule train:
     input:
         betas=f"{RESULTS}/sub-{{subject}}/betas.zarr",
-        features=f"{RESULTS}/features/{{features}}.zarr",
+        features=train_feature_inputs,
         splits=f"{RESULTS}/splits.tsv",
+        pretrained=pretrained_input,
     output:
         weights=f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{{model}}-{{features}}/weights.safetensors",
         predictions=directory(
             f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{{model}}-{{features}}/predictions.zarr"
         ),
-    params:
-        alphas=config.get("ridge", {}).get("alphas", [0.1, 1, 10, 100, 1000, 10000]),
-        n_folds=config.get("ridge", {}).get("n_folds", 5),
+    threads: 1
+    resources:
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu=model_resource("gpu"),
     log:
         f"{LOGS}/train/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.log",
     conda:

@@ -29,6 +29,53 @@ def _png(fig: plt.Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _encoding(summary: pd.DataFrame) -> pd.DataFrame:
+    if "kind" not in summary:
+        return summary
+    return summary[summary["kind"] == "encoding"]
+
+
+def _decoding(summary: pd.DataFrame) -> pd.DataFrame:
+    if "kind" not in summary:
+        return summary.iloc[:0]
+    return summary[summary["kind"] == "decoding"]
+
+
+def retrieval_vs_chance_figure(summary: pd.DataFrame) -> plt.Figure:
+    """Bars: top-1, top-5 retrieval and 2-way identification per decoder (mean over
+    subjects, dots are subjects), each against its chance level (dashed line).
+
+    Baselines trained inside a decoder's job (``<name>_top1`` columns, e.g. the shared
+    backbone's per-subject baselines on the same limited data) appear as their own bars.
+    """
+    rows = []
+    for _, row in summary.iterrows():
+        label = f"{row['model']} · {row['features']} · {row['roi']}"
+        rows.append((label, row, ""))
+        for col in summary.columns:
+            if col.endswith("_top1") and not col.startswith("top") and pd.notna(row[col]):
+                base = col[: -len("_top1")]
+                rows.append((f"{label} [{base}, same data]", row, f"{base}_"))
+    labels = list(dict.fromkeys(r[0] for r in rows))
+    metrics = [("top1", "top-1"), ("top5", "top-5"), ("two_way", "2-way")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.9 + 0.45 * len(labels)), sharey=True)
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for n, label in enumerate(labels):
+            values = [r[1][f"{r[2]}{key}"] for r in rows if r[0] == label]
+            ax.barh(n, np.mean(values), color=f"C{n % 10}", height=0.7)
+            ax.scatter(values, np.full(len(values), n), s=10, color="k", zorder=2)
+        chance = summary[f"{key}_chance"].mean()
+        ax.axvline(chance, color="k", ls="--", lw=1)
+        ax.text(chance, -0.9, f"chance {chance:.2f}", fontsize=7, ha="left")
+        ax.set_xlim(0, 1)
+        ax.set_title(title)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Decoding: retrieval among the test stimuli against chance")
+    return fig
+
+
 def accuracy_vs_ceiling_figure(summary: pd.DataFrame) -> plt.Figure:
     """Grouped bars: explained variance (r², %) per ROI and model, with the noise ceiling.
 
@@ -93,6 +140,8 @@ def score_heatmap_figure(summary: pd.DataFrame) -> plt.Figure:
 def write_report(summary_tsv: str | Path, out_html: str | Path, title: str) -> Path:
     """Write the self-contained HTML report for one dataset's ``summary.tsv``."""
     summary = pd.read_csv(summary_tsv, sep="\t", dtype={"subject": str})
+    decoding = _decoding(summary)
+    summary = _encoding(summary)
     figures = [
         (
             accuracy_vs_ceiling_figure(summary),
@@ -105,6 +154,15 @@ def write_report(summary_tsv: str | Path, out_html: str | Path, title: str) -> P
             "voxels and subjects.",
         ),
     ]
+    if len(decoding):
+        figures.append(
+            (
+                retrieval_vs_chance_figure(decoding),
+                "Decoders: fraction of test stimuli whose own embedding is the most similar "
+                "(top-1) or among the 5 most similar (top-5) of all test stimuli' embeddings, "
+                "and 2-way identification; dashed lines are chance (1/n, 5/n, 0.5).",
+            )
+        )
     sections = "\n".join(
         f'<figure><img src="data:image/png;base64,{_png(fig)}"/>'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -125,6 +183,26 @@ def write_report(summary_tsv: str | Path, out_html: str | Path, title: str) -> P
     table = summary[[c for c in columns if c in summary]].to_html(
         index=False, float_format=lambda v: f"{v:.3f}", border=0
     )
+    if len(decoding):
+        dcols = [
+            "subject",
+            "roi",
+            "model",
+            "features",
+            "n_voxels",
+            "n_test_stimuli",
+            "top1",
+            "top1_ci_low",
+            "top1_ci_high",
+            "top1_chance",
+            "top5",
+            "top5_chance",
+            "two_way",
+        ]
+        dcols += [c for c in decoding if c.endswith(("_top1", "_two_way")) and c[:3] != "top"]
+        table += "\n<h2>Decoding, per subject</h2>\n" + decoding[
+            [c for c in dcols if c in decoding]
+        ].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}}

@@ -1,19 +1,26 @@
-from brainpipe.encoding import evaluate_encoding_model
 from brainpipe.logs import log_to
+from brainpipe.models import get_model, model_params
+from brainpipe.models.jobs import evaluate_job
 
 with log_to(snakemake.log[0]):
     w = snakemake.wildcards
-    evaluate_encoding_model(
+    features = w.features
+    if get_model(w.model).inputs == "bands":
+        features = "+".join(model_params(w.model, snakemake.config)["bands"])
+    evaluate_job(
+        w.model,
+        w.roi,
         snakemake.input.betas,
         snakemake.input.predictions,
-        w.roi,
         snakemake.output.metrics,
         snakemake.output.scores,
         labels={
             "dataset": snakemake.params.dataset,
             "subject": w.subject,
             "model": w.model,
-            "features": w.features,
+            "features": features,
         },
+        embedding_path=snakemake.input.embedding or None,
         config=snakemake.config,
+        n_boot=snakemake.params.n_boot,
     )

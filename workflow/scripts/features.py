@@ -1,8 +1,9 @@
 from brainpipe.bids import BidsLayout
+from brainpipe.compute import dask_resources
 from brainpipe.features.pca import build_feature_store
 from brainpipe.logs import log_to
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
     build_feature_store(
         snakemake.wildcards.features,
         BidsLayout(snakemake.input.data).stimuli_table,

@@ -1,15 +1,17 @@
-from brainpipe.encoding import train_encoding_model
 from brainpipe.logs import log_to
+from brainpipe.models.jobs import train_job
 
 with log_to(snakemake.log[0]):
-    train_encoding_model(
+    w = snakemake.wildcards
+    train_job(
+        w.model,
+        w.subject,
+        w.roi,
         snakemake.input.betas,
-        snakemake.input.features,
+        list(snakemake.input.features),
         snakemake.input.splits,
-        snakemake.wildcards.roi,
         snakemake.output.weights,
         snakemake.output.predictions,
-        alphas=snakemake.params.alphas,
-        n_folds=snakemake.params.n_folds,
         config=snakemake.config,
+        pretrained_path=snakemake.input.pretrained or None,
     )

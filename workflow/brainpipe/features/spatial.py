@@ -1,0 +1,93 @@
+"""Spatial feature maps (before spatial pooling) for readouts that attend over positions.
+
+A spatial feature model returns ``(n_stimuli, n_tokens, n_channels)``: one token per grid
+position. The store ``features/spatial/{name}.zarr`` holds ``features(stimulus, token,
+channel)``, each channel z-scored with statistics of the training stimuli only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.features import check_columns, table_source
+from brainpipe.features.gabor import gabor_energy, load_grayscale_images
+from brainpipe.features.pca import read_stimuli_and_splits
+from brainpipe.storage import provenance_attrs, write_zarr
+
+SpatialModel = Callable[[pd.DataFrame, Path], np.ndarray]
+SPATIAL_FEATURE_MODELS: dict[str, SpatialModel] = {}
+"""Registered spatial feature models by name."""
+
+
+def register_spatial_feature_model(name: str) -> Callable[[SpatialModel], SpatialModel]:
+    """Decorator registering ``model(stimuli, stimuli_dir) -> (n, tokens, channels)``."""
+
+    def decorator(func: SpatialModel) -> SpatialModel:
+        SPATIAL_FEATURE_MODELS[name] = func
+        return func
+
+    return decorator
+
+
+@register_spatial_feature_model("gabor")
+def gabor_spatial(stimuli: pd.DataFrame, stimuli_dir: Path, grid: int = 8) -> np.ndarray:
+    """Gabor energy on a ``grid`` × ``grid`` map: tokens = positions, channels = filters.
+
+    Returns
+    -------
+    features : ndarray of float32, shape (n_stimuli, grid * grid, n_frequencies * n_orientations)
+        ``log(1 + energy)`` (3 × 4 = 12 channels, 64 tokens by default).
+    """
+    source = table_source(stimuli)
+    check_columns(stimuli, ["image"], source)
+    images = load_grayscale_images(
+        [Path(stimuli_dir) / str(p) for p in stimuli["image"]], source=source
+    )
+    energy = np.log1p(gabor_energy(images, grid=grid))  # (n, F, O, g, g)
+    n, f, o = energy.shape[:3]
+    return energy.reshape(n, f * o, grid * grid).transpose(0, 2, 1).astype(np.float32)
+
+
+def build_spatial_feature_store(
+    name: str,
+    stimuli_tsv: Path,
+    splits_tsv: Path,
+    out_path: Path,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Extract a spatial feature map, z-score channels on training stimuli, write the store."""
+    if name not in SPATIAL_FEATURE_MODELS:
+        raise BrainpipeInputError(
+            "config",
+            "features",
+            f"no spatial feature model {name!r} (have {sorted(SPATIAL_FEATURE_MODELS)})",
+        )
+    stim = read_stimuli_and_splits(Path(stimuli_tsv), Path(splits_tsv), ("image",))
+    train = (stim["split"] == "train").to_numpy()
+    raw = SPATIAL_FEATURE_MODELS[name](stim, Path(stimuli_tsv).parent)
+    mean = raw[train].mean(axis=(0, 1))
+    sd = raw[train].std(axis=(0, 1))
+    feats = ((raw - mean) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    ds = xr.Dataset(
+        {"features": (("stimulus", "token", "channel"), feats)},
+        coords={
+            "stimulus": stim["stimulus"].to_numpy(dtype=object),
+            "split": ("stimulus", stim["split"].to_numpy(dtype=object)),
+            "token": np.arange(feats.shape[1]),
+            "channel": np.arange(feats.shape[2]),
+        },
+        attrs={
+            "feature_model": name,
+            "layout": "spatial",
+            "fitted_on": "train",
+            **provenance_attrs(config),
+        },
+    )
+    return write_zarr(ds, out_path)

@@ -1,0 +1,206 @@
+"""Encoding models (stimulus features -> voxel responses).
+
+- ``ridge``: per-voxel penalty by grouped CV, one decomposition shared across voxels and
+  penalties, primal/dual by shape (:class:`brainpipe.ridge.RidgeCVEncoder`).
+- ``bandedridge``: one penalty per feature space and voxel (himalaya ``BandedRidgeCV``,
+  random search over the simplex of band weights).
+- ``attention``: a transformer-style readout whose per-ROI learned queries attend over
+  the tokens (grid positions) of a spatial feature map, trained with torch.
+
+Each model is ``fit(data: JobData, params) -> FitResult``; the targets are single-trial
+training betas, the predictions are for the job's test stimuli.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainpipe.models.data import JobData, standardiser
+from brainpipe.models.registry import FitResult, register_model
+from brainpipe.ridge import RidgeCVEncoder, make_group_folds
+
+RIDGE_ALPHAS = [0.01, 0.1, 1, 10, 100, 1000, 10000, 100000, 1000000]
+
+
+@register_model("ridge", kind="encoding", defaults={"alphas": RIDGE_ALPHAS, "n_folds": 5})
+def ridge(data: JobData, params: dict) -> FitResult:
+    """Ridge with a per-voxel penalty chosen by CV (folds grouped by stimulus).
+
+    Weights: ``coef (n_features, n_voxels)``, ``intercept``, ``alpha`` (per voxel).
+    """
+    X, Y = data.features_train[0], data.betas_train
+    model = RidgeCVEncoder(alphas=np.asarray(params["alphas"], float), n_folds=params["n_folds"])
+    model.fit(X, Y, groups=data.stimuli_train)
+    return FitResult(
+        weights={
+            "coef": model.coef_.astype(np.float32),
+            "intercept": model.intercept_.astype(np.float32),
+            "alpha": model.alpha_.astype(np.float32),
+        },
+        predicted=model.predict(data.features_test[0]).astype(np.float32),
+        info={"median_alpha": f"{np.median(model.alpha_):g}"},
+    )
+
+
+@register_model(
+    "bandedridge",
+    kind="encoding",
+    inputs="bands",
+    defaults={
+        "bands": ["gabor", "caption"],
+        "alphas": [0.1, 1, 10, 100, 1000, 10000, 100000],
+        "n_iter": 20,
+        "n_folds": 5,
+        "backend": "numpy",
+        "seed": 0,
+    },
+)
+def bandedridge(data: JobData, params: dict) -> FitResult:
+    """Banded ridge: one penalty per feature space (band) and voxel, chosen by grouped CV.
+
+    Features are centred and each band divided by its RMS column sd (training statistics),
+    then concatenated;
+    himalaya's ``BandedRidgeCV`` searches band weightings (``n_iter`` points of the
+    simplex, each with every alpha) on the same grouped folds as ``ridge``.
+    ``backend`` is a himalaya backend name (``torch_cuda`` on a GPU node); it falls back to
+    numpy with a warning when unavailable.
+
+    Weights: ``coef (n_features, n_voxels)``, ``intercept``, ``deltas (n_bands, n_voxels)``
+    (log band penalties), ``x_mean``, ``x_scale``, ``band_sizes``.
+    """
+    from himalaya.backend import set_backend
+    from himalaya.ridge import BandedRidgeCV
+
+    backend = set_backend(params["backend"], on_error="warn")
+    blocks_train, blocks_test, groups = [], [], []
+    for b, (tr, te) in enumerate(zip(data.features_train, data.features_test, strict=True)):
+        blocks_train.append(tr)
+        blocks_test.append(te)
+        groups.append(np.full(tr.shape[1], b))
+    X = np.concatenate(blocks_train, axis=1)
+    Xt = np.concatenate(blocks_test, axis=1)
+    # Centre, and scale each band by one number (its RMS column sd): z-scoring every
+    # column would undo the PCA's variance ordering that plain ridge relies on.
+    x_mean, col_sd = standardiser(X)
+    band = np.concatenate(groups)
+    x_scale = np.empty_like(col_sd)
+    for b in np.unique(band):
+        x_scale[band == b] = np.sqrt(np.mean(col_sd[band == b] ** 2))
+    X, Xt = (X - x_mean) / x_scale, (Xt - x_mean) / x_scale
+    y_mean = data.betas_train.mean(axis=0)
+    folds = make_group_folds(len(X), params["n_folds"], data.stimuli_train, params["seed"])
+    model = BandedRidgeCV(
+        groups=np.concatenate(groups),
+        solver_params={
+            "alphas": np.asarray(params["alphas"], dtype=np.float64),
+            "n_iter": int(params["n_iter"]),
+            "progress_bar": False,
+        },
+        cv=folds,
+        fit_intercept=False,
+        random_state=int(params["seed"]),
+    )
+    model.fit(X.astype(np.float32), (data.betas_train - y_mean).astype(np.float32))
+    coef = np.asarray(backend.to_numpy(model.coef_), dtype=np.float32)
+    predicted = Xt @ coef + y_mean
+    return FitResult(
+        weights={
+            "coef": coef,
+            "intercept": (y_mean - 0).astype(np.float32),
+            "deltas": np.asarray(backend.to_numpy(model.deltas_), dtype=np.float32),
+            "x_mean": x_mean,
+            "x_scale": x_scale,
+            "band_sizes": np.asarray([g.size for g in groups], dtype=np.float32),
+        },
+        predicted=predicted.astype(np.float32),
+        info={"bands": ",".join(data.feature_names), "backend": str(backend.name)},
+    )
+
+
+def _attention_module(n_tokens: int, n_channels: int, n_voxels: int, params: dict):
+    import torch
+    from torch import nn
+
+    dim, n_queries = int(params["dim"]), int(params["n_queries"])
+
+    class AttentionReadout(nn.Module):
+        """Per-ROI queries attend over projected feature-map tokens; a linear readout to voxels."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(n_channels, dim)
+            self.pos = nn.Parameter(0.02 * torch.randn(n_tokens, dim))
+            self.queries = nn.Parameter(0.02 * torch.randn(n_queries, dim))
+            self.attn = nn.MultiheadAttention(dim, int(params["heads"]), batch_first=True)
+            self.norm = nn.LayerNorm(dim)
+            self.drop = nn.Dropout(float(params["dropout"]))
+            self.readout = nn.Linear(n_queries * dim, n_voxels)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.proj(x) + self.pos
+            q = self.queries.unsqueeze(0).expand(len(x), -1, -1)
+            out, _ = self.attn(q, tokens, tokens, need_weights=False)
+            return self.readout(self.drop(self.norm(out)).flatten(1))
+
+    return AttentionReadout()
+
+
+@register_model(
+    "attention",
+    kind="encoding",
+    torch=True,
+    inputs="spatial",
+    defaults={
+        "n_queries": 4,
+        "dim": 32,
+        "heads": 2,
+        "dropout": 0.1,
+        "epochs": 150,
+        "lr": 3e-3,
+        "weight_decay": 1e-2,
+        "batch_size": 64,
+        "seed": 0,
+        "device": "auto",
+    },
+)
+def attention(data: JobData, params: dict) -> FitResult:
+    """Attention readout over a spatial feature map ``(n, n_tokens, n_channels)``.
+
+    Trained with MSE on z-scored single-trial betas (training statistics), Adam with
+    weight decay, a fixed number of epochs (no test data, no early stopping on it).
+    Weights: the module's state dict plus ``y_mean``, ``y_scale``.
+    """
+    import torch
+
+    from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy, tensor
+
+    gen = seed_everything(int(params["seed"]), params.get("threads"))
+    device = get_device(params["device"])
+    X, Xt = data.features_train[0], data.features_test[0]
+    if X.ndim != 3:
+        raise ValueError(f"attention needs spatial features (n, tokens, channels), got {X.shape}")
+    y_mean, y_scale = standardiser(data.betas_train)
+    Y = (data.betas_train - y_mean) / y_scale
+    model = _attention_module(X.shape[1], X.shape[2], Y.shape[1], params).to(device)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
+    )
+    Xd, Yd = tensor(X, device), tensor(Y, device)
+    n, bs = len(X), int(params["batch_size"])
+    model.train()
+    for _ in range(int(params["epochs"])):
+        order = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            loss = torch.mean((model(Xd[idx]) - Yd[idx]) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(tensor(Xt, device)).cpu().numpy()
+    return FitResult(
+        weights={**state_to_numpy(model, "net."), "y_mean": y_mean, "y_scale": y_scale},
+        predicted=(pred * y_scale + y_mean).astype(np.float32),
+        info={"device": str(device), "final_train_loss": f"{float(loss.detach()):.4f}"},
+    )

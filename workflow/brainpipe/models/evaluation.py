@@ -1,0 +1,216 @@
+"""Test-split metrics of encoding and decoding models, with bootstrap confidence intervals.
+
+Encoding (per voxel, on test responses averaged over repeats): Pearson r, R², the noise
+ceiling for the number of repeats averaged, and the Algonauts 2023 score
+(``100 * max(r, 0)² * 100 / NC``, capped at 100). ROI summaries get percentile bootstrap
+CIs from resampling the test stimuli.
+
+Decoding (per test stimulus): the predicted embedding is compared with the embeddings of
+all ``n`` test stimuli by Pearson correlation. Top-k retrieval is the fraction of test
+stimuli whose own embedding ranks in the top k (chance ``k / n``); 2-way identification
+is the fraction of (stimulus, other stimulus) pairs in which the own embedding is more
+similar than the other (chance 0.5). CIs resample the queried stimuli.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainpipe.metrics import nc_normalised_score, noise_ceiling, pearson_r, r2_score_per_target
+
+CI_LEVEL = 0.95
+
+
+def _rowwise_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Correlation of columns of a and b along axis -2 (batched; constant columns -> 0)."""
+    ac = a - a.mean(axis=-2, keepdims=True)
+    bc = b - b.mean(axis=-2, keepdims=True)
+    num = (ac * bc).sum(axis=-2)
+    den = np.sqrt((ac**2).sum(axis=-2) * (bc**2).sum(axis=-2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = num / den
+    return np.where(np.isfinite(r), r, 0.0)
+
+
+def bootstrap_encoding(
+    observed: np.ndarray,
+    predicted: np.ndarray,
+    nc: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs of ROI means of r, r² (%, r clipped at 0) and score.
+
+    Parameters
+    ----------
+    observed, predicted : ndarray, shape (n_test, n_voxels)
+    nc : ndarray, shape (n_voxels,)
+        Noise ceiling (%) of each voxel, held fixed.
+    n_boot : int
+        Resamples of the test stimuli (with replacement).
+
+    Returns
+    -------
+    dict
+        ``{"mean_r": (low, high), "mean_r2_percent": ..., "mean_score": ...}``.
+    """
+    rng = np.random.default_rng(seed)
+    n = observed.shape[0]
+    idx = rng.integers(0, n, size=(n_boot, n))
+    out = {"mean_r": [], "mean_r2_percent": [], "mean_score": []}
+    for chunk in np.array_split(idx, max(1, n_boot // 100)):
+        r = _rowwise_r(observed[chunk].astype(np.float64), predicted[chunk].astype(np.float64))
+        out["mean_r"].append(r.mean(axis=1))
+        out["mean_r2_percent"].append((np.clip(r, 0, None) ** 2).mean(axis=1) * 100)
+        score = np.stack([nc_normalised_score(row, nc) for row in r])
+        out["mean_score"].append(np.nanmean(score, axis=1))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {k: tuple(float(x) for x in np.percentile(np.concatenate(v), q)) for k, v in out.items()}
+
+
+def encoding_metrics(
+    observed: np.ndarray,
+    predicted: np.ndarray,
+    ncsnr: np.ndarray,
+    repeats: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per-voxel scores and their ROI summary.
+
+    Parameters
+    ----------
+    observed, predicted : ndarray, shape (n_test, n_voxels)
+        Test responses averaged over repeats, and the model's predictions.
+    ncsnr : ndarray, shape (n_voxels,)
+    repeats : ndarray of int, shape (n_test,)
+        Trials averaged per test stimulus.
+
+    Returns
+    -------
+    summary : dict
+        ``mean_r, median_r, mean_r2, mean_r2_percent, mean_noise_ceiling, mean_score,
+        median_score`` and ``<metric>_ci_low / _ci_high`` for r, r² % and score.
+    per_voxel : dict of str -> ndarray (n_voxels,)
+        ``r, r2, noise_ceiling, score``.
+    """
+    r = pearson_r(observed, predicted)
+    r2 = r2_score_per_target(observed, predicted)
+    nc = noise_ceiling(ncsnr, repeats)
+    score = nc_normalised_score(r, nc)
+    summary = {
+        "mean_r": float(np.nanmean(r)),
+        "median_r": float(np.nanmedian(r)),
+        "mean_r2": float(np.nanmean(r2)),
+        "mean_r2_percent": float(np.nanmean(np.clip(r, 0, None) ** 2) * 100),
+        "mean_noise_ceiling": float(np.nanmean(nc)),
+        "mean_score": float(np.nanmean(score)),
+        "median_score": float(np.nanmedian(score)),
+    }
+    for key, (lo, hi) in bootstrap_encoding(observed, predicted, nc, n_boot, seed).items():
+        summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] = lo, hi
+    return summary, {"r": r, "r2": r2, "noise_ceiling": nc, "score": score}
+
+
+def similarity_matrix(predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every predicted embedding with every true one.
+
+    Parameters
+    ----------
+    predicted, true : ndarray, shape (n_stimuli, n_dims)
+
+    Returns
+    -------
+    sim : ndarray of float64, shape (n_stimuli, n_stimuli)
+        ``sim[i, j] = corr(predicted[i], true[j])``.
+    """
+    p = np.asarray(predicted, np.float64)
+    t = np.asarray(true, np.float64)
+    p = p - p.mean(axis=1, keepdims=True)
+    t = t - t.mean(axis=1, keepdims=True)
+    p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    return p @ t.T
+
+
+def retrieval_per_query(sim: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, np.ndarray]:
+    """Per query stimulus: top-k hit (0/1) and 2-way identification accuracy.
+
+    The rank of the own embedding counts ties pessimistically (any other stimulus at
+    least as similar ranks ahead). 2-way accuracy of query ``i`` is the fraction of the
+    other stimuli ``j`` with ``sim[i, i] > sim[i, j]``.
+    """
+    n = sim.shape[0]
+    own = np.diag(sim)
+    ahead = (sim >= own[:, None]).sum(axis=1) - 1  # others at least as similar
+    out = {f"top{k}": (ahead < k).astype(np.float64) for k in ks}
+    out["two_way"] = (own[:, None] > sim).sum(axis=1) / max(n - 1, 1)
+    return out
+
+
+def decoding_metrics(
+    predicted: np.ndarray,
+    true: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    prefix: str = "",
+) -> dict[str, float]:
+    """Retrieval among the test stimuli, 2-way identification, chance levels and CIs.
+
+    Parameters
+    ----------
+    predicted, true : ndarray, shape (n_test, n_dims)
+        Predicted and true embeddings of the test stimuli (same order).
+    prefix : str
+        Prepended to every key (e.g. ``"scratch_"`` for a baseline).
+
+    Returns
+    -------
+    dict
+        ``top1, top5, two_way`` with ``_ci_low/_ci_high``, ``top1_chance = 1/n``,
+        ``top5_chance = min(5, n)/n``, ``two_way_chance = 0.5``, ``n_candidates = n``,
+        and ``mean_r``: mean over embedding dimensions of the across-stimulus correlation.
+    """
+    n = len(true)
+    per_query = retrieval_per_query(similarity_matrix(predicted, true))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    q = [(1 - CI_LEVEL) / 2 * 100, (1 + CI_LEVEL) / 2 * 100]
+    out: dict[str, float] = {}
+    for key, values in per_query.items():
+        out[key] = float(values.mean())
+        lo, hi = np.percentile(values[idx].mean(axis=1), q)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(lo), float(hi)
+    out["top1_chance"] = 1.0 / n
+    out["top5_chance"] = min(5, n) / n
+    out["two_way_chance"] = 0.5
+    out["n_candidates"] = n
+    out["mean_r"] = float(np.mean(pearson_r(true, predicted)))
+    return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def ceiling_ratio(
+    observed: np.ndarray, predicted: np.ndarray, predicted_noise_free: np.ndarray
+) -> float:
+    """Share of the ground-truth feature ceiling reached by a model (synthetic data).
+
+    The ceiling is the same model fitted to the generator's noise-free responses
+    (``stimulus_response``) of the same training trials with the same features: what these
+    features and this training set could reach without measurement noise. Both are scored
+    as explained variance (r², r clipped at 0) against the same observed test responses::
+
+        ratio = mean_v max(r_model, 0)² / mean_v max(r_noise_free, 0)²
+
+    Parameters
+    ----------
+    observed, predicted, predicted_noise_free : ndarray, shape (n_test, n_voxels)
+
+    Returns
+    -------
+    ratio : float
+        1.0 means the model does as well as the noise-free fit.
+    """
+    r = np.clip(pearson_r(observed, predicted), 0, None)
+    r0 = np.clip(pearson_r(observed, predicted_noise_free), 0, None)
+    return float(np.mean(r**2) / np.mean(r0**2))

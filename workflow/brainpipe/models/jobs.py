@@ -1,0 +1,224 @@
+"""What one workflow job does: train a registered model, pretrain a shared backbone,
+evaluate predictions, gather the summary. Scripts call these and nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from safetensors.numpy import load_file, save_file
+
+from brainpipe.models import get_model, model_params
+from brainpipe.models.data import load_job_data, roi_betas
+from brainpipe.models.evaluation import decoding_metrics, encoding_metrics
+from brainpipe.storage import (
+    atomic_path,
+    open_zarr,
+    provenance_attrs,
+    write_text_atomic,
+    write_zarr,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _save_weights(
+    weights: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str]
+) -> None:
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+
+
+def train_job(
+    model: str,
+    subject: str,
+    roi: str,
+    betas_path: str | Path,
+    feature_paths: list[str | Path],
+    splits_path: str | Path,
+    weights_path: str | Path,
+    predictions_path: str | Path,
+    config: dict[str, Any] | None = None,
+    pretrained_path: str | Path | None = None,
+) -> None:
+    """Fit model ``model`` on one subject × ROI; write weights (safetensors) and predictions (Zarr).
+
+    Predictions: ``predicted(stimulus, output)`` for the subject's test stimuli (output =
+    voxel for encoding, embedding dimension for decoding), plus ``predicted_<name>`` for
+    any extra (baseline) predictions.
+    """
+    spec = get_model(model)
+    params = model_params(model, config)
+    data = load_job_data(betas_path, list(feature_paths), splits_path, roi, subject)
+    if spec.cross_subject:
+        params["pretrained"] = load_file(str(pretrained_path))
+    t0 = time.perf_counter()
+    result = spec.fit(data, params)
+    seconds = time.perf_counter() - t0
+    log.info("%s sub-%s %s: fitted in %.1f s (%s)", model, subject, roi, seconds, result.info)
+    metadata = {
+        "model": model,
+        "kind": spec.kind,
+        "subject": subject,
+        "roi": roi,
+        "features": ",".join(data.feature_names),
+        "n_train_trials": str(len(data.betas_train)),
+        "fit_seconds": f"{seconds:.2f}",
+        **result.info,
+        **provenance_attrs(config),
+    }
+    _save_weights(result.weights, weights_path, metadata)
+    output = "voxel" if spec.kind == "encoding" else "dim"
+    coords: dict[str, Any] = {"stimulus": data.test_stimuli}
+    if spec.kind == "encoding":
+        coords.update({c: ("voxel", data.voxel_ijk[:, n]) for n, c in enumerate("ijk")})
+    variables = {"predicted": (("stimulus", output), result.predicted.astype(np.float32))}
+    for name, pred in result.extra_predictions.items():
+        variables[f"predicted_{name}"] = (("stimulus", output), np.asarray(pred, np.float32))
+    write_zarr(
+        xr.Dataset(variables, coords=coords, attrs={**metadata, "stage": "train"}), predictions_path
+    )
+
+
+def pretrain_job(
+    model: str,
+    roi: str,
+    betas_paths: dict[str, str | Path],
+    feature_paths: list[str | Path],
+    splits_path: str | Path,
+    out_paths: dict[str, str | Path],
+    config: dict[str, Any] | None = None,
+) -> None:
+    """Pretrain a cross-subject model once per held-out subject (leave-one-subject-out).
+
+    Parameters
+    ----------
+    betas_paths : dict of subject -> path
+        Every subject's betas store.
+    out_paths : dict of held-out subject -> path
+        Where the weights pretrained on all *other* subjects go.
+    """
+    spec = get_model(model)
+    params = model_params(model, config)
+    datasets = {
+        s: load_job_data(p, list(feature_paths), splits_path, roi, s)
+        for s, p in betas_paths.items()
+    }
+    for held_out, path in out_paths.items():
+        others = {s: d for s, d in datasets.items() if s != held_out}
+        t0 = time.perf_counter()
+        weights = spec.pretrain(others, params)
+        log.info(
+            "%s %s without sub-%s: pretrained in %.1f s",
+            model,
+            roi,
+            held_out,
+            time.perf_counter() - t0,
+        )
+        _save_weights(
+            weights,
+            path,
+            {
+                "model": model,
+                "roi": roi,
+                "held_out": held_out,
+                "subjects": ",".join(sorted(others)),
+                **provenance_attrs(config),
+            },
+        )
+
+
+def evaluate_job(
+    model: str,
+    roi: str,
+    betas_path: str | Path,
+    predictions_path: str | Path,
+    metrics_path: str | Path,
+    scores_path: str | Path,
+    labels: dict[str, str],
+    embedding_path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Score one job's test predictions; write ``metrics.json`` and per-output scores (Zarr).
+
+    Encoding: per-voxel r, R², noise ceiling, score against the averaged test responses.
+    Decoding: retrieval / identification against the test stimuli's embeddings from
+    ``embedding_path`` (and the same for every ``predicted_<name>`` baseline).
+    """
+    spec = get_model(model)
+    predictions = open_zarr(predictions_path)
+    test_stimuli = predictions["stimulus"].values.astype(str)
+    betas = roi_betas(betas_path, roi)
+    metrics: dict[str, Any] = {**labels, "roi": roi, "kind": spec.kind}
+    metrics["n_train_trials"] = int(predictions.attrs.get("n_train_trials", 0))
+    metrics["n_voxels"] = int(betas.sizes["voxel"])
+    metrics["n_test_stimuli"] = int(len(test_stimuli))
+    if spec.kind == "encoding":
+        from brainpipe.models.data import average_test_responses
+
+        observed, repeats = average_test_responses(betas, test_stimuli)
+        summary, per_voxel = encoding_metrics(
+            observed, predictions["predicted"].values, betas["ncsnr"].values, repeats, n_boot
+        )
+        metrics["mean_repeats"] = float(repeats.mean())
+        metrics.update(summary)
+        scores = xr.Dataset(
+            {k: ("voxel", np.asarray(v, np.float32)) for k, v in per_voxel.items()},
+            coords={c: ("voxel", betas[c].values) for c in "ijk"},
+        )
+    else:
+        from brainpipe.models.data import features_for
+
+        true = features_for(open_zarr(embedding_path), test_stimuli, str(embedding_path))
+        metrics.update(decoding_metrics(predictions["predicted"].values, true, n_boot))
+        for var in predictions.data_vars:
+            if var.startswith("predicted_"):
+                name = var[len("predicted_") :]
+                metrics.update(
+                    decoding_metrics(predictions[var].values, true, n_boot, prefix=f"{name}_")
+                )
+        from brainpipe.models.evaluation import similarity_matrix
+
+        sim = similarity_matrix(predictions["predicted"].values, true)
+        scores = xr.Dataset(
+            {"similarity": (("stimulus", "candidate"), sim.astype(np.float32))},
+            coords={"stimulus": test_stimuli, "candidate": test_stimuli},
+        )
+    scores.attrs.update(
+        {
+            **{k: str(v) for k, v in labels.items()},
+            "roi": roi,
+            "kind": spec.kind,
+            "stage": "evaluate",
+            **provenance_attrs(config),
+        }
+    )
+    write_zarr(scores, scores_path)
+    write_text_atomic(json.dumps(metrics, indent=2), metrics_path)
+    return metrics
+
+
+#: Leading columns of summary.tsv, in order.
+SUMMARY_ORDER = ["dataset", "subject", "roi", "model", "kind", "features"]
+
+
+def collect_summary(metrics_paths: list[str | Path], out_tsv: str | Path) -> pd.DataFrame:
+    """Gather every job's ``metrics.json`` into one tidy ``summary.tsv`` (one row per job)."""
+    rows = [json.loads(Path(p).read_text()) for p in metrics_paths]
+    table = pd.DataFrame(rows)
+    order = [c for c in SUMMARY_ORDER if c in table]
+    table = table[order + [c for c in table if c not in order]]
+    table = table.sort_values(
+        [c for c in ["dataset", "kind", "model", "subject", "roi", "features"] if c in table]
+    )
+    table = table.reset_index(drop=True)
+    write_text_atomic(table.to_csv(sep="\t", index=False, float_format="%.6g"), out_tsv)
+    return table

@@ -1,0 +1,189 @@
+"""Registry of trainable models: encoding (features -> voxels) and decoding (voxels -> embedding).
+
+A model is one function plus the decorator, with its default parameters (its config block)::
+
+    @register_model("my_model", kind="encoding", defaults={"alphas": [1.0, 10.0]})
+    def my_model(data: JobData, params: dict) -> FitResult:
+        ...
+
+The workflow fans every registered model in ``config["models"]`` out over subject × ROI ×
+feature model; ``config["model_params"][name]`` overrides the defaults (unknown keys are an
+error naming the key). Every model block also has the fan-out keys of
+:data:`COMMON_DEFAULTS`: ``rois`` and ``features`` (``null``: the top-level ``rois`` /
+``feature_models``), ``gpu`` (the GPU resource a job declares) and ``threads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from brainpipe.errors import BrainpipeInputError
+
+Kind = Literal["encoding", "decoding"]
+Inputs = Literal["features", "spatial", "bands"]
+
+#: Keys every model block accepts, with their defaults.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "rois": None,
+    "features": None,
+    "gpu": 0,
+    "threads": 1,
+    "mem_mb": 2000,
+    "runtime": 30,
+}
+
+
+@dataclass
+class FitResult:
+    """What a model's fit function returns.
+
+    Attributes
+    ----------
+    weights : dict of str -> ndarray
+        Everything needed to predict again (saved as safetensors, never pickled).
+    predicted : ndarray, shape (n_test, n_outputs)
+        Predictions for the test stimuli of the job, in their order (``JobData.test_stimuli``).
+    extra_predictions : dict of str -> ndarray
+        Further predictions of the same shape (e.g. baselines trained on the same data),
+        stored next to ``predicted`` and scored by the evaluation as ``<name>_*`` metrics.
+    info : dict of str -> str
+        Metadata stored with the weights (chosen hyper-parameters, device, epochs...).
+    """
+
+    weights: dict[str, np.ndarray]
+    predicted: np.ndarray
+    extra_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model.
+
+    Attributes
+    ----------
+    name : str
+        Registry key and ``{model}`` wildcard (lowercase letters and digits).
+    kind : {"encoding", "decoding"}
+    fit : callable
+        ``fit(data, params) -> FitResult`` (cross-subject models: see ``pretrain``).
+    defaults : dict
+        The model's config block with defaults (merged with :data:`COMMON_DEFAULTS`).
+    torch : bool
+        Trained with torch (declares a GPU resource, runs on CUDA when there is one).
+    inputs : {"features", "spatial", "bands"}
+        Which feature stores a job reads: one PCA store, the spatial store of the feature
+        model, or every store listed in ``params["bands"]``.
+    pretrain : callable or None
+        Cross-subject models only: ``pretrain(datasets: dict[subject, JobData], params)
+        -> dict[str, ndarray]`` (weights); ``fit`` then receives them as
+        ``params["pretrained"]``.
+    """
+
+    name: str
+    kind: Kind
+    fit: Callable[..., FitResult]
+    defaults: dict[str, Any]
+    torch: bool = False
+    inputs: Inputs = "features"
+    pretrain: Callable[..., dict[str, np.ndarray]] | None = None
+
+    @property
+    def cross_subject(self) -> bool:
+        return self.pretrain is not None
+
+
+MODELS: dict[str, ModelSpec] = {}
+"""Registered models by name."""
+
+
+def register_model(
+    name: str,
+    kind: Kind = "encoding",
+    defaults: Mapping[str, Any] | None = None,
+    torch: bool = False,
+    inputs: Inputs = "features",
+    pretrain: Callable[..., dict[str, np.ndarray]] | None = None,
+) -> Callable[[Callable[..., FitResult]], Callable[..., FitResult]]:
+    """Decorator registering ``fit`` as model ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Lowercase letters and digits (it is a path component and a wildcard value).
+    kind : {"encoding", "decoding"}
+    defaults : mapping, optional
+        Default parameters (the model's config block).
+    torch : bool
+        Whether the model trains with torch (GPU resource, CUDA when available).
+    inputs : {"features", "spatial", "bands"}
+        See :class:`ModelSpec`.
+    pretrain : callable, optional
+        Cross-subject pretraining function (see :class:`ModelSpec`).
+    """
+    if not name.isalnum() or name.lower() != name:
+        raise ValueError(f"model name must be lowercase letters and digits, got {name!r}")
+    if kind not in ("encoding", "decoding"):
+        raise ValueError(f"kind must be 'encoding' or 'decoding', got {kind!r}")
+
+    def decorator(func: Callable[..., FitResult]) -> Callable[..., FitResult]:
+        if name in MODELS and MODELS[name].fit is not func:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = ModelSpec(
+            name=name,
+            kind=kind,
+            fit=func,
+            defaults={**COMMON_DEFAULTS, **dict(defaults or {})},
+            torch=torch,
+            inputs=inputs,
+            pretrain=pretrain,
+        )
+        return func
+
+    return decorator
+
+
+def get_model(name: str) -> ModelSpec:
+    """The model registered as ``name``; unknown names raise :class:`BrainpipeInputError`."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODELS)) or "(none)"
+        raise BrainpipeInputError(
+            "config", "models", f"unknown model {name!r}; known models: {known}"
+        ) from None
+
+
+def model_params(name: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters of model ``name``: its defaults overridden by ``config["model_params"][name]``.
+
+    ``rois`` and ``features`` left at ``None`` are filled from the top-level ``rois`` and
+    ``feature_models`` of ``config``. A top-level block named like the model (the
+    historical ``ridge:`` block) is read first, ``model_params.<name>`` overrides it.
+
+    Raises
+    ------
+    BrainpipeInputError
+        On a key the model does not know (the message lists the known keys).
+    """
+    spec = get_model(name)
+    config = dict(config or {})
+    legacy = config.get(name) if isinstance(config.get(name), Mapping) else {}
+    block = {**legacy, **dict((config.get("model_params") or {}).get(name) or {})}
+    for key in block:
+        if key not in spec.defaults:
+            raise BrainpipeInputError(
+                "config",
+                f"model_params.{name}.{key}",
+                f"unknown key; model {name!r} accepts {', '.join(sorted(spec.defaults))}",
+            )
+    params = {**spec.defaults, **block}
+    if params["rois"] is None:
+        params["rois"] = list(config.get("rois") or [])
+    if params["features"] is None:
+        params["features"] = list(config.get("feature_models") or [])
+    return params

@@ -1,0 +1,12 @@
+from brainpipe.bids import BidsLayout
+from brainpipe.features.spatial import build_spatial_feature_store
+from brainpipe.logs import log_to
+
+with log_to(snakemake.log[0]):
+    build_spatial_feature_store(
+        snakemake.wildcards.features,
+        BidsLayout(snakemake.input.data).stimuli_table,
+        snakemake.input.splits,
+        snakemake.output.features,
+        config=snakemake.config,
+    )
