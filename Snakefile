@@ -15,8 +15,10 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/betas.smk"
+include: "rules/align.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
@@ -27,4 +29,5 @@ rule all:
     input:
         f"{RESULTS}/summary.tsv",
         f"{RESULTS}/report.html",
+        align_stores(),
     default_target: True

@@ -11,6 +11,13 @@ RESULTS = f"{config['results_dir']}/{DATASET}"
 LOGS = f"logs/{DATASET}"
 ENV = "../envs/brainpipe.yaml"
 
+# The dataset's registry entry (config/datasets/NAME.yaml; read locally, no network).
+from brainpipe.datasets.registry import load_entry
+
+DATASET_ENTRY = load_entry(DATASET)
+# True when the dataset ships betas (NSD): rules/ingest.smk makes betas.zarr from them.
+INGEST_BETAS = DATASET_ENTRY.betas_mode(config) == "ingest"
+
 
 wildcard_constraints:
     subject="[A-Za-z0-9]+",
@@ -19,12 +26,85 @@ wildcard_constraints:
     features="[a-z0-9]+",
 
 
+def model_feature_labels(model):
+    """The `{features}` values a model fans out over (banded ridge: the one label "bands")."""
+    from brainpipe.models import get_model, model_params
+
+    if get_model(model).inputs == "bands":
+        return ["bands"]
+    return model_params(model, config)["features"]
+
+
 def model_dirs():
-    """One directory per subject × ROI × model × feature model: the training fan-out."""
+    """One directory per subject × ROI × model × feature model: the training fan-out.
+
+    Each model's block in `model_params` may narrow `rois` and `features`.
+    """
+    from brainpipe.models import model_params
+
+    dirs = []
+    for model in config["models"]:
+        dirs += expand(
+            f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{model}-{{features}}",
+            subject=config["subjects"],
+            roi=model_params(model, config)["rois"],
+            features=model_feature_labels(model),
+        )
+    return dirs
+
+
+def align_method_params(method):
+    """The `align:` config block narrowed to what `method` uses (defaults in brainpipe.align)."""
+    from brainpipe.align import method_params
+
+    return method_params(method, config.get("align", {}))
+
+
+def align_stores():
+    """One store per configured alignment method: the align fan-out."""
     return expand(
-        f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{{model}}-{{features}}",
-        subject=config["subjects"],
-        roi=config["rois"],
-        model=config["models"],
-        features=config["feature_models"],
+        f"{RESULTS}/align/{{method}}.zarr", method=config.get("align", {}).get("methods", [])
     )
+
+
+# Input functions of the model-zoo rules (train.smk, evaluate.smk).
+
+
+def _spec(model):
+    from brainpipe.models import get_model
+
+    return get_model(model)
+
+
+def _params(model):
+    from brainpipe.models import model_params
+
+    return model_params(model, config)
+
+
+def train_feature_inputs(wildcards):
+    """Feature stores a training job reads (PCA store, spatial map, or every band)."""
+    spec = _spec(wildcards.model)
+    if spec.inputs == "bands":
+        return [f"{RESULTS}/features/{f}.zarr" for f in _params(wildcards.model)["bands"]]
+    if spec.inputs == "spatial":
+        return [f"{RESULTS}/features/spatial/{wildcards.features}.zarr"]
+    return [f"{RESULTS}/features/{wildcards.features}.zarr"]
+
+
+def pretrained_input(wildcards):
+    if not _spec(wildcards.model).cross_subject:
+        return []
+    folder = f"{RESULTS}/models/shared/{wildcards.roi}/{wildcards.model}-{wildcards.features}"
+    return f"{folder}/pretrained-without-{wildcards.subject}.safetensors"
+
+
+def model_resource(key):
+    return lambda wildcards: _params(wildcards.model)[key]
+
+
+def embedding_input(wildcards):
+    """Decoders are scored against the embeddings of their feature store."""
+    if _spec(wildcards.model).kind == "decoding":
+        return f"{RESULTS}/features/{wildcards.features}.zarr"
+    return []

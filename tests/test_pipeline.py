@@ -24,7 +24,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from brainpipe.datasets.synthetic import load_ground_truth
-from brainpipe.encoding import train_encoding_model
+from brainpipe.models.jobs import train_job
 from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr, write_zarr
 
@@ -186,12 +186,19 @@ def _check_features(store, path):
 
 
 def _check_predictions(store, path):
-    assert store["predicted"].dims == ("stimulus", "voxel")
+    # Encoders predict voxels; decoders predict the dimensions of a stimulus embedding.
+    output = {"encoding": "voxel", "decoding": "dim"}[store.attrs["kind"]]
+    assert store["predicted"].dims == ("stimulus", output)
     splits = read_splits(path.parents[4] / "splits.tsv")
     assert set(splits[store["stimulus"].values]) == {"test"}
 
 
 def _check_scores(store, path):
+    if store.attrs["kind"] == "decoding":
+        # Retrieval scores: every test stimulus against every test stimulus as candidate.
+        assert store["similarity"].dims == ("stimulus", "candidate")
+        assert list(store["stimulus"].values) == list(store["candidate"].values)
+        return
     for name in ("r", "r2", "noise_ceiling", "score"):
         assert store[name].dims == ("voxel",) and store[name].dtype == np.float32
 
@@ -242,15 +249,18 @@ def test_changing_test_betas_changes_no_fitted_parameter(run, tmp_path):
     tampered["betas"][is_test] = -3.0 * tampered["betas"][is_test] + 7.0
     write_zarr(tampered, tmp_path / "tampered.zarr")
 
+    config = tiny_config(model_params={"ridge": {"alphas": alphas}})
     for name, store in (("a", betas_path), ("b", tmp_path / "tampered.zarr")):
-        train_encoding_model(
-            store,
-            features,
-            splits_path,
+        train_job(
+            "ridge",
+            "01",
             "V1",
+            store,
+            [features],
+            splits_path,
             tmp_path / f"{name}.safetensors",
             tmp_path / f"{name}_pred.zarr",
-            alphas=alphas,
+            config=config,
         )
     a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     for key in ("coef", "intercept", "alpha"):
@@ -280,9 +290,8 @@ def _counts(jobs):
 
 def test_fan_out_follows_the_config(tmp_path):
     def plan(name, **overrides):
-        return _counts(
-            planned_jobs(snakemake(tmp_path / name, tiny_config(**overrides), "-n").stdout)
-        )
+        config = tiny_config(models=["ridge"], **overrides)
+        return _counts(planned_jobs(snakemake(tmp_path / name, config, "-n").stdout))
 
     base = plan("base", feature_models=["gabor"])
     more_subjects = plan("subjects", feature_models=["gabor"], subjects=SUBJECTS + ["03"])
