@@ -102,7 +102,7 @@ def main() -> None:
     results = {w: run(w, args) for w in ("brainpipe", "himalaya")}
     b, h = results["brainpipe"], results["himalaya"]
     diff = float(np.max(np.abs(b["pred"] - h["pred"])))
-    same_alpha = float(np.mean(b["alpha"] == h["alpha"]))
+    same_alpha = float(np.mean(np.isclose(b["alpha"], h["alpha"], rtol=1e-5)))  # himalaya: float32
     print(
         f"data: {args.n} x {args.p} -> {args.t} targets, {len(ALPHAS)} alphas, "
         f"{N_FOLDS} folds, cores={os.cpu_count()}"

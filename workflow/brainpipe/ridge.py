@@ -4,12 +4,20 @@ Written himalaya-style: pure solvers (:func:`solve_ridge_cv`, :func:`fit_ridge`)
 arrays and return arrays, and a thin scikit-learn-shaped estimator
 (:class:`RidgeCVEncoder`) that validates inputs, builds the folds and calls them.
 
-For each fold the centred training design is decomposed ONCE — a thin SVD of ``X``
-(primal, ``n_samples >= n_features``) or an eigendecomposition of the Gram matrix
-``X Xᵀ`` (dual, ``n_samples < n_features``) — and reused for every alpha and every target:
-with ``X = U diag(s) Vᵀ`` the ridge solution is ``coef = V diag(s / (s² + α)) Uᵀ Y``, so
-the per-alpha work is a diagonal rescaling of ``Uᵀ Y`` and one matrix product, vectorised
-over targets. An intercept is always fitted (X and Y centred on the training rows).
+Each fold's centred training design is decomposed ONCE and reused for every alpha and
+every target, switching form by shape:
+
+- primal (``n_train >= n_features``): eigendecomposition of the small covariance
+  ``Xᵀ X = V diag(λ) Vᵀ``; ``coef(α) = V diag(1/(λ+α)) Vᵀ Xᵀ Y``. The training
+  cross-products ``Xᵀ Y`` of every fold are the all-rows product minus the validation
+  rows' product, so the big ``n × p × t`` product is paid once, not once per fold; and the
+  validation R² of every alpha comes from ``p × t`` sufficient statistics (the validation
+  Gram matrix and cross-products) without ever forming an ``n_val × t`` prediction;
+- dual (``n_train < n_features``): eigendecomposition of the Gram matrix ``X Xᵀ``.
+
+The working precision follows ``Y``: float32 targets are solved in float32 (the
+decompositions, which are small, always in float64), float64 targets in float64. An
+intercept is always fitted (X and Y centred on the training rows).
 """
 
 from __future__ import annotations
@@ -29,53 +37,127 @@ DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 6, 1
 # --- solvers --------------------------------------------------------------------------
 
 
-def _decompose(X: np.ndarray, method: Method) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decompose centred ``X`` once; return ``(P, spec, W)``.
+def _working_dtype(Y: np.ndarray) -> type[np.floating]:
+    """float32 for float32 (or narrower) targets, float64 otherwise."""
+    return np.float32 if np.asarray(Y).dtype in (np.float32, np.float16) else np.float64
 
-    Ridge predictions on (centred) ``Z`` are ``Z @ P @ diag(_shrink(spec, α)) @ Wᵀ @ Y``.
-    Primal (thin SVD ``X = U diag(s) Vᵀ``): ``P = V``, ``spec = s``, ``W = U``.
-    Dual (``X Xᵀ = U diag(λ) Uᵀ``): ``P = Xᵀ U``, ``spec = λ``, ``W = U``.
-    """
-    n, p = X.shape
+
+def _is_primal(n_samples: int, n_features: int, method: Method) -> bool:
     if method == "auto":
-        method = "primal" if n >= p else "dual"
-    if method == "primal":
-        U, s, Vt = np.linalg.svd(X, full_matrices=False)
-        return Vt.T, s, U
-    if method == "dual":
-        lam, U = np.linalg.eigh(X @ X.T)
-        lam = np.clip(lam, 0.0, None)
-        return X.T @ U, lam, U
-    raise ValueError(f"method must be 'auto', 'primal' or 'dual', got {method!r}")
-
-
-def _shrink(spec: np.ndarray, alpha: np.ndarray | float, primal: bool) -> np.ndarray:
-    """Spectral ridge filter: ``s/(s²+α)`` (primal, spec=s) or ``1/(λ+α)`` (dual, spec=λ)."""
-    if primal:
-        return spec / (spec**2 + alpha)
-    return 1.0 / (spec + alpha)
-
-
-def _is_primal(X: np.ndarray, method: Method) -> bool:
-    if method == "auto":
-        return X.shape[0] >= X.shape[1]
+        return n_samples >= n_features
+    if method not in ("primal", "dual"):
+        raise ValueError(f"method must be 'auto', 'primal' or 'dual', got {method!r}")
     return method == "primal"
 
 
 def _score(y_true: np.ndarray, y_pred: np.ndarray, score: Score) -> np.ndarray:
     """Per-column R² (constant columns → 0) or Pearson r (constant → 0), float64."""
     if score == "r2":
-        ss_res = ((y_true - y_pred) ** 2).sum(0)
-        ss_tot = ((y_true - y_true.mean(0)) ** 2).sum(0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = 1.0 - ss_res / ss_tot
-        out[ss_tot == 0] = 0.0
-        return out
+        ss_res = ((y_true - y_pred) ** 2).sum(0, dtype=np.float64)
+        ss_tot = ((y_true - y_true.mean(0)) ** 2).sum(0, dtype=np.float64)
+        return _r2(ss_res, ss_tot)
     if score == "pearson":
         from brainpipe.metrics import pearson_r
 
         return pearson_r(y_true, y_pred)
     raise ValueError(f"score must be 'r2' or 'pearson', got {score!r}")
+
+
+def _r2(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 1.0 - ss_res / ss_tot
+    out[ss_tot <= 0] = 0.0
+    return out
+
+
+def _sum_sq(A: np.ndarray) -> np.ndarray:
+    """Column sums of squares, accumulated in float64."""
+    return np.einsum("ij,ij->j", A, A, dtype=np.float64)
+
+
+def _primal_fold_scores(
+    X: np.ndarray,
+    Y: np.ndarray,
+    XtY: np.ndarray,
+    y_sum: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    alphas: np.ndarray,
+    score: Score,
+) -> np.ndarray:
+    """Validation scores ``(n_alphas, n_targets)`` of one fold, primal form.
+
+    ``X`` (float64) and ``Y`` (working dtype) are all rows; ``XtY = Xᵀ Y`` and
+    ``y_sum = Σ Y`` over all rows.
+    """
+    dtype = Y.dtype
+    n_train = train.size
+    Xv, Yv = X[val], Y[val]
+    x_mean = X[train].mean(0)
+    y_mean = (y_sum - Yv.sum(0, dtype=np.float64)) / n_train
+    Xtr = X[train] - x_mean
+    lam, V = np.linalg.eigh(Xtr.T @ Xtr)
+    lam = np.clip(lam, 0.0, None)
+    # Centred training cross-products: all rows minus validation rows, then the means.
+    Cxy = XtY - Xv.astype(dtype).T @ Yv
+    Cxy -= np.outer(n_train * x_mean, y_mean).astype(dtype)
+    B = V.T.astype(dtype) @ Cxy  # (p, t): coef(α) = V diag(1/(λ+α)) B
+    del Cxy
+    Z = ((Xv - x_mean) @ V).astype(dtype)  # validation design in the eigenbasis
+    E = Yv
+    E -= y_mean.astype(dtype)  # validation targets about the training mean (in place)
+    shrink = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, p)
+    scores = np.empty((alphas.size, Y.shape[1]))
+    if score == "pearson":
+        for i, f in enumerate(shrink):
+            scores[i] = _score(E, Z @ (f.astype(dtype)[:, None] * B), score)
+        return scores
+    if score != "r2":
+        raise ValueError(f"score must be 'r2' or 'pearson', got {score!r}")
+    # ||E - Z diag(f) B||² = ||E||² - 2 fᵀ (B ∘ ZᵀE) + ||Z diag(f) B||², per target.
+    ss_e = _sum_sq(E)
+    e_mean = E.mean(0, dtype=np.float64)
+    ss_tot = ss_e - val.size * e_mean**2  # about the validation mean, as himalaya
+    cross = shrink @ (B * (Z.T @ E)).astype(np.float64)  # (n_alphas, t)
+    del E
+    gram = Z.T @ Z if val.size >= Z.shape[1] else None
+    for i, f in enumerate(shrink):
+        FB = f.astype(dtype)[:, None] * B
+        # The cheaper of p×p×t (Gram) and n_val×p×t (predictions) for the quadratic term.
+        if gram is not None:
+            quad = np.einsum("ij,ij->j", FB, gram @ FB, dtype=np.float64)
+        else:
+            quad = _sum_sq(Z @ FB)
+        scores[i] = _r2(ss_e - 2.0 * cross[i] + quad, ss_tot)
+    return scores
+
+
+def _dual_fold_scores(
+    X: np.ndarray,
+    Y: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    alphas: np.ndarray,
+    score: Score,
+) -> np.ndarray:
+    """Validation scores ``(n_alphas, n_targets)`` of one fold, dual (kernel) form."""
+    dtype = Y.dtype
+    x_mean = X[train].mean(0)
+    Xtr = X[train] - x_mean
+    lam, U = np.linalg.eigh(Xtr @ Xtr.T)
+    lam = np.clip(lam, 0.0, None)
+    Ytr = Y[train]
+    y_mean = Ytr.mean(0, dtype=np.float64).astype(dtype)
+    Ytr -= y_mean
+    B = U.T.astype(dtype) @ Ytr  # (n_train, t)
+    del Ytr
+    A = ((X[val] - x_mean) @ Xtr.T @ U).astype(dtype)  # (n_val, n_train)
+    Yv = Y[val] - y_mean
+    scores = np.empty((alphas.size, Y.shape[1]))
+    for i, alpha in enumerate(alphas):
+        f = (1.0 / (lam + alpha)).astype(dtype)
+        scores[i] = _score(Yv, A @ (f[:, None] * B), score)
+    return scores
 
 
 def solve_ridge_cv(
@@ -92,6 +174,7 @@ def solve_ridge_cv(
     ----------
     X : ndarray, shape (n_samples, n_features)
     Y : ndarray, shape (n_samples, n_targets)
+        float32 targets are solved in float32, anything else in float64.
     alphas : array-like, shape (n_alphas,)
         Candidate penalties (> 0).
     folds : iterable of (train_idx, val_idx)
@@ -101,8 +184,8 @@ def solve_ridge_cv(
         Validation score per target. R² uses the validation fold's own mean
         (as himalaya does); constant targets score 0.
     method : {"auto", "primal", "dual"}
-        Decomposition per fold: thin SVD of ``X`` (primal) or eigendecomposition of the
-        Gram matrix (dual). "auto" takes primal when ``n_train >= n_features``.
+        Decomposition per fold: covariance ``XᵀX`` (primal) or Gram matrix ``XXᵀ`` (dual).
+        "auto" takes primal when ``n_train >= n_features``.
 
     Returns
     -------
@@ -111,27 +194,25 @@ def solve_ridge_cv(
     cv_scores : ndarray of float64, shape (n_alphas, n_targets)
         Validation score averaged over folds.
     """
+    dtype = _working_dtype(Y)
     X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
+    X = X - X.mean(0)  # a global shift changes nothing but keeps float32 sums well-conditioned
+    Y = np.asarray(Y, dtype=dtype)
     alphas = np.asarray(alphas, dtype=np.float64).ravel()
-    scores = np.zeros((alphas.size, Y.shape[1]))
-    n_folds = 0
-    for train, val in folds:
-        train, val = np.asarray(train), np.asarray(val)
-        x_mean, y_mean = X[train].mean(0), Y[train].mean(0)
-        Xtr, Ytr = X[train] - x_mean, Y[train] - y_mean
-        Xval, Yval = X[val] - x_mean, Y[val] - y_mean
-        primal = _is_primal(Xtr, method)
-        P, spec, W = _decompose(Xtr, "primal" if primal else "dual")
-        A = Xval @ P  # (n_val, r)
-        B = W.T @ Ytr  # (r, n_targets)
-        for i, alpha in enumerate(alphas):
-            pred = A @ (_shrink(spec, alpha, primal)[:, None] * B)
-            scores[i] += _score(Yval, pred, score)
-        n_folds += 1
-    if n_folds == 0:
+    folds = [(np.asarray(train), np.asarray(val)) for train, val in folds]
+    if not folds:
         raise ValueError("folds is empty")
-    cv_scores = scores / n_folds
+    primal = [_is_primal(train.size, X.shape[1], method) for train, _ in folds]
+    if any(primal):
+        XtY = X.astype(dtype).T @ Y
+        y_sum = Y.sum(0, dtype=np.float64)
+    scores = np.zeros((alphas.size, Y.shape[1]))
+    for (train, val), is_primal in zip(folds, primal, strict=True):
+        if is_primal:
+            scores += _primal_fold_scores(X, Y, XtY, y_sum, train, val, alphas, score)
+        else:
+            scores += _dual_fold_scores(X, Y, train, val, alphas, score)
+    cv_scores = scores / len(folds)
     best = alphas[np.argmax(cv_scores, axis=0)]
     return best, cv_scores
 
@@ -148,6 +229,7 @@ def fit_ridge(
     ----------
     X : ndarray, shape (n_samples, n_features)
     Y : ndarray, shape (n_samples, n_targets)
+        float32 targets are solved in float32, anything else in float64.
     alpha_per_target : float or ndarray, shape (n_targets,)
         Penalty of each target (a scalar applies to all).
     method : {"auto", "primal", "dual"}
@@ -155,20 +237,30 @@ def fit_ridge(
 
     Returns
     -------
-    coef : ndarray of float64, shape (n_features, n_targets)
-        ``coef[:, j] = V diag(s / (s² + α_j)) Uᵀ (Y[:, j] - mean)``.
-    intercept : ndarray of float64, shape (n_targets,)
+    coef : ndarray, shape (n_features, n_targets)
+        ``coef[:, j] = (XᵀX + α_j I)⁻¹ Xᵀ (Y[:, j] - mean)`` (X centred), in the working
+        precision.
+    intercept : ndarray, shape (n_targets,)
     """
+    dtype = _working_dtype(Y)
     X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = np.asarray(Y, dtype=dtype)
     alpha = np.broadcast_to(np.asarray(alpha_per_target, dtype=np.float64), (Y.shape[1],))
-    x_mean, y_mean = X.mean(0), Y.mean(0)
-    Xc, Yc = X - x_mean, Y - y_mean
-    primal = _is_primal(Xc, method)
-    P, spec, W = _decompose(Xc, "primal" if primal else "dual")
-    B = W.T @ Yc  # (r, n_targets)
-    coef = P @ (_shrink(spec[:, None], alpha[None, :], primal) * B)
-    intercept = y_mean - x_mean @ coef
+    x_mean, y_mean = X.mean(0), Y.mean(0, dtype=np.float64)
+    Xc = X - x_mean
+    if _is_primal(*X.shape, method):
+        lam, V = np.linalg.eigh(Xc.T @ Xc)
+        # Σ (x - x̄) y = Σ (x - x̄)(y - ȳ): centring X alone centres the cross-products.
+        B = V.T.astype(dtype) @ (Xc.astype(dtype).T @ Y)
+        P = V
+    else:
+        lam, U = np.linalg.eigh(Xc @ Xc.T)
+        B = U.T.astype(dtype) @ (Y - y_mean.astype(dtype))
+        P = Xc.T @ U
+    lam = np.clip(lam, 0.0, None)
+    B *= (1.0 / (lam[:, None] + alpha[None, :])).astype(dtype)
+    coef = P.astype(dtype) @ B
+    intercept = (y_mean - x_mean @ coef).astype(dtype)
     return coef, intercept
 
 
@@ -230,7 +322,9 @@ def make_group_folds(
 
 
 def _check_2d(name: str, A: np.ndarray) -> np.ndarray:
-    A = np.asarray(A, dtype=np.float64)
+    A = np.asarray(A)
+    if A.dtype not in (np.float32, np.float64):
+        A = A.astype(np.float64)
     if A.ndim == 1 and name == "Y":
         A = A[:, None]
     if A.ndim != 2:
@@ -262,8 +356,9 @@ class RidgeCVEncoder:
 
     Attributes
     ----------
-    coef_ : ndarray of float64, shape (n_features, n_targets)
-    intercept_ : ndarray of float64, shape (n_targets,)
+    coef_ : ndarray, shape (n_features, n_targets)
+        In the working precision (float32 for float32 targets, else float64).
+    intercept_ : ndarray, shape (n_targets,)
     alpha_ : ndarray of float64, shape (n_targets,)
         Chosen penalty of each target.
     cv_scores_ : ndarray of float64, shape (n_alphas, n_targets)
