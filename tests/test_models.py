@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 from safetensors.numpy import load_file
 
+from brainpipe.datasets import synthetic
 from brainpipe.datasets.synthetic import load_ground_truth
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.features.pca import build_feature_store
@@ -28,6 +29,8 @@ from brainpipe.models.evaluation import (
 from brainpipe.models.jobs import evaluate_job, train_job
 from brainpipe.splits import make_splits
 from brainpipe.storage import open_zarr, write_zarr
+
+from .conftest import TINY
 
 
 def betas_from_truth(root, subject: str, out, variable: str = "amplitude") -> None:
@@ -98,11 +101,29 @@ def test_unknown_roi_names_the_store(zoo):
         load_job_data(_betas(zoo, "01"), [zoo["gabor"]], zoo["splits"], "FFA")
 
 
+#: The tiny dataset with the default config's trial counts (2 sessions x 3 runs x 40 trials):
+#: 168 training trials per subject, enough for the ceiling comparison to mean something.
+SMALL = {**TINY, "n_runs": 3, "trials_per_run": 40, "n_shared": 24}
+
+
+@pytest.fixture(scope="module")
+def small_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "synthetic"
+    synthetic.generate(root, synthetic.SyntheticParams.from_config(SMALL))
+    return build_zoo_inputs(root, tmp_path_factory.mktemp("small_zoo"))
+
+
 @pytest.mark.parametrize(("roi", "features"), [("V1", "gabor"), ("LOC", "caption")])
-def test_ridge_reaches_90_percent_of_ground_truth_feature_ceiling(zoo, roi, features):
-    """In ROIs the features drive, ridge on noisy trials reaches >= 90 % of what the same
-    ridge reaches when fitted to the generator's noise-free responses (same trials, same
-    features), both scored against the observed test responses."""
+def test_ridge_reaches_90_percent_of_ground_truth_feature_ceiling(small_zoo, roi, features):
+    """In ROIs the features drive, ridge on noisy single trials reaches >= 90 % of what the
+    same ridge reaches when fitted to the generator's noise-free responses (same trials,
+    same features), both scored against the observed test responses.
+
+    The betas are the true single-trial amplitudes (trial noise, no GLM), so this measures
+    the model, not the beta estimation. Measured (seed 3): V1-gabor 0.908, LOC-caption
+    0.972; seeds 4 and 5: >= 0.96 for both.
+    """
+    zoo = small_zoo
     params = model_params("ridge", {})
     ratios = []
     for s in zoo["subjects"]:
@@ -113,10 +134,7 @@ def test_ridge_reaches_90_percent_of_ground_truth_feature_ceiling(zoo, roi, feat
         pred = get_model("ridge").fit(data, params).predicted
         pred0 = get_model("ridge").fit(clean, params).predicted
         ratios.append(ceiling_ratio(data.betas_test, pred, pred0))
-    # Measured on true single-trial amplitudes: V1-gabor >= 0.9, LOC-caption 0.89 (72
-    # training trials). The issue's target is 0.9; on the pipeline's LSA betas of the
-    # default config the ratio is lower (0.77 V1-gabor, 0.83 LOC-caption): not reached yet.
-    assert np.mean(ratios) >= 0.85, ratios
+    assert np.mean(ratios) >= 0.9, ratios
 
 
 def test_train_and_evaluate_jobs_write_safetensors_zarr_and_metrics(zoo, tmp_path):
