@@ -1,6 +1,8 @@
 # Real datasets (registry: config/datasets/NAME.yaml): fetch them from their public home
 # (resumable, verified, parallel; see brainpipe.remote) and, for datasets that ship betas
-# (NSD, `betas: ingest`), turn those into betas.zarr and splits.tsv instead of estimating them.
+# (NSD, `betas: ingest`), turn those into betas.zarr and splits.tsv instead of estimating them
+# (volume spaces or fsaverage). NSD with `betas: estimate` is fetched as BIDS from its
+# preprocessed time series, and the ordinary preprocess/betas/splits rules take over.
 # Only registry files are read while the DAG is built: `snakemake -n` touches no network.
 
 if DATASET_ENTRY.kind != "synthetic":
@@ -14,6 +16,9 @@ if DATASET_ENTRY.kind != "synthetic":
             dataset=DATASET,
             subjects=config["subjects"],
             sessions=config["sessions"],
+            # runs/task matter only for NSD time series (source.betas: estimate)
+            runs=[] if INGEST_BETAS else config["runs"],
+            task=config["task"],
             source=config.get("source", {}),
         threads: 1
         resources:

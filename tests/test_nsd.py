@@ -213,15 +213,14 @@ def test_registry_entries_and_errors(tmp_path):
         assert load_entry(name).source["bucket"] == "openneuro.org"
     with pytest.raises(BrainpipeInputError, match=r"field 'dataset'.*'nope'"):
         load_entry("nope")
-    with pytest.raises(BrainpipeInputError, match="not implemented"):
-        load_entry("nsd").betas_mode({"source": {"betas": "estimate"}})
+    assert load_entry("nsd").betas_mode({"source": {"betas": "estimate"}}) == "estimate"
     with pytest.raises(BrainpipeInputError, match="ships no betas"):
         load_entry("things-fmri").betas_mode({"source": {"betas": "ingest"}})
     (tmp_path / "bad.yaml").write_text("kind: ftp\n")
     with pytest.raises(BrainpipeInputError, match=r"bad.yaml: field 'kind'"):
         load_entry("bad", tmp_path)
     with pytest.raises(BrainpipeInputError, match=r"field 'source.space'"):
-        nsd.NsdOptions.from_config({"space": "fsaverage"})
+        nsd.NsdOptions.from_config({"space": "fsaverage5"})
     with pytest.raises(BrainpipeInputError, match="subjects 1-8"):
         nsd.subject_label("09")
 

@@ -29,6 +29,8 @@ def fetch_dataset(
     subjects: list[str] | None = None,
     sessions: list[str] | None = None,
     source: dict[str, Any] | None = None,
+    runs: list[str] | None = None,
+    task: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Fetch (or generate) dataset ``name`` into ``dest``.
@@ -45,6 +47,9 @@ def fetch_dataset(
         What to fetch (config keys ``subjects``, ``sessions``).
     source : dict, optional
         The config's ``source`` block, merged over the registry's.
+    runs, task : list of str, str, optional
+        Config keys ``runs`` and ``task``: the runs NSD's time-series path
+        (``source.betas: estimate``) fetches and the BIDS task label it writes.
     progress : bool
         Show progress bars.
     """
@@ -63,6 +68,19 @@ def fetch_dataset(
         from brainpipe.datasets import nsd
 
         opts = nsd.NsdOptions.from_config({**entry.info, **merged})
+        if entry.betas_mode({"source": source or {}}) == "estimate":
+            from brainpipe.datasets import nsd_timeseries
+
+            return nsd_timeseries.download_nsd_timeseries(
+                dest, subjects, sessions or [], runs or [], opts,
+                task=task or str(entry.info.get("task", "nsd")), cache=cache, progress=progress,
+            )  # fmt: skip
+        if opts.space == "fsaverage":
+            from brainpipe.datasets import nsd_surface
+
+            return nsd_surface.download_nsd_surface(
+                dest, subjects, sessions or [], opts, cache=cache, progress=progress
+            )
         return nsd.download_nsd(
             dest, subjects, sessions or [], opts, cache=cache, progress=progress
         )

@@ -8,4 +8,6 @@ with log_to(snakemake.log[0]):
         subjects=snakemake.params.subjects,
         sessions=snakemake.params.sessions,
         source=snakemake.params.source,
+        runs=snakemake.params.runs,
+        task=snakemake.params.task,
     )

@@ -6,7 +6,10 @@ from brainpipe.logs import log_to
 with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
     entry = load_entry(snakemake.params.dataset)
     opts = NsdOptions.from_config({**entry.info, **entry.merged_source(snakemake.config)})
-    ingest_nsd_subject(
+    ingest = ingest_nsd_subject
+    if opts.space == "fsaverage":
+        from brainpipe.datasets.nsd_surface import ingest_nsd_surface_subject as ingest
+    ingest(
         snakemake.input.data,
         snakemake.wildcards.subject,
         snakemake.params.sessions,

@@ -4,7 +4,8 @@ An entry says what kind of dataset it is (``synthetic``, ``nsd``,
 ``openneuro``, ``bids``), where it lives (its ``source`` block: bucket,
 accession, local path, …), which subjects and sessions it has, and whether its
 betas are ingested from the dataset (``betas: ingest``, NSD's default) or
-estimated by brainpipe's own betas stage (``betas: estimate``). Reading the
+estimated by brainpipe's own betas stage (``betas: estimate``; for NSD: from its
+preprocessed time series, :mod:`brainpipe.datasets.nsd_timeseries`). Reading the
 registry never touches the network, so ``snakemake -n`` stays offline.
 
 The workflow config's ``source`` block overrides the registry's, key by key.
@@ -66,12 +67,14 @@ class DatasetEntry:
             raise BrainpipeInputError(
                 "config", "source.betas", f"expected 'ingest' or 'estimate', got {mode!r}"
             )
-        if mode == "estimate" and self.kind == "nsd":
+        space = self.merged_source(config).get("space")
+        if mode == "estimate" and self.kind == "nsd" and space == "fsaverage":
             raise BrainpipeInputError(
                 "config",
-                "source.betas",
-                "NSD from its preprocessed time series (our betas stage) is not implemented "
-                "yet; use 'ingest' (NSD's own betas)",
+                "source.space",
+                "NSD publishes preprocessed time series only in volume spaces (func1pt8mm, "
+                "func1mm); 'estimate' (our betas stage on them) needs one of those, or use "
+                "source.betas: ingest for fsaverage betas",
             )
         if mode == "ingest" and self.kind != "nsd":
             raise BrainpipeInputError(
