@@ -9,11 +9,13 @@ statistics; predictions are returned in the embedding's own units.
 - ``mlpdecoder``: an MLP trained with a contrastive (symmetric InfoNCE / CLIP) loss plus
   MSE, MindEye-style.
 - ``sharedbackbone``: one linear adapter per subject into a shared MLP backbone
-  (MindEye2 / "See Through Their Minds"), pretrained on the other subjects, then a new
-  adapter is fitted to the held-out subject with limited data (``finetune_sessions``)
-  while the backbone is fine-tuned at a lower rate. The same job trains, on the same
-  limited data, the per-subject baselines (the MLP from scratch and the ridge decoder)
-  and returns their predictions as ``scratch`` and ``ridge``.
+  (MindEye2 / "See Through Their Minds"), pretrained on the other subjects. A new adapter
+  is fitted to the held-out subject with limited data (``finetune_sessions``): first in
+  closed form (ridge from its voxels to the backbone latents of the trials' embeddings),
+  then adapter and backbone (at a lower rate) are fine-tuned for a number of epochs chosen
+  by grouped CV over the training stimuli (possibly none). The same job trains, on the
+  same limited data, the per-subject baselines (the MLP from scratch and the ridge
+  decoder) and returns their predictions as ``scratch`` and ``ridge``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ def _backbone(hidden: int, n_out: int, dropout: float):
     )
 
 
+def _loss(pred, y, params: dict):
+    """MSE + clip_weight * symmetric InfoNCE (torch tensors)."""
+    import torch
+
+    from brainpipe.models.torch_utils import clip_loss
+
+    mse = torch.mean((pred - y) ** 2)
+    return mse + float(params["clip_weight"]) * clip_loss(pred, y, float(params["temperature"]))
+
+
 def _train_decoder(
     adapters: dict,
     backbone,
@@ -85,15 +97,24 @@ def _train_decoder(
     backbone_lr_scale: float = 1.0,
     gen=None,
     device=None,
-) -> float:
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[float, list[float]]:
     """Train adapters + backbone with MSE + clip_weight * InfoNCE; mini-batches per subject.
 
     Each epoch visits every subject's shuffled training trials in mini-batches (subjects
-    interleaved); returns the last loss.
+    interleaved). With ``val`` (voxels, embedding of validation trials of the single
+    subject), the validation loss is recorded before training and after every epoch.
+
+    Returns
+    -------
+    loss : float
+        The last training loss.
+    val_losses : list of float
+        ``epochs + 1`` validation losses (empty without ``val``).
     """
     import torch
 
-    from brainpipe.models.torch_utils import clip_loss, tensor
+    from brainpipe.models.torch_utils import tensor
 
     groups = [{"params": [p for a in adapters.values() for p in a.parameters()]}]
     groups.append({"params": list(backbone.parameters()), "lr": params["lr"] * backbone_lr_scale})
@@ -102,11 +123,23 @@ def _train_decoder(
     )
     data = {s: (tensor(x, device), tensor(y, device)) for s, (x, y) in batches.items()}
     bs = int(params["batch_size"])
-    loss = torch.tensor(0.0)
-    for a in adapters.values():
-        a.train()
-    backbone.train()
+    loss = float("nan")
+    val_losses: list[float] = []
+
+    def validate() -> None:
+        if val is not None:
+            (adapter,) = adapters.values()
+            adapter.eval()
+            backbone.eval()
+            with torch.no_grad():
+                pred = backbone(adapter(tensor(val[0], device)))
+                val_losses.append(_loss(pred, tensor(val[1], device), params).item())
+
+    validate()
     for _ in range(epochs):
+        for a in adapters.values():
+            a.train()
+        backbone.train()
         steps = []
         for s, (x, _) in data.items():
             order = torch.randperm(len(x), generator=gen)
@@ -117,26 +150,52 @@ def _train_decoder(
             s, idx = steps[k]
             x, y = data[s]
             idx = idx.to(device)
-            pred = backbone(adapters[s](x[idx]))
-            loss = torch.mean((pred - y[idx]) ** 2) + float(params["clip_weight"]) * clip_loss(
-                pred, y[idx], float(params["temperature"])
-            )
+            step_loss = _loss(backbone(adapters[s](x[idx])), y[idx], params)
             opt.zero_grad()
-            loss.backward()
+            step_loss.backward()
             opt.step()
+            loss = step_loss.item()
+        validate()
     for a in adapters.values():
         a.eval()
     backbone.eval()
-    return float(loss)
+    return loss, val_losses
 
 
 def _predict(adapter, backbone, X: np.ndarray, device) -> np.ndarray:
+    """``backbone(adapter(X))`` (``adapter(X)`` when ``backbone`` is None), no gradients."""
     import torch
 
     from brainpipe.models.torch_utils import tensor
 
     with torch.no_grad():
-        return backbone(adapter(tensor(X, device))).cpu().numpy()
+        h = adapter(tensor(X, device)) if adapter is not None else tensor(X, device)
+        return (backbone(h) if backbone is not None else h).cpu().numpy()
+
+
+def _ridge_solutions(
+    X: np.ndarray, T: np.ndarray, alphas: list[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge from ``X`` to ``T`` (with intercept) for every penalty, through one SVD.
+
+    Returns ``coef`` (n_alphas, n_features, n_targets) and ``intercept`` (n_alphas, n_targets).
+    """
+    x_mean, t_mean = X.mean(axis=0), T.mean(axis=0)
+    U, sv, Vt = np.linalg.svd(np.asarray(X - x_mean, np.float64), full_matrices=False)
+    UT = U.T @ np.asarray(T - t_mean, np.float64)
+    coef = np.stack([Vt.T @ ((sv / (sv**2 + a))[:, None] * UT) for a in alphas])
+    return coef, t_mean[None, :] - np.einsum("f,aft->at", x_mean, coef)
+
+
+def _group_folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Validation masks of ``n_folds`` folds; all trials of a group share a fold."""
+    names = np.unique(groups)
+    if len(names) < 2:
+        return []
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold_of = dict(zip(names[order], np.arange(len(names)) % n_folds, strict=True))
+    codes = np.array([fold_of[g] for g in groups])
+    return [codes == k for k in range(min(n_folds, len(names)))]
 
 
 def _mlp_fit(data: JobData, params: dict, epochs: int | None = None):
@@ -152,7 +211,7 @@ def _mlp_fit(data: JobData, params: dict, epochs: int | None = None):
     Y = (data.features_train[0] - y_mean) / y_scale
     adapter = nn.Linear(X.shape[1], int(params["hidden"])).to(device)
     backbone = _backbone(int(params["hidden"]), Y.shape[1], float(params["dropout"])).to(device)
-    loss = _train_decoder(
+    loss, _ = _train_decoder(
         {"s": adapter},
         backbone,
         {"s": (X, Y)},
@@ -197,7 +256,11 @@ def pretrain_shared_backbone(datasets: dict[str, JobData], params: dict) -> dict
     -------
     weights : dict of str -> ndarray
         ``backbone.*`` (state dict), ``adapter.<subject>.*``, ``y_mean``, ``y_scale``
-        (embedding standardisation pooled over the pretraining subjects' training trials).
+        (embedding standardisation pooled over the pretraining subjects' training trials)
+        and ``latent.coef`` (n_dims, hidden), ``latent.intercept`` (hidden,): ridge
+        (penalty ``latent_alpha``) from the standardised embedding to the adapters'
+        outputs over the same trials, the backbone latent a new subject's adapter is
+        first fitted to.
     """
     from torch import nn
 
@@ -219,7 +282,74 @@ def pretrain_shared_backbone(datasets: dict[str, JobData], params: dict) -> dict
     weights = {**state_to_numpy(backbone, "backbone."), "y_mean": y_mean, "y_scale": y_scale}
     for s, a in adapters.items():
         weights.update(state_to_numpy(a, f"adapter.{s}."))
+    # The latent the backbone associates with an embedding: ridge from the standardised
+    # embedding to the adapters' outputs, pooled over the pretraining subjects' trials.
+    H = np.concatenate([_predict(adapters[s], None, batches[s][0], device) for s in adapters])
+    Yp = np.concatenate([batches[s][1] for s in adapters])
+    coef, intercept = _ridge_solutions(Yp, H, [float(params["latent_alpha"])])
+    weights["latent.coef"] = coef[0].astype(np.float32)
+    weights["latent.intercept"] = intercept[0].astype(np.float32)
     return weights
+
+
+def _closed_form_adapter(adapter, backbone, X, Y, groups, pretrained, params, device) -> float:
+    """Fit ``adapter`` in closed form: ridge from voxels to the latents of the embeddings.
+
+    The targets are the backbone latents of the trials' (standardised) embeddings,
+    ``H = Y @ latent.coef + latent.intercept``. Ridge is linear in its targets, so the
+    solution is the ridge to ``Y`` mapped through ``latent.*`` (one small solve). The
+    penalty (one of ``adapter_alphas``) is chosen by grouped CV over the training stimuli
+    on the squared decoding error through the frozen backbone.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from brainpipe.models.torch_utils import tensor
+
+    G, c = pretrained["latent.coef"].astype(np.float64), pretrained["latent.intercept"]
+    alphas = [float(a) for a in params["adapter_alphas"]]
+    err = np.zeros(len(alphas))
+    with threadpool_limits(int(params.get("threads") or 1)):
+        for val in _group_folds(groups, int(params["n_folds"]), int(params["seed"])):
+            coef, icpt = _ridge_solutions(X[~val], Y[~val], alphas)
+            for k in range(len(alphas)):
+                latent = (X[val] @ coef[k] + icpt[k]) @ G + c
+                err[k] += np.sum((_predict(None, backbone, latent, device) - Y[val]) ** 2)
+        best = alphas[int(np.argmin(err))]
+        coef, icpt = _ridge_solutions(X, Y, [best])
+    with torch.no_grad():
+        adapter.weight.copy_(tensor((coef[0] @ G).T, device))
+        adapter.bias.copy_(tensor(icpt[0] @ G + c, device))
+    return best
+
+
+def _adapt(X, Y, groups, params, device, gen, epochs, val=None):
+    """Closed-form adapter then ``epochs`` of fine-tuning on (X, Y).
+
+    Returns (adapter, backbone, adapter penalty, last training loss, validation losses).
+    """
+    from torch import nn
+
+    from brainpipe.models.torch_utils import load_numpy_state
+
+    pretrained = params["pretrained"]
+    backbone = _backbone(int(params["hidden"]), Y.shape[1], float(params["dropout"]))
+    load_numpy_state(backbone, pretrained, "backbone.")
+    backbone.to(device).eval()
+    adapter = nn.Linear(X.shape[1], int(params["hidden"])).to(device)
+    alpha = _closed_form_adapter(adapter, backbone, X, Y, groups, pretrained, params, device)
+    loss, val_losses = _train_decoder(
+        {"s": adapter},
+        backbone,
+        {"s": (X, Y)},
+        params,
+        epochs,
+        backbone_lr_scale=float(params["backbone_lr_scale"]),
+        gen=gen,
+        device=device,
+        val=val,
+    )
+    return adapter, backbone, alpha, loss, val_losses
 
 
 @register_model(
@@ -230,51 +360,46 @@ def pretrain_shared_backbone(datasets: dict[str, JobData], params: dict) -> dict
     defaults={
         **_MLP_DEFAULTS,
         "finetune_sessions": ["01"],
-        "finetune_epochs": 200,
+        "finetune_epochs": 50,
         "backbone_lr_scale": 0.1,
+        "latent_alpha": 1.0,
+        "adapter_alphas": DECODER_ALPHAS,
+        "n_folds": 5,
         "baselines": True,
     },
 )
 def sharedbackbone(data: JobData, params: dict) -> FitResult:
-    """Fine-tune the pretrained backbone to a held-out subject with limited data.
+    """Adapt the pretrained backbone to a held-out subject with limited data.
 
     ``params["pretrained"]`` holds :func:`pretrain_shared_backbone`'s weights (trained
-    without this subject). A new adapter is fitted on the subject's training trials of
-    ``finetune_sessions`` only; the backbone is updated at ``lr * backbone_lr_scale``.
-    With ``baselines``, the per-subject MLP (from scratch) and the ridge decoder are
-    trained on the same trials and returned as extra predictions ``scratch`` and ``ridge``.
+    without this subject). Only the subject's training trials of ``finetune_sessions``
+    are used: a new adapter is first fitted in closed form (ridge from the voxels to the
+    backbone's latents of the trials' embeddings, penalty by grouped CV through the
+    frozen backbone), then adapter and backbone are fine-tuned (backbone at
+    ``lr * backbone_lr_scale``) for a number of epochs (at most ``finetune_epochs``, maybe
+    none) chosen by grouped CV over the training stimuli. With ``baselines``, the
+    per-subject MLP (from scratch) and the ridge decoder are trained on the same trials
+    and returned as extra predictions ``scratch`` and ``ridge``.
     """
-    from torch import nn
-
-    from brainpipe.models.torch_utils import (
-        get_device,
-        load_numpy_state,
-        seed_everything,
-        state_to_numpy,
-    )
+    from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy
 
     pretrained = params["pretrained"]
     limited = data.restrict_sessions(list(params["finetune_sessions"]))
     gen = seed_everything(int(params["seed"]), params.get("threads"))
     device = get_device(params["device"])
     y_mean, y_scale = pretrained["y_mean"], pretrained["y_scale"]
-    hidden = int(params["hidden"])
-    backbone = _backbone(hidden, len(y_mean), float(params["dropout"]))
-    load_numpy_state(backbone, pretrained, "backbone.")
-    backbone.to(device)
     X, Xt = _inputs(limited)
     Y = (limited.features_train[0] - y_mean) / y_scale
-    adapter = nn.Linear(X.shape[1], hidden).to(device)
-    loss = _train_decoder(
-        {"s": adapter},
-        backbone,
-        {"s": (X, Y)},
-        params,
-        int(params["finetune_epochs"]),
-        backbone_lr_scale=float(params["backbone_lr_scale"]),
-        gen=gen,
-        device=device,
-    )
+    groups = limited.stimuli_train
+    max_epochs = int(params["finetune_epochs"])
+    curve = np.zeros(max_epochs + 1)
+    if max_epochs > 0:
+        for val in _group_folds(groups, int(params["n_folds"]), int(params["seed"])):
+            curve += _adapt(
+                X[~val], Y[~val], groups[~val], params, device, gen, max_epochs, (X[val], Y[val])
+            )[4]
+    epochs = int(np.argmin(curve))
+    adapter, backbone, alpha, loss, _ = _adapt(X, Y, groups, params, device, gen, epochs)
     pred = _predict(adapter, backbone, Xt, device) * y_scale + y_mean
     extra = {}
     if params["baselines"]:
@@ -298,5 +423,7 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
             "final_train_loss": f"{loss:.4f}",
             "finetune_sessions": ",".join(map(str, params["finetune_sessions"])),
             "n_finetune_trials": str(len(X)),
+            "adapter_alpha": f"{alpha:g}",
+            "finetune_epochs_chosen": str(epochs),
         },
     )
