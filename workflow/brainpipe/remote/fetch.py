@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = ".brainpipe-fetch-manifest.json"
 _BLOCK = 1 << 20  # bytes per read from the network
 _MULTIPART_SIZES_MB = (8, 16, 5, 64, 32, 50, 100)  # common client part sizes, tried in order
+_THREADED_MIN = 16 << 20  # objects at least this big are hashed on background threads
+_QUEUED_CHUNKS = 8  # chunks (of up to _BLOCK bytes) waiting per hashing thread
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,15 @@ class _StreamDigest:
     Single-part ETags are the MD5 of the object; multipart ETags are the MD5 of
     the parts' MD5s, ``-N``. For those the part size is guessed (the first
     common size giving N parts); a wrong guess only costs a re-read later.
+
+    Hashing runs on background threads (hashlib releases the GIL), so it
+    overlaps the network reads and file writes instead of adding to them; the
+    parts of a multipart object are hashed on ``threads`` threads at once.
+    Chunks are queued by reference (bounded queues: memory stays a few MB).
+    Objects under ``_THREADED_MIN`` bytes are hashed inline.
     """
 
-    def __init__(self, info: ObjectInfo) -> None:
+    def __init__(self, info: ObjectInfo, threads: int = 2) -> None:
         self.multipart = "-" in info.etag
         self.part_size = 0
         if self.multipart:
@@ -87,31 +96,73 @@ class _StreamDigest:
                 if -(-info.size // guess) == n_parts:
                     self.part_size = guess
                     break
-        self._current = hashlib.md5(usedforsecurity=False)
-        self._in_part = 0
-        self._parts: list[bytes] = []
+        self._hashes: dict[int, Any] = {}  # part number -> md5 (part 0 only if single-part)
+        self._fed = 0
+        n = max(1, threads if self.multipart and self.part_size else 1)
+        self._queues: list[queue.Queue] = []
+        self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        if info.size >= _THREADED_MIN:
+            for _ in range(n):
+                q: queue.Queue = queue.Queue(maxsize=_QUEUED_CHUNKS)
+                t = threading.Thread(target=self._work, args=(q,), daemon=True)
+                t.start()
+                self._queues.append(q)
+                self._threads.append(t)
+
+    def _hash(self, part: int, data: memoryview) -> None:
+        h = self._hashes.get(part)
+        if h is None:
+            h = self._hashes[part] = hashlib.md5(usedforsecurity=False)
+        h.update(data)
+
+    def _work(self, q: queue.Queue) -> None:
+        while (item := q.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hash(*item)
+                except BaseException as err:  # noqa: BLE001 - reported by etag()
+                    self._error = err
+
+    def _put(self, part: int, data: memoryview) -> None:
+        if self._queues:
+            self._queues[part % len(self._queues)].put((part, data))
+        else:
+            self._hash(part, data)
 
     def update(self, chunk: bytes) -> None:
-        if not self.multipart:
-            self._current.update(chunk)
-            return
         view = memoryview(chunk)
+        if not self.multipart or not self.part_size:
+            if not self.multipart:
+                self._put(0, view)
+            self._fed += len(view)
+            return
         while len(view):
-            take = min(len(view), self.part_size - self._in_part)
-            self._current.update(view[:take])
-            self._in_part += take
+            part = self._fed // self.part_size
+            take = min(len(view), (part + 1) * self.part_size - self._fed)
+            self._put(part, view[:take])
+            self._fed += take
             view = view[take:]
-            if self._in_part == self.part_size:
-                self._parts.append(self._current.digest())
-                self._current, self._in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def close(self) -> None:
+        """Stop the hashing threads (idempotent)."""
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+        self._queues, self._threads = [], []
 
     def etag(self) -> str | None:
         """The ETag these bytes would have; None if the part size is unknown."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        empty = hashlib.md5(usedforsecurity=False)
         if not self.multipart:
-            return self._current.hexdigest()
+            return self._hashes.get(0, empty).hexdigest()
         if not self.part_size:
             return None
-        parts = self._parts + ([self._current.digest()] if self._in_part else [])
+        parts = [self._hashes[n].digest() for n in sorted(self._hashes)]
         return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
@@ -229,68 +280,89 @@ def fetch_object(
     # MD5 of the bytes in .part, updated as they arrive (saves re-reading the file);
     # unknown when .part came from an earlier process.
     hasher = _StreamDigest(info) if resumed == 0 else None
-    while True:
-        offset = part.stat().st_size if part.exists() else 0
-        if offset > info.size:
-            _advance(progress, -offset)
-            part.unlink()
-            offset = 0
-            hasher = _StreamDigest(info)
-        got = 0
-        if offset < info.size:
-            attempts += 1
-            try:
-                body = source.get(info.key, offset, etag=info.etag)
-                with open(part, "ab") as fh:
-                    for chunk in body.iter_chunks(_BLOCK):
-                        fh.write(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        got += len(chunk)
-                        _advance(progress, len(chunk))
-            except Exception as err:  # noqa: BLE001 - classified below
-                code = _error_code(err)
-                if code in ("PreconditionFailed", "412"):
-                    # The object changed since we looked: start over with its new version.
-                    log.warning("%s changed on the server; restarting", source.url(info.key))
-                    _advance(progress, -(offset + got))
-                    part.unlink(missing_ok=True)
-                    hasher = _StreamDigest(info)
-                    info = source.head(info.key)
+    try:
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            if offset > info.size:
+                _advance(progress, -offset)
+                part.unlink()
+                offset = 0
+                hasher = _restart(hasher, info)
+            got = 0
+            if offset < info.size:
+                attempts += 1
+                try:
+                    body = source.get(info.key, offset, etag=info.etag)
+                    with open(part, "ab") as fh:
+                        for chunk in body.iter_chunks(_BLOCK):
+                            fh.write(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
+                            got += len(chunk)
+                            _advance(progress, len(chunk))
+                except Exception as err:  # noqa: BLE001 - classified below
+                    code = _error_code(err)
+                    if code in ("PreconditionFailed", "412"):
+                        # The object changed since we looked: start over with its new version.
+                        log.warning("%s changed on the server; restarting", source.url(info.key))
+                        _advance(progress, -(offset + got))
+                        part.unlink(missing_ok=True)
+                        info = source.head(info.key)
+                        hasher = _restart(hasher, info)
+                        continue
+                    if not is_retryable(err):
+                        raise source.translate(err, info.key) from err
+                    failures = 0 if got else failures + 1
+                    if failures >= retries:
+                        raise source.translate(err, info.key) from err
+                    delay = min(max_backoff_s, backoff_s * 2 ** max(failures - 1, 0))
+                    log.info(
+                        "%s: %s after %d bytes; retrying in %.1fs (resume at %d)",
+                        source.url(info.key), type(err).__name__, offset + got, delay, offset + got,
+                    )  # fmt: skip
+                    time.sleep(delay)
                     continue
-                if not is_retryable(err):
-                    raise source.translate(err, info.key) from err
-                failures = 0 if got else failures + 1
-                if failures >= retries:
-                    raise source.translate(err, info.key) from err
-                delay = min(max_backoff_s, backoff_s * 2 ** max(failures - 1, 0))
-                log.info(
-                    "%s: %s after %d bytes; retrying in %.1fs (resume at %d)",
-                    source.url(info.key), type(err).__name__, offset + got, delay, offset + got,
-                )  # fmt: skip
-                time.sleep(delay)
-                continue
-        streamed = hasher.etag() if hasher else None
-        single = streamed if hasher and not hasher.multipart else None
-        ok, how, md5 = verify_file(part, info, md5=single, streamed_etag=streamed)
-        if ok:
-            os.replace(part, dest)
-            return FetchResult(
-                info.key, str(dest), info.size, info.etag, md5, how, "fetched", attempts, resumed
-            )
-        bad_checks += 1
-        log.warning(
-            "%s: downloaded bytes fail %s verification; fetching again", source.url(info.key), how
-        )
-        _advance(progress, -part.stat().st_size)
-        part.unlink()
-        hasher = _StreamDigest(info)
-        if bad_checks >= max(2, retries // 2):
-            raise RemoteIntegrityError(
+            streamed = hasher.etag() if hasher else None
+            single = streamed if hasher and not hasher.multipart else None
+            ok, how, md5 = verify_file(part, info, md5=single, streamed_etag=streamed)
+            if ok:
+                os.replace(part, dest)
+                return FetchResult(
+                    info.key,
+                    str(dest),
+                    info.size,
+                    info.etag,
+                    md5,
+                    how,
+                    "fetched",
+                    attempts,
+                    resumed,
+                )
+            bad_checks += 1
+            log.warning(
+                "%s: downloaded bytes fail %s verification; fetching again",
                 source.url(info.key),
-                f"{bad_checks} downloads failed {how} verification (ETag {info.etag})",
-                "A server or proxy corrupts transfers; retry later or from another network.",
+                how,
             )
+            _advance(progress, -part.stat().st_size)
+            part.unlink()
+            hasher = _restart(hasher, info)
+            if bad_checks >= max(2, retries // 2):
+                raise RemoteIntegrityError(
+                    source.url(info.key),
+                    f"{bad_checks} downloads failed {how} verification (ETag {info.etag})",
+                    "A server or proxy corrupts transfers; retry later or from another network.",
+                )
+    finally:
+        if hasher is not None:
+            hasher.close()
+
+
+def _restart(hasher: _StreamDigest | None, info: ObjectInfo) -> _StreamDigest:
+    """A new digest for a transfer that starts over (the old one's threads stopped)."""
+    if hasher is not None:
+        hasher.close()
+    return _StreamDigest(info)
 
 
 def _advance(progress: tqdm | None, n: int) -> None:
