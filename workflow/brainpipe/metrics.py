@@ -144,7 +144,9 @@ def nc_normalised_score(r: np.ndarray, nc: np.ndarray) -> np.ndarray:
     return np.where(nc > 0, score, np.nan)
 
 
-def ncsnr_from_repeats(betas: np.ndarray, stimulus_ids: np.ndarray) -> np.ndarray:
+def ncsnr_from_repeats(
+    betas: np.ndarray, stimulus_ids: np.ndarray, *, block_bytes: int = 1 << 22
+) -> np.ndarray:
     """NSD's noise-ceiling SNR estimator from repeated trials.
 
     Per voxel: noise variance = mean, over stimuli with at least 2 trials, of the variance
@@ -155,9 +157,14 @@ def ncsnr_from_repeats(betas: np.ndarray, stimulus_ids: np.ndarray) -> np.ndarra
     Parameters
     ----------
     betas : ndarray, shape (n_trials, n_voxels)
-        Single-trial responses.
+        Single-trial responses (any real dtype; computed in float64).
     stimulus_ids : ndarray, shape (n_trials,)
         Stimulus of each trial (any hashable labels).
+    block_bytes : int
+        Voxels are processed in column blocks whose float64 temporaries (about three
+        copies of the block) take about this many bytes, so memory beyond ``betas`` stays
+        bounded (a float32 slab is never copied whole to float64). Results do not depend on it
+        beyond rounding.
 
     Returns
     -------
@@ -169,7 +176,7 @@ def ncsnr_from_repeats(betas: np.ndarray, stimulus_ids: np.ndarray) -> np.ndarra
     ValueError
         If shapes disagree or no stimulus has at least 2 trials.
     """
-    B = np.asarray(betas, dtype=np.float64)
+    B = np.asarray(betas)
     if B.ndim == 1:
         B = B[:, None]
     if B.ndim != 2:
@@ -183,18 +190,25 @@ def ncsnr_from_repeats(betas: np.ndarray, stimulus_ids: np.ndarray) -> np.ndarra
     rep = counts >= 2
     if not rep.any():
         raise ValueError("no stimulus has 2 or more trials: cannot estimate noise variance")
-    keep = rep[codes]
-    order = np.argsort(codes[keep], kind="stable")
-    Bs = B[keep][order]  # trials of repeated stimuli, grouped by stimulus
+    keep = np.flatnonzero(rep[codes])
+    rows = keep[np.argsort(codes[keep], kind="stable")]  # repeated trials, grouped by stimulus
     n = counts[rep]
     starts = np.concatenate([[0], np.cumsum(n)[:-1]])
-    means = np.add.reduceat(Bs, starts, axis=0) / n[:, None]
-    dev2 = (Bs - np.repeat(means, n, axis=0)) ** 2
-    var_within = np.add.reduceat(dev2, starts, axis=0) / (n[:, None] - 1)
-    noise = var_within.mean(axis=0)
-    total = B.var(axis=0, ddof=1)
-    signal = np.clip(total - noise, 0.0, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.sqrt(signal) / np.sqrt(noise)
-    out[(noise == 0) & (signal == 0)] = 0.0
+    out = np.empty(B.shape[1], dtype=np.float64)
+    width = max(1, int(block_bytes) // (3 * 8 * B.shape[0]))
+    for c0 in range(0, B.shape[1], width):
+        cols = slice(c0, c0 + width)
+        Bs = B[rows, cols].astype(np.float64)  # trials of repeated stimuli, by stimulus
+        means = np.add.reduceat(Bs, starts, axis=0) / n[:, None]
+        Bs -= np.repeat(means, n, axis=0)
+        Bs **= 2
+        var_within = np.add.reduceat(Bs, starts, axis=0) / (n[:, None] - 1)
+        noise = var_within.mean(axis=0)
+        del Bs
+        total = np.asarray(B[:, cols], dtype=np.float64).var(axis=0, ddof=1)
+        signal = np.clip(total - noise, 0.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            block = np.sqrt(signal) / np.sqrt(noise)
+        block[(noise == 0) & (signal == 0)] = 0.0
+        out[cols] = block
     return out

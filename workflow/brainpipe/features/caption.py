@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.features import check_columns, register_feature_model, table_source
+
+if TYPE_CHECKING:  # scikit-learn takes ~1 s to import: only the features job needs it, not
+    # config validation (which imports this registry) while Snakemake builds the DAG.
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 def fit_caption_vectorizer(train_captions: list[str]) -> TfidfVectorizer:
@@ -24,6 +28,8 @@ def fit_caption_vectorizer(train_captions: list[str]) -> TfidfVectorizer:
     vectorizer : TfidfVectorizer
         Lower-cased word unigrams (tokens of ≥ 2 characters), L2-normalised rows.
     """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     vec = TfidfVectorizer(lowercase=True, norm="l2", dtype=np.float32)
     vec.fit(train_captions)
     return vec
