@@ -30,6 +30,10 @@ def _centre_scaled(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.max(np.abs(a), axis=0)
     norm = np.sqrt((c**2).sum(axis=0))
     const = norm <= 8 * np.finfo(np.float64).eps * scale * np.sqrt(a.shape[0])
+    # Unit-scale each column (r is scale-free) so tiny values (1e-160) don't underflow
+    # to subnormals when squared.
+    peak = np.max(np.abs(c), axis=0)
+    c = c / np.where(peak > 0, peak, 1.0)
     return c, const
 
 
