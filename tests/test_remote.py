@@ -240,3 +240,65 @@ def test_multipart_etag_is_verified(server, tmp_path):
     (result,) = fetch_objects(src, ["data/multi.bin"], tmp_path, progress=False)
     assert result.verified == "multipart-md5"
     assert (tmp_path / "data/multi.bin").read_bytes() == payload
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_stream_digest_on_threads_matches_the_etag(monkeypatch, multipart):
+    """Hashing on background threads (parts in parallel) gives the ETag's digest."""
+    import threading
+
+    from brainpipe.remote import fetch
+    from brainpipe.remote.source import ObjectInfo
+
+    monkeypatch.setattr(fetch, "_THREADED_MIN", 1)  # thread even this small object
+    payload = np.random.default_rng(3).bytes((21 << 20) + 12345)
+    part = 8 << 20
+    if multipart:
+        digests = [
+            hashlib.md5(payload[i : i + part]).digest() for i in range(0, len(payload), part)
+        ]
+        etag = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+    else:
+        etag = hashlib.md5(payload).hexdigest()
+    before = threading.active_count()
+    digest = fetch._StreamDigest(ObjectInfo("k", len(payload), etag), threads=3)
+    assert threading.active_count() > before  # hashing runs off the reading thread
+    pos, sizes = 0, [1, 1 << 20, 777_777, 3 << 20, 5]
+    for i in range(len(payload)):  # odd chunk sizes, straddling part boundaries
+        n = sizes[i % len(sizes)]
+        digest.update(payload[pos : pos + n])
+        pos += n
+        if pos >= len(payload):
+            break
+    assert digest.etag() == etag
+    assert threading.active_count() == before  # threads stopped
+    digest.close()  # idempotent
+
+
+def test_large_multipart_object_is_verified_while_streaming(server, tmp_path, monkeypatch):
+    """A multipart object, interrupted and resumed in-process, verifies from the streamed
+    digest alone (the file is not read back)."""
+    import io
+
+    from boto3.s3.transfer import TransferConfig
+
+    from brainpipe.remote import fetch
+
+    endpoint, _ = server
+    payload = np.random.default_rng(4).bytes(18 << 20)
+    cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
+    admin_client(endpoint).upload_fileobj(
+        io.BytesIO(payload), BUCKET, "data/large.bin", ExtraArgs={"ACL": "public-read"}, Config=cfg
+    )
+
+    def no_reread(*args, **kwargs):
+        raise AssertionError("the downloaded file was read back to verify it")
+
+    monkeypatch.setattr(fetch, "_multipart_etag", no_reread)
+    with FlakyProxy(endpoint, drop_after=5_000_000, drops=2) as proxy:
+        (result,) = fetch_objects(
+            S3Source(BUCKET, endpoint_url=proxy.url), ["data/large.bin"], tmp_path,
+            backoff_s=0.01, progress=False,
+        )  # fmt: skip
+    assert result.attempts >= 2 and result.verified == "multipart-md5"
+    assert (tmp_path / "data/large.bin").read_bytes() == payload

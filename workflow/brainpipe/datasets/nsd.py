@@ -68,9 +68,13 @@ BETA_SCALE = 300.0
 TRIALS_PER_SESSION = 750
 #: Beta versions NSD publishes.
 BETA_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
-#: Compressor of the betas array: Blosc-LZ4 with bit shuffle compresses float32 betas as
-#: well as byte shuffle at ~2x its speed (~1.3 GB/s a core), ~5x zstd's; any reader decodes it.
+#: A fast compressor for betas arrays: Blosc-LZ4 with bit shuffle compresses float32 betas
+#: as well as byte shuffle at ~2x its speed, ~5x zstd's; any reader decodes it.
 BETAS_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+#: Compressors of the volume betas in betas.zarr: none. NSD's betas (int16 / 300 as
+#: float32) are high-entropy; Blosc saved 8 % of the bytes (0.92 ratio on a session) but
+#: cost ~40 % of the ingest's write time (and every later read's decode).
+BETAS_COMPRESSORS: tuple = ()
 #: Spaces ingest supports: volumes here, the fsaverage surface in nsd_surface.
 SPACES = ("func1pt8mm", "func1mm", "fsaverage")
 
@@ -495,20 +499,18 @@ def ingest_nsd_subject(
     train = None if split is None else split == "train"
     with atomic_path(out_path) as tmp, quiet_consolidated():
         betas = store.write(tmp, (n_trials, n_vox), chunks)
-        # One session of kept voxels as int16 (750 x n_vox x 2 bytes), reused session
-        # after session; each (750, voxel_chunk) block is converted, z-scored and written
-        # by a small thread pool while the next blocks are prepared.
-        session = _scratch((TRIALS_PER_SESSION, n_vox), np.int16)
+        scratch: dict[str, np.ndarray] = {}  # buffers reused session after session
         for n, ses in enumerate(tqdm(sessions, desc=f"NSD betas sub-{subject}", unit="session")):
             path = safe_local_path(root, betas_key(subject, ses, opts))
-            read_session_int16(path, flat, shape, opts.trial_batch, out=session)
             rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
             zscore_train = train[rows] if opts.zscore and train is not None else None
-            write_session_blocks(betas, session, rows, chunks[1], zscore_train, path)
+            ingest_session(
+                betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train, scratch
+            )
             log.info(
                 "sub-%s session %s: %d trials × %d voxels", subject, ses, TRIALS_PER_SESSION, n_vox
             )
-        del session
+        scratch.clear()
         import zarr
 
         zarr.consolidate_metadata(tmp, zarr_format=3)
@@ -555,23 +557,8 @@ def read_session_int16(
     BrainpipeInputError
         The file is missing or unreadable, or ``/betas`` is not int16 ``(750, K, J, I)``.
     """
-    if not path.exists():
-        raise BrainpipeInputError(path, "<file>", "betas file is missing (run the download)")
     want = (TRIALS_PER_SESSION, *shape[::-1])
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as err:
-        raise BrainpipeInputError(path, "<file>", f"not a readable HDF5 file ({err})") from err
-    with h5:
-        if "betas" not in h5:
-            raise BrainpipeInputError(path, "betas", "dataset is missing")
-        dset = h5["betas"]
-        if dset.shape != want or dset.dtype != np.int16:
-            raise BrainpipeInputError(
-                path,
-                "betas",
-                f"expected int16 {want} (trials, K, J, I), got {dset.dtype} {dset.shape}",
-            )
+    with _open_betas(path, shape) as dset:
         if out is None:
             out = np.empty((TRIALS_PER_SESSION, len(flat)), dtype=np.int16)
         batch = max(1, min(trial_batch, TRIALS_PER_SESSION))
@@ -593,6 +580,169 @@ def read_session_int16(
     return out
 
 
+def _open_betas(path: Path, shape: tuple[int, int, int]) -> Any:
+    """``/betas`` of a session file, checked to be int16 ``(750, K, J, I)``.
+
+    Returns the h5py dataset; use as a context manager (closes the file).
+    """
+    if not path.exists():
+        raise BrainpipeInputError(path, "<file>", "betas file is missing (run the download)")
+    want = (TRIALS_PER_SESSION, *shape[::-1])
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise BrainpipeInputError(path, "<file>", f"not a readable HDF5 file ({err})") from err
+    if "betas" not in h5 or not isinstance(h5["betas"], h5py.Dataset):
+        h5.close()
+        raise BrainpipeInputError(path, "betas", "dataset is missing")
+    dset = h5["betas"]
+    if dset.shape != want or dset.dtype != np.int16:
+        got = f"{dset.dtype} {dset.shape}"
+        h5.close()
+        raise BrainpipeInputError(
+            path, "betas", f"expected int16 {want} (trials, K, J, I), got {got}"
+        )
+    return _ClosingDataset(h5, dset)
+
+
+class _ClosingDataset:
+    def __init__(self, h5: Any, dset: Any) -> None:
+        self.h5, self.dset = h5, dset
+
+    def __enter__(self) -> Any:
+        return self.dset
+
+    def __exit__(self, *exc: object) -> None:
+        self.h5.close()
+
+
+def _contiguous_offset(dset: Any) -> int | None:
+    """File offset of ``/betas`` if it is stored contiguous and unfiltered, else None.
+
+    Such a dataset can be read through a memory map of the file, without a copy (the
+    bytes come straight from the page cache); chunked or compressed datasets are read
+    through h5py.
+    """
+    offset = dset.id.get_offset()
+    if (
+        offset is None
+        or dset.chunks is not None
+        or dset.id.get_create_plist().get_nfilters()
+        or dset.id.get_storage_size() != dset.size * dset.dtype.itemsize
+    ):
+        return None
+    return int(offset)
+
+
+def ingest_session(
+    betas: Any,
+    path: Path,
+    flat: np.ndarray,
+    shape: tuple[int, int, int],
+    rows: slice,
+    voxel_chunk: int,
+    trial_batch: int = 50,
+    train: np.ndarray | None = None,
+    scratch: dict[str, np.ndarray] | None = None,
+    group_chunks: int = 16,
+) -> None:
+    """Read one session's betas at the kept voxels and write them into ``betas[rows]``.
+
+    A contiguous ``/betas`` (how NSD-shaped files are usually written) is gathered
+    straight from memory maps of the file (``trial_batch`` trials mapped at a time),
+    ``group_chunks`` Zarr chunks of voxels (all 750 trials) at a time into one of two
+    alternating int16 buffers: while the writer threads convert and write one group,
+    the next is gathered. Memory is the two group buffers (2 × 750 × group_chunks ×
+    voxel_chunk × 2 bytes, ~200 MB) and one mapped batch of trials. Other layouts are
+    read in ``trial_batch`` slabs into one session-sized buffer.
+    ``scratch`` keeps buffers for the next session.
+    """
+    scratch = {} if scratch is None else scratch
+    n_vox = len(flat)
+    with _open_betas(path, shape) as dset:
+        offset = _contiguous_offset(dset)
+        if offset is None:
+            session = scratch.get("session")
+            if session is None:
+                session = scratch["session"] = _scratch((TRIALS_PER_SESSION, n_vox), np.int16)
+            read_session_int16(path, flat, shape, trial_batch, out=session)
+            write_session_blocks(betas, session, rows, voxel_chunk, train, path)
+            return
+        volume = int(np.prod(shape))
+        batch = max(1, min(trial_batch, TRIALS_PER_SESSION))
+        width = min(n_vox, voxel_chunk * max(1, group_chunks))
+        bufs = [scratch.get(f"group{b}") for b in (0, 1)]
+        for b in (0, 1):
+            if bufs[b] is None or bufs[b].size < TRIALS_PER_SESSION * width:
+                bufs[b] = scratch[f"group{b}"] = _scratch((TRIALS_PER_SESSION * width,), np.int16)
+        pending: list[list[Any]] = [[], []]
+        with _BlockWriter(betas, rows, voxel_chunk, train, path) as writer:
+            for g, v0 in enumerate(range(0, n_vox, width)):
+                for fut in pending[g % 2]:
+                    fut.result()  # the buffer's previous group is written
+                v1 = min(n_vox, v0 + width)
+                group = bufs[g % 2][: TRIALS_PER_SESSION * (v1 - v0)]
+                group = group.reshape(TRIALS_PER_SESSION, v1 - v0)
+                for t0 in range(0, TRIALS_PER_SESSION, batch):
+                    n = min(batch, TRIALS_PER_SESSION - t0)
+                    window = np.memmap(
+                        path, np.int16, "r", offset=offset + 2 * t0 * volume, shape=(n, volume)
+                    )
+                    np.take(window, flat[v0:v1], axis=1, out=group[t0 : t0 + n], mode="clip")
+                    del window  # unmapped: resident memory stays one batch of trials
+                pending[g % 2] = writer.submit(group, v0)
+            for fut in pending[0] + pending[1]:
+                fut.result()
+
+
+class _BlockWriter:
+    """Converts int16 ×300 blocks to float32, z-scores them if asked, writes Zarr chunks.
+
+    Each ``(750, voxel_chunk)`` block — one Zarr chunk — is divided by 300 into a
+    per-thread float32 buffer, z-scored with ``train``'s statistics if given (each
+    voxel's statistics are its own, so block by block equals the whole session), and
+    written, on a small thread pool (the division and file writes release the GIL).
+    """
+
+    def __init__(
+        self,
+        betas: Any,
+        rows: slice,
+        voxel_chunk: int,
+        train: np.ndarray | None,
+        source: Path | None,
+        workers: int | None = None,
+    ) -> None:
+        self.betas, self.rows, self.voxel_chunk = betas, rows, voxel_chunk
+        self.train, self.source = train, source
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers or min(2, os.cpu_count() or 1)))
+
+    def __enter__(self) -> _BlockWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _one(self, src: np.ndarray, c0: int, first_voxel: int) -> None:
+        w = min(self.voxel_chunk, src.shape[1] - c0)
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = np.empty((src.shape[0], self.voxel_chunk), np.float32)
+        block = buf if w == self.voxel_chunk else np.empty((src.shape[0], w), np.float32)
+        np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
+        if self.train is not None:
+            zscore_with_train_stats(block, self.train, self.source)
+        self.betas[self.rows, first_voxel + c0 : first_voxel + c0 + w] = block
+
+    def submit(self, src: np.ndarray, first_voxel: int) -> list[Any]:
+        """Queue the blocks of ``src`` (voxels ``first_voxel`` on); return their futures."""
+        return [
+            self.pool.submit(self._one, src, c0, first_voxel)
+            for c0 in range(0, src.shape[1], self.voxel_chunk)
+        ]
+
+
 def write_session_blocks(
     betas: Any,
     session: np.ndarray,
@@ -604,28 +754,10 @@ def write_session_blocks(
 ) -> None:
     """Write one session (int16 ×300, shape (750, n_voxels)) into ``betas[rows]``.
 
-    Each ``(750, voxel_chunk)`` block — one Zarr chunk — is divided by 300 into a
-    per-thread float32 buffer, z-scored with ``train``'s statistics if given, and
-    written; blocks go to a thread pool (compression and file writes release the GIL).
+    Block by block (one Zarr chunk each) on a thread pool; see :class:`_BlockWriter`.
     """
-    n_vox = session.shape[1]
-    starts = range(0, n_vox, voxel_chunk)
-    local = threading.local()
-
-    def one(v0: int) -> None:
-        v1 = min(n_vox, v0 + voxel_chunk)
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = np.empty((session.shape[0], voxel_chunk), np.float32)
-        block = buf if v1 - v0 == voxel_chunk else np.empty((session.shape[0], v1 - v0), np.float32)
-        np.divide(session[:, v0:v1], BETA_SCALE, out=block, dtype=np.float32)
-        if train is not None:
-            zscore_with_train_stats(block, train, source)
-        betas[rows, v0:v1] = block
-
-    n_workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        for fut in [pool.submit(one, v0) for v0 in starts]:
+    with _BlockWriter(betas, rows, voxel_chunk, train, source, workers) as writer:
+        for fut in writer.submit(session, 0):
             fut.result()
 
 
@@ -669,7 +801,7 @@ class _StoreLayout:
         def coordinates(dims: tuple[str, ...]) -> str:
             return " ".join(sorted(c for c, d in dims_of.items() if set(d) <= set(dims)))
 
-        for name, (dims, values) in {**self.coords, **self.data_vars}.items():
+        def write_one(name: str, dims: str | tuple[str, ...], values: Any) -> None:
             values = np.asarray(values)
             attrs = {} if name in self.coords else {"coordinates": coordinates(_dims(dims))}
             kwargs: dict[str, Any] = {}
@@ -680,7 +812,10 @@ class _StoreLayout:
                 kwargs["fill_value"] = np.nan
                 attrs["_FillValue"] = _nan_fill_attr()
             if name in self.data_vars:
+                # chunks aligned with betas' voxel chunks, all in one shard: one file, not
+                # one per chunk (file creation dominates writing these small arrays)
                 kwargs["chunks"] = (chunks[1],)
+                kwargs["shards"] = (-(-max(len(values), 1) // chunks[1]) * chunks[1],)
             arr = group.create_array(
                 name,
                 shape=values.shape,
@@ -690,12 +825,21 @@ class _StoreLayout:
                 **kwargs,
             )
             arr[...] = values
+
+        # ~400 small files: created from a few threads at once (file creation is the cost)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [
+                pool.submit(write_one, name, dims, values)
+                for name, (dims, values) in {**self.coords, **self.data_vars}.items()
+            ]
+            for fut in futures:
+                fut.result()
         return group.create_array(
             "betas",
             shape=betas_shape,
             chunks=chunks,
             dtype=np.float32,
-            compressors=(BETAS_CODEC,),
+            compressors=BETAS_COMPRESSORS or None,
             fill_value=np.nan,
             dimension_names=("trial", "voxel"),
             attributes={

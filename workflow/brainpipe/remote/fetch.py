@@ -457,7 +457,9 @@ def fetch_objects(
         )  # fmt: skip
 
     with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(one, n): n for n in range(len(infos))}
+        # largest first: the long transfer starts at once, the small ones fill in around it
+        order = sorted(range(len(infos)), key=lambda n: -infos[n].size)
+        futures = {pool.submit(one, n): n for n in order}
         for fut in as_completed(futures):
             n = futures[fut]
             try:
