@@ -232,3 +232,43 @@ def test_expdesign_missing_field_is_named(tmp_path):
     scipy.io.savemat(path, {"masterordering": np.ones((1, 10)), "subjectim": np.ones((8, 10))})
     with pytest.raises(BrainpipeInputError, match=r"nsd_expdesign.mat: field 'sharedix'"):
         nsd.read_expdesign(path)
+
+
+@pytest.mark.parametrize("layout", ["chunked-gzip", "contiguous"])
+def test_ingest_reads_any_hdf5_layout_identically(fetched, nsd_server, tmp_path, layout):
+    """Contiguous /betas is read through a memory map, chunked/compressed through h5py:
+    both give the same store, also with several voxel groups and a partial last chunk."""
+    import shutil
+
+    import h5py
+
+    _, truth = nsd_server
+    opts = options("unused", trial_batch=7)
+    splits = tmp_path / "splits.tsv"
+    nsd.make_nsd_splits(fetched / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+    data = tmp_path / "data"
+    shutil.copytree(fetched, data)
+    for ses in SESSIONS:
+        path = data / nsd.betas_key("01", ses, opts)
+        with h5py.File(path, "r") as h5:
+            values = h5["betas"][...]
+        path.unlink()
+        with h5py.File(path, "w") as h5:
+            if layout == "contiguous":
+                h5.create_dataset("betas", data=values)
+            else:
+                h5.create_dataset(
+                    "betas", data=values, chunks=(1, *values.shape[1:]), compression="gzip"
+                )
+        with h5py.File(path, "r") as h5:  # the memory-mapped path is the contiguous one
+            assert (nsd._contiguous_offset(h5["betas"]) is not None) == (layout == "contiguous")
+    out = nsd.ingest_nsd_subject(
+        data, "01", SESSIONS, tmp_path / "b.zarr", opts, splits, voxel_chunk=3
+    )
+    ds = open_zarr(out)
+    mask = truth["mask"]["01"]
+    assert ds["betas"].encoding["chunks"] == (750, 3)
+    assert ds.sizes["voxel"] > 16 * 3 and ds.sizes["voxel"] % 3  # 2+ groups, partial chunk
+    for n, ses in enumerate(SESSIONS):
+        expected = truth["betas"][("01", ses)][mask].T
+        np.testing.assert_allclose(ds["betas"].values[n * 750 : (n + 1) * 750], expected, atol=1e-6)

@@ -500,16 +500,23 @@ def ingest_nsd_subject(
     with atomic_path(out_path) as tmp, quiet_consolidated():
         betas = store.write(tmp, (n_trials, n_vox), chunks)
         scratch: dict[str, np.ndarray] = {}  # buffers reused session after session
-        for n, ses in enumerate(tqdm(sessions, desc=f"NSD betas sub-{subject}", unit="session")):
-            path = safe_local_path(root, betas_key(subject, ses, opts))
-            rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
-            zscore_train = train[rows] if opts.zscore and train is not None else None
-            ingest_session(
-                betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train, scratch
-            )
-            log.info(
-                "sub-%s session %s: %d trials × %d voxels", subject, ses, TRIALS_PER_SESSION, n_vox
-            )
+        try:
+            for n, ses in enumerate(
+                tqdm(sessions, desc=f"NSD betas sub-{subject}", unit="session")
+            ):
+                path = safe_local_path(root, betas_key(subject, ses, opts))
+                rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
+                zscore_train = train[rows] if opts.zscore and train is not None else None
+                ingest_session(
+                    betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train,
+                    scratch,
+                )  # fmt: skip
+                log.info(
+                    "sub-%s session %s: %d trials × %d voxels",
+                    subject, ses, TRIALS_PER_SESSION, n_vox,
+                )  # fmt: skip
+        finally:
+            store.finish()
         scratch.clear()
         import zarr
 
@@ -792,7 +799,10 @@ class _StoreLayout:
     attrs: dict[str, Any]
 
     def write(self, path: Path, betas_shape: tuple[int, int], chunks: tuple[int, int]):
-        """Create the store with every variable, plus an empty ``betas``; return ``betas``."""
+        """Create the store with every variable, plus an empty ``betas``; return ``betas``.
+
+        Call :meth:`finish` before the store is used.
+        """
         import zarr
 
         group = zarr.open_group(path, mode="w", zarr_format=3, attributes=self.attrs)
@@ -826,15 +836,7 @@ class _StoreLayout:
             )
             arr[...] = values
 
-        # ~400 small files: created from a few threads at once (file creation is the cost)
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = [
-                pool.submit(write_one, name, dims, values)
-                for name, (dims, values) in {**self.coords, **self.data_vars}.items()
-            ]
-            for fut in futures:
-                fut.result()
-        return group.create_array(
+        betas = group.create_array(
             "betas",
             shape=betas_shape,
             chunks=chunks,
@@ -847,6 +849,26 @@ class _StoreLayout:
                 "_FillValue": _nan_fill_attr(),
             },
         )
+        # The small arrays (file creation is their cost) are written in the background,
+        # while the first session is read; finish() waits for them.
+        self._pool = ThreadPoolExecutor(max_workers=2)
+        self._pending = [
+            self._pool.submit(write_one, name, dims, values)
+            for name, (dims, values) in {**self.coords, **self.data_vars}.items()
+        ]
+        return betas
+
+    def finish(self) -> None:
+        """Wait for the arrays :meth:`write` left writing; raise the first error."""
+        pool, pending = getattr(self, "_pool", None), getattr(self, "_pending", [])
+        self._pool, self._pending = None, []
+        if pool is None:
+            return
+        try:
+            for fut in pending:
+                fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _dims(dims: str | tuple[str, ...]) -> tuple[str, ...]:
