@@ -10,7 +10,8 @@ The workflow fans every registered model in ``config["models"]`` out over subjec
 feature model; ``config["model_params"][name]`` overrides the defaults (unknown keys are an
 error naming the key). Every model block also has the fan-out keys of
 :data:`COMMON_DEFAULTS`: ``rois`` and ``features`` (``null``: the top-level ``rois`` /
-``feature_models``), ``gpu`` (the GPU resource a job declares) and ``threads``.
+``feature_models``), ``gpu`` (the GPU resource a job declares: 1 for torch models, else 0)
+and ``threads``.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ def register_model(
             name=name,
             kind=kind,
             fit=func,
-            defaults={**COMMON_DEFAULTS, **dict(defaults or {})},
+            # Torch models ask SLURM for one GPU (the plugin's `gpu` resource); locally an
+            # undeclared resource limit does not hold a job back, and torch falls back to CPU.
+            defaults={**COMMON_DEFAULTS, "gpu": int(torch), **dict(defaults or {})},
             torch=torch,
             inputs=inputs,
             pretrain=pretrain,
