@@ -290,9 +290,26 @@ def download_nsd(
         keys += subject_keys(subject, sessions, opts)
     log.info("NSD: %d objects from %s into %s", len(keys), source.url(""), cache)
     fetch_objects(source, keys, cache, workers=opts.workers, progress=progress)
+    return assemble_from_cache(dest, cache, keys, source, opts, subjects, sessions)
+
+
+def assemble_from_cache(
+    dest: Path,
+    cache: Path,
+    keys: list[str],
+    source: S3Source,
+    opts: NsdOptions,
+    subjects: list[str],
+    sessions: list[str],
+) -> Path:
+    """Build ``dest`` atomically from hard links to the fetched ``keys`` in ``cache``.
+
+    Adds ``stimuli/`` (the images the trials of ``subjects`` x ``sessions`` use, by range
+    reads) when ``opts.stimuli``. Shared by the volume and the fsaverage downloads.
+    """
     with atomic_path(dest) as tmp:
         for key in keys:
-            _link(safe_local_path(cache, key), safe_local_path(tmp, key))
+            link_or_copy(safe_local_path(cache, key), safe_local_path(tmp, key))
         if opts.stimuli:
             design = read_expdesign(safe_local_path(cache, EXPDESIGN_KEY))
             ids = np.unique(
@@ -302,7 +319,8 @@ def download_nsd(
     return dest
 
 
-def _link(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (copy across file systems)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)

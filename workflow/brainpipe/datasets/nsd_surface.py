@@ -58,14 +58,13 @@ from brainpipe.datasets.nsd import (
     TRIALS_PER_SESSION,
     ExpDesign,
     NsdOptions,
-    extract_stimuli,
+    assemble_from_cache,
     read_expdesign,
     session_number,
     stimulus_name,
     subject_label,
     zscore_with_train_stats,
 )
-from brainpipe.datasets.nsd_timeseries import link_or_copy
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.metrics import noise_ceiling
 from brainpipe.remote import RemoteAccessError, fetch_objects, safe_local_path
@@ -162,16 +161,7 @@ def download_nsd_surface(
             log.warning("%s: not published on fsaverage, no roi coords from it", key)
     log.info("NSD fsaverage: %d objects from %s into %s", len(objects), source.url(""), cache)
     fetch_objects(source, objects, cache, workers=opts.workers, progress=progress)
-    with atomic_path(dest) as tmp:
-        for key in keys:
-            link_or_copy(safe_local_path(cache, key), safe_local_path(tmp, key))
-        if opts.stimuli:
-            design = read_expdesign(safe_local_path(cache, EXPDESIGN_KEY))
-            ids = np.unique(
-                np.concatenate([design.trial_stimuli(s, ses) for s in subjects for ses in sessions])
-            )
-            extract_stimuli(source, opts, ids, design.sharedix, Path(tmp) / "stimuli")
-    return dest
+    return assemble_from_cache(dest, cache, keys, source, opts, subjects, sessions)
 
 
 # --- reading MGH --------------------------------------------------------------------------

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -54,6 +52,7 @@ from brainpipe.datasets.nsd import (
     NsdOptions,
     brainmask_key,
     extract_stimuli,
+    link_or_copy,
     read_expdesign,
     roi_key,
     session_number,
@@ -204,13 +203,6 @@ def design_events(ids: np.ndarray, tr: float) -> pd.DataFrame:
 
 
 # --- download and layout ------------------------------------------------------------------
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (copy across file systems)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _place_bold(src: Path, dst: Path, tr: float, shape: tuple[int, ...]) -> int:
