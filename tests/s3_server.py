@@ -269,3 +269,13 @@ def write_nsd_tree(
                 )
             truth["betas"][(subject, ses)] = ints.astype(np.float32) / 300
     return truth
+
+
+@contextmanager
+def serve_tree(root, bucket: str) -> Iterator[str]:
+    """A moto server with every file under ``root`` in the public ``bucket``; yields its URL."""
+    with moto_server() as endpoint:
+        client = admin_client(endpoint)
+        make_public_bucket(client, bucket)
+        upload_tree(client, bucket, root)
+        yield endpoint

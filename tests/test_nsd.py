@@ -20,7 +20,7 @@ from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr
 
 from .conftest import ROOT
-from .s3_server import admin_client, make_public_bucket, moto_server, upload_tree, write_nsd_tree
+from .s3_server import serve_tree, write_nsd_tree
 
 BUCKET = "natural-scenes-dataset"
 SESSIONS = ["01", "02"]
@@ -31,10 +31,7 @@ def nsd_server(tmp_path_factory):
     """A moto S3 server holding a tiny NSD; yields (endpoint_url, ground truth)."""
     tree = tmp_path_factory.mktemp("nsd-bucket")
     truth = write_nsd_tree(tree, subjects=("01",), sessions=SESSIONS)
-    with moto_server() as endpoint:
-        client = admin_client(endpoint)
-        make_public_bucket(client, BUCKET)
-        upload_tree(client, BUCKET, tree)
+    with serve_tree(tree, BUCKET) as endpoint:
         yield endpoint, truth
 
 

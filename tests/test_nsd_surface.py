@@ -18,7 +18,7 @@ from brainpipe.storage import open_zarr
 
 from .conftest import ROOT
 from .nsd_fixtures import write_nsd_surface
-from .s3_server import admin_client, make_public_bucket, moto_server, upload_tree, write_nsd_tree
+from .s3_server import serve_tree, write_nsd_tree
 
 BUCKET = "natural-scenes-dataset"
 SESSIONS = ["01", "02"]
@@ -31,10 +31,7 @@ def surf_server(tmp_path_factory):
     base = write_nsd_tree(tree, subjects=("01",), sessions=SESSIONS)
     truth = write_nsd_surface(tree, sessions=tuple(SESSIONS))
     truth["base"] = base
-    with moto_server() as endpoint:
-        client = admin_client(endpoint)
-        make_public_bucket(client, BUCKET)
-        upload_tree(client, BUCKET, tree)
+    with serve_tree(tree, BUCKET) as endpoint:
         yield endpoint, truth
 
 

@@ -29,7 +29,7 @@ from brainpipe.validation import validate_subject
 
 from .conftest import ROOT
 from .nsd_fixtures import TS_TR, write_nsd_timeseries
-from .s3_server import admin_client, make_public_bucket, moto_server, upload_tree, write_nsd_tree
+from .s3_server import serve_tree, write_nsd_tree
 
 BUCKET = "natural-scenes-dataset"
 RUNS = ["01", "02"]
@@ -41,10 +41,7 @@ def ts_server(tmp_path_factory):
     tree = tmp_path_factory.mktemp("nsd-ts-bucket")
     base = write_nsd_tree(tree, subjects=("01",), sessions=("01",))
     truth = write_nsd_timeseries(tree, base, runs=tuple(RUNS))
-    with moto_server() as endpoint:
-        client = admin_client(endpoint)
-        make_public_bucket(client, BUCKET)
-        upload_tree(client, BUCKET, tree)
+    with serve_tree(tree, BUCKET) as endpoint:
         yield endpoint, truth
 
 
