@@ -46,13 +46,20 @@ def _make_dataset(root: Path, n: int = 12, n_test: int = 4, seed: int = 0, test_
         if is_test:
             cap += f" testonly{rng.integers(1000)}"
         rows.append(
-            {"stimulus": f"stim-{i:04d}", "image": name, "caption": cap,
-             "shared": int(is_test), "color": words[0]}
+            {
+                "stimulus": f"stim-{i:04d}",
+                "image": name,
+                "caption": cap,
+                "shared": int(is_test),
+                "color": words[0],
+            }
         )
     pd.DataFrame(rows).to_csv(stim_dir / "stimuli.tsv", sep="\t", index=False)
     splits = pd.DataFrame(
-        {"stimulus": [r["stimulus"] for r in rows],
-         "split": ["test" if i >= n - n_test else "train" for i in range(n)]}
+        {
+            "stimulus": [r["stimulus"] for r in rows],
+            "split": ["test" if i >= n - n_test else "train" for i in range(n)],
+        }
     )
     splits.to_csv(root / "splits.tsv", sep="\t", index=False)
     return stim_dir / "stimuli.tsv", root / "splits.tsv"
@@ -116,8 +123,10 @@ def test_gabor_model_shape_dtype(tmp_path):
 
 def test_caption_vocabulary_is_fitted_on_train_only():
     stim = pd.DataFrame(
-        {"stimulus": ["a", "b", "c"],
-         "caption": ["a large red star", "a small blue circle", "a purple unicorn star"]}
+        {
+            "stimulus": ["a", "b", "c"],
+            "caption": ["a large red star", "a small blue circle", "a purple unicorn star"],
+        }
     )
     train = np.array([True, True, False])
     feats = caption(stim, Path("."), train)
@@ -128,7 +137,8 @@ def test_caption_vocabulary_is_fitted_on_train_only():
     # test-only words change nothing: the test row equals that of the caption "star"
     only_star = caption(
         pd.DataFrame({"caption": ["a large red star", "a small blue circle", "star"]}),
-        Path("."), train,
+        Path("."),
+        train,
     )
     np.testing.assert_array_equal(feats, only_star)
 
@@ -158,8 +168,9 @@ def test_fit_pca_matches_sklearn_and_caps_components():
 @pytest.mark.parametrize("model", ["gabor", "caption"])
 def test_store_round_trip(tmp_path, model):
     stim_tsv, splits_tsv = _make_dataset(tmp_path)
-    out = build_feature_store(model, stim_tsv, splits_tsv, tmp_path / f"{model}.zarr", 5,
-                              config={"a": 1})
+    out = build_feature_store(
+        model, stim_tsv, splits_tsv, tmp_path / f"{model}.zarr", 5, config={"a": 1}
+    )
     ds = xr.open_zarr(out)
     assert ds["features"].dims == ("stimulus", "feature")
     assert ds["features"].shape == (12, 5)

@@ -99,14 +99,19 @@ _cols = arrays(
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), y=_cols, scale=st.floats(1e-2, 1e2), shift=st.floats(-10, 10))
 def test_pearson_r_bounded_and_scale_invariant(data, y, scale, shift):
-    p = data.draw(arrays(np.float64, y.shape,
-                         elements=st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False)))
+    p = data.draw(
+        arrays(
+            np.float64,
+            y.shape,
+            elements=st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False),
+        )
+    )
     r = pearson_r(y, p)
     assert r.shape == (y.shape[1],)
     assert np.all((r >= -1) & (r <= 1))
     r_scaled = pearson_r(y * scale, p)
     np.testing.assert_allclose(r_scaled, r, atol=1e-9)
     # affine transform of the prediction: invariant wherever the columns are well spread
-    spread = (np.ptp(p, axis=0) > 1e-3 * (np.abs(p).max(axis=0) + 1))
+    spread = np.ptp(p, axis=0) > 1e-3 * (np.abs(p).max(axis=0) + 1)
     r_aff = pearson_r(y, scale * p + shift)
     np.testing.assert_allclose(r_aff[spread], r[spread], atol=1e-7)
