@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from brainpipe.remote import read_manifest
 from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr
 
-from .conftest import ROOT
+from .conftest import ROOT, run_workflow
 from .s3_server import serve_tree, write_nsd_tree
 
 BUCKET = "natural-scenes-dataset"
@@ -171,14 +170,7 @@ def nsd_config(endpoint: str) -> dict:
 
 
 def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-        "--cores", "2", *args,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=300)
+    return run_workflow(workdir, config, *args, timeout=300)
 
 
 def test_dry_run_touches_no_network(tmp_path):

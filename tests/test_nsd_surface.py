@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from brainpipe.download import fetch_dataset
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import open_zarr
 
-from .conftest import ROOT
+from .conftest import ROOT, run_workflow
 from .nsd_fixtures import write_nsd_surface
 from .s3_server import serve_tree, write_nsd_tree
 
@@ -149,14 +148,7 @@ def test_native_surface_label_is_refused_by_vertex_count(surf_server, tmp_path):
 
 
 def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-        "--cores", "2", *args,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=300)
+    return run_workflow(workdir, config, *args, timeout=300)
 
 
 def test_snakemake_fetches_and_ingests_fsaverage(surf_server, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -27,7 +26,7 @@ from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr
 from brainpipe.validation import validate_subject
 
-from .conftest import ROOT
+from .conftest import ROOT, run_workflow
 from .nsd_fixtures import TS_TR, write_nsd_timeseries
 from .s3_server import serve_tree, write_nsd_tree
 
@@ -131,14 +130,7 @@ def ts_config(endpoint: str) -> dict:
 
 
 def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-        "--cores", "2", *args,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=600)
+    return run_workflow(workdir, config, *args, timeout=600)
 
 
 def test_dry_run_plans_our_stages_offline(tmp_path):

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from brainpipe.models.jobs import train_job
 from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr, write_zarr
 
-from .conftest import ROOT
+from .conftest import ROOT, run_workflow, snakemake_command
 
 pytestmark = pytest.mark.integration
 
@@ -60,30 +59,9 @@ def tiny_config(**overrides) -> dict:
     return config
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
-    """The command that runs the real workflow in ``workdir`` with ``config`` (written there)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
-
-
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True):
     """Run the real workflow in ``workdir`` with ``config``; return the completed process."""
-    cmd = snakemake_command(workdir, config, *args)
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    result = run_workflow(workdir, config, *args)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
