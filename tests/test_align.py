@@ -443,3 +443,301 @@ def test_bad_inputs_name_the_file_and_field(dataset, tmp_path):
         method_params("hyperbolic", {})
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
     assert set(METHODS) >= {"anatomical", "procrustes", "srm", "ridge"}
+
+
+# --------------------------------------------------------------------------- fsaverage surface
+
+N_VERT = 150  # vertices per hemisphere of the toy "fsaverage"
+SURF_STIMULI = [f"nsd-{i:05d}" for i in range(1, 61)]  # 40 train, 20 test, all shared
+
+
+def _surface_store(out, subject, hemi, vertex, betas, stim, surface="fsaverage"):
+    """A betas.zarr shaped like :mod:`brainpipe.datasets.nsd_surface` writes it."""
+    n = len(stim)
+    ds = xr.Dataset(
+        {"betas": (("trial", "voxel"), betas.astype(np.float32))},
+        coords={
+            "stimulus": ("trial", np.asarray(stim, dtype=str)),
+            "session": ("trial", np.repeat(["01", "02"], n // 2)),
+            "run": ("trial", np.tile(["01", "02"], n // 2)),
+            "onset": ("trial", np.arange(n) * 4.0),
+            "hemi": ("voxel", np.asarray(hemi, dtype=str)),
+            "vertex": ("voxel", np.asarray(vertex, dtype=np.int32)),
+            "roi_nsdgeneral": ("voxel", np.ones(len(vertex), bool)),
+        },
+        attrs={
+            "subject": subject,
+            "space": f"nsd-{surface}",
+            "surface": surface,
+            "n_vertices": {"lh": N_VERT, "rh": N_VERT},
+            "units": "percent signal change",
+        },
+    )
+    ds["betas"].encoding["chunks"] = (n // 2, 128)
+    return write_zarr(ds, out)
+
+
+def _surface_layout(rng):
+    """Per subject: (hemi, vertex) of its voxels. Subject 01 has every vertex in the
+    ingest order (lh then rh); 02 and 03 miss some vertices and 03 lists its voxels in a
+    scrambled order, so matching by position would pair the wrong vertices."""
+    all_hemi = np.repeat(["lh", "rh"], N_VERT)
+    all_vertex = np.tile(np.arange(N_VERT), 2)
+    layout = {"01": np.arange(2 * N_VERT)}
+    layout["02"] = np.sort(rng.choice(2 * N_VERT, 2 * N_VERT - 25, replace=False))
+    layout["03"] = rng.permutation(rng.choice(2 * N_VERT, 2 * N_VERT - 20, replace=False))
+    return {s: (all_hemi[g], all_vertex[g], g) for s, g in layout.items()}
+
+
+def _surface_trials(rng):
+    stim = np.repeat(SURF_STIMULI, 2)  # every stimulus twice
+    return stim[rng.permutation(len(stim))]
+
+
+@pytest.fixture(scope="module")
+def surface_data(tmp_path_factory):
+    """Two fsaverage-style datasets on the same layout.
+
+    ``vertexwise``: every vertex carries the same response in every subject (its own
+    random profile over stimuli) plus trial noise: anatomy is all one needs.
+    ``rotated``: a 5-dimensional shared response reaches each subject's vertices through
+    an independent random map: the same vertex means nothing across subjects, only a
+    functional alignment can find the shared space.
+    """
+    base = tmp_path_factory.mktemp("surface")
+    rng = np.random.default_rng(11)
+    layout = _surface_layout(rng)
+    pd.DataFrame({"stimulus": SURF_STIMULI, "split": ["train"] * 40 + ["test"] * 20}).to_csv(
+        base / "splits.tsv", sep="\t", index=False
+    )
+    profile = pd.DataFrame(rng.standard_normal((60, 2 * N_VERT)), index=SURF_STIMULI)
+    shared = pd.DataFrame(rng.standard_normal((60, 5)), index=SURF_STIMULI)
+    out = {"base": base, "splits": base / "splits.tsv", "layout": layout}
+    for kind in ("vertexwise", "rotated"):
+        out[kind] = {}
+        for s, (hemi, vertex, g) in layout.items():
+            stim = _surface_trials(rng)
+            if kind == "vertexwise":
+                signal = profile.loc[stim].values[:, g]
+            else:
+                signal = shared.loc[stim].values @ rng.standard_normal((5, len(g)))
+            betas = signal + 0.5 * rng.standard_normal(signal.shape)
+            out[kind][s] = _surface_store(
+                base / kind / f"sub-{s}" / "betas.zarr", s, hemi, vertex, betas, stim
+            )
+    return out
+
+
+def _surface_params(method, **extra):
+    return method_params(method, {"n_components": 5, "roi": "nsdgeneral", **extra})
+
+
+def _test_agreement(ds):
+    """Mean over subject pairs and components of the Pearson r, across the test stimuli
+    (averaged over repeats), between two subjects' shared-space responses."""
+    test = SURF_STIMULI[40:]
+    Z = []
+    for si in range(ds.sizes["subject"]):
+        Z.append(average_repeats(ds["responses"].values[si], ds["stimulus"].values[si], test))
+    pairs = [(a, b) for a in range(len(Z)) for b in range(a + 1, len(Z))]
+    return float(np.mean([pearson_r(Z[a], Z[b]).mean() for a, b in pairs]))
+
+
+def test_match_vertices_finds_the_shared_vertices_in_any_order():
+    from brainpipe.align.anatomical import match_vertices
+
+    rng = np.random.default_rng(3)
+    layout = _surface_layout(rng)
+    hemis = [layout[s][0] for s in ("01", "02", "03")]
+    vertices = [layout[s][1] for s in ("01", "02", "03")]
+    hemi, vertex, index = match_vertices(hemis, vertices)
+    expected = sorted(
+        set.intersection(
+            *(set(zip(h, v.tolist(), strict=True)) for h, v in zip(hemis, vertices, strict=True))
+        )
+    )
+    assert list(zip(hemi.tolist(), vertex.tolist(), strict=True)) == expected
+    assert 2 * N_VERT - 45 <= len(expected) < 2 * N_VERT - 25
+    for h, v, idx in zip(hemis, vertices, index, strict=True):
+        np.testing.assert_array_equal(h[idx], hemi)
+        np.testing.assert_array_equal(v[idx], vertex)
+    with pytest.raises(ValueError, match="twice"):
+        match_vertices(
+            [np.array(["lh", "lh"]), np.array(["lh"])], [np.array([3, 3]), np.array([3])]
+        )
+
+
+def test_anatomical_on_fsaverage_matches_vertices(surface_data):
+    betas = surface_data["vertexwise"]
+    ds = fit_alignment_store(
+        betas,
+        surface_data["splits"],
+        surface_data["base"] / "align-vertexwise" / "anatomical.zarr",
+        "anatomical",
+        _surface_params("anatomical"),
+    )
+    assert ds.attrs["betas_geometry"] == "surface" and ds.attrs["surface"] == "fsaverage"
+    assert ds.attrs["betas_space"] == "nsd-fsaverage"
+    # The shared space is the vertices every subject has, lh then rh, by vertex.
+    layout = surface_data["layout"]
+    common = sorted(set.intersection(*(set(g.tolist()) for _, _, g in layout.values())))
+    hemi = np.where(np.asarray(common) < N_VERT, "lh", "rh")
+    np.testing.assert_array_equal(ds["component_hemi"].values.astype(str), hemi)
+    np.testing.assert_array_equal(ds["component_vertex"].values, np.asarray(common) % N_VERT)
+    assert ds["component"].values[0] == f"lh{common[0]:06d}"
+    for si, s in enumerate(SUBJECTS):
+        src = open_zarr(betas[s]).load()
+        # The stored map is a selection: component c reads the voxel on the same vertex.
+        rows = ds[f"transform_row_sub-{s}"].values
+        cols = ds[f"transform_col_sub-{s}"].values
+        assert len(cols) == ds.sizes["component"] and (ds[f"transform_weight_sub-{s}"] == 1).all()
+        order = np.argsort(cols)
+        np.testing.assert_array_equal(src["hemi"].values[rows[order]], hemi)
+        np.testing.assert_array_equal(
+            src["vertex"].values[rows[order]], np.asarray(common) % N_VERT
+        )
+        # Responses are the standardised betas of those voxels.
+        z = (src["betas"].values - ds[f"mean_sub-{s}"].values) / ds[f"scale_sub-{s}"].values
+        np.testing.assert_allclose(
+            ds["responses"].values[si], z[:, rows[order]], rtol=1e-5, atol=1e-5
+        )
+    # The signal a vertex carries in every subject lines up across subjects.
+    assert _test_agreement(ds) > 0.8
+
+
+@pytest.fixture(scope="module")
+def rotated_stores(surface_data, tmp_path_factory):
+    base = tmp_path_factory.mktemp("align-rotated")
+    labels = np.repeat(np.arange(1, 4), N_VERT // 3)  # three parcels per hemisphere
+    for h in ("lh", "rh"):
+        nib.save(
+            nib.MGHImage(labels.reshape(-1, 1, 1).astype(np.int32), np.eye(4)),
+            base / f"{h}.toy_parcels.mgz",
+        )
+    atlas = str(base / "{hemi}.toy_parcels.mgz")
+    out = {}
+    for method in ("anatomical", "procrustes", "srm", "ridge", "piecewise_procrustes"):
+        out[method] = fit_alignment_store(
+            surface_data["rotated"],
+            surface_data["splits"],
+            base / f"{method}.zarr",
+            method,
+            _surface_params(method, atlas=atlas),
+        )
+    return out
+
+
+def test_functional_alignment_beats_anatomical_on_fsaverage(rotated_stores):
+    scores = {m: _test_agreement(ds) for m, ds in rotated_stores.items()}
+    # Each subject's vertices mix the shared response independently: the same vertex
+    # carries unrelated signals, so matching vertices yields nothing.
+    assert abs(scores["anatomical"]) < 0.1, scores
+    for method in ("procrustes", "srm", "ridge", "piecewise_procrustes"):
+        assert scores[method] > 0.6 and scores[method] > scores["anatomical"] + 0.5, scores
+    for method in ("procrustes", "srm", "ridge"):
+        assert rotated_stores[method].sizes["component"] == 5
+    piecewise = rotated_stores["piecewise_procrustes"]
+    assert piecewise.attrs["n_parcels"] == 6  # labels 1..3 in each hemisphere, kept apart
+
+
+def test_piecewise_on_fsaverage_needs_a_surface_atlas(surface_data, tmp_path):
+    betas = surface_data["rotated"]
+    with pytest.raises(BrainpipeInputError, match="align.atlas") as err:
+        fit_alignment_store(
+            betas,
+            surface_data["splits"],
+            tmp_path / "a.zarr",
+            "piecewise_srm",
+            _surface_params("piecewise_srm"),
+        )
+    assert err.value.field == "space" and err.value.source == str(betas["01"])
+    assert "{hemi}" in str(err.value)
+    with pytest.raises(BrainpipeInputError, match="hemi") as err:
+        fit_alignment_store(
+            betas,
+            surface_data["splits"],
+            tmp_path / "b.zarr",
+            "piecewise_srm",
+            _surface_params("piecewise_srm", atlas=str(tmp_path / "atlas.nii.gz")),
+        )
+    assert err.value.field == "align.atlas"
+    short = tmp_path / "{hemi}.short.mgz"
+    for h in ("lh", "rh"):
+        labels = np.ones((N_VERT // 2, 1, 1), np.int32)
+        nib.save(nib.MGHImage(labels, np.eye(4)), str(short).replace("{hemi}", h))
+    with pytest.raises(BrainpipeInputError, match="same template surface") as err:
+        fit_alignment_store(
+            betas,
+            surface_data["splits"],
+            tmp_path / "c.zarr",
+            "piecewise_srm",
+            _surface_params("piecewise_srm", atlas=str(short)),
+        )
+    assert err.value.source == str(short).replace("{hemi}", "lh")
+    assert not any((tmp_path / f"{x}.zarr").exists() for x in "abc")
+
+
+def _volume_store(out, stim, rng):
+    ijk = np.argwhere(np.ones((4, 4, 4), bool))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    ds = xr.Dataset(
+        {"betas": (("trial", "voxel"), rng.standard_normal((len(stim), len(ijk))))},
+        coords={
+            "stimulus": ("trial", np.asarray(stim, dtype=str)),
+            "session": ("trial", np.full(len(stim), "01")),
+            "run": ("trial", np.full(len(stim), "01")),
+            "onset": ("trial", np.arange(len(stim)) * 4.0),
+            **{c: ("voxel", ijk[:, a].astype(np.int32)) for a, c in enumerate("ijk")},
+            **{c: ("voxel", 2.0 * ijk[:, a]) for a, c in enumerate("xyz")},
+            "roi_nsdgeneral": ("voxel", np.ones(len(ijk), bool)),
+        },
+        attrs={"subject": "03", "space": "nsd-func1pt8mm", "affine": affine.tolist()},
+    )
+    return write_zarr(ds, out)
+
+
+@pytest.mark.parametrize("method", ["anatomical", "srm"])
+def test_mixing_surface_and_volume_betas_is_refused(surface_data, tmp_path, method):
+    rng = np.random.default_rng(0)
+    mixed = dict(surface_data["rotated"])
+    mixed["03"] = _volume_store(tmp_path / "volume.zarr", _surface_trials(rng), rng)
+    with pytest.raises(BrainpipeInputError, match="space") as err:
+        fit_alignment_store(
+            mixed, surface_data["splits"], tmp_path / "x.zarr", method, _surface_params(method)
+        )
+    assert err.value.field == "space" and err.value.source == str(mixed["03"])
+    assert "nsd-func1pt8mm" in str(err.value) and "nsd-fsaverage" in str(err.value)
+    assert str(mixed["01"]) in str(err.value)
+    # The other way round names the surface store.
+    flipped = {"03": mixed["03"], "01": mixed["01"], "02": mixed["02"]}
+    with pytest.raises(BrainpipeInputError, match="surface store") as err:
+        fit_alignment_store(
+            flipped, surface_data["splits"], tmp_path / "y.zarr", method, _surface_params(method)
+        )
+    assert err.value.field == "space" and err.value.source == str(mixed["01"])
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+def test_different_surfaces_are_refused(surface_data, tmp_path):
+    rng = np.random.default_rng(1)
+    other = dict(surface_data["vertexwise"])
+    hemi, vertex, _ = surface_data["layout"]["03"]
+    stim = _surface_trials(rng)
+    other["03"] = _surface_store(
+        tmp_path / "f6.zarr",
+        "03",
+        hemi,
+        vertex,
+        rng.standard_normal((len(stim), len(vertex))),
+        stim,
+        surface="fsaverage6",
+    )
+    with pytest.raises(BrainpipeInputError, match="fsaverage6") as err:
+        fit_alignment_store(
+            other,
+            surface_data["splits"],
+            tmp_path / "x.zarr",
+            "anatomical",
+            _surface_params("anatomical"),
+        )
+    assert err.value.field == "surface" and err.value.source == str(other["03"])

@@ -5,8 +5,10 @@ Layers (himalaya style):
 - :mod:`._backend` — numpy / torch switch used by the solvers;
 - :mod:`._solvers` — pure functions: scaled Procrustes, hyperalignment, deterministic SRM,
   ridge maps with leave-one-out penalty choice;
-- :mod:`.anatomical` — MNI template grid (nilearn) and sparse trilinear resampling;
-- :mod:`.parcels` — parcels for piecewise alignment (k-means of coordinates or an atlas);
+- :mod:`.anatomical` — MNI template grid (nilearn) and sparse trilinear resampling for
+  volume betas; matching by ``(hemi, vertex)`` for surface betas (e.g. fsaverage);
+- :mod:`.parcels` — parcels for piecewise alignment (k-means of coordinates, a NIfTI
+  atlas, or a per-hemisphere surface atlas);
 - :mod:`._sklearn_api` — estimators with ``fit(Xs)``, ``transform(X, s)``,
   ``inverse_transform(Z, s)``;
 - :mod:`.store` — fits one method on all subjects' ``betas.zarr`` and writes
@@ -20,6 +22,7 @@ from brainpipe.align._sklearn_api import (
     ProcrustesAlignment,
     RidgeAlignment,
     SRMAlignment,
+    SurfaceAnatomicalAlignment,
 )
 from brainpipe.align.metrics import cross_subject_r
 from brainpipe.align.store import (
@@ -37,6 +40,7 @@ __all__ = [
     "ProcrustesAlignment",
     "RidgeAlignment",
     "SRMAlignment",
+    "SurfaceAnatomicalAlignment",
     "average_repeats",
     "build_estimator",
     "cross_subject_r",

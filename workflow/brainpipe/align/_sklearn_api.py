@@ -23,7 +23,12 @@ import scipy.sparse as sp
 
 from brainpipe.align import _solvers
 from brainpipe.align._backend import get_backend
-from brainpipe.align.anatomical import template_grid, trilinear_operator, voxel_size
+from brainpipe.align.anatomical import (
+    match_vertices,
+    template_grid,
+    trilinear_operator,
+    voxel_size,
+)
 
 #: Rows of trials mapped at a time by ``transform`` (bounds the float64 temporaries).
 _TRIAL_BLOCK = 2048
@@ -428,3 +433,73 @@ class AnatomicalAlignment(_LinearAlignment):
         xyz = np.asarray(self.ijk[s]) @ aff[:3, :3].T + aff[:3, 3]
         op, _ = trilinear_operator(self.template_ijk_, self.template_affine_, xyz)
         return np.asarray(op @ np.asarray(Z, np.float64).T).T * self.scales_[s] + self.means_[s]
+
+
+class SurfaceAnatomicalAlignment(_LinearAlignment):
+    """Anatomical alignment on a shared surface mesh (e.g. fsaverage): match by vertex.
+
+    Every subject's betas sit on the same template vertices, so the shared space is the
+    set of ``(hemi, vertex)`` pairs present in every subject (a subject's ROI selection
+    or mask may leave some out), in a common order (``lh`` then ``rh``, by vertex), and
+    each subject's map is a selection of its (standardised) voxels. ``template_hemi_``
+    and ``template_vertex_`` label the components.
+
+    Parameters
+    ----------
+    hemis : sequence of ndarray of str, shape (n_voxels_s,)
+        Hemisphere of each subject's voxels.
+    vertices : sequence of ndarray of int, shape (n_voxels_s,)
+        Template vertex index of each subject's voxels, within its hemisphere.
+    """
+
+    def __init__(self, hemis: Sequence[np.ndarray], vertices: Sequence[np.ndarray]) -> None:
+        self.hemis = hemis
+        self.vertices = vertices
+
+    def fit(self, Xs: Sequence[np.ndarray]) -> SurfaceAnatomicalAlignment:
+        Xs = _check_subjects(Xs)
+        if len(self.hemis) != len(Xs) or any(
+            len(h) != X.shape[1] for h, X in zip(self.hemis, Xs, strict=True)
+        ):
+            raise ValueError("hemis/vertices must label every voxel of every subject")
+        hemi, vertex, index = match_vertices(self.hemis, self.vertices)
+        if not len(vertex):
+            raise ValueError("no (hemi, vertex) is present in every subject")
+        self.template_hemi_ = hemi
+        self.template_vertex_ = vertex
+        self.index_ = index
+        self.n_voxels_ = [X.shape[1] for X in Xs]
+        stats = self._stats(Xs)
+        self.means_ = [m for m, _ in stats]
+        self.scales_ = [sc for _, sc in stats]
+        self.template_ = np.mean(
+            [self._standardise(X, s)[:, index[s]] for s, X in enumerate(Xs)], axis=0
+        )
+        self.n_components_ = len(vertex)
+        return self
+
+    @property
+    def transforms_(self) -> list[sp.csr_matrix]:
+        """Sparse ``(n_voxels_s, n_shared_vertices)`` selection maps (one 1 per column)."""
+        K = self.n_components_
+        return [
+            sp.csr_matrix((np.ones(K), (idx, np.arange(K))), shape=(n, K))
+            for idx, n in zip(self.index_, self.n_voxels_, strict=True)
+        ]
+
+    def transform(self, X: np.ndarray, s: int) -> np.ndarray:
+        idx = self.index_[s]
+        out = np.empty((X.shape[0], len(idx)), dtype=np.float32)
+        for start in range(0, X.shape[0], _TRIAL_BLOCK):
+            block = np.asarray(X[start : start + _TRIAL_BLOCK])[:, idx]
+            out[start : start + _TRIAL_BLOCK] = (block - self.means_[s][idx]) / self.scales_[s][idx]
+        return out
+
+    def inverse_transform(self, Z: np.ndarray, s: int) -> np.ndarray:
+        """Shared vertices -> subject ``s``'s voxels; voxels outside the shared set get
+        their fitting mean (no information reaches them)."""
+        Z = np.asarray(Z, dtype=np.float64)
+        idx = self.index_[s]
+        out = np.tile(self.means_[s], (Z.shape[0], 1))
+        out[:, idx] = Z * self.scales_[s][idx] + self.means_[s][idx]
+        return out

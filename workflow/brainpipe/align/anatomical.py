@@ -1,4 +1,11 @@
-"""Anatomical alignment: resample every subject's voxels onto one MNI-like template grid.
+"""Anatomical alignment: a common template that every subject's voxels map onto.
+
+Volume stores (``i, j, k`` + ``affine``): resample onto one MNI-like template grid.
+Surface stores (``hemi``, ``vertex``, e.g. NSD on fsaverage): every subject already
+lives on the same template mesh, so anatomical alignment is matching by
+``(hemi, vertex)`` (:func:`match_vertices`); no interpolation.
+
+Volume template.
 
 The template grid is nilearn's MNI152 brain mask resampled (``nilearn.image.resample_img``)
 to the requested resolution, on a lattice with MNI (0, 0, 0) at a voxel centre. Each
@@ -17,6 +24,7 @@ proper registration to MNI has to happen before this stage.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 
 import nibabel as nib
@@ -122,3 +130,58 @@ def trilinear_operator(
     inv = np.zeros(n)
     inv[covered] = 1.0 / sums[covered]
     return sp.csr_matrix(sp.diags(inv) @ op), covered
+
+
+def match_vertices(
+    hemis: Sequence[np.ndarray], vertices: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The surface vertices present in every subject, and where each subject holds them.
+
+    Parameters
+    ----------
+    hemis : sequence of ndarray of str, shape (n_voxels_s,)
+        Hemisphere of every voxel (vertex) of each subject (``"lh"`` / ``"rh"``).
+    vertices : sequence of ndarray of int, shape (n_voxels_s,)
+        Vertex index within its hemisphere, for every voxel of each subject. Voxel order
+        may differ between subjects; ``(hemi, vertex)`` pairs must be unique per subject.
+
+    Returns
+    -------
+    shared_hemi : ndarray of str, shape (n_shared,)
+    shared_vertex : ndarray of int64, shape (n_shared,)
+        The ``(hemi, vertex)`` pairs present in every subject, sorted by hemisphere name
+        (``lh`` before ``rh``) and then by vertex: the common order of the template.
+    index : list of ndarray of int64, shape (n_shared,)
+        For each subject, the position of each shared vertex in its voxel list.
+
+    Raises
+    ------
+    ValueError
+        If the inputs disagree in length, a vertex index is negative, or a subject
+        lists the same ``(hemi, vertex)`` twice.
+    """
+    if not hemis or len(hemis) != len(vertices):
+        raise ValueError(f"{len(hemis)} hemi arrays and {len(vertices)} vertex arrays")
+    hemis = [np.asarray(h).astype(str) for h in hemis]
+    vertices = [np.asarray(v).astype(np.int64) for v in vertices]
+    names = np.unique(np.concatenate(hemis)) if hemis else np.array([], dtype=str)
+    stride = max((int(v.max()) + 1 for v in vertices if len(v)), default=1)
+    keys = []
+    for s, (h, v) in enumerate(zip(hemis, vertices, strict=True)):
+        if h.shape != v.shape or h.ndim != 1:
+            raise ValueError(f"subject {s}: hemi {h.shape} and vertex {v.shape} must be 1-D, equal")
+        if len(v) and v.min() < 0:
+            raise ValueError(f"subject {s}: negative vertex index {int(v.min())}")
+        key = np.searchsorted(names, h).astype(np.int64) * stride + v
+        if len(np.unique(key)) != len(key):
+            raise ValueError(f"subject {s}: some (hemi, vertex) pair appears twice")
+        keys.append(key)
+    shared = keys[0]
+    for key in keys[1:]:
+        shared = np.intersect1d(shared, key, assume_unique=True)
+    shared = np.unique(shared)  # sorted: hemisphere name, then vertex
+    index = []
+    for key in keys:
+        order = np.argsort(key, kind="stable")
+        index.append(order[np.searchsorted(key, shared, sorter=order)].astype(np.int64))
+    return names[shared // stride], shared % stride, index

@@ -17,7 +17,8 @@ Store layout (``S`` = subject label such as ``01``; all float data float32 unles
     Piecewise methods: the same, block-sparse (zero outside a voxel's parcel).
     Anatomical: too big to store dense, so stored as COO triplets
     ``transform_row_sub-S``, ``transform_col_sub-S``, ``transform_weight_sub-S``
-    (dimension ``nnz_sub-S``; row = voxel position, col = component position).
+    (dimension ``nnz_sub-S``; row = voxel position, col = component position); on a
+    surface these are a selection (weight 1, one voxel per component).
 ``mean_sub-S(voxel_sub-S)``, ``scale_sub-S(voxel_sub-S)`` (float64)
     Per-voxel standardisation, from the fitting data only.
 ``voxel_sub-S``
@@ -25,10 +26,22 @@ Store layout (``S`` = subject label such as ``01``; all float data float32 unles
     ``voxel`` dimension (the ROI selection in attrs ``roi``).
 Components: ``component`` labels; piecewise stores ``component_parcel``; anatomical
 stores template voxel indices ``component_i/j/k``, centres ``component_x/y/z`` (mm) and
-attrs ``template_affine``.
+attrs ``template_affine`` on a volume, ``component_hemi`` / ``component_vertex`` (the
+surface vertices present in every subject, ``lh`` then ``rh``, by vertex) and attrs
+``surface`` on a surface.
 Attrs: ``method``, ``subjects``, ``fit_stimuli`` (list of stimulus ids the transforms
 were fitted on: shared stimuli of the training split, averaged over repeats),
-``params`` (JSON of the method's parameters), ``roi``, method diagnostics, provenance.
+``params`` (JSON of the method's parameters), ``roi``, ``betas_space`` (the betas'
+``space`` attr) and ``betas_geometry`` (``volume`` or ``surface``), method
+diagnostics, provenance.
+
+Input spaces. Volume betas carry ``i, j, k`` voxel coords and an ``affine``; surface
+betas (e.g. :mod:`brainpipe.datasets.nsd_surface`, ``space = "nsd-fsaverage"``) carry
+``hemi`` and ``vertex`` coords, attrs ``surface`` and ``n_vertices``, and no affine.
+Functional methods need neither; anatomical alignment and piecewise parcels use them
+(:func:`betas_space`, :func:`voxel_geometry`). All subjects must be in one space:
+a surface store mixed with a volume store, or two different surfaces, is refused
+naming the file and the field.
 """
 
 from __future__ import annotations
@@ -49,9 +62,15 @@ from brainpipe.align._sklearn_api import (
     ProcrustesAlignment,
     RidgeAlignment,
     SRMAlignment,
+    SurfaceAnatomicalAlignment,
     _LinearAlignment,
 )
-from brainpipe.align.parcels import atlas_parcels, cluster_parcels
+from brainpipe.align.parcels import (
+    HEMI_FIELD,
+    atlas_parcels,
+    cluster_parcels,
+    surface_atlas_parcels,
+)
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr, provenance_attrs, write_zarr
@@ -132,8 +151,25 @@ def build_estimator(
     subjects : sequence of str
         Subject labels, in fitting order (for ``ridge_target``).
     geometry : sequence of mapping
-        Per subject: ``ijk`` (n_voxels, 3) int, ``affine`` (4, 4), ``xyz`` (n_voxels, 3) mm.
+        Per subject, from :func:`voxel_geometry`: ``kind`` ``"volume"`` (the default
+        when absent) with ``ijk`` (n_voxels, 3) int, ``affine`` (4, 4), ``xyz``
+        (n_voxels, 3) mm; or ``kind`` ``"surface"`` with ``hemi`` (n_voxels,) str,
+        ``vertex`` (n_voxels,) int and optionally ``n_vertices`` (hemi -> count).
+        Optional ``source`` and ``space`` name the betas in error messages.
+
+    Raises
+    ------
+    BrainpipeInputError
+        Subjects in different spaces (``space``), a piecewise method on a surface
+        without ``align.atlas``, or an atlas that does not fit the betas.
     """
+    for g in geometry[1:]:
+        check_same_space(geometry[0], g)
+    surface = _kind(geometry[0]) == "surface"
+    if method == "anatomical" and surface:
+        return SurfaceAnatomicalAlignment(
+            [g["hemi"] for g in geometry], [g["vertex"] for g in geometry]
+        )
     if method == "anatomical":
         return AnatomicalAlignment(
             [g["ijk"] for g in geometry],
@@ -169,12 +205,204 @@ def build_estimator(
 
     if not method.startswith("piecewise_"):
         return make(int(params["n_components"]))
+    return PiecewiseAlignment(
+        make, piecewise_parcels(params, geometry), int(params["n_components"])
+    )
+
+
+def piecewise_parcels(
+    params: Mapping[str, Any], geometry: Sequence[Mapping[str, Any]]
+) -> list[np.ndarray]:
+    """Parcel label of every voxel of every subject, for piecewise methods.
+
+    Volume: ``align.atlas`` (a NIfTI label image) or k-means of the voxels' mm
+    coordinates (``align.n_parcels``). Surface: ``align.atlas`` with ``{hemi}`` in the
+    path (one label file per hemisphere on the betas' surface); there are no mm
+    coordinates to cluster, so without an atlas this is an error.
+
+    Parameters
+    ----------
+    params : mapping
+        ``atlas``, ``n_parcels``, ``seed`` (from :func:`method_params`).
+    geometry : sequence of mapping
+        As for :func:`build_estimator`.
+
+    Returns
+    -------
+    list of ndarray of int64, shape (n_voxels_s,)
+        Parcel of each voxel, -1 for none.
+    """
+    atlas = params.get("atlas")
+    first = geometry[0]
+    if _kind(first) == "surface":
+        if not atlas:
+            raise BrainpipeInputError(
+                first.get("source", "<betas>"),
+                "space",
+                f"{first.get('space', '')!r} is a surface space: its voxels (hemi, vertex)"
+                " have no x/y/z mm coordinates, so k-means parcels (align.n_parcels) cannot"
+                " be made; piecewise methods on a surface need align.atlas: one label file"
+                f" per hemisphere on the same surface, with {HEMI_FIELD} in the path (e.g."
+                f" NSD's nsddata/freesurfer/fsaverage/label/{HEMI_FIELD}.HCP_MMP1.mgz)",
+            )
+        return surface_atlas_parcels(
+            atlas,
+            [g["hemi"] for g in geometry],
+            [g["vertex"] for g in geometry],
+            first.get("n_vertices"),
+        )
     xyz = [g["xyz"] for g in geometry]
-    if params.get("atlas"):
-        labels = atlas_parcels(params["atlas"], xyz)
-    else:
-        labels = cluster_parcels(xyz, int(params["n_parcels"]), seed=int(params["seed"]))
-    return PiecewiseAlignment(make, labels, int(params["n_components"]))
+    if atlas and HEMI_FIELD in str(atlas):
+        raise BrainpipeInputError(
+            atlas,
+            "align.atlas",
+            f"a per-hemisphere surface parcellation ({HEMI_FIELD} in the path) cannot label"
+            f" volume betas ({first.get('source', '<betas>')}: i/j/k voxels); give a NIfTI"
+            " label image in the betas' mm space",
+        )
+    if atlas:
+        return atlas_parcels(atlas, xyz)
+    return cluster_parcels(xyz, int(params["n_parcels"]), seed=int(params["seed"]))
+
+
+def _kind(geometry: Mapping[str, Any]) -> str:
+    return str(geometry.get("kind", "volume"))
+
+
+def _describe(space: Mapping[str, Any]) -> str:
+    if _kind(space) == "surface":
+        return f"a surface store (hemi/vertex coords on {space.get('surface')!r}, no affine)"
+    return "a volume store (i/j/k coords and an affine)"
+
+
+def betas_space(ds: xr.Dataset, source: str) -> dict[str, Any]:
+    """Which kind of space a betas store is in, checked for what alignment needs.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An opened ``betas.zarr``.
+    source : str
+        Its path (for error messages).
+
+    Returns
+    -------
+    dict
+        ``kind`` (``"surface"`` when the store has ``hemi``/``vertex`` coords or a
+        ``surface`` attr, else ``"volume"``), ``space`` (attr, "" if absent),
+        ``source``; for a surface also ``surface`` (attr ``surface``, else ``space``)
+        and ``n_vertices`` (attr, hemi -> count, or None).
+
+    Raises
+    ------
+    BrainpipeInputError
+        A surface store without ``hemi`` or ``vertex``; a volume store without
+        ``i``, ``j``, ``k`` or ``affine``.
+    """
+    space = str(ds.attrs.get("space", ""))
+    if "hemi" in ds.coords or "vertex" in ds.coords or "surface" in ds.attrs:
+        for field in ("hemi", "vertex"):
+            if field not in ds.coords:
+                raise BrainpipeInputError(
+                    source,
+                    field,
+                    "voxel coordinate is missing (a surface store has both hemi and vertex)",
+                )
+        n_vertices = ds.attrs.get("n_vertices")
+        return {
+            "kind": "surface",
+            "space": space,
+            "surface": str(ds.attrs.get("surface") or space),
+            "n_vertices": {str(h): int(n) for h, n in n_vertices.items()}
+            if isinstance(n_vertices, Mapping)
+            else None,
+            "source": source,
+        }
+    for field in ("i", "j", "k"):
+        if field not in ds.coords:
+            raise BrainpipeInputError(source, field, "voxel coordinate is missing")
+    if "affine" not in ds.attrs:
+        raise BrainpipeInputError(source, "affine", "attribute is missing")
+    return {"kind": "volume", "space": space, "source": source}
+
+
+def check_same_space(ref: Mapping[str, Any], other: Mapping[str, Any]) -> None:
+    """Refuse to align ``other`` with ``ref`` unless both are in one kind of space.
+
+    Volume stores are compared no further (anatomical alignment maps each through its
+    own affine); surface stores must be on the same surface with the same vertex counts.
+
+    Raises
+    ------
+    BrainpipeInputError
+        Naming ``other``'s file and the field (``space``, ``surface``, ``n_vertices``).
+    """
+    src = other.get("source", "<betas>")
+    ref_src = ref.get("source", "<betas>")
+    if _kind(ref) != _kind(other):
+        raise BrainpipeInputError(
+            src,
+            "space",
+            f"{other.get('space', '')!r} is {_describe(other)}, but {ref_src} is"
+            f" {ref.get('space', '')!r}, {_describe(ref)}; alignment needs every subject in"
+            " one space (make all subjects' betas with the same source.space)",
+        )
+    if _kind(ref) != "surface":
+        return
+    if ref.get("surface") != other.get("surface"):
+        raise BrainpipeInputError(
+            src,
+            "surface",
+            f"is on {other.get('surface')!r}, but {ref_src} on {ref.get('surface')!r};"
+            " vertex indices of different surfaces do not correspond",
+        )
+    a, b = ref.get("n_vertices"), other.get("n_vertices")
+    if a is not None and b is not None and dict(a) != dict(b):
+        raise BrainpipeInputError(
+            src, "n_vertices", f"is {dict(b)}, but {ref_src} has {dict(a)} on the same surface"
+        )
+
+
+def voxel_geometry(ds: xr.Dataset, space: Mapping[str, Any], voxels: np.ndarray) -> dict[str, Any]:
+    """Where the selected ``voxels`` of a betas store are, for :func:`build_estimator`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An opened ``betas.zarr``.
+    space : mapping
+        Its :func:`betas_space`.
+    voxels : ndarray of int, shape (n_used,)
+        Positions along ``voxel`` (the ROI selection).
+
+    Returns
+    -------
+    dict
+        ``space`` plus, volume: ``ijk``, ``affine``, ``xyz``; surface: ``hemi``,
+        ``vertex``.
+
+    Raises
+    ------
+    BrainpipeInputError
+        A surface store that lists one ``(hemi, vertex)`` twice (field ``vertex``).
+    """
+    out = dict(space)
+    if _kind(space) == "surface":
+        hemi = np.asarray(ds["hemi"].values).astype(str)[voxels]
+        vertex = np.asarray(ds["vertex"].values).astype(np.int64)[voxels]
+        if pd.MultiIndex.from_arrays([hemi, vertex]).has_duplicates or (vertex < 0).any():
+            raise BrainpipeInputError(
+                space.get("source", "<betas>"),
+                "vertex",
+                "expected unique, non-negative (hemi, vertex) pairs; some pair is repeated"
+                " or negative",
+            )
+        out.update(hemi=hemi, vertex=vertex)
+        return out
+    ijk = np.stack([np.asarray(ds[c].values)[voxels] for c in ("i", "j", "k")], axis=1)
+    affine = np.asarray(ds.attrs["affine"], dtype=np.float64)
+    out.update(ijk=ijk, affine=affine, xyz=ijk @ affine[:3, :3].T + affine[:3, 3])
+    return out
 
 
 def select_voxels(betas: xr.Dataset, roi: str | Sequence[str], source: str) -> np.ndarray:
@@ -259,20 +487,14 @@ def fit_alignment_store(
     subjects = [str(s) for s in betas_paths]
     splits = read_splits(splits_tsv)
     stores = {s: open_zarr(betas_paths[s]) for s in subjects}
+    spaces = [betas_space(stores[s], str(betas_paths[s])) for s in subjects]
+    for space in spaces[1:]:
+        check_same_space(spaces[0], space)
     voxels, geometry, stimuli = {}, [], []
-    for s in subjects:
+    for s, space in zip(subjects, spaces, strict=True):
         ds, src = stores[s], str(betas_paths[s])
-        for field in ("i", "j", "k"):
-            if field not in ds.coords:
-                raise BrainpipeInputError(src, field, "voxel coordinate is missing")
-        if "affine" not in ds.attrs:
-            raise BrainpipeInputError(src, "affine", "attribute is missing")
         voxels[s] = select_voxels(ds, params["roi"], src)
-        ijk = np.stack([np.asarray(ds[c].values)[voxels[s]] for c in ("i", "j", "k")], axis=1)
-        affine = np.asarray(ds.attrs["affine"], dtype=np.float64)
-        geometry.append(
-            {"ijk": ijk, "affine": affine, "xyz": ijk @ affine[:3, :3].T + affine[:3, 3]}
-        )
+        geometry.append(voxel_geometry(ds, space, voxels[s]))
         stimuli.append(np.asarray(ds["stimulus"].values).astype(str))
     fit_ids = fit_stimuli(stimuli, splits)
     if len(fit_ids) < 2:
@@ -288,12 +510,6 @@ def fit_alignment_store(
         len(fit_ids),
         len(subjects),
     )
-    fit_set = set(fit_ids)
-    Xs = []
-    for s, stims in zip(subjects, stimuli, strict=True):
-        rows = np.flatnonzero(np.isin(stims, list(fit_set)))
-        data = stores[s]["betas"].isel(trial=rows, voxel=voxels[s]).values
-        Xs.append(average_repeats(data, stims[rows], fit_ids))
     params = dict(params)
     if "n_components" in params and not method.startswith("piecewise_"):
         limit = min(len(fit_ids), *(len(v) for v in voxels.values()))
@@ -307,7 +523,15 @@ def fit_alignment_store(
             )
             params["n_components_requested"] = params["n_components"]
             params["n_components"] = limit
-    est = build_estimator(method, params, subjects, geometry).fit(Xs)
+    # Built before any betas are read: parcel and atlas errors come at once.
+    est = build_estimator(method, params, subjects, geometry)
+    fit_set = set(fit_ids)
+    Xs = []
+    for s, stims in zip(subjects, stimuli, strict=True):
+        rows = np.flatnonzero(np.isin(stims, list(fit_set)))
+        data = stores[s]["betas"].isel(trial=rows, voxel=voxels[s]).values
+        Xs.append(average_repeats(data, stims[rows], fit_ids))
+    est.fit(Xs)
     del Xs
 
     n_trials = max(len(st) for st in stimuli)
@@ -323,6 +547,10 @@ def fit_alignment_store(
     ds = _assemble(
         est, method, params, subjects, stores, voxels, stimuli, splits, fit_ids, responses
     )
+    ds.attrs["betas_space"] = spaces[0]["space"]
+    ds.attrs["betas_geometry"] = spaces[0]["kind"]
+    if spaces[0]["kind"] == "surface":
+        ds.attrs["surface"] = spaces[0]["surface"]
     ds.attrs.update(provenance_attrs(config))
     write_zarr(ds, out)
     return ds
@@ -395,6 +623,14 @@ def _assemble(
         attrs["template_affine"] = est.template_affine_.tolist()
         attrs["template_resolution_mm"] = est.resolution_mm_
         attrs["template"] = "MNI152 brain mask (nilearn), resampled"
+    elif isinstance(est, SurfaceAnatomicalAlignment):
+        coords["component"] = np.asarray(
+            [f"{h}{v:06d}" for h, v in zip(est.template_hemi_, est.template_vertex_, strict=True)],
+            dtype=object,
+        )
+        coords["component_hemi"] = ("component", est.template_hemi_.astype(object))
+        coords["component_vertex"] = ("component", est.template_vertex_.astype(np.int32))
+        attrs["template"] = "surface vertices present in every subject, matched by (hemi, vertex)"
     else:
         coords["component"] = np.asarray([f"c{i:04d}" for i in range(K)], dtype=object)
     if isinstance(est, PiecewiseAlignment):
@@ -412,7 +648,7 @@ def _assemble(
         coords[vdim] = voxels[s].astype(np.int64)
         data_vars[f"mean_sub-{s}"] = (vdim, est.means_[si])
         data_vars[f"scale_sub-{s}"] = (vdim, est.scales_[si])
-        if isinstance(est, AnatomicalAlignment):
+        if isinstance(est, (AnatomicalAlignment, SurfaceAnatomicalAlignment)):
             coo = transforms[si].tocoo()
             ndim = f"nnz_sub-{s}"
             data_vars[f"transform_row_sub-{s}"] = (ndim, coo.row.astype(np.int64))

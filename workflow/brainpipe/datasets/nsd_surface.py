@@ -33,8 +33,11 @@ order. Instead of ``i, j, k`` / ``x, y, z`` its coordinates are ``hemi``
 the hemisphere). Attrs: ``space = "nsd-fsaverage"``, ``surface = "fsaverage"``,
 ``n_vertices = {"lh": n, "rh": n}``; there is no ``affine`` or
 ``volume_shape``. Training and evaluation select voxels by ``roi_*`` and run
-unchanged; cross-subject alignment needs ``i, j, k`` and ``affine`` and refuses
-such a store by its existing check (subjects already share fsaverage vertices).
+unchanged; cross-subject alignment runs its functional methods unchanged, does
+anatomical alignment by matching ``(hemi, vertex)`` (subjects share fsaverage
+vertices), takes piecewise parcels from a per-hemisphere label file
+(``align.atlas`` with ``{hemi}``), and refuses to mix such a store with volume
+stores (:mod:`brainpipe.align.store`).
 """
 
 from __future__ import annotations
