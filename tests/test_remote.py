@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -302,3 +303,64 @@ def test_large_multipart_object_is_verified_while_streaming(server, tmp_path, mo
         )  # fmt: skip
     assert result.attempts >= 2 and result.verified == "multipart-md5"
     assert (tmp_path / "data/large.bin").read_bytes() == payload
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("existing", [0, 5000, 8 << 20])
+def test_part_writer_appends_exact_bytes_around_the_page_cache(tmp_path, direct, existing):
+    """O_DIRECT staging (aligned blocks, padded tail then truncated, an unaligned .part
+    continued) gives byte for byte what buffered appends give, also closed mid-way."""
+    from brainpipe.directio import Appender
+
+    rng = np.random.default_rng(existing)
+    data = rng.integers(0, 256, (20 << 20) + 777, dtype=np.uint8).tobytes()
+    part = tmp_path / "x.part"
+    part.write_bytes(data[:existing])
+    pos = existing
+    for stop in (existing + 3 * (1 << 20) + 1, len(data)):  # two attempts, as after a drop
+        with Appender(part, direct) as fh:
+            while pos < stop:
+                n = min(int(rng.integers(1, 3 << 20)), stop - pos)
+                fh.write(data[pos : pos + n])
+                pos += n
+        assert part.stat().st_size == stop
+    assert part.read_bytes() == data
+
+
+def test_part_writer_falls_back_where_o_direct_is_refused(tmp_path):
+    from brainpipe.directio import Appender
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    part = shm / f"bp-test-{os.getpid()}.part"
+    try:
+        data = os.urandom((9 << 20) + 5)
+        with Appender(part, direct=True) as fh:
+            fh.write(data)
+        assert part.read_bytes() == data
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def test_part_writer_goes_buffered_when_a_direct_write_is_refused(tmp_path, monkeypatch):
+    """O_DIRECT accepted at open but refused on a write (some FUSE file systems): the
+    refused block and everything after it are written buffered, nothing is lost."""
+    from brainpipe import directio
+
+    calls = {"n": 0}
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(22, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(directio.os, "pwrite", pwrite)
+    data = os.urandom(3 * directio.STAGE + 1234)
+    part = tmp_path / "x.part"
+    with directio.Appender(part, direct=True) as fh:
+        for n in range(0, len(data), 1 << 20):
+            fh.write(data[n : n + (1 << 20)])
+    assert calls["n"] >= 2 and part.read_bytes() == data

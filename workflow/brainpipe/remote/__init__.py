@@ -11,12 +11,20 @@ that can never leave the destination folder.
 """
 
 from brainpipe.remote.errors import RemoteAccessError, RemoteIntegrityError, UnsafeKeyError
-from brainpipe.remote.fetch import FetchResult, fetch_object, fetch_objects, read_manifest
+from brainpipe.remote.fetch import (
+    ByteSink,
+    FetchResult,
+    fetch_object,
+    fetch_objects,
+    read_manifest,
+    record_fetches,
+)
 from brainpipe.remote.keys import safe_local_path
 from brainpipe.remote.rangefile import RangeFile
 from brainpipe.remote.source import ObjectInfo, S3Source
 
 __all__ = [
+    "ByteSink",
     "FetchResult",
     "ObjectInfo",
     "RangeFile",
@@ -27,5 +35,6 @@ __all__ = [
     "fetch_object",
     "fetch_objects",
     "read_manifest",
+    "record_fetches",
     "safe_local_path",
 ]

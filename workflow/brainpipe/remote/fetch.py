@@ -6,6 +6,12 @@ conditional on the ETag, so bytes of two object versions are never spliced.
 A finished ``.part`` is checked (size, and the MD5 the ETag encodes) before it
 is renamed onto its final name, so a file under its final name is always
 complete. A file that fails the check is fetched again from scratch.
+
+A transfer can also hand its bytes, in order, to a :class:`ByteSink` as they
+arrive (e.g. to convert a file while it downloads instead of reading it back
+afterwards). The sink sees exactly the bytes of the final file: those of a
+resumed ``.part`` are replayed to it first, and it is reset whenever the
+transfer starts over; its result counts only once the file has verified.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from brainpipe.directio import Appender
 from brainpipe.remote.errors import RemoteAccessError, RemoteIntegrityError
 from brainpipe.remote.keys import safe_local_path
 from brainpipe.remote.source import ObjectInfo, S3Source, is_retryable
@@ -39,6 +46,17 @@ _BLOCK = 1 << 20  # bytes per read from the network
 _MULTIPART_SIZES_MB = (8, 16, 5, 64, 32, 50, 100)  # common client part sizes, tried in order
 _THREADED_MIN = 16 << 20  # objects at least this big are hashed on background threads
 _QUEUED_CHUNKS = 8  # chunks (of up to _BLOCK bytes) waiting per hashing thread
+_DIRECT_MIN = 64 << 20  # objects streamed to a sink from this size are written with O_DIRECT
+
+
+class ByteSink(Protocol):
+    """Receives an object's bytes in order while :func:`fetch_object` downloads it."""
+
+    def reset(self) -> None:
+        """Forget every byte written: the transfer starts again from byte 0."""
+
+    def write(self, chunk: memoryview) -> None:
+        """The next bytes of the object."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +235,7 @@ def fetch_object(
     max_backoff_s: float = 30.0,
     progress: tqdm | None = None,
     trusted: dict[str, Any] | None = None,
+    sink: ByteSink | None = None,
 ) -> FetchResult:
     """Download one object to ``dest``, resuming ``dest.part`` if present.
 
@@ -239,6 +258,10 @@ def fetch_object(
     trusted : dict, optional
         The manifest record of a previous fetch: a file whose size, ETag and
         mtime still match it is not hashed again.
+    sink : ByteSink, optional
+        Also receives the object's bytes in order as they are written (the
+        bytes of a resumed ``.part`` first). Not called when ``dest`` already
+        holds the verified object (status ``"cached"``): read the file then.
 
     Raises
     ------
@@ -278,8 +301,16 @@ def fetch_object(
     _advance(progress, min(resumed, info.size))
     attempts = failures = bad_checks = 0
     # MD5 of the bytes in .part, updated as they arrive (saves re-reading the file);
-    # unknown when .part came from an earlier process.
-    hasher = _StreamDigest(info) if resumed == 0 else None
+    # unknown when .part came from an earlier process, unless a sink needs those bytes
+    # replayed anyway.
+    hasher = _StreamDigest(info) if resumed == 0 or sink is not None else None
+    # Bytes a sink consumes as they arrive need not stay in the page cache: write them
+    # around it (filling it costs kernel time per GB, and evicts what other jobs cache).
+    direct = sink is not None and info.size >= _DIRECT_MIN
+    if sink is not None:
+        sink.reset()
+        if 0 < resumed <= info.size:
+            _replay(part, resumed, sink, hasher)
     try:
         while True:
             offset = part.stat().st_size if part.exists() else 0
@@ -287,19 +318,26 @@ def fetch_object(
                 _advance(progress, -offset)
                 part.unlink()
                 offset = 0
-                hasher = _restart(hasher, info)
+                hasher = _restart(hasher, info, sink)
             got = 0
             if offset < info.size:
                 attempts += 1
                 try:
                     body = source.get(info.key, offset, etag=info.etag)
-                    with open(part, "ab") as fh:
+                    with Appender(part, direct) as fh:
                         for chunk in body.iter_chunks(_BLOCK):
                             fh.write(chunk)
                             if hasher is not None:
                                 hasher.update(chunk)
+                            if sink is not None:
+                                try:
+                                    sink.write(memoryview(chunk))
+                                except Exception as err:
+                                    raise _SinkFailed from err
                             got += len(chunk)
                             _advance(progress, len(chunk))
+                except _SinkFailed as err:
+                    raise err.__cause__ from None  # the sink's own error, not the network's
                 except Exception as err:  # noqa: BLE001 - classified below
                     code = _error_code(err)
                     if code in ("PreconditionFailed", "412"):
@@ -308,7 +346,7 @@ def fetch_object(
                         _advance(progress, -(offset + got))
                         part.unlink(missing_ok=True)
                         info = source.head(info.key)
-                        hasher = _restart(hasher, info)
+                        hasher = _restart(hasher, info, sink)
                         continue
                     if not is_retryable(err):
                         raise source.translate(err, info.key) from err
@@ -346,7 +384,7 @@ def fetch_object(
             )
             _advance(progress, -part.stat().st_size)
             part.unlink()
-            hasher = _restart(hasher, info)
+            hasher = _restart(hasher, info, sink)
             if bad_checks >= max(2, retries // 2):
                 raise RemoteIntegrityError(
                     source.url(info.key),
@@ -358,11 +396,30 @@ def fetch_object(
             hasher.close()
 
 
-def _restart(hasher: _StreamDigest | None, info: ObjectInfo) -> _StreamDigest:
+class _SinkFailed(Exception):
+    """Carries an exception a sink raised past the network error handling."""
+
+
+def _restart(
+    hasher: _StreamDigest | None, info: ObjectInfo, sink: ByteSink | None = None
+) -> _StreamDigest:
     """A new digest for a transfer that starts over (the old one's threads stopped)."""
     if hasher is not None:
         hasher.close()
+    if sink is not None:
+        sink.reset()
     return _StreamDigest(info)
+
+
+def _replay(part: Path, size: int, sink: ByteSink, hasher: _StreamDigest | None) -> None:
+    """Feed the first ``size`` bytes already in ``part`` to the sink (and the digest)."""
+    with open(part, "rb") as fh:
+        left = size
+        while left and (chunk := fh.read(min(_BLOCK, left))):
+            if hasher is not None:
+                hasher.update(chunk)
+            sink.write(memoryview(chunk))
+            left -= len(chunk)
 
 
 def _advance(progress: tqdm | None, n: int) -> None:
@@ -441,7 +498,6 @@ def fetch_objects(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         infos = list(pool.map(lambda i: source.head(i) if isinstance(i, str) else i, items))
     manifest = read_manifest(root)
-    lock = threading.Lock()
     results: list[FetchResult | None] = [None] * len(infos)
     errors: list[Exception] = []
     bar = tqdm(
@@ -461,28 +517,42 @@ def fetch_objects(
         order = sorted(range(len(infos)), key=lambda n: -infos[n].size)
         futures = {pool.submit(one, n): n for n in order}
         for fut in as_completed(futures):
-            n = futures[fut]
             try:
-                res = fut.result()
+                results[futures[fut]] = fut.result()
             except Exception as err:  # noqa: BLE001 - re-raised after the others finish
                 errors.append(err)
-                continue
-            results[n] = res
-            with lock:
-                record = asdict(res)
-                record["path"] = os.path.relpath(res.path, root)
-                record["url"] = source.url(res.key)
-                record["mtime_ns"] = Path(res.path).stat().st_mtime_ns
-                if res.status == "fetched" or res.key not in manifest:
-                    record["fetched_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-                else:
-                    record["fetched_at"] = manifest[res.key].get("fetched_at")
-                    record["md5"] = record["md5"] or manifest[res.key].get("md5")
-                manifest[res.key] = record
-    _write_manifest(root, manifest)
+    record_fetches(root, source, [r for r in results if r is not None])
     if errors:
         raise errors[0]
     return [r for r in results if r is not None]
+
+
+def record_fetches(root: str | os.PathLike, source: S3Source, results: list[FetchResult]) -> None:
+    """Add ``results`` to the manifest of ``root``.
+
+    The read-modify-write holds an exclusive lock on ``root/.lock``, so jobs that
+    fetch into one folder at the same time (one per subject on a cluster) never
+    drop each other's records.
+    """
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{MANIFEST_NAME}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(root)
+        for res in results:
+            record = asdict(res)
+            record["path"] = os.path.relpath(res.path, root)
+            record["url"] = source.url(res.key)
+            record["mtime_ns"] = Path(res.path).stat().st_mtime_ns
+            if res.status == "fetched" or res.key not in manifest:
+                record["fetched_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+            else:
+                record["fetched_at"] = manifest[res.key].get("fetched_at")
+                record["md5"] = record["md5"] or manifest[res.key].get("md5")
+            manifest[res.key] = record
+        _write_manifest(root, manifest)
 
 
 def _write_manifest(root: Path, manifest: dict[str, dict[str, Any]]) -> None:
@@ -490,4 +560,12 @@ def _write_manifest(root: Path, manifest: dict[str, dict[str, Any]]) -> None:
     write_text_atomic(json.dumps(doc, indent=1, sort_keys=True), root / MANIFEST_NAME)
 
 
-__all__ = ["FetchResult", "RemoteAccessError", "fetch_object", "fetch_objects", "read_manifest"]
+__all__ = [
+    "ByteSink",
+    "FetchResult",
+    "RemoteAccessError",
+    "fetch_object",
+    "fetch_objects",
+    "read_manifest",
+    "record_fetches",
+]
