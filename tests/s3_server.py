@@ -186,6 +186,7 @@ def write_nsd_tree(
     seed=0,
     space="func1pt8mm",
     version="betas_fithrf_GLMdenoise_RR",
+    betas_layout="chunked",
 ) -> dict:
     """Write a tiny NSD in the bucket's real key layout and file formats under ``root``.
 
@@ -193,7 +194,8 @@ def write_nsd_tree(
     1-based ``masterordering`` 1×30000, ``subjectim`` 8×10000, ``sharedix``),
     betas HDF5 ``/betas`` int16 (750, K, J, I) = NIfTI axes reversed, ×300;
     NIfTI brain mask, ROI label volumes and ncsnr; ``/imgBrick`` (n, H, W, 3)
-    uint8. Returns the ground truth (float betas in NIfTI order, etc.).
+    uint8. ``betas_layout``: ``"chunked"`` (one trial per chunk) or ``"contiguous"``.
+    Returns the ground truth (float betas in NIfTI order, etc.).
     """
     from pathlib import Path
 
@@ -264,9 +266,8 @@ def write_nsd_tree(
             ints = np.round(nifti_order * 300).astype(np.int16)
             with h5py.File(bdir / f"betas_session{int(ses):02d}.hdf5", "w") as h5:
                 # MATLAB writes column-major: HDF5 sees (trial, K, J, I).
-                h5.create_dataset(
-                    "betas", data=ints.transpose(3, 2, 1, 0), chunks=(1, *shape[::-1])
-                )
+                chunks = (1, *shape[::-1]) if betas_layout == "chunked" else None
+                h5.create_dataset("betas", data=ints.transpose(3, 2, 1, 0), chunks=chunks)
             truth["betas"][(subject, ses)] = ints.astype(np.float32) / 300
     return truth
 

@@ -43,12 +43,13 @@ def options(endpoint: str, **extra) -> nsd.NsdOptions:
 
 @pytest.fixture(scope="module")
 def fetched(nsd_server, tmp_path_factory):
-    """The data folder after fetching subject 01, sessions 01-02 from the server."""
+    """The data folder after fetching subject 01, sessions 01-02 from the server, betas
+    files included (``stream_betas: false``: ingest reads them from disk)."""
     endpoint, _ = nsd_server
     dest = tmp_path_factory.mktemp("data") / "nsd"
     fetch_dataset(
         "nsd", dest, subjects=["01"], sessions=SESSIONS,
-        source={"endpoint_url": endpoint}, progress=False,
+        source={"endpoint_url": endpoint, "stream_betas": False}, progress=False,
     )  # fmt: skip
     return dest
 

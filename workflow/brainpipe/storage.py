@@ -15,10 +15,12 @@ import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
+
+if TYPE_CHECKING:  # xarray (and Dask behind it) is imported by the functions that use it
+    import xarray as xr
 
 from brainpipe import __version__
 
@@ -102,6 +104,8 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: Zarr store does not exist")
+    import xarray as xr
+
     ds = xr.open_zarr(path, consolidated=True)
     # Zarr v3 strings come back as numpy's StringDType, which much of numpy and
     # pandas cannot cast yet; labels are small, so hand them out as plain str.

@@ -93,6 +93,7 @@ class NsdOptions:
     stimuli: bool = True  # extract the images the trials use (range reads of the HDF5)
     stimuli_file: str | None = None  # a local copy of nsd_stimuli.hdf5 instead of range reads
     workers: int = 4
+    stream_betas: bool = True  # fetch each session's betas during ingest, gathering as it arrives
     trial_batch: int = 50  # trials read from HDF5 at once (memory: batch × volume × 2 bytes)
     tr: float = 4 / 3
     trial_period_s: float = 4.0
@@ -183,14 +184,22 @@ def roi_key(subject: str, roi_file: str, opts: NsdOptions) -> str:
     return f"nsddata/ppdata/{subject_label(subject)}/{opts.space}/roi/{roi_file}.nii.gz"
 
 
-def subject_keys(subject: str, sessions: list[str], opts: NsdOptions) -> list[str]:
-    """Every key ingest needs for one subject."""
+def subject_keys(
+    subject: str, sessions: list[str], opts: NsdOptions, betas: bool = True
+) -> list[str]:
+    """Every key ingest needs for one subject (``betas=False``: all but the session betas)."""
     return [
         brainmask_key(subject, opts),
         ncsnr_key(subject, opts),
         *(roi_key(subject, name, opts) for name in opts.roi_files),
-        *(betas_key(subject, ses, opts) for ses in sessions),
+        *(betas_key(subject, ses, opts) for ses in sessions if betas),
     ]
+
+
+def object_cache(data_root: str | Path) -> Path:
+    """Where fetched objects persist across runs: ``data/.nsd-objects`` beside ``data/nsd``."""
+    data_root = Path(data_root)
+    return data_root.with_name(f".{data_root.name}-objects")
 
 
 # --- design -------------------------------------------------------------------------------
@@ -280,14 +289,16 @@ def download_nsd(
     failed runs, so transfers resume); ``dest`` is then built atomically from
     hard links to them (copies across file systems), plus ``stimuli/`` with the
     images the trials use (read by range requests from the 40 GB stimulus file,
-    never downloaded whole) and ``stimuli/stimuli.tsv``.
+    never downloaded whole) and ``stimuli/stimuli.tsv``. With
+    ``opts.stream_betas`` the session betas are left to ingest, which fetches
+    them into the same cache while it converts them (:mod:`.nsd_stream`).
     """
     dest = Path(dest)
-    cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
+    cache = Path(cache) if cache else object_cache(dest)
     source = opts.source()
     keys = [EXPDESIGN_KEY, STIM_INFO_KEY]
     for subject in subjects:
-        keys += subject_keys(subject, sessions, opts)
+        keys += subject_keys(subject, sessions, opts, betas=not opts.stream_betas)
     log.info("NSD: %d objects from %s into %s", len(keys), source.url(""), cache)
     fetch_objects(source, keys, cache, workers=opts.workers, progress=progress)
     return assemble_from_cache(dest, cache, keys, source, opts, subjects, sessions)
@@ -522,9 +533,26 @@ def ingest_nsd_subject(
             for n, ses in enumerate(
                 tqdm(sessions, desc=f"NSD betas sub-{subject}", unit="session")
             ):
-                path = safe_local_path(root, betas_key(subject, ses, opts))
+                key = betas_key(subject, ses, opts)
+                path = safe_local_path(root, key)
                 rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
                 zscore_train = train[rows] if opts.zscore and train is not None else None
+                if not path.exists() and opts.stream_betas:
+                    from brainpipe.datasets.nsd_stream import fetch_session_betas
+
+                    session = scratch.get("session")
+                    if session is None:
+                        session = scratch["session"] = _scratch(
+                            (TRIALS_PER_SESSION, n_vox), np.int16
+                        )
+                    path = fetch_session_betas(
+                        opts, key, object_cache(root), flat, shape, session
+                    )  # fmt: skip
+                    if path is None:  # streamed: the session is in `session`
+                        write_session_blocks(
+                            betas, session, rows, chunks[1], zscore_train, object_cache(root) / key
+                        )  # fmt: skip
+                        continue
                 ingest_session(
                     betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train,
                     scratch,
@@ -612,22 +640,30 @@ def _open_betas(path: Path, shape: tuple[int, int, int]) -> Any:
     """
     if not path.exists():
         raise BrainpipeInputError(path, "<file>", "betas file is missing (run the download)")
-    want = (TRIALS_PER_SESSION, *shape[::-1])
     try:
         h5 = h5py.File(path, "r")
     except OSError as err:
         raise BrainpipeInputError(path, "<file>", f"not a readable HDF5 file ({err})") from err
-    if "betas" not in h5 or not isinstance(h5["betas"], h5py.Dataset):
+    try:
+        dset = _check_betas(h5, path, shape)
+    except BrainpipeInputError:
         h5.close()
-        raise BrainpipeInputError(path, "betas", "dataset is missing")
+        raise
+    return _ClosingDataset(h5, dset)
+
+
+def _check_betas(h5: Any, where: str | Path, shape: tuple[int, int, int]) -> Any:
+    """``h5["betas"]``, checked to be int16 ``(750, K, J, I)`` for a volume ``(I, J, K)``."""
+    want = (TRIALS_PER_SESSION, *shape[::-1])
+    if "betas" not in h5 or not isinstance(h5["betas"], h5py.Dataset):
+        raise BrainpipeInputError(where, "betas", "dataset is missing")
     dset = h5["betas"]
     if dset.shape != want or dset.dtype != np.int16:
         got = f"{dset.dtype} {dset.shape}"
-        h5.close()
         raise BrainpipeInputError(
-            path, "betas", f"expected int16 {want} (trials, K, J, I), got {got}"
+            where, "betas", f"expected int16 {want} (trials, K, J, I), got {got}"
         )
-    return _ClosingDataset(h5, dset)
+    return dset
 
 
 class _ClosingDataset:
@@ -823,7 +859,12 @@ class _StoreLayout:
         """
         import zarr
 
-        group = zarr.open_group(path, mode="w", zarr_format=3, attributes=self.attrs)
+        from brainpipe.directio import DirectWriteStore
+
+        # betas chunks are written once and read by later jobs: around the page cache
+        group = zarr.open_group(
+            DirectWriteStore(path), mode="w", zarr_format=3, attributes=self.attrs
+        )
         dims_of = {name: _dims(dims) for name, (dims, _) in self.coords.items()}
 
         def coordinates(dims: tuple[str, ...]) -> str:
@@ -861,6 +902,7 @@ class _StoreLayout:
             dtype=np.float32,
             compressors=BETAS_COMPRESSORS or None,
             fill_value=np.nan,
+            config={"write_empty_chunks": True},  # every chunk is written: skip the NaN scan
             dimension_names=("trial", "voxel"),
             attributes={
                 "coordinates": coordinates(("trial", "voxel")),

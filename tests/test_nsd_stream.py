@@ -1,0 +1,169 @@
+"""NSD betas gathered while they download (nsd_stream), against a loopback S3 server.
+
+The streamed session must equal the file the server holds, whatever happens to the
+transfer: dropped connections, a corrupted byte, a process killed mid-file; layouts the
+stream cannot gather (chunked ``/betas``, a header past the buffered bytes) fall back to
+ingesting the downloaded file.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from brainpipe.datasets import nsd, nsd_stream
+from brainpipe.datasets.registry import load_entry
+from brainpipe.download import fetch_dataset
+from brainpipe.remote import fetch, read_manifest
+from brainpipe.storage import open_zarr
+
+from .s3_server import FlakyProxy, serve_tree, write_nsd_tree
+
+BUCKET = "natural-scenes-dataset"
+SESSIONS = ["01", "02"]
+SHAPE = (9, 10, 8)  # 720 voxels: 1.08 MB per session, several network chunks past the header
+
+
+@pytest.fixture(scope="module")
+def contiguous_server(tmp_path_factory):
+    """A tiny NSD whose ``/betas`` are contiguous (streamable); yields (endpoint, truth, tree)."""
+    tree = tmp_path_factory.mktemp("nsd-contiguous")
+    truth = write_nsd_tree(tree, sessions=SESSIONS, shape=SHAPE, betas_layout="contiguous")
+    with serve_tree(tree, BUCKET) as endpoint:
+        yield endpoint, truth, tree
+
+
+@pytest.fixture
+def small_header(monkeypatch):
+    """Parse the header after 8 kB, so most of each file flows through the gathering path."""
+    monkeypatch.setattr(nsd_stream, "HEADER_BYTES", 8192)
+
+
+def options(endpoint: str, **extra) -> nsd.NsdOptions:
+    entry = load_entry("nsd")
+    return nsd.NsdOptions.from_config(
+        {**entry.info, **entry.merged_source({"source": {"endpoint_url": endpoint, **extra}})}
+    )
+
+
+def kept_voxels(truth):
+    mask = truth["mask"]["01"]
+    return mask, nsd.hdf5_voxel_index(np.argwhere(mask).astype(np.int32), SHAPE)
+
+
+def expected_int16(truth, mask, ses):
+    return np.round(truth["betas"][("01", ses)][mask].T * 300).astype(np.int16)
+
+
+def stream(endpoint, cache, truth, ses="01", trial_batch=7):
+    mask, flat = kept_voxels(truth)
+    out = np.zeros((750, len(flat)), np.int16)
+    key = nsd.betas_key("01", ses, options(endpoint))
+    path = nsd_stream.fetch_session_betas(
+        options(endpoint), key, cache, flat, SHAPE, out, trial_batch
+    )
+    return path, out, key
+
+
+def test_streamed_session_equals_the_file(contiguous_server, small_header, tmp_path):
+    endpoint, truth, tree = contiguous_server
+    path, out, key = stream(endpoint, tmp_path / "cache", truth)
+    assert path is None  # gathered from the network bytes, not read back from the file
+    mask, _ = kept_voxels(truth)
+    np.testing.assert_array_equal(out, expected_int16(truth, mask, "01"))
+    # the download itself is the ordinary verified one, kept in the cache, in the manifest
+    assert (tmp_path / "cache" / key).read_bytes() == (tree / key).read_bytes()
+    record = read_manifest(tmp_path / "cache")[key]
+    assert record["verified"] == "md5" and record["status"] == "fetched"
+    # a second run finds the verified file and reads it instead of fetching again
+    again, _, _ = stream(endpoint, tmp_path / "cache", truth)
+    assert again == tmp_path / "cache" / key
+    assert read_manifest(tmp_path / "cache")[key]["status"] == "cached"
+
+
+def test_stream_survives_drops_and_a_corrupted_byte(
+    contiguous_server, small_header, monkeypatch, tmp_path
+):
+    endpoint, truth, _ = contiguous_server
+    # written with O_DIRECT as a full-size session would be: drops leave unaligned .part ends
+    monkeypatch.setattr(fetch, "_DIRECT_MIN", 0)
+    with FlakyProxy(endpoint, drop_after=300_000, drops=3, corrupt_at=100_000, corruptions=1) as px:
+        path, out, key = stream(px.url, tmp_path / "cache", truth, ses="02")
+    assert px.dropped == 3 and px.corrupted == 1
+    assert path is None
+    mask, _ = kept_voxels(truth)
+    # the corrupted transfer failed its MD5, the sink was reset, the refetch gathered again
+    np.testing.assert_array_equal(out, expected_int16(truth, mask, "02"))
+    assert read_manifest(tmp_path / "cache")[key]["verified"] == "md5"
+
+
+def test_killed_stream_resumes_from_part_file(contiguous_server, small_header, tmp_path):
+    endpoint, truth, tree = contiguous_server
+    key = nsd.betas_key("01", "01", options(endpoint))
+    part = tmp_path / "cache" / (key + ".part")
+    part.parent.mkdir(parents=True)
+    whole = (tree / key).read_bytes()
+    part.write_bytes(whole[:555_555])  # what a killed job left behind
+    path, out, _ = stream(endpoint, tmp_path / "cache", truth, trial_batch=750)
+    assert path is None
+    mask, _ = kept_voxels(truth)
+    np.testing.assert_array_equal(out, expected_int16(truth, mask, "01"))
+    record = read_manifest(tmp_path / "cache")[key]
+    assert record["resumed_bytes"] == 555_555 and record["verified"] == "md5"
+    assert not part.exists()
+
+
+def test_header_past_buffered_bytes_falls_back_to_the_file(
+    contiguous_server, monkeypatch, tmp_path
+):
+    endpoint, truth, tree = contiguous_server
+    monkeypatch.setattr(nsd_stream, "HEADER_BYTES", 64)  # the superblock only
+    path, out, key = stream(endpoint, tmp_path / "cache", truth)
+    assert path == tmp_path / "cache" / key and not out.any()
+    assert path.read_bytes() == (tree / key).read_bytes()
+
+
+def test_ingest_streams_and_equals_ingest_from_files(contiguous_server, small_header, tmp_path):
+    """Default config (stream_betas: true): the data folder holds no betas files, ingest
+    fetches them; same store as fetching everything first, z-scoring included."""
+    endpoint, truth, _ = contiguous_server
+    stores = {}
+    for stream_betas in (True, False):
+        dest = tmp_path / f"stream-{stream_betas}" / "nsd"
+        source = {"endpoint_url": endpoint, "stream_betas": stream_betas, "zscore": True}
+        fetch_dataset("nsd", dest, subjects=["01"], sessions=SESSIONS, source=source,
+                      progress=False)  # fmt: skip
+        opts = options(endpoint, stream_betas=stream_betas, zscore=True)
+        files = [dest / nsd.betas_key("01", ses, opts) for ses in SESSIONS]
+        assert all(f.exists() for f in files) != stream_betas
+        splits = dest.parent / "splits.tsv"
+        nsd.make_nsd_splits(dest / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+        out = nsd.ingest_nsd_subject(dest, "01", SESSIONS, dest.parent / "b.zarr", opts, splits)
+        stores[stream_betas] = open_zarr(out).load()
+        if stream_betas:
+            cached = read_manifest(nsd.object_cache(dest))
+            assert all(cached[nsd.betas_key("01", s, opts)]["verified"] == "md5" for s in SESSIONS)
+    import xarray as xr
+
+    xr.testing.assert_identical(stores[True], stores[False])
+    assert np.isfinite(stores[True]["betas"].values).all()
+
+
+def test_chunked_betas_are_ingested_after_download(tmp_path_factory, tmp_path):
+    """A layout the stream cannot gather (chunked /betas, as in the default fixture) is
+    fetched whole and read from the cached file: same values."""
+    tree = tmp_path_factory.mktemp("nsd-chunked")
+    truth = write_nsd_tree(tree, sessions=["01"], shape=SHAPE, betas_layout="chunked")
+    with serve_tree(tree, BUCKET) as endpoint:
+        path, out, key = stream(endpoint, tmp_path / "cache", truth)
+        assert path == tmp_path / "cache" / key and not out.any()
+        dest = tmp_path / "data" / "nsd"
+        fetch_dataset("nsd", dest, subjects=["01"], sessions=["01"],
+                      source={"endpoint_url": endpoint}, progress=False)  # fmt: skip
+        shutil.copytree(tmp_path / "cache", nsd.object_cache(dest), dirs_exist_ok=True)
+        opts = options(endpoint)
+        ds = open_zarr(nsd.ingest_nsd_subject(dest, "01", ["01"], tmp_path / "b.zarr", opts))
+    mask, _ = kept_voxels(truth)
+    np.testing.assert_allclose(ds["betas"].values, truth["betas"][("01", "01")][mask].T, atol=1e-6)

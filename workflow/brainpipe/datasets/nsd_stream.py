@@ -1,0 +1,255 @@
+"""NSD betas ingested while they download: each session's bytes gathered as they arrive.
+
+The plain route fetches ``betas_sessionNN.hdf5`` (~1 GB at 1.8 mm, ~6 GB at 1 mm),
+then reads it back to gather the kept voxels. Streaming does both in one pass:
+:func:`~brainpipe.remote.fetch_object` hands each arriving chunk to a
+:class:`SessionGather`, which parses the HDF5 header from the first bytes and,
+when ``/betas`` is stored contiguous (how NSD-shaped files are written), gathers
+the kept voxels of every complete batch of trials straight from the network
+buffers. The download itself is unchanged: resumable (a resumed ``.part`` is
+replayed to the sink first), verified, atomic, recorded in the manifest, with
+the file kept in the object cache; the gathered session counts only once the
+file has verified. Chunked or compressed ``/betas`` is fetched, then read from
+the file as before.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.remote import ObjectInfo, fetch_object, read_manifest, record_fetches
+from brainpipe.remote import safe_local_path as _safe_local_path
+
+log = logging.getLogger(__name__)
+
+#: Bytes buffered before the HDF5 header is parsed (object headers precede the data of
+#: a contiguous dataset written in one go; if not, the file is ingested after download).
+HEADER_BYTES = 1 << 20
+
+
+def fetch_session_betas(
+    opts,
+    key: str,
+    cache: Path,
+    flat: np.ndarray,
+    shape: tuple[int, int, int],
+    out: np.ndarray,
+    trial_batch: int = 16,
+) -> Path | None:
+    """Fetch one session's betas into ``cache``, gathering its kept voxels on the way.
+
+    Parameters
+    ----------
+    opts : NsdOptions
+        Source (bucket, endpoint) and options.
+    key : str
+        ``betas_sessionNN.hdf5`` key.
+    cache : Path
+        Object cache (the file lands at ``cache/key``).
+    flat, shape :
+        Kept voxels (:func:`~brainpipe.datasets.nsd.hdf5_voxel_index`) and NIfTI volume shape.
+    out : ndarray of int16, shape (750, n_voxels)
+        Filled with the session's raw betas (×300) at the kept voxels, when streamed.
+
+    Returns
+    -------
+    None if ``out`` holds the session; otherwise the local file to ingest from (the
+    object was already cached, or ``/betas`` is not contiguous).
+    """
+    source = opts.source()
+    dest = _safe_local_path(cache, key)
+    trusted = read_manifest(cache).get(key)
+    info = source.head(key)
+    gather = None if dest.exists() else SessionGather(info, flat, shape, out, trial_batch)
+    try:
+        result = fetch_object(source, info, dest, trusted=trusted, sink=gather)
+    finally:
+        if gather is not None:
+            gather.close()
+    record_fetches(cache, source, [result])
+    if gather is None or result.status == "cached" or not gather.streamed:
+        if gather is not None and gather.reason:
+            log.info("%s: ingesting after download (%s)", source.url(key), gather.reason)
+        return dest
+    gather.check_complete(source.url(key))
+    return None
+
+
+class SessionGather:
+    """A :class:`~brainpipe.remote.ByteSink` that gathers kept voxels of a contiguous ``/betas``.
+
+    The first :data:`HEADER_BYTES` are buffered and parsed with h5py (reads past them
+    fail, and the sink then stands aside); after that, bytes inside ``/betas``
+    (``(750, K, J, I)`` int16, trial-major) fill a batch of ``trial_batch`` trials,
+    and each full batch is gathered into ``out`` on a background thread while the next
+    batch fills (the network read loop never waits for a gather). Memory: two batches of
+    volumes. Call :meth:`close` when done.
+    """
+
+    def __init__(
+        self,
+        info: ObjectInfo,
+        flat: np.ndarray,
+        shape: tuple[int, int, int],
+        out: np.ndarray,
+        trial_batch: int = 16,
+    ) -> None:
+        from brainpipe.datasets.nsd import TRIALS_PER_SESSION, _scratch
+
+        self.info, self.flat, self.shape, self.out = info, flat, shape, out
+        self.volume = int(np.prod(shape))
+        self.trials = TRIALS_PER_SESSION
+        self.batch = max(1, min(trial_batch, self.trials))
+        self._words = [_scratch((self.batch * self.volume,), np.int16) for _ in range(2)]
+        self._pending: list[Future | None] = [None, None]
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._cur = 0
+        self._bytes = memoryview(self._words[0]).cast("B")
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over from byte 0."""
+        self._wait_all()
+        self.pos = 0  # bytes of the object seen
+        self.header = bytearray()
+        self.start: int | None = None  # file offset of /betas once known
+        self.reason = ""  # why the sink stands aside ("" while it may stream)
+        self.filled = 0  # bytes in the batch buffer
+        self.t0 = 0  # trials gathered into out
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the sink gathered (or is gathering) the session."""
+        return self.start is not None and not self.reason
+
+    def write(self, chunk: memoryview) -> None:
+        """Take the next bytes of the file."""
+        view = chunk.cast("B")
+        if self.reason:
+            self.pos += len(view)
+            return
+        if self.start is None:
+            need = min(HEADER_BYTES, self.info.size) - len(self.header)
+            self.header += view[:need]
+            if len(self.header) < min(HEADER_BYTES, self.info.size):
+                self.pos += len(view)
+                return
+            self._parse_header()
+            if self.reason:
+                self.pos += len(view)
+                return
+            # the buffered header bytes may already hold the first trials
+            self._take(memoryview(bytes(self.header)), 0)
+            self.header = bytearray()
+            self._take(view[need:], self.pos + need)
+            self.pos += len(view)
+            return
+        self._take(view, self.pos)
+        self.pos += len(view)
+
+    def _parse_header(self) -> None:
+        from brainpipe.datasets.nsd import _check_betas, _contiguous_offset
+
+        try:
+            with h5py.File(_PrefixFile(bytes(self.header), self.info.size), "r") as h5:
+                dset = _check_betas(h5, self.info.key, self.shape)
+                offset = _contiguous_offset(dset)
+        except BrainpipeInputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any parse failure: ingest from the file
+            self.reason = f"HDF5 header not within the first {HEADER_BYTES} bytes ({err})"
+            return
+        if offset is None:
+            self.reason = "/betas is chunked or compressed"
+            return
+        self.start = offset
+
+    def _take(self, view: memoryview, at: int) -> None:
+        """Copy the part of ``view`` (file bytes from ``at``) inside ``/betas`` into batches."""
+        end = self.start + 2 * self.trials * self.volume
+        lo, hi = max(self.start - at, 0), min(end - at, len(view))
+        cap = 2 * self.batch * self.volume
+        while lo < hi:
+            take = min(hi - lo, cap - self.filled)
+            self._bytes[self.filled : self.filled + take] = view[lo : lo + take]
+            self.filled += take
+            lo += take
+            if self.filled == cap or at + lo == end:
+                self._gather()
+
+    def _gather(self) -> None:
+        """Gather the full buffer in the background; go on filling the other one."""
+        n = self.filled // (2 * self.volume)
+        slab = self._words[self._cur][: n * self.volume].reshape(n, self.volume)
+        # indices are in range by construction: "clip" skips numpy's buffered check
+        rows = self.out[self.t0 : self.t0 + n]
+        self._pending[self._cur] = self._pool.submit(
+            np.take, slab, self.flat, axis=1, out=rows, mode="clip"
+        )
+        self.t0 += n
+        self.filled = 0
+        self._cur ^= 1
+        self._wait(self._cur)  # the other buffer's gather is done before it is refilled
+        self._bytes = memoryview(self._words[self._cur]).cast("B")
+
+    def _wait(self, b: int) -> None:
+        future, self._pending[b] = self._pending[b], None
+        if future is not None:
+            future.result()
+
+    def _wait_all(self) -> None:
+        for b in (0, 1):
+            self._wait(b)
+
+    def close(self) -> None:
+        """Wait for the gathers under way and stop the gathering thread."""
+        try:
+            self._wait_all()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def check_complete(self, where: str) -> None:
+        """Raise unless every trial was gathered (waits for the gathers under way)."""
+        self._wait_all()
+        if self.t0 != self.trials:
+            raise BrainpipeInputError(
+                where, "betas", f"stream ended after {self.t0} of {self.trials} trials"
+            )
+
+
+class _PrefixFile(io.RawIOBase):
+    """The first bytes of a file of known size, for h5py to parse its header from."""
+
+    def __init__(self, prefix: bytes, size: int) -> None:
+        super().__init__()
+        self.prefix, self.size, self._pos = prefix, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), max(0, self.size - self._pos))
+        if self._pos + want > len(self.prefix):
+            raise OSError(f"bytes {self._pos}-{self._pos + want} are past the buffered header")
+        view[:want] = self.prefix[self._pos : self._pos + want]
+        self._pos += want
+        return want
