@@ -16,6 +16,7 @@ transfer starts over; its result counts only once the file has verified.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -311,6 +312,7 @@ def fetch_object(
         sink.reset()
         if 0 < resumed <= info.size:
             _replay(part, resumed, sink, hasher)
+    paused = _pause_gc() if info.size >= _THREADED_MIN else None
     try:
         while True:
             offset = part.stat().st_size if part.exists() else 0
@@ -394,6 +396,43 @@ def fetch_object(
     finally:
         if hasher is not None:
             hasher.close()
+        if paused is not None:
+            paused.close()
+
+
+class _PausedGC:
+    """Python's cycle collector, held off while big transfers run (see :func:`_pause_gc`)."""
+
+    _lock = threading.Lock()
+    _holders = 0
+    _was_enabled = False
+
+    def __init__(self) -> None:
+        with _PausedGC._lock:
+            if _PausedGC._holders == 0:
+                _PausedGC._was_enabled = gc.isenabled()
+                gc.disable()
+            _PausedGC._holders += 1
+        self._open = True
+
+    def close(self) -> None:
+        """Let the collector run again once no transfer holds it off (idempotent)."""
+        with _PausedGC._lock:
+            if self._open:
+                self._open = False
+                _PausedGC._holders -= 1
+                if _PausedGC._holders == 0 and _PausedGC._was_enabled:
+                    gc.enable()
+
+
+def _pause_gc() -> _PausedGC:
+    """Hold off the cycle collector during a large transfer.
+
+    The read loop allocates a few objects per MB, which keeps triggering full
+    collections of everything the process has imported (a profile of a 1 GB NSD
+    session: ~9 % of its CPU in ``gc_collect_main``); the loop makes no cycles.
+    """
+    return _PausedGC()
 
 
 class _SinkFailed(Exception):

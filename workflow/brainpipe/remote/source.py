@@ -31,6 +31,35 @@ class ObjectInfo:
     etag: str  # without quotes; "<md5>" for single-part uploads, "<md5>-<n>" for multipart
 
 
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _make_client(
+    endpoint_url: str | None,
+    anonymous: bool,
+    region: str,
+    connect_timeout: float,
+    read_timeout: float,
+) -> Any:
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    cfg = Config(
+        signature_version=UNSIGNED if anonymous else None,
+        retries={"max_attempts": 1, "mode": "standard"},  # we retry ourselves
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=32,
+        s3={"addressing_style": "path"},
+    )
+    kwargs: dict[str, Any] = {"region_name": region, "config": cfg}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    return boto3.session.Session().client("s3", **kwargs)
+
+
 @dataclass
 class S3Source:
     """A bucket on an S3-compatible server.
@@ -70,25 +99,22 @@ class S3Source:
 
     @property
     def client(self) -> Any:
-        """A boto3 S3 client (thread-safe; created once, lazily: nothing connects before use)."""
+        """A boto3 S3 client (thread-safe; created lazily: nothing connects before use).
+
+        Sources with the same endpoint and settings share one client per process:
+        building one loads botocore's service model (~0.25 s), which a job fetching
+        session after session would otherwise pay for every file.
+        """
         with self._lock:
             if self._client is None:
-                import boto3
-                from botocore import UNSIGNED
-                from botocore.config import Config
-
-                cfg = Config(
-                    signature_version=UNSIGNED if self.anonymous else None,
-                    retries={"max_attempts": 1, "mode": "standard"},  # we retry ourselves
-                    connect_timeout=self.connect_timeout,
-                    read_timeout=self.read_timeout,
-                    max_pool_connections=32,
-                    s3={"addressing_style": "path"},
-                )
-                kwargs: dict[str, Any] = {"region_name": self.region, "config": cfg}
-                if self.endpoint_url:
-                    kwargs["endpoint_url"] = self.endpoint_url
-                self._client = boto3.session.Session().client("s3", **kwargs)
+                key = (
+                    self.endpoint_url, self.anonymous, self.region,
+                    self.connect_timeout, self.read_timeout,
+                )  # fmt: skip
+                with _CLIENTS_LOCK:
+                    if key not in _CLIENTS:
+                        _CLIENTS[key] = _make_client(*key)
+                    self._client = _CLIENTS[key]
             return self._client
 
     def url(self, key: str) -> str:
