@@ -16,7 +16,7 @@ from brainpipe.download import fetch_dataset
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import read_manifest
 from brainpipe.splits import read_splits
-from brainpipe.storage import open_zarr
+from brainpipe.storage import open_zarr, quiet_consolidated
 
 from .conftest import ROOT, run_workflow
 from .s3_server import serve_tree, write_nsd_tree
@@ -262,3 +262,32 @@ def test_ingest_reads_any_hdf5_layout_identically(fetched, nsd_server, tmp_path,
     for n, ses in enumerate(SESSIONS):
         expected = truth["betas"][("01", ses)][mask].T
         np.testing.assert_allclose(ds["betas"].values[n * 750 : (n + 1) * 750], expected, atol=1e-6)
+
+
+def test_betas_stored_as_the_int16_nsd_ships_and_read_as_float32(fetched, nsd_server, tmp_path):
+    """Not z-scored: chunk files hold int16 (half the bytes of float32), written raw, and
+    read back bit for bit as int16 / 300 in float32. Z-scored: float32 chunks."""
+    import zarr
+
+    _, truth = nsd_server
+    splits = tmp_path / "splits.tsv"
+    nsd.make_nsd_splits(fetched / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+    mask = truth["mask"]["01"]
+    n_vox = int(mask.sum())
+    for zscore in (False, True):
+        out = tmp_path / f"z{zscore}.zarr"
+        opts = options("unused", zscore=zscore)
+        nsd.ingest_nsd_subject(fetched, "01", SESSIONS, out, opts, splits, voxel_chunk=16)
+        with quiet_consolidated():
+            array = zarr.open_group(out, mode="r")["betas"]
+        assert (nsd._raw_int16_root(array) is not None) == (not zscore)
+        chunk = out / "betas" / array.metadata.encode_chunk_key((1, 0))
+        assert chunk.stat().st_size == 750 * 16 * (4 if zscore else 2)
+        if not zscore:
+            values = open_zarr(out)["betas"].values
+            assert values.dtype == np.float32
+            for n, ses in enumerate(SESSIONS):
+                ints = np.round(truth["betas"][("01", ses)][mask].T * 300).astype(np.int16)
+                want = np.divide(ints, 300, dtype=np.float32)
+                np.testing.assert_array_equal(values[n * 750 : (n + 1) * 750], want)
+            assert values.shape == (1500, n_vox)

@@ -61,9 +61,8 @@ def stream(endpoint, cache, truth, ses="01", trial_batch=7):
     mask, flat = kept_voxels(truth)
     out = np.zeros((750, len(flat)), np.int16)
     key = nsd.betas_key("01", ses, options(endpoint))
-    path = nsd_stream.fetch_session_betas(
-        options(endpoint), key, cache, flat, SHAPE, out, trial_batch
-    )
+    rows = nsd_stream.gather_into(out, flat)
+    path = nsd_stream.fetch_session_betas(options(endpoint), key, cache, SHAPE, rows, trial_batch)
     return path, out, key
 
 
@@ -125,22 +124,41 @@ def test_header_past_buffered_bytes_falls_back_to_the_file(
     assert path.read_bytes() == (tree / key).read_bytes()
 
 
-def test_ingest_streams_and_equals_ingest_from_files(contiguous_server, small_header, tmp_path):
+@pytest.mark.parametrize(
+    ("zscore", "voxel_chunk"),
+    [
+        (False, 4096),  # trials appended straight to the int16 chunk files, O_DIRECT
+        (False, 100),  # several chunk files, a padded edge one, unaligned: buffered
+        (True, 4096),  # z-scoring needs the whole session: gathered, then written
+    ],
+)
+def test_ingest_streams_and_equals_ingest_from_files(
+    contiguous_server, small_header, monkeypatch, tmp_path, zscore, voxel_chunk
+):
     """Default config (stream_betas: true): the data folder holds no betas files, ingest
-    fetches them; same store as fetching everything first, z-scoring included."""
+    fetches them; the same store as fetching everything first and reading the files."""
     endpoint, truth, _ = contiguous_server
+    appended = []
+    real_call = nsd._ChunkRowWriter.__call__
+    monkeypatch.setattr(
+        nsd._ChunkRowWriter,
+        "__call__",
+        lambda self, t0, slab: appended.append(t0) or real_call(self, t0, slab),
+    )
     stores = {}
     for stream_betas in (True, False):
         dest = tmp_path / f"stream-{stream_betas}" / "nsd"
-        source = {"endpoint_url": endpoint, "stream_betas": stream_betas, "zscore": True}
+        source = {"endpoint_url": endpoint, "stream_betas": stream_betas, "zscore": zscore}
         fetch_dataset("nsd", dest, subjects=["01"], sessions=SESSIONS, source=source,
                       progress=False)  # fmt: skip
-        opts = options(endpoint, stream_betas=stream_betas, zscore=True)
+        opts = options(endpoint, stream_betas=stream_betas, zscore=zscore)
         files = [dest / nsd.betas_key("01", ses, opts) for ses in SESSIONS]
         assert all(f.exists() for f in files) != stream_betas
         splits = dest.parent / "splits.tsv"
         nsd.make_nsd_splits(dest / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
-        out = nsd.ingest_nsd_subject(dest, "01", SESSIONS, dest.parent / "b.zarr", opts, splits)
+        out = nsd.ingest_nsd_subject(
+            dest, "01", SESSIONS, dest.parent / "b.zarr", opts, splits, voxel_chunk=voxel_chunk
+        )
         stores[stream_betas] = open_zarr(out).load()
         if stream_betas:
             cached = read_manifest(nsd.object_cache(dest))
@@ -148,7 +166,16 @@ def test_ingest_streams_and_equals_ingest_from_files(contiguous_server, small_he
     import xarray as xr
 
     xr.testing.assert_identical(stores[True], stores[False])
+    # int16 stores are filled trial batch by trial batch as the bytes arrive
+    assert sorted(set(appended)) == ([] if zscore else list(range(0, 750, 16)))
     assert np.isfinite(stores[True]["betas"].values).all()
+    if not zscore:
+        mask, _ = kept_voxels(truth)
+        for n, ses in enumerate(SESSIONS):
+            want = np.divide(expected_int16(truth, mask, ses), 300, dtype=np.float32)
+            np.testing.assert_array_equal(
+                stores[True]["betas"].values[n * 750 : (n + 1) * 750], want
+            )
 
 
 def test_chunked_betas_are_ingested_after_download(tmp_path_factory, tmp_path):

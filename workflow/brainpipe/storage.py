@@ -48,6 +48,9 @@ def quiet_consolidated():
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # NSD betas are stored as int16 through numcodecs' FixedScaleOffset (exact: NSD
+        # ships them as int16 x 300); zarr-python reads it, zarr notes it is not core v3
+        warnings.filterwarnings("ignore", message="Numcodecs codecs", category=UserWarning)
         yield
 
 
@@ -106,7 +109,8 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
         raise FileNotFoundError(f"{path}: Zarr store does not exist")
     import xarray as xr
 
-    ds = xr.open_zarr(path, consolidated=True)
+    with quiet_consolidated():
+        ds = xr.open_zarr(path, consolidated=True)
     # Zarr v3 strings come back as numpy's StringDType, which much of numpy and
     # pandas cannot cast yet; labels are small, so hand them out as plain str.
     text = [name for name, var in ds.coords.items() if var.dtype.kind == "T"]

@@ -75,6 +75,24 @@ BETAS_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 #: float32) are high-entropy; Blosc saved 8 % of the bytes (0.92 ratio on a session) but
 #: cost ~40 % of the ingest's write time (and every later read's decode).
 BETAS_COMPRESSORS: tuple = ()
+
+
+def betas_int16_filter() -> Any:
+    """The filter that stores NSD's betas as the int16 × 300 they ship as, read as float32.
+
+    Exact: decoding gives ``np.divide(int16, 300, dtype=float32)`` bit for bit, so
+    readers see the contract's float32 % signal change, from half the bytes (NSD at
+    1.8 mm: ~125 GB instead of ~250 GB). Z-scored betas are not on that grid and stay
+    float32.
+    """
+    from zarr.codecs.numcodecs import FixedScaleOffset
+
+    from brainpipe.storage import quiet_consolidated
+
+    with quiet_consolidated():
+        return FixedScaleOffset(offset=0, scale=int(BETA_SCALE), dtype="<f4", astype="<i2")
+
+
 #: Spaces ingest supports: volumes here, the fsaverage surface in nsd_surface.
 SPACES = ("func1pt8mm", "func1mm", "fsaverage")
 
@@ -493,6 +511,7 @@ def ingest_nsd_subject(
     chunks = (TRIALS_PER_SESSION, min(voxel_chunk, max(n_vox, 1)))
     nc = {n: noise_ceiling(ncsnr, n).astype(np.float32) for n in (1, 3)}
     store = _StoreLayout(
+        int16_betas=not opts.zscore,
         data_vars={
             "r2": ("voxel", np.full(n_vox, np.nan, np.float32)),
             "hrf_index": ("voxel", np.full(n_vox, -1, np.int16)),
@@ -538,20 +557,11 @@ def ingest_nsd_subject(
                 rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
                 zscore_train = train[rows] if opts.zscore and train is not None else None
                 if not path.exists() and opts.stream_betas:
-                    from brainpipe.datasets.nsd_stream import fetch_session_betas
-
-                    session = scratch.get("session")
-                    if session is None:
-                        session = scratch["session"] = _scratch(
-                            (TRIALS_PER_SESSION, n_vox), np.int16
-                        )
-                    path = fetch_session_betas(
-                        opts, key, object_cache(root), flat, shape, session
+                    path = _stream_session(
+                        betas, opts, key, object_cache(root), flat, shape, rows, chunks[1],
+                        zscore_train, scratch,
                     )  # fmt: skip
-                    if path is None:  # streamed: the session is in `session`
-                        write_session_blocks(
-                            betas, session, rows, chunks[1], zscore_train, object_cache(root) / key
-                        )  # fmt: skip
+                    if path is None:  # streamed into the store
                         continue
                 ingest_session(
                     betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train,
@@ -568,6 +578,116 @@ def ingest_nsd_subject(
 
         zarr.consolidate_metadata(tmp, zarr_format=3)
     return Path(out_path)
+
+
+def _stream_session(
+    betas: Any,
+    opts: NsdOptions,
+    key: str,
+    cache: Path,
+    flat: np.ndarray,
+    shape: tuple[int, int, int],
+    rows: slice,
+    voxel_chunk: int,
+    train: np.ndarray | None,
+    scratch: dict[str, np.ndarray],
+) -> Path | None:
+    """Fetch one session and put it into ``betas[rows]`` as its bytes arrive.
+
+    Into an int16 store the gathered trials are appended straight to the session's
+    chunk files (no session buffer, nothing left to write once the download ends);
+    otherwise (z-scoring needs the whole session) they are gathered into a session
+    buffer, then written. Returns None when done, or the downloaded file to ingest
+    from (see :func:`~brainpipe.datasets.nsd_stream.fetch_session_betas`).
+    """
+    from brainpipe.datasets.nsd_stream import fetch_session_betas, gather_into
+
+    raw_root = _raw_int16_root(betas) if train is None else None
+    if raw_root is not None:
+        with _ChunkRowWriter(raw_root, betas, rows, flat, voxel_chunk) as writer:
+            return fetch_session_betas(opts, key, cache, shape, writer)
+    session = scratch.get("session")
+    if session is None:
+        session = scratch["session"] = _scratch((TRIALS_PER_SESSION, len(flat)), np.int16)
+    path = fetch_session_betas(opts, key, cache, shape, gather_into(session, flat))
+    if path is None:
+        write_session_blocks(betas, session, rows, voxel_chunk, train, cache / key)
+    return path
+
+
+class _ChunkRowWriter:
+    """A rows sink writing a session's trials straight into its int16 chunk files.
+
+    The chunk files of an int16 store (:func:`_raw_int16_root`) are ``(750,
+    voxel_chunk)`` int16, trial-major: the trials of a batch are one contiguous
+    range of every chunk file of the session. Each batch is gathered chunk by chunk
+    into a page-aligned buffer and written at its offset (``O_DIRECT`` when the
+    offsets are block-aligned, as for the default 4096-voxel chunks). A transfer
+    that starts over rewrites the same ranges. Files are opened on the first batch,
+    so a session ingested from its file instead leaves nothing behind.
+    """
+
+    def __init__(
+        self, raw_root: Path, betas: Any, rows: slice, flat: np.ndarray, voxel_chunk: int
+    ) -> None:
+        from brainpipe.directio import ALIGN
+
+        n_chunks = -(-len(flat) // voxel_chunk)
+        padded = np.full(n_chunks * voxel_chunk, flat[0] if len(flat) else 0, flat.dtype)
+        padded[: len(flat)] = flat  # the edge chunk's padding: any voxel (never read)
+        self.index = padded.reshape(n_chunks, voxel_chunk)
+        row_chunk = rows.start // TRIALS_PER_SESSION
+        self.paths = [
+            raw_root / betas.metadata.encode_chunk_key((row_chunk, c)) for c in range(n_chunks)
+        ]
+        self.row_bytes = 2 * voxel_chunk
+        self.direct = self.row_bytes % ALIGN == 0
+        self.fds: list[int] = []
+        self.buf: mmap.mmap | None = None
+
+    def __enter__(self) -> _ChunkRowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self, n_rows: int) -> None:
+        from brainpipe.directio import ALIGN
+
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if self.direct else 0)
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.fds.append(os.open(path, flags, 0o644))
+            except OSError:  # no O_DIRECT on this file system
+                self.direct = False
+                self.fds.append(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        size = -(-n_rows * self.row_bytes // ALIGN) * ALIGN
+        self.buf = mmap.mmap(-1, max(size, ALIGN))  # page-aligned
+
+    def __call__(self, t0: int, slab: np.ndarray) -> None:
+        """Write trials ``t0 .. t0 + len(slab)`` into every chunk file."""
+        n = len(slab)
+        if self.buf is None or len(self.buf) < n * self.row_bytes:
+            if self.buf is None:
+                self._open(n)
+            else:
+                self.buf.close()
+                self.buf = mmap.mmap(-1, n * self.row_bytes)
+        block = np.frombuffer(self.buf, "<i2", count=n * len(self.index[0])).reshape(n, -1)
+        for fd, index in zip(self.fds, self.index, strict=True):
+            np.take(slab, index, axis=1, out=block, mode="clip")
+            os.pwrite(fd, block.data, t0 * self.row_bytes)
+        del block  # the mmap can be closed
+
+    def close(self) -> None:
+        """Close the chunk files (their size is 750 rows once every batch arrived)."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        if self.buf is not None:
+            self.buf.close()
+            self.buf = None
 
 
 def read_session_betas(
@@ -757,12 +877,15 @@ def ingest_session(
 
 
 class _BlockWriter:
-    """Converts int16 ×300 blocks to float32, z-scores them if asked, writes Zarr chunks.
+    """Writes int16 ×300 blocks of a session as Zarr chunks, on a small thread pool.
 
-    Each ``(750, voxel_chunk)`` block — one Zarr chunk — is divided by 300 into a
-    per-thread float32 buffer, z-scored with ``train``'s statistics if given (each
-    voxel's statistics are its own, so block by block equals the whole session), and
-    written, on a small thread pool (the division and file writes release the GIL).
+    Each ``(750, voxel_chunk)`` block is one Zarr chunk. Into an int16 store
+    (:func:`betas_int16_filter`, not z-scored) the block's bytes *are* the encoded
+    chunk, so they are written as the chunk file directly (around the page cache),
+    with no float conversion. Otherwise the block is divided by 300 into a per-thread
+    float32 buffer, z-scored with ``train``'s statistics if given (each voxel's
+    statistics are its own, so block by block equals the whole session) and written
+    through zarr. The division and file writes release the GIL.
     """
 
     def __init__(
@@ -776,6 +899,7 @@ class _BlockWriter:
     ) -> None:
         self.betas, self.rows, self.voxel_chunk = betas, rows, voxel_chunk
         self.train, self.source = train, source
+        self.raw_root = _raw_int16_root(betas) if train is None else None
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers or min(2, os.cpu_count() or 1)))
 
@@ -787,6 +911,9 @@ class _BlockWriter:
 
     def _one(self, src: np.ndarray, c0: int, first_voxel: int) -> None:
         w = min(self.voxel_chunk, src.shape[1] - c0)
+        if self.raw_root is not None:
+            self._one_raw(src, c0, first_voxel, w)
+            return
         buf = getattr(self.local, "buf", None)
         if buf is None:
             buf = self.local.buf = np.empty((src.shape[0], self.voxel_chunk), np.float32)
@@ -796,12 +923,54 @@ class _BlockWriter:
             zscore_with_train_stats(block, self.train, self.source)
         self.betas[self.rows, first_voxel + c0 : first_voxel + c0 + w] = block
 
+    def _one_raw(self, src: np.ndarray, c0: int, first_voxel: int, w: int) -> None:
+        """Write the int16 block as its chunk file (the edge chunk padded, as zarr does)."""
+        from brainpipe.directio import write_file_direct
+
+        n_rows = src.shape[0]
+        if self.rows.start % n_rows or (first_voxel + c0) % self.voxel_chunk:
+            raise ValueError("int16 chunk writes need session- and chunk-aligned blocks")
+        buf = getattr(self.local, "buf16", None)
+        if buf is None:
+            buf = self.local.buf16 = np.zeros((n_rows, self.voxel_chunk), "<i2")
+        buf[:, :w] = src[:, c0 : c0 + w]
+        buf[:, w:] = 0
+        coords = (self.rows.start // n_rows, (first_voxel + c0) // self.voxel_chunk)
+        path = self.raw_root / self.betas.metadata.encode_chunk_key(coords)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_direct(path, buf)
+
     def submit(self, src: np.ndarray, first_voxel: int) -> list[Any]:
         """Queue the blocks of ``src`` (voxels ``first_voxel`` on); return their futures."""
         return [
             self.pool.submit(self._one, src, c0, first_voxel)
             for c0 in range(0, src.shape[1], self.voxel_chunk)
         ]
+
+
+def _raw_int16_root(betas: Any) -> Path | None:
+    """Folder of ``betas``' chunk files if its chunks are plain int16 ×300, else None.
+
+    That is: a local store, chunks of whole sessions, and codecs exactly
+    ``[FixedScaleOffset(scale=300, astype <i2), bytes little-endian]`` — then a
+    chunk's encoded bytes are the raw int16 betas, written without zarr's encoding.
+    """
+    from zarr.codecs import BytesCodec
+    from zarr.storage import LocalStore
+
+    codecs = betas.metadata.codecs
+    store = betas.store_path.store
+    if (
+        not isinstance(store, LocalStore)
+        or betas.chunks[0] != TRIALS_PER_SESSION
+        or len(codecs) != 2
+        or getattr(codecs[0], "codec_name", "") != "numcodecs.fixedscaleoffset"
+        or codecs[0].codec_config != betas_int16_filter().codec_config
+        or not isinstance(codecs[1], BytesCodec)
+        or str(getattr(codecs[1].endian, "value", codecs[1].endian)) != "little"
+    ):
+        return None
+    return Path(store.root) / betas.store_path.path
 
 
 def write_session_blocks(
@@ -851,6 +1020,7 @@ class _StoreLayout:
     data_vars: dict[str, tuple[str | tuple[str, ...], Any]]
     coords: dict[str, tuple[str | tuple[str, ...], Any]]
     attrs: dict[str, Any]
+    int16_betas: bool = False  # betas stored through betas_int16_filter (not z-scored)
 
     def write(self, path: Path, betas_shape: tuple[int, int], chunks: tuple[int, int]):
         """Create the store with every variable, plus an empty ``betas``; return ``betas``.
@@ -901,6 +1071,7 @@ class _StoreLayout:
             chunks=chunks,
             dtype=np.float32,
             compressors=BETAS_COMPRESSORS or None,
+            filters=[betas_int16_filter()] if self.int16_betas else None,
             fill_value=np.nan,
             config={"write_empty_chunks": True},  # every chunk is written: skip the NaN scan
             dimension_names=("trial", "voxel"),

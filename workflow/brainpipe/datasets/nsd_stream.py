@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,16 +35,29 @@ log = logging.getLogger(__name__)
 HEADER_BYTES = 1 << 20
 
 
+#: Takes the trials ``[t0, t0 + n)`` of a session as an int16 ``(n, volume)`` slab.
+RowsSink = Callable[[int, np.ndarray], None]
+
+
+def gather_into(out: np.ndarray, flat: np.ndarray) -> RowsSink:
+    """A :data:`RowsSink` that gathers the kept voxels ``flat`` into ``out`` (750, n_voxels)."""
+
+    def take(t0: int, slab: np.ndarray) -> None:
+        # indices are in range by construction: "clip" skips numpy's buffered check
+        np.take(slab, flat, axis=1, out=out[t0 : t0 + len(slab)], mode="clip")
+
+    return take
+
+
 def fetch_session_betas(
     opts,
     key: str,
     cache: Path,
-    flat: np.ndarray,
     shape: tuple[int, int, int],
-    out: np.ndarray,
+    rows: RowsSink,
     trial_batch: int = 16,
 ) -> Path | None:
-    """Fetch one session's betas into ``cache``, gathering its kept voxels on the way.
+    """Fetch one session's betas into ``cache``, handing its trials to ``rows`` on the way.
 
     Parameters
     ----------
@@ -53,21 +67,22 @@ def fetch_session_betas(
         ``betas_sessionNN.hdf5`` key.
     cache : Path
         Object cache (the file lands at ``cache/key``).
-    flat, shape :
-        Kept voxels (:func:`~brainpipe.datasets.nsd.hdf5_voxel_index`) and NIfTI volume shape.
-    out : ndarray of int16, shape (750, n_voxels)
-        Filled with the session's raw betas (×300) at the kept voxels, when streamed.
+    shape : (I, J, K)
+        NIfTI volume shape.
+    rows : RowsSink
+        Called with every batch of trials, in order, from a background thread (e.g.
+        :func:`gather_into`); called again from trial 0 if the transfer starts over.
 
     Returns
     -------
-    None if ``out`` holds the session; otherwise the local file to ingest from (the
-    object was already cached, or ``/betas`` is not contiguous).
+    None if every trial went to ``rows`` from verified bytes; otherwise the local file
+    to ingest from (the object was already cached, or ``/betas`` is not contiguous).
     """
     source = opts.source()
     dest = _safe_local_path(cache, key)
     trusted = read_manifest(cache).get(key)
     info = source.head(key)
-    gather = None if dest.exists() else SessionGather(info, flat, shape, out, trial_batch)
+    gather = None if dest.exists() else SessionGather(info, shape, rows, trial_batch)
     try:
         result = fetch_object(source, info, dest, trusted=trusted, sink=gather)
     finally:
@@ -83,27 +98,26 @@ def fetch_session_betas(
 
 
 class SessionGather:
-    """A :class:`~brainpipe.remote.ByteSink` that gathers kept voxels of a contiguous ``/betas``.
+    """A :class:`~brainpipe.remote.ByteSink` that hands on the trials of a contiguous ``/betas``.
 
     The first :data:`HEADER_BYTES` are buffered and parsed with h5py (reads past them
     fail, and the sink then stands aside); after that, bytes inside ``/betas``
     (``(750, K, J, I)`` int16, trial-major) fill a batch of ``trial_batch`` trials,
-    and each full batch is gathered into ``out`` on a background thread while the next
-    batch fills (the network read loop never waits for a gather). Memory: two batches of
-    volumes. Call :meth:`close` when done.
+    and each full batch goes to ``rows`` on a background thread while the next batch
+    fills (the network read loop never waits for it). Memory: two batches of volumes.
+    Call :meth:`close` when done.
     """
 
     def __init__(
         self,
         info: ObjectInfo,
-        flat: np.ndarray,
         shape: tuple[int, int, int],
-        out: np.ndarray,
+        rows: RowsSink,
         trial_batch: int = 16,
     ) -> None:
         from brainpipe.datasets.nsd import TRIALS_PER_SESSION, _scratch
 
-        self.info, self.flat, self.shape, self.out = info, flat, shape, out
+        self.info, self.shape, self.rows = info, shape, rows
         self.volume = int(np.prod(shape))
         self.trials = TRIALS_PER_SESSION
         self.batch = max(1, min(trial_batch, self.trials))
@@ -188,11 +202,7 @@ class SessionGather:
         """Gather the full buffer in the background; go on filling the other one."""
         n = self.filled // (2 * self.volume)
         slab = self._words[self._cur][: n * self.volume].reshape(n, self.volume)
-        # indices are in range by construction: "clip" skips numpy's buffered check
-        rows = self.out[self.t0 : self.t0 + n]
-        self._pending[self._cur] = self._pool.submit(
-            np.take, slab, self.flat, axis=1, out=rows, mode="clip"
-        )
+        self._pending[self._cur] = self._pool.submit(self.rows, self.t0, slab)
         self.t0 += n
         self.filled = 0
         self._cur ^= 1
