@@ -1,8 +1,10 @@
 # Real datasets (registry: config/datasets/NAME.yaml): fetch them from their public home
 # (resumable, verified, parallel; see brainpipe.remote) and, for datasets that ship betas
 # (NSD, `betas: ingest`), turn those into betas.zarr and splits.tsv instead of estimating them
-# (volume spaces or fsaverage). NSD with `betas: estimate` is fetched as BIDS from its
-# preprocessed time series, and the ordinary preprocess/betas/splits rules take over.
+# (volume spaces or fsaverage). With `source.stream_betas` (default) `fetch` leaves NSD's
+# session betas to `ingest_betas`, which converts each session as its bytes arrive.
+# NSD with `betas: estimate` is fetched as BIDS from its preprocessed time series, and the
+# ordinary preprocess/betas/splits rules take over.
 # Only registry files are read while the DAG is built: `snakemake -n` touches no network.
 
 if DATASET_ENTRY.kind != "synthetic":
@@ -62,9 +64,11 @@ if INGEST_BETAS:
             sessions=config["sessions"],
             source=config.get("source", {}),
             voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
-        threads: 1
+        # with source.stream_betas (default) this job downloads its sessions: MD5 and the
+        # gathering run beside the network reads
+        threads: 2
         resources:
-            mem_mb=3000,  # one session of kept voxels (750 × voxels × 4 B) + one read batch
+            mem_mb=3000,  # z-scored or read from files: one session of kept voxels as int16
         log:
             f"{LOGS}/ingest_betas/sub-{{subject}}.log",
         conda:

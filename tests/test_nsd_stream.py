@@ -194,3 +194,37 @@ def test_chunked_betas_are_ingested_after_download(tmp_path_factory, tmp_path):
         ds = open_zarr(nsd.ingest_nsd_subject(dest, "01", ["01"], tmp_path / "b.zarr", opts))
     mask, _ = kept_voxels(truth)
     np.testing.assert_allclose(ds["betas"].values, truth["betas"][("01", "01")][mask].T, atol=1e-6)
+
+
+def test_snakemake_streams_sessions_in_the_ingest_job(contiguous_server, tmp_path):
+    """Through the rules: `fetch` leaves the session files alone, `ingest_betas` downloads
+    them into the object cache while it writes betas.zarr (int16 on disk, float32 read)."""
+    from .test_nsd import nsd_config, run_snakemake
+
+    endpoint, truth, _ = contiguous_server
+    target = "results/nsd/sub-01/betas.zarr"
+    result = run_snakemake(tmp_path, nsd_config(endpoint), target)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    opts = options(endpoint)
+    data = tmp_path / "data" / "nsd"
+    assert not (data / nsd.betas_key("01", "01", opts)).exists()
+    cached = read_manifest(nsd.object_cache(data))
+    assert all(cached[nsd.betas_key("01", s, opts)]["verified"] == "md5" for s in SESSIONS)
+    ds = open_zarr(tmp_path / target)
+    mask, _ = kept_voxels(truth)
+    for n, ses in enumerate(SESSIONS):
+        want = np.divide(expected_int16(truth, mask, ses), 300, dtype=np.float32)
+        np.testing.assert_array_equal(ds["betas"].values[n * 750 : (n + 1) * 750], want)
+
+
+def test_streamed_sessions_land_in_the_configured_cache(contiguous_server, tmp_path):
+    endpoint, truth, _ = contiguous_server
+    cache = tmp_path / "elsewhere"
+    source = {"endpoint_url": endpoint, "cache_dir": str(cache)}
+    dest = tmp_path / "data" / "nsd"
+    fetch_dataset("nsd", dest, subjects=["01"], sessions=["01"], source=source, progress=False)
+    opts = options(endpoint, cache_dir=str(cache))
+    nsd.ingest_nsd_subject(dest, "01", ["01"], tmp_path / "b.zarr", opts)
+    key = nsd.betas_key("01", "01", opts)
+    assert (cache / key).is_file() and read_manifest(cache)[key]["verified"] == "md5"
+    assert not nsd.object_cache(dest).exists()

@@ -112,6 +112,7 @@ class NsdOptions:
     stimuli_file: str | None = None  # a local copy of nsd_stimuli.hdf5 instead of range reads
     workers: int = 4
     stream_betas: bool = True  # fetch each session's betas during ingest, gathering as it arrives
+    cache_dir: str | None = None  # fetched objects (None: beside the data folder)
     trial_batch: int = 50  # trials read from HDF5 at once (memory: batch × volume × 2 bytes)
     tr: float = 4 / 3
     trial_period_s: float = 4.0
@@ -214,8 +215,11 @@ def subject_keys(
     ]
 
 
-def object_cache(data_root: str | Path) -> Path:
-    """Where fetched objects persist across runs: ``data/.nsd-objects`` beside ``data/nsd``."""
+def object_cache(data_root: str | Path, opts: NsdOptions | None = None) -> Path:
+    """Where fetched objects persist across runs: ``source.cache_dir`` if set, else
+    ``data/.nsd-objects`` beside ``data/nsd``."""
+    if opts is not None and opts.cache_dir:
+        return Path(opts.cache_dir)
     data_root = Path(data_root)
     return data_root.with_name(f".{data_root.name}-objects")
 
@@ -558,7 +562,7 @@ def ingest_nsd_subject(
                 zscore_train = train[rows] if opts.zscore and train is not None else None
                 if not path.exists() and opts.stream_betas:
                     path = _stream_session(
-                        betas, opts, key, object_cache(root), flat, shape, rows, chunks[1],
+                        betas, opts, key, object_cache(root, opts), flat, shape, rows, chunks[1],
                         zscore_train, scratch,
                     )  # fmt: skip
                     if path is None:  # streamed into the store
