@@ -23,6 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import ObjectInfo, fetch_object, read_manifest, record_fetches
@@ -83,8 +84,13 @@ def fetch_session_betas(
     trusted = read_manifest(cache).get(key)
     info = source.head(key)
     gather = None if dest.exists() else SessionGather(info, shape, rows, trial_batch)
+    bar = tqdm(
+        total=info.size, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+        desc=f"fetch {Path(key).name}", mininterval=1.0,
+    )  # fmt: skip
     try:
-        result = fetch_object(source, info, dest, trusted=trusted, sink=gather)
+        with bar:
+            result = fetch_object(source, info, dest, trusted=trusted, sink=gather, progress=bar)
     finally:
         if gather is not None:
             gather.close()
