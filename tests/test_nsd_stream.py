@@ -228,3 +228,29 @@ def test_streamed_sessions_land_in_the_configured_cache(contiguous_server, tmp_p
     key = nsd.betas_key("01", "01", opts)
     assert (cache / key).is_file() and read_manifest(cache)[key]["verified"] == "md5"
     assert not nsd.object_cache(dest).exists()
+
+
+def test_sessions_stream_side_by_side(contiguous_server, monkeypatch, tmp_path):
+    """Sessions of an int16 store are fetched concurrently (source.workers), as the
+    whole-file fetch does: one S3 connection rarely fills a link. Both sessions must be
+    under way at once to pass the barrier."""
+    import threading
+
+    endpoint, truth, _ = contiguous_server
+    barrier = threading.Barrier(2, timeout=20)
+    real = nsd._stream_session
+
+    def both_at_once(*args, **kwargs):
+        barrier.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nsd, "_stream_session", both_at_once)
+    dest = tmp_path / "data" / "nsd"
+    fetch_dataset("nsd", dest, subjects=["01"], sessions=SESSIONS,
+                  source={"endpoint_url": endpoint}, progress=False)  # fmt: skip
+    out = nsd.ingest_nsd_subject(dest, "01", SESSIONS, tmp_path / "b.zarr", options(endpoint))
+    mask, _ = kept_voxels(truth)
+    values = open_zarr(out)["betas"].values
+    for n, ses in enumerate(SESSIONS):
+        want = np.divide(expected_int16(truth, mask, ses), 300, dtype=np.float32)
+        np.testing.assert_array_equal(values[n * 750 : (n + 1) * 750], want)

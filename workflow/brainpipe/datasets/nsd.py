@@ -445,12 +445,15 @@ def ingest_nsd_subject(
 ) -> Path:
     """Convert NSD's betas of one subject into ``betas.zarr`` (the brainpipe contract).
 
-    Session by session: read ``/betas`` in batches of ``opts.trial_batch``
-    trials, keep the mask's voxels, divide by 300 (-> % signal change, float32),
-    optionally z-score each voxel within the session with mean and SD of the
-    session's *training* trials only (test = the shared 1000, from
-    ``splits_tsv``), and write the session's rows into the store. Peak memory is
-    one session of kept voxels (750 × n_voxels × 4 bytes) plus one batch.
+    Session by session: read ``/betas`` in batches of trials, keep the mask's
+    voxels, optionally z-score each voxel within the session with mean and SD of
+    the session's *training* trials only (test = the shared 1000, from
+    ``splits_tsv``), and write the session's rows into the store: as the int16 × 300
+    NSD ships (:func:`betas_int16_filter`, read as float32 % signal change), or as
+    float32 when z-scored. With ``opts.stream_betas``, sessions not in ``root`` are
+    fetched here and converted as their bytes arrive (:mod:`.nsd_stream`), up to
+    ``opts.workers`` at once when nothing is z-scored (each: two batches of volumes
+    in memory); otherwise memory is one session of kept voxels as int16 plus a batch.
 
     Writes ``betas(trial, voxel)`` float32; trial coords ``stimulus, session,
     run, onset``; voxel coords ``i, j, k, x, y, z``; ``roi_<name>`` for every
@@ -552,21 +555,46 @@ def ingest_nsd_subject(
     with atomic_path(out_path) as tmp, quiet_consolidated():
         betas = store.write(tmp, (n_trials, n_vox), chunks)
         scratch: dict[str, np.ndarray] = {}  # buffers reused session after session
+        cache = object_cache(root, opts)
         try:
-            for n, ses in enumerate(
-                tqdm(sessions, desc=f"NSD betas sub-{subject}", unit="session")
-            ):
-                key = betas_key(subject, ses, opts)
-                path = safe_local_path(root, key)
+            todo = []  # (session, rows, z-scoring trials, local file or None)
+            for n, ses in enumerate(sessions):
                 rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
                 zscore_train = train[rows] if opts.zscore and train is not None else None
-                if not path.exists() and opts.stream_betas:
+                todo.append(
+                    (ses, rows, zscore_train, safe_local_path(root, betas_key(subject, ses, opts)))
+                )
+            stream = [t for t in todo if opts.stream_betas and not t[3].exists()]
+            if stream and _raw_int16_root(betas) is not None:
+                # Sessions go straight into their own chunk files: stream several at once
+                # (one S3 connection rarely fills a link; opts.workers, as for the fetch).
+                def one(item: tuple) -> Path | None:
+                    ses, rows, zscore_train, _ = item
                     path = _stream_session(
-                        betas, opts, key, object_cache(root, opts), flat, shape, rows, chunks[1],
-                        zscore_train, scratch,
+                        betas, opts, betas_key(subject, ses, opts), cache, flat, shape, rows,
+                        chunks[1], zscore_train, scratch,
                     )  # fmt: skip
-                    if path is None:  # streamed into the store
+                    if path is None:
+                        log.info("sub-%s session %s: streamed into %s", subject, ses, out_path)
+                    return path
+
+                with ThreadPoolExecutor(max_workers=max(1, min(opts.workers, len(stream)))) as pool:
+                    fetched = list(pool.map(one, stream))
+            else:  # z-scoring needs a session buffer: one session at a time
+                fetched = [None] * len(stream)
+                for i, (ses, rows, zscore_train, _) in enumerate(stream):
+                    fetched[i] = _stream_session(
+                        betas, opts, betas_key(subject, ses, opts), cache, flat, shape, rows,
+                        chunks[1], zscore_train, scratch,
+                    )  # fmt: skip
+            from_file = dict(zip((t[0] for t in stream), fetched, strict=True))
+            for ses, rows, zscore_train, path in tqdm(
+                todo, desc=f"NSD betas sub-{subject}", unit="session"
+            ):
+                if ses in from_file:
+                    if from_file[ses] is None:  # streamed into the store
                         continue
+                    path = from_file[ses]  # downloaded, to be read (see _stream_session)
                 ingest_session(
                     betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train,
                     scratch,
