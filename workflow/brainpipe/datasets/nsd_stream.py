@@ -15,7 +15,6 @@ the file as before.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import ObjectInfo, fetch_object, read_manifest, record_fetches
 from brainpipe.remote import safe_local_path as _safe_local_path
+from brainpipe.remote.rangefile import SizedReader
 
 log = logging.getLogger(__name__)
 
@@ -240,26 +240,12 @@ class SessionGather:
             )
 
 
-class _PrefixFile(io.RawIOBase):
+class _PrefixFile(SizedReader):
     """The first bytes of a file of known size, for h5py to parse its header from."""
 
     def __init__(self, prefix: bytes, size: int) -> None:
-        super().__init__()
-        self.prefix, self.size, self._pos = prefix, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
+        super().__init__(size)
+        self.prefix = prefix
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")

@@ -14,7 +14,33 @@ from collections import OrderedDict
 from brainpipe.remote.source import S3Source, is_retryable
 
 
-class RangeFile(io.RawIOBase):
+class SizedReader(io.RawIOBase):
+    """A read-only, seekable file of known ``size``; subclasses implement ``readinto``.
+
+    What h5py needs of a Python file object besides reading: position, seeking
+    (from the start, the current position or the end) and the size.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size, self._pos = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+
+class RangeFile(SizedReader):
     """Seekable read-only view of ``s3://bucket/key``.
 
     Parameters
@@ -33,27 +59,12 @@ class RangeFile(io.RawIOBase):
         self, source: S3Source, key: str, block_size: int = 1 << 20, cache_blocks: int = 64,
         retries: int = 5,
     ) -> None:  # fmt: skip
-        super().__init__()
         info = source.head(key)
-        self.source, self.key, self.size, self.etag = source, key, info.size, info.etag
+        super().__init__(info.size)
+        self.source, self.key, self.etag = source, key, info.etag
         self.block_size, self.cache_blocks, self.retries = block_size, cache_blocks, retries
-        self._pos = 0
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self.requests = 0  # range requests made (for tests and logs)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def _block(self, n: int) -> bytes:
         if n in self._cache:
