@@ -557,7 +557,7 @@ def ingest_nsd_subject(
         scratch: dict[str, np.ndarray] = {}  # buffers reused session after session
         cache = object_cache(root, opts)
         try:
-            todo = []  # (session, rows, z-scoring trials, local file or None)
+            todo = []  # (session, rows, z-scoring trials, local file)
             for n, ses in enumerate(sessions):
                 rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
                 zscore_train = train[rows] if opts.zscore and train is not None else None
@@ -565,28 +565,23 @@ def ingest_nsd_subject(
                     (ses, rows, zscore_train, safe_local_path(root, betas_key(subject, ses, opts)))
                 )
             stream = [t for t in todo if opts.stream_betas and not t[3].exists()]
-            if stream and _raw_int16_root(betas) is not None:
-                # Sessions go straight into their own chunk files: stream several at once
-                # (one S3 connection rarely fills a link; opts.workers, as for the fetch).
-                def one(item: tuple) -> Path | None:
-                    ses, rows, zscore_train, _ = item
-                    path = _stream_session(
-                        betas, opts, betas_key(subject, ses, opts), cache, flat, shape, rows,
-                        chunks[1], zscore_train, scratch,
-                    )  # fmt: skip
-                    if path is None:
-                        log.info("sub-%s session %s: streamed into %s", subject, ses, out_path)
-                    return path
 
-                with ThreadPoolExecutor(max_workers=max(1, min(opts.workers, len(stream)))) as pool:
-                    fetched = list(pool.map(one, stream))
-            else:  # z-scoring needs a session buffer: one session at a time
-                fetched = [None] * len(stream)
-                for i, (ses, rows, zscore_train, _) in enumerate(stream):
-                    fetched[i] = _stream_session(
-                        betas, opts, betas_key(subject, ses, opts), cache, flat, shape, rows,
-                        chunks[1], zscore_train, scratch,
-                    )  # fmt: skip
+            def one(item: tuple) -> Path | None:
+                ses, rows, zscore_train, _ = item
+                path = _stream_session(
+                    betas, opts, betas_key(subject, ses, opts), cache, flat, shape, rows,
+                    chunks[1], zscore_train, scratch,
+                )  # fmt: skip
+                if path is None:
+                    log.info("sub-%s session %s: streamed into %s", subject, ses, out_path)
+                return path
+
+            # Sessions of an int16 store go straight into their own chunk files: stream
+            # several at once (one S3 connection rarely fills a link; opts.workers, as for
+            # the fetch). Z-scoring needs a session buffer: one session at a time.
+            workers = opts.workers if _raw_int16_root(betas) is not None else 1
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(stream)))) as pool:
+                fetched = list(pool.map(one, stream))
             from_file = dict(zip((t[0] for t in stream), fetched, strict=True))
             for ses, rows, zscore_train, path in tqdm(
                 todo, desc=f"NSD betas sub-{subject}", unit="session"

@@ -312,7 +312,7 @@ def fetch_object(
         sink.reset()
         if 0 < resumed <= info.size:
             _replay(part, resumed, sink, hasher)
-    paused = _pause_gc() if info.size >= _THREADED_MIN else None
+    paused = _PausedGC() if info.size >= _THREADED_MIN else None
     try:
         while True:
             offset = part.stat().st_size if part.exists() else 0
@@ -401,7 +401,14 @@ def fetch_object(
 
 
 class _PausedGC:
-    """Python's cycle collector, held off while big transfers run (see :func:`_pause_gc`)."""
+    """Holds off Python's cycle collector while a large transfer runs.
+
+    The read loop allocates a few objects per MB, which keeps triggering full
+    collections of everything the process has imported (a profile of a 1 GB NSD
+    session: ~9 % of its CPU in ``gc_collect_main``); the loop makes no cycles.
+    Transfers on several threads share one hold: the collector runs again (if it
+    ran before) once the last of them closes its hold.
+    """
 
     _lock = threading.Lock()
     _holders = 0
@@ -423,16 +430,6 @@ class _PausedGC:
                 _PausedGC._holders -= 1
                 if _PausedGC._holders == 0 and _PausedGC._was_enabled:
                     gc.enable()
-
-
-def _pause_gc() -> _PausedGC:
-    """Hold off the cycle collector during a large transfer.
-
-    The read loop allocates a few objects per MB, which keeps triggering full
-    collections of everything the process has imported (a profile of a 1 GB NSD
-    session: ~9 % of its CPU in ``gc_collect_main``); the loop makes no cycles.
-    """
-    return _PausedGC()
 
 
 class _SinkFailed(Exception):
