@@ -17,8 +17,14 @@ from botocore.config import Config
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """Start moto's S3 server on a free loopback port; yield its endpoint URL."""
+    """Start moto's S3 server on a free loopback port; yield its endpoint URL.
+
+    moto keeps one store per process: servers running at the same time share their
+    buckets (give each its own bucket, see :func:`serve_tree`), and the store is
+    emptied when a server stops, so no test sees objects another one uploaded.
+    """
     import logging
+    import urllib.request
 
     from moto.server import ThreadedMotoServer
 
@@ -27,9 +33,11 @@ def moto_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     try:
-        yield f"http://{host}:{port}"
+        yield endpoint
     finally:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
         server.stop()
 
 
@@ -276,7 +284,12 @@ def write_nsd_tree(
 def serve_tree(root, bucket: str) -> Iterator[str]:
     """A moto server with every file under ``root`` in the public ``bucket``; yields its URL."""
     with moto_server() as endpoint:
-        client = admin_client(endpoint)
-        make_public_bucket(client, bucket)
-        upload_tree(client, bucket, root)
+        publish_tree(endpoint, bucket, root)
         yield endpoint
+
+
+def publish_tree(endpoint: str, bucket: str, root) -> None:
+    """Every file under ``root`` into a new public ``bucket`` of the server at ``endpoint``."""
+    client = admin_client(endpoint)
+    make_public_bucket(client, bucket)
+    upload_tree(client, bucket, root)
