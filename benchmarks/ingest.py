@@ -114,6 +114,8 @@ thread.join()
 print(md5.hexdigest())
 """
 
+# As the fetch, ingest_splits and ingest_betas jobs would run it, in one process wrapped in
+# the job scripts' context (log file; see brainpipe.logs.log_to).
 BRAINPIPE = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -121,19 +123,21 @@ from pathlib import Path
 from brainpipe.datasets import nsd
 from brainpipe.datasets.registry import load_entry
 from brainpipe.download import fetch_dataset
+from brainpipe.logs import log_to
 endpoint, work, stream = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "stream"
 phases = {"imports_s": time.perf_counter() - t0}
-t = time.perf_counter()
-source = {"endpoint_url": endpoint, "stimuli": False, "stream_betas": stream}
-data = fetch_dataset("nsd", work / "data/nsd", subjects=["01"], sessions=["01"], source=source,
-                     progress=False)
-phases["fetch_s"] = time.perf_counter() - t
-t = time.perf_counter()
-entry = load_entry("nsd")
-opts = nsd.NsdOptions.from_config({**entry.info, **entry.merged_source({"source": source})})
-nsd.make_nsd_splits(data / nsd.EXPDESIGN_KEY, ["01"], ["01"], work / "splits.tsv")
-nsd.ingest_nsd_subject(data, "01", ["01"], work / "betas.zarr", opts, work / "splits.tsv")
-phases["splits_and_ingest_s"] = time.perf_counter() - t
+with log_to(work / "ingest.log"):
+    t = time.perf_counter()
+    source = {"endpoint_url": endpoint, "stimuli": False, "stream_betas": stream}
+    data = fetch_dataset("nsd", work / "data/nsd", subjects=["01"], sessions=["01"],
+                         source=source, progress=False)
+    phases["fetch_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    entry = load_entry("nsd")
+    opts = nsd.NsdOptions.from_config({**entry.info, **entry.merged_source({"source": source})})
+    nsd.make_nsd_splits(data / nsd.EXPDESIGN_KEY, ["01"], ["01"], work / "splits.tsv")
+    nsd.ingest_nsd_subject(data, "01", ["01"], work / "betas.zarr", opts, work / "splits.tsv")
+    phases["splits_and_ingest_s"] = time.perf_counter() - t
 (work / "phases.json").write_text(json.dumps(phases))
 """
 

@@ -12,6 +12,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from brainpipe.datasets import nsd, nsd_stream
 from brainpipe.datasets.registry import load_entry
@@ -19,7 +21,7 @@ from brainpipe.download import fetch_dataset
 from brainpipe.remote import fetch, read_manifest
 from brainpipe.storage import open_zarr
 
-from .s3_server import FlakyProxy, serve_tree, write_nsd_tree
+from .s3_server import FlakyProxy, publish_tree, serve_tree, write_nsd_tree
 
 BUCKET = "natural-scenes-dataset"
 SESSIONS = ["01", "02"]
@@ -41,11 +43,10 @@ def small_header(monkeypatch):
     monkeypatch.setattr(nsd_stream, "HEADER_BYTES", 8192)
 
 
-def options(endpoint: str, **extra) -> nsd.NsdOptions:
+def options(endpoint_url: str, **extra) -> nsd.NsdOptions:
     entry = load_entry("nsd")
-    return nsd.NsdOptions.from_config(
-        {**entry.info, **entry.merged_source({"source": {"endpoint_url": endpoint, **extra}})}
-    )
+    source = {"endpoint_url": endpoint_url, **extra}
+    return nsd.NsdOptions.from_config({**entry.info, **entry.merged_source({"source": source})})
 
 
 def kept_voxels(truth):
@@ -178,21 +179,25 @@ def test_ingest_streams_and_equals_ingest_from_files(
             )
 
 
-def test_chunked_betas_are_ingested_after_download(tmp_path_factory, tmp_path):
+def test_chunked_betas_are_ingested_after_download(contiguous_server, tmp_path):
     """A layout the stream cannot gather (chunked /betas, as in the default fixture) is
     fetched whole and read from the cached file: same values."""
-    tree = tmp_path_factory.mktemp("nsd-chunked")
+    endpoint, _, _ = contiguous_server
+    tree = tmp_path / "bucket"
     truth = write_nsd_tree(tree, sessions=["01"], shape=SHAPE, betas_layout="chunked")
-    with serve_tree(tree, BUCKET) as endpoint:
-        path, out, key = stream(endpoint, tmp_path / "cache", truth)
-        assert path == tmp_path / "cache" / key and not out.any()
-        dest = tmp_path / "data" / "nsd"
-        fetch_dataset("nsd", dest, subjects=["01"], sessions=["01"],
-                      source={"endpoint_url": endpoint}, progress=False)  # fmt: skip
-        shutil.copytree(tmp_path / "cache", nsd.object_cache(dest), dirs_exist_ok=True)
-        opts = options(endpoint)
-        ds = open_zarr(nsd.ingest_nsd_subject(dest, "01", ["01"], tmp_path / "b.zarr", opts))
-    mask, _ = kept_voxels(truth)
+    publish_tree(endpoint, "nsd-chunked", tree)  # same server, its own bucket
+    source = {"endpoint_url": endpoint, "bucket": "nsd-chunked"}
+    opts = options(**source)
+    key = nsd.betas_key("01", "01", opts)
+    mask, flat = kept_voxels(truth)
+    out = np.zeros((750, len(flat)), np.int16)
+    rows = nsd_stream.gather_into(out, flat)
+    path = nsd_stream.fetch_session_betas(opts, key, tmp_path / "cache", SHAPE, rows)
+    assert path == tmp_path / "cache" / key and not out.any()
+    dest = tmp_path / "data" / "nsd"
+    fetch_dataset("nsd", dest, subjects=["01"], sessions=["01"], source=source, progress=False)
+    shutil.copytree(tmp_path / "cache", nsd.object_cache(dest), dirs_exist_ok=True)
+    ds = open_zarr(nsd.ingest_nsd_subject(dest, "01", ["01"], tmp_path / "b.zarr", opts))
     np.testing.assert_allclose(ds["betas"].values, truth["betas"][("01", "01")][mask].T, atol=1e-6)
 
 
@@ -254,3 +259,52 @@ def test_sessions_stream_side_by_side(contiguous_server, monkeypatch, tmp_path):
     for n, ses in enumerate(SESSIONS):
         want = np.divide(expected_int16(truth, mask, ses), 300, dtype=np.float32)
         np.testing.assert_array_equal(values[n * 750 : (n + 1) * 750], want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(*[st.integers(1, 7)] * 3),
+    seed=st.integers(0, 2**16),
+    fraction=st.floats(0.0, 1.0),
+)
+def test_kept_voxels_gather_what_np_take_gathers(shape, seed, fraction):
+    """KeptVoxels' two-step gather (file order, then store order) equals a plain np.take."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < fraction
+    flat = nsd.hdf5_voxel_index(np.argwhere(mask).astype(np.int32), shape)
+    slab = rng.integers(-(2**15), 2**15, (5, int(np.prod(shape))), dtype=np.int16)
+    kept = nsd.KeptVoxels(flat)
+    out = np.zeros((5, len(flat)), np.int16)
+    kept.gather(slab, out)
+    np.testing.assert_array_equal(out, slab[:, flat])
+    for volume in slab:
+        np.testing.assert_array_equal(kept.row(volume), volume[flat])
+
+
+def test_refused_chunk_write_fails_the_ingest_and_leaves_no_store(
+    contiguous_server, small_header, monkeypatch, tmp_path
+):
+    """The chunk files are written on background threads: a write the disk refuses (here:
+    full) still fails the job, with the disk's error, and no betas.zarr is left."""
+    endpoint, _, _ = contiguous_server
+    calls = []
+
+    def full_disk(fds, view, chunks, size, offset):
+        calls.append(offset)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return real_write(fds, view, chunks, size, offset)
+
+    real_write = nsd._write_blocks
+    monkeypatch.setattr(nsd, "_write_blocks", full_disk)
+    dest = tmp_path / "nsd"
+    source = {"endpoint_url": endpoint}
+    fetch_dataset("nsd", dest, subjects=["01"], sessions=["01"], source=source, progress=False)
+    opts = options(endpoint)
+    splits = tmp_path / "splits.tsv"
+    nsd.make_nsd_splits(dest / nsd.EXPDESIGN_KEY, ["01"], ["01"], splits)
+    out = tmp_path / "betas.zarr"
+    with pytest.raises(OSError, match="No space left"):
+        nsd.ingest_nsd_subject(dest, "01", ["01"], out, opts, splits, voxel_chunk=100)
+    assert len(calls) > 3
+    assert not out.exists() and not list(tmp_path.glob("*betas.zarr*"))

@@ -43,9 +43,12 @@ RowsSink = Callable[[int, np.ndarray], None]
 def gather_into(out: np.ndarray, flat: np.ndarray) -> RowsSink:
     """A :data:`RowsSink` that gathers the kept voxels ``flat`` into ``out`` (750, n_voxels)."""
 
+    from brainpipe.datasets.nsd import KeptVoxels
+
+    kept = KeptVoxels(flat)
+
     def take(t0: int, slab: np.ndarray) -> None:
-        # indices are in range by construction: "clip" skips numpy's buffered check
-        np.take(slab, flat, axis=1, out=out[t0 : t0 + len(slab)], mode="clip")
+        kept.gather(slab, out[t0 : t0 + len(slab)])
 
     return take
 
