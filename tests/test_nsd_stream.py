@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from brainpipe.datasets import nsd, nsd_stream
 from brainpipe.datasets.registry import load_entry
 from brainpipe.download import fetch_dataset
+from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import fetch, read_manifest
 from brainpipe.storage import open_zarr
 
@@ -308,3 +309,26 @@ def test_refused_chunk_write_fails_the_ingest_and_leaves_no_store(
         nsd.ingest_nsd_subject(dest, "01", ["01"], out, opts, splits, voxel_chunk=100)
     assert len(calls) > 3
     assert not out.exists() and not list(tmp_path.glob("*betas.zarr*"))
+
+
+def test_store_layout_error_stops_the_streams_and_names_the_field(
+    contiguous_server, small_header, tmp_path
+):
+    """Sessions start streaming while the store is laid out; a bad splits.tsv found then
+    is the error raised (naming file and field), the streams stop at their first trials
+    and no betas.zarr is left."""
+    endpoint, _, _ = contiguous_server
+    dest = tmp_path / "nsd"
+    source = {"endpoint_url": endpoint}
+    fetch_dataset("nsd", dest, subjects=["01"], sessions=SESSIONS, source=source, progress=False)
+    splits = tmp_path / "splits.tsv"
+    nsd.make_nsd_splits(dest / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+    lines = splits.read_text().splitlines()
+    splits.write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # one stimulus left out
+    out = tmp_path / "betas.zarr"
+    with pytest.raises(BrainpipeInputError, match="has no split") as err:
+        nsd.ingest_nsd_subject(dest, "01", SESSIONS, out, options(endpoint), splits)
+    assert err.value.field == "stimulus" and str(splits) in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".betas.zarr*"))
+    cache = nsd.object_cache(dest)
+    assert not any((cache / nsd.betas_key("01", s, options(endpoint))).exists() for s in SESSIONS)

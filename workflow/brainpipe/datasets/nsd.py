@@ -522,7 +522,6 @@ def ingest_nsd_subject(
         ``(750, K, J, I)``.
     """
     root = Path(root)
-    design = read_expdesign(safe_local_path(root, EXPDESIGN_KEY))
     mask_img = _load_volume(safe_local_path(root, brainmask_key(subject, opts)), None, "brainmask")
     shape = tuple(int(n) for n in mask_img.shape[:3])
     mask = np.asarray(mask_img.dataobj) > 0
@@ -530,10 +529,93 @@ def ingest_nsd_subject(
         path = safe_local_path(root, roi_key(subject, "nsdgeneral", opts))
         mask &= np.asarray(_load_volume(path, shape, "nsdgeneral").dataobj) > 0
     ijk = np.argwhere(mask).astype(np.int32)  # C order = the contract's voxel order
-    n_vox = len(ijk)
     flat = hdf5_voxel_index(ijk, shape)
-    xyz = _voxel_mm(mask_img.affine, ijk)
+    chunks = (TRIALS_PER_SESSION, min(voxel_chunk, max(len(ijk), 1)))
+    todo = []  # (session, rows, local file)
+    for n, ses in enumerate(sessions):
+        rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
+        todo.append((ses, rows, safe_local_path(root, betas_key(subject, ses, opts))))
+    stream = [t for t in todo if opts.stream_betas and not t[2].exists()]
+    cache = object_cache(root, opts)
+    scratch: dict[str, np.ndarray] = {}  # buffers reused session after session
+    # The streams start first; the store is laid out while their requests are under way
+    # and they wait for it (``target``: the betas array, the training trials) at their
+    # first trials. Sessions of an int16 store go straight into their own chunk files:
+    # several at once (one S3 connection rarely fills a link; opts.workers, as for the
+    # fetch). Z-scoring needs a session buffer: one session at a time.
+    target: Future = Future()
+    workers = 1 if opts.zscore else opts.workers
+    if stream:  # the streams' modules and S3 client, loaded here: no imports race the store's
+        from brainpipe.datasets import nsd_stream  # noqa: F401
 
+        _ = opts.source().client
+
+    def one(item: tuple) -> Path | None:
+        ses, rows, _ = item
+        key = betas_key(subject, ses, opts)
+        path = _stream_session(target, opts, key, cache, flat, shape, rows, chunks[1], scratch)
+        if path is None:
+            log.info("sub-%s session %s: streamed into %s", subject, ses, out_path)
+        return path
+
+    store = None
+    with atomic_path(out_path) as tmp, quiet_consolidated():
+        try:
+            with ThreadPoolExecutor(max(1, min(workers, len(stream)))) as pool:
+                fetching = [pool.submit(one, item) for item in stream]
+                try:
+                    store, train = _subject_layout(
+                        root, subject, sessions, opts, mask_img, mask, ijk, splits_tsv, config
+                    )
+                    betas = store.write(tmp, (TRIALS_PER_SESSION * len(sessions), len(ijk)), chunks)
+                except BaseException as err:
+                    target.set_exception(err)  # the streams stop at their first trials
+                    raise
+                target.set_result((betas, train))
+                from_file = {t[0]: f.result() for t, f in zip(stream, fetching, strict=True)}
+            for ses, rows, path in tqdm(todo, desc=f"NSD betas sub-{subject}", unit="session"):
+                if ses in from_file:
+                    if from_file[ses] is None:  # streamed into the store
+                        continue
+                    path = from_file[ses]  # downloaded, to be read (see _stream_session)
+                ingest_session(
+                    betas, path, flat, shape, rows, chunks[1], opts.trial_batch,
+                    train[rows] if opts.zscore else None, scratch,
+                )  # fmt: skip
+                log.info(
+                    "sub-%s session %s: %d trials × %d voxels",
+                    subject, ses, TRIALS_PER_SESSION, len(ijk),
+                )  # fmt: skip
+        finally:
+            if store is not None:
+                store.finish()
+        scratch.clear()
+        import zarr
+
+        zarr.consolidate_metadata(tmp, zarr_format=3)
+    return Path(out_path)
+
+
+def _subject_layout(
+    root: Path,
+    subject: str,
+    sessions: list[str],
+    opts: NsdOptions,
+    mask_img: Any,
+    mask: np.ndarray,
+    ijk: np.ndarray,
+    splits_tsv: str | Path | None,
+    config: dict[str, Any] | None,
+) -> tuple[_StoreLayout, np.ndarray | None]:
+    """Everything of a subject's betas.zarr but the betas, and its training trials.
+
+    Reads the experiment design, ROI volumes, ncsnr and ``splits_tsv``; returns the
+    store layout and, with ``splits_tsv``, which trials are training trials.
+    """
+    design = read_expdesign(safe_local_path(root, EXPDESIGN_KEY))
+    shape = tuple(int(n) for n in mask_img.shape[:3])
+    n_vox = len(ijk)
+    xyz = _voxel_mm(mask_img.affine, ijk)
     roi_coords: dict[str, tuple[str, np.ndarray]] = {}
     for roi_file, labels in opts.roi_files.items():
         path = safe_local_path(root, roi_key(subject, roi_file, opts))
@@ -568,8 +650,6 @@ def ingest_nsd_subject(
     elif opts.zscore:
         raise BrainpipeInputError("config", "source.zscore", "z-scoring needs splits.tsv")
 
-    n_trials = TRIALS_PER_SESSION * len(sessions)
-    chunks = (TRIALS_PER_SESSION, min(voxel_chunk, max(n_vox, 1)))
     nc = {n: noise_ceiling(ncsnr, n).astype(np.float32) for n in (1, 3)}
     store = _StoreLayout(
         int16_betas=not opts.zscore,
@@ -605,64 +685,11 @@ def ingest_nsd_subject(
             **provenance_attrs(config),
         },
     )
-    train = None if split is None else split == "train"
-    with atomic_path(out_path) as tmp, quiet_consolidated():
-        betas = store.write(tmp, (n_trials, n_vox), chunks)
-        scratch: dict[str, np.ndarray] = {}  # buffers reused session after session
-        cache = object_cache(root, opts)
-        try:
-            todo = []  # (session, rows, z-scoring trials, local file)
-            for n, ses in enumerate(sessions):
-                rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
-                zscore_train = train[rows] if opts.zscore and train is not None else None
-                todo.append(
-                    (ses, rows, zscore_train, safe_local_path(root, betas_key(subject, ses, opts)))
-                )
-            stream = [t for t in todo if opts.stream_betas and not t[3].exists()]
-
-            def one(item: tuple) -> Path | None:
-                ses, rows, zscore_train, _ = item
-                path = _stream_session(
-                    betas, opts, betas_key(subject, ses, opts), cache, flat, shape, rows,
-                    chunks[1], zscore_train, scratch,
-                )  # fmt: skip
-                if path is None:
-                    log.info("sub-%s session %s: streamed into %s", subject, ses, out_path)
-                return path
-
-            # Sessions of an int16 store go straight into their own chunk files: stream
-            # several at once (one S3 connection rarely fills a link; opts.workers, as for
-            # the fetch). Z-scoring needs a session buffer: one session at a time.
-            workers = opts.workers if _raw_int16_root(betas) is not None else 1
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(stream)))) as pool:
-                fetched = list(pool.map(one, stream))
-            from_file = dict(zip((t[0] for t in stream), fetched, strict=True))
-            for ses, rows, zscore_train, path in tqdm(
-                todo, desc=f"NSD betas sub-{subject}", unit="session"
-            ):
-                if ses in from_file:
-                    if from_file[ses] is None:  # streamed into the store
-                        continue
-                    path = from_file[ses]  # downloaded, to be read (see _stream_session)
-                ingest_session(
-                    betas, path, flat, shape, rows, chunks[1], opts.trial_batch, zscore_train,
-                    scratch,
-                )  # fmt: skip
-                log.info(
-                    "sub-%s session %s: %d trials × %d voxels",
-                    subject, ses, TRIALS_PER_SESSION, n_vox,
-                )  # fmt: skip
-        finally:
-            store.finish()
-        scratch.clear()
-        import zarr
-
-        zarr.consolidate_metadata(tmp, zarr_format=3)
-    return Path(out_path)
+    return store, None if split is None else split == "train"
 
 
 def _stream_session(
-    betas: Any,
+    target: Future,
     opts: NsdOptions,
     key: str,
     cache: Path,
@@ -670,29 +697,36 @@ def _stream_session(
     shape: tuple[int, int, int],
     rows: slice,
     voxel_chunk: int,
-    train: np.ndarray | None,
     scratch: dict[str, np.ndarray],
 ) -> Path | None:
     """Fetch one session and put it into ``betas[rows]`` as its bytes arrive.
 
-    Into an int16 store the gathered trials are appended straight to the session's
-    chunk files (no session buffer, nothing left to write once the download ends);
-    otherwise (z-scoring needs the whole session) they are gathered into a session
-    buffer, then written. Returns None when done, or the downloaded file to ingest
-    from (see :func:`~brainpipe.datasets.nsd_stream.fetch_session_betas`).
+    ``target`` gives the betas array and the training trials once the store is laid
+    out; the trials wait for it (and stop if laying it out failed). Into an int16
+    store the gathered trials are appended straight to the session's chunk files (no
+    session buffer, nothing left to write once the download ends); z-scored, they
+    are gathered into a session buffer, then written. Returns None when done, or the
+    downloaded file to ingest from (see
+    :func:`~brainpipe.datasets.nsd_stream.fetch_session_betas`).
     """
     from brainpipe.datasets.nsd_stream import fetch_session_betas, gather_into
 
-    raw_root = _raw_int16_root(betas) if train is None else None
-    if raw_root is not None:
-        with _ChunkRowWriter(raw_root, betas, rows, flat, voxel_chunk) as writer:
+    if not opts.zscore:
+        with _ChunkRowWriter(target, rows, flat, voxel_chunk) as writer:
             return fetch_session_betas(opts, key, cache, shape, writer)
     session = scratch.get("session")
     if session is None:
         session = scratch["session"] = _scratch((TRIALS_PER_SESSION, len(flat)), np.int16)
-    path = fetch_session_betas(opts, key, cache, shape, gather_into(session, flat))
+    gather = gather_into(session, flat)
+
+    def once_laid_out(t0: int, slab: np.ndarray) -> None:
+        target.result()  # no download goes on past a store that could not be laid out
+        gather(t0, slab)
+
+    path = fetch_session_betas(opts, key, cache, shape, once_laid_out)
     if path is None:
-        write_session_blocks(betas, session, rows, voxel_chunk, train, cache / key)
+        betas, train = target.result()
+        write_session_blocks(betas, session, rows, voxel_chunk, train[rows], cache / key)
     return path
 
 
@@ -714,9 +748,7 @@ class _ChunkRowWriter:
     #: Threads writing blocks (each mostly waits for the disk: several keep it busy).
     WRITERS = 4
 
-    def __init__(
-        self, raw_root: Path, betas: Any, rows: slice, flat: np.ndarray, voxel_chunk: int
-    ) -> None:
+    def __init__(self, target: Future, rows: slice, flat: np.ndarray, voxel_chunk: int) -> None:
         from brainpipe.directio import ALIGN
 
         n_chunks = -(-len(flat) // voxel_chunk)
@@ -724,10 +756,7 @@ class _ChunkRowWriter:
         padded[: len(flat)] = flat  # the edge chunk's padding: any voxel (never read)
         self.shape = (n_chunks, voxel_chunk)
         self.kept = KeptVoxels(padded)
-        row_chunk = rows.start // TRIALS_PER_SESSION
-        self.paths = [
-            raw_root / betas.metadata.encode_chunk_key((row_chunk, c)) for c in range(n_chunks)
-        ]
+        self.target, self.row_chunk = target, rows.start // TRIALS_PER_SESSION
         self.row_bytes = 2 * voxel_chunk
         self.direct = self.row_bytes % ALIGN == 0
         self.fds: list[int] = []
@@ -743,8 +772,16 @@ class _ChunkRowWriter:
         self.close()
 
     def _open(self) -> None:
+        betas, _ = self.target.result()  # once the store is laid out
+        raw_root = _raw_int16_root(betas)
+        if raw_root is None:
+            raise RuntimeError(f"{betas.store_path}: betas chunks are not plain int16 ×300")
+        n_chunks = self.shape[0]
+        paths = [
+            raw_root / betas.metadata.encode_chunk_key((self.row_chunk, c)) for c in range(n_chunks)
+        ]
         flags = os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if self.direct else 0)
-        for path in self.paths:
+        for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.fds.append(os.open(path, flags, 0o644))
