@@ -115,3 +115,11 @@ def test_pearson_r_bounded_and_scale_invariant(data, y, scale, shift):
     spread = np.ptp(p, axis=0) > 1e-3 * (np.abs(p).max(axis=0) + 1)
     r_aff = pearson_r(y, scale * p + shift)
     np.testing.assert_allclose(r_aff[spread], r[spread], atol=1e-7)
+
+
+def test_pearson_r_of_tiny_values_does_not_underflow_to_constant():
+    """Found by hypothesis: 2e-162 squared underflows; r is scale-free all the same."""
+    y = np.array([[1.29987253e-160], [0.0], [0.0]])
+    p = np.array([[0.0], [1.0], [1.0]])
+    np.testing.assert_allclose(pearson_r(y * 0.015625, p), pearson_r(y, p))
+    np.testing.assert_allclose(pearson_r(y, p), [-1.0])

@@ -28,12 +28,12 @@ def _centre_scaled(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre columns; return (centred, is_constant) with a scale-relative tolerance."""
     c = a - a.mean(axis=0)
     scale = np.max(np.abs(a), axis=0)
-    norm = np.sqrt((c**2).sum(axis=0))
-    const = norm <= 8 * np.finfo(np.float64).eps * scale * np.sqrt(a.shape[0])
     # Unit-scale each column (r is scale-free) so tiny values (1e-160) don't underflow
-    # to subnormals when squared.
+    # to subnormals when squared, in the constancy test as in r.
     peak = np.max(np.abs(c), axis=0)
     c = c / np.where(peak > 0, peak, 1.0)
+    norm = np.sqrt((c**2).sum(axis=0)) * peak
+    const = norm <= 8 * np.finfo(np.float64).eps * scale * np.sqrt(a.shape[0])
     return c, const
 
 
