@@ -1023,12 +1023,13 @@ def ingest_session(
                 v1 = min(n_vox, v0 + width)
                 group = bufs[g % 2][: TRIALS_PER_SESSION * (v1 - v0)]
                 group = group.reshape(TRIALS_PER_SESSION, v1 - v0)
+                kept = KeptVoxels(flat[v0:v1])
                 for t0 in range(0, TRIALS_PER_SESSION, batch):
                     n = min(batch, TRIALS_PER_SESSION - t0)
                     window = np.memmap(
                         path, np.int16, "r", offset=offset + 2 * t0 * volume, shape=(n, volume)
                     )
-                    np.take(window, flat[v0:v1], axis=1, out=group[t0 : t0 + n], mode="clip")
+                    kept.gather(window, group[t0 : t0 + n])
                     del window  # unmapped: resident memory stays one batch of trials
                 pending[g % 2] = writer.submit(group, v0)
             for fut in pending[0] + pending[1]:
