@@ -443,8 +443,7 @@ class KeptVoxels:
         self.file_order = flat[order]
         self.to_store = np.empty_like(order)
         self.to_store[order] = np.arange(len(order))
-        self._kept = np.empty(len(flat), np.int16)
-        self._row = np.empty(len(flat), np.int16)
+        self._rows: tuple[np.ndarray, np.ndarray] | None = None  # row()'s buffers
 
     def gather(self, slab: np.ndarray, out: np.ndarray) -> None:
         """Kept voxels of each volume of ``slab`` (n, K*J*I) into ``out`` (n, n_voxels).
@@ -459,8 +458,12 @@ class KeptVoxels:
 
     def row(self, volume: np.ndarray) -> np.ndarray:
         """Kept voxels of one int16 volume, in a buffer reused by the next call (one thread)."""
-        np.take(volume, self.file_order, out=self._kept, mode="clip")
-        return np.take(self._kept, self.to_store, out=self._row, mode="clip")
+        if self._rows is None:
+            n = len(self.file_order)
+            self._rows = (np.empty(n, np.int16), np.empty(n, np.int16))
+        kept, row = self._rows
+        np.take(volume, self.file_order, out=kept, mode="clip")
+        return np.take(kept, self.to_store, out=row, mode="clip")
 
 
 def _voxel_mm(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
@@ -735,8 +738,9 @@ class _ChunkRowWriter:
 
     The chunk files of an int16 store (:func:`_raw_int16_root`) are ``(750,
     voxel_chunk)`` int16, trial-major: the trials of a batch are one contiguous
-    range of every chunk file of the session. Each batch is gathered chunk by chunk
-    into a page-aligned buffer, and the buffer's blocks are written at their offsets
+    range of every chunk file of the session. Each batch is gathered trial by trial
+    (:class:`KeptVoxels`) into its chunks' blocks in a page-aligned buffer, and the
+    buffer's blocks are written at their offsets
     by :data:`WRITERS` threads (``O_DIRECT`` when the offsets are block-aligned, as
     for the default 4096-voxel chunks) while the next batch is gathered into the
     other buffer: a synchronous O_DIRECT write waits for the disk, and one at a time
