@@ -52,6 +52,14 @@ def _check_subjects(Xs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _check_voxel_labels(labels: Sequence[np.ndarray], Xs: list[np.ndarray], problem: str) -> None:
+    """Raise ``ValueError(problem)`` unless ``labels`` has one entry per voxel of every subject."""
+    if len(labels) != len(Xs) or any(
+        len(lab) != X.shape[1] for lab, X in zip(labels, Xs, strict=True)
+    ):
+        raise ValueError(problem)
+
+
 def _check_n_components(n_components: int, Xs: Sequence[np.ndarray]) -> int:
     limit = min(Xs[0].shape[0], *(X.shape[1] for X in Xs))
     if not 1 <= int(n_components) <= limit:
@@ -293,10 +301,9 @@ class PiecewiseAlignment(_LinearAlignment):
 
     def fit(self, Xs: Sequence[np.ndarray]) -> PiecewiseAlignment:
         Xs = _check_subjects(Xs)
-        if len(self.labels) != len(Xs) or any(
-            len(lab) != X.shape[1] for lab, X in zip(self.labels, Xs, strict=True)
-        ):
-            raise ValueError("labels must give one parcel label per voxel of every subject")
+        _check_voxel_labels(
+            self.labels, Xs, "labels must give one parcel label per voxel of every subject"
+        )
         stats = self._stats(Xs)
         self.means_ = [m for m, _ in stats]
         self.scales_ = [sc for _, sc in stats]
@@ -458,10 +465,9 @@ class SurfaceAnatomicalAlignment(_LinearAlignment):
 
     def fit(self, Xs: Sequence[np.ndarray]) -> SurfaceAnatomicalAlignment:
         Xs = _check_subjects(Xs)
-        if len(self.hemis) != len(Xs) or any(
-            len(h) != X.shape[1] for h, X in zip(self.hemis, Xs, strict=True)
-        ):
-            raise ValueError("hemis/vertices must label every voxel of every subject")
+        _check_voxel_labels(
+            self.hemis, Xs, "hemis/vertices must label every voxel of every subject"
+        )
         hemi, vertex, index = match_vertices(self.hemis, self.vertices)
         if not len(vertex):
             raise ValueError("no (hemi, vertex) is present in every subject")
