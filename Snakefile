@@ -16,18 +16,27 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/ingest.smk"
-include: "rules/preprocess.smk"
-include: "rules/betas.smk"
-include: "rules/align.smk"
 include: "rules/features.smk"
-include: "rules/train.smk"
-include: "rules/evaluate.smk"
-include: "rules/report.smk"
+
+
+# M/EEG datasets (registry `modality: meeg`) take the M/EEG branch: epochs instead of betas.
+if MEEG:
+
+    include: "rules/meeg.smk"
+
+else:
+
+    include: "rules/preprocess.smk"
+    include: "rules/betas.smk"
+    include: "rules/align.smk"
+    include: "rules/train.smk"
+    include: "rules/evaluate.smk"
+    include: "rules/report.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/summary.tsv",
         f"{RESULTS}/report.html",
-        align_stores(),
+        [] if MEEG else align_stores(),
     default_target: True

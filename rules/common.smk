@@ -17,6 +17,8 @@ from brainpipe.datasets.registry import load_entry
 DATASET_ENTRY = load_entry(DATASET)
 # True when the dataset ships betas (NSD): rules/ingest.smk makes betas.zarr from them.
 INGEST_BETAS = DATASET_ENTRY.betas_mode(config) == "ingest"
+# True for M/EEG datasets: rules/meeg.smk replaces preprocess/betas/align/train/evaluate.
+MEEG = DATASET_ENTRY.modality == "meeg"
 
 
 wildcard_constraints:
@@ -49,6 +51,26 @@ def model_dirs():
             subject=config["subjects"],
             roi=model_params(model, config)["rois"],
             features=model_feature_labels(model),
+        )
+    return dirs
+
+
+def meeg_model_dirs():
+    """One folder per subject x M/EEG model x feature model: the M/EEG fan-out."""
+    from brainpipe.meeg.jobs import SENSORS
+    from brainpipe.models import get_model, model_params
+
+    dirs = []
+    for model in config["models"]:
+        if get_model(model).inputs != "epochs":
+            raise ValueError(
+                f"config models: {model!r} is not an M/EEG model (dataset {DATASET} is M/EEG; "
+                "use timedecoder, nice)"
+            )
+        dirs += expand(
+            f"{RESULTS}/models/sub-{{subject}}/{SENSORS}/{model}-{{features}}",
+            subject=config["subjects"],
+            features=model_params(model, config)["features"],
         )
     return dirs
 

@@ -6,7 +6,7 @@ rule download:
         data=directory(DATA),
     params:
         dataset=DATASET,
-        generator=config.get("synthetic", {}),
+        generator=config.get("synthetic_meeg" if MEEG else "synthetic", {}),
     log:
         f"{LOGS}/download.log",
     conda:
@@ -40,7 +40,10 @@ rule splits:
     output:
         splits=f"{RESULTS}/splits.tsv",
     params:
-        shared_train_fraction=config.get("splits", {}).get("shared_train_fraction", 0.0),
+        # M/EEG: test concepts must stay unseen (zero-shot), so no test image moves to train
+        shared_train_fraction=0.0
+        if MEEG
+        else config.get("splits", {}).get("shared_train_fraction", 0.0),
     log:
         f"{LOGS}/splits.log",
     conda:

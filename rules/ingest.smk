@@ -7,7 +7,7 @@
 # ordinary preprocess/betas/splits rules take over.
 # Only registry files are read while the DAG is built: `snakemake -n` touches no network.
 
-if DATASET_ENTRY.kind != "synthetic":
+if not DATASET_ENTRY.generated:
 
     ruleorder: fetch > download
 

@@ -61,6 +61,12 @@ def fetch_dataset(
         with atomic_path(dest) as tmp:
             synthetic.generate(tmp, synthetic.SyntheticParams.from_config(params or {}))
         return Path(dest)
+    if entry.kind == "synthetic-meeg":
+        from brainpipe.meeg import synthetic as meeg_synthetic
+
+        with atomic_path(dest) as tmp:
+            meeg_synthetic.generate(tmp, meeg_synthetic.MeegSyntheticParams.from_config(params))
+        return Path(dest)
     if not subjects:
         raise BrainpipeInputError("config", "subjects", f"{name} needs at least one subject")
     cache = merged.get("cache_dir")
@@ -101,6 +107,12 @@ def fetch_dataset(
             cache=cache,
             workers=int(merged.get("workers", 4)),
             progress=progress,
+        )
+    if entry.kind == "http":
+        from brainpipe.meeg.things_eeg2 import download_things_eeg2
+
+        return download_things_eeg2(
+            dest, merged, subjects, sessions, cache=cache, progress=progress
         )
     if entry.kind == "bids":
         from brainpipe.datasets import openneuro

@@ -24,7 +24,11 @@ from brainpipe.errors import BrainpipeInputError
 #: Where the registry entries live.
 REGISTRY_DIR = Path(__file__).resolve().parents[3] / "config" / "datasets"
 #: Kinds of dataset the downloader understands.
-KINDS = ("synthetic", "nsd", "openneuro", "bids")
+KINDS = ("synthetic", "synthetic-meeg", "nsd", "openneuro", "bids", "http")
+#: Kinds generated locally (no fetch).
+GENERATED_KINDS = ("synthetic", "synthetic-meeg")
+#: Modalities: fMRI datasets go through preprocess/betas; M/EEG ones through rules/meeg.smk.
+MODALITIES = ("fmri", "meeg")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,16 @@ class DatasetEntry:
     source: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     path: Path = REGISTRY_DIR
+
+    @property
+    def generated(self) -> bool:
+        """Whether the dataset is generated locally instead of fetched."""
+        return self.kind in GENERATED_KINDS
+
+    @property
+    def modality(self) -> str:
+        """``fmri`` (default) or ``meeg`` (the entry's ``modality`` key)."""
+        return str(self.info.get("modality", "fmri"))
 
     def merged_source(self, config: dict[str, Any] | None) -> dict[str, Any]:
         """The registry's ``source`` block with the workflow config's ``source`` over it."""
@@ -113,6 +127,17 @@ def load_entry(name: str, registry_dir: str | Path = REGISTRY_DIR) -> DatasetEnt
     betas = raw.pop("betas", "estimate")
     if betas not in ("ingest", "estimate"):
         raise BrainpipeInputError(path, "betas", f"expected ingest or estimate, got {betas!r}")
+    modality = raw.get("modality", "fmri")
+    if modality not in MODALITIES:
+        raise BrainpipeInputError(
+            path, "modality", f"expected one of {list(MODALITIES)}, got {modality!r}"
+        )
+    if modality == "meeg" and raw.get("format") not in ("things-eeg2", "bids-meg"):
+        raise BrainpipeInputError(
+            path,
+            "format",
+            f"an M/EEG entry needs format things-eeg2 or bids-meg, got {raw.get('format')!r}",
+        )
     source = raw.pop("source", {}) or {}
     if not isinstance(source, dict):
         raise BrainpipeInputError(path, "source", "expected a mapping")

@@ -54,9 +54,7 @@ def write_run(
     raw = mne.io.RawArray(data, info, verbose="error")
     raw.info["line_freq"] = 50.0
     path = _bids_path(root, subject, session, run, task)
-    write_raw_bids(
-        raw, path, format="FIF", allow_preload=True, overwrite=True, verbose="error"
-    )
+    write_raw_bids(raw, path, format="FIF", allow_preload=True, overwrite=True, verbose="error")
     onsets = np.flatnonzero(stim)
     values = stim[onsets].astype(int)
     catch = values == 99999

@@ -65,13 +65,18 @@ class MeegPreprocessParams:
             )
         if self.mvnn_noise not in ("repeats", "baseline"):
             raise BrainpipeInputError(
-                "config", "meeg.mvnn_noise", f"expected repeats or baseline, got {self.mvnn_noise!r}"
+                "config",
+                "meeg.mvnn_noise",
+                f"expected repeats or baseline, got {self.mvnn_noise!r}",
             )
         if self.channels != "all" and not (
-            isinstance(self.channels, list | tuple) and all(isinstance(c, str) for c in self.channels)
+            isinstance(self.channels, list | tuple)
+            and all(isinstance(c, str) for c in self.channels)
         ):
             raise BrainpipeInputError(
-                "config", "meeg.channels", f"expected 'all' or a list of regexes, got {self.channels!r}"
+                "config",
+                "meeg.channels",
+                f"expected 'all' or a list of regexes, got {self.channels!r}",
             )
 
     @classmethod
@@ -80,7 +85,9 @@ class MeegPreprocessParams:
         known = set(cls.__dataclass_fields__)
         for key in block:
             if key not in known:
-                raise BrainpipeInputError("config", f"meeg.{key}", f"unknown key; known: {sorted(known)}")
+                raise BrainpipeInputError(
+                    "config", f"meeg.{key}", f"unknown key; known: {sorted(known)}"
+                )
         if block.get("baseline") is not None:
             block["baseline"] = tuple(block["baseline"])
         return cls(**block)
@@ -100,7 +107,9 @@ class Recording:
     load: Callable[[], tuple[Any, pd.DataFrame]] = field(repr=False)
 
 
-def things_eeg2_recordings(root: str | Path, subject: str, sessions: Iterable[str]) -> list[Recording]:
+def things_eeg2_recordings(
+    root: str | Path, subject: str, sessions: Iterable[str]
+) -> list[Recording]:
     """The training and test file of every session of a THINGS-EEG2 subject."""
     from brainpipe.meeg import things_eeg2
 
@@ -161,7 +170,9 @@ def pick_data_channels(raw, channels: Any) -> list[str]:
     return keep
 
 
-def epoch_recording(raw, trials: pd.DataFrame, params: MeegPreprocessParams) -> tuple[np.ndarray, pd.DataFrame, Any]:
+def epoch_recording(
+    raw, trials: pd.DataFrame, params: MeegPreprocessParams
+) -> tuple[np.ndarray, pd.DataFrame, Any]:
     """Filter, epoch, baseline-correct and resample one recording.
 
     Returns
@@ -235,7 +246,11 @@ class _LedoitWolf:
 
 
 def noise_covariance(
-    data: np.ndarray, stimuli: np.ndarray, times: np.ndarray, noise: str = "repeats", block: int = 512
+    data: np.ndarray,
+    stimuli: np.ndarray,
+    times: np.ndarray,
+    noise: str = "repeats",
+    block: int = 512,
 ) -> tuple[np.ndarray, float, int]:
     """MVNN noise covariance ``(channel, channel)`` of ``data`` (the training epochs only).
 
@@ -284,7 +299,7 @@ def noise_covariance(
             "epochs",
             "meeg.mvnn_noise",
             "no training epochs to estimate the noise covariance from (mvnn_noise: repeats "
-            "needs training stimuli shown at least twice per session; use baseline, or mvnn: false)",
+            "needs training images shown twice per session; use baseline, or mvnn: false)",
         )
     cov, shrinkage = acc.finish()
     return cov, shrinkage, used
@@ -333,7 +348,12 @@ def preprocess_subject(
     import xarray as xr
 
     from brainpipe.splits import trial_split
-    from brainpipe.storage import atomic_path, portable_strings, provenance_attrs, quiet_consolidated
+    from brainpipe.storage import (
+        atomic_path,
+        portable_strings,
+        provenance_attrs,
+        quiet_consolidated,
+    )
 
     sessions = list(dict.fromkeys(r.session for r in recordings))
     if not sessions:
@@ -394,7 +414,9 @@ def preprocess_subject(
                 ds["epochs"].encoding["chunks"] = (chunk, n_ch, len(times))
                 ds.attrs = {
                     "sfreq": float(info["sfreq"]),
-                    "units": "whitened (MVNN)" if params.mvnn else ("V" if "eeg" in ds["ch_type"].values else "T"),
+                    "units": "whitened (MVNN)"
+                    if params.mvnn
+                    else ("V" if "eeg" in ds["ch_type"].values else "T"),
                     "params": __import__("json").dumps(asdict(params)),
                     **provenance_attrs(asdict(params)),
                     **(attrs or {}),
@@ -402,7 +424,9 @@ def preprocess_subject(
                 portable_strings(ds).to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
             else:
                 ds = ds.drop_vars(["channel", "time", "ch_type", "x", "y", "z"])
-                portable_strings(ds).to_zarr(tmp, append_dim="trial", zarr_format=3, consolidated=False)
+                portable_strings(ds).to_zarr(
+                    tmp, append_dim="trial", zarr_format=3, consolidated=False
+                )
             del data, ds
         extra = xr.Dataset(
             {

@@ -349,7 +349,9 @@ def simulate_recording(
     """
     onsets, values, n_samples = _schedule(params, numbers, rng)
     row = {int(n): i for i, n in enumerate(np.unique(numbers))}
-    lat = latent[[row.get(int(v), 0) for v in values]] * (values != things_eeg2.TARGET_EVENT)[:, None]
+    lat = (
+        latent[[row.get(int(v), 0) for v in values]] * (values != things_eeg2.TARGET_EVENT)[:, None]
+    )
     jitter = 1.0 + 0.1 * rng.standard_normal(lat.shape)
     n_src = params.n_sources
     sources = np.zeros((n_src + 2, n_samples))
@@ -389,16 +391,20 @@ def generate(root: str | Path, params: MeegSyntheticParams) -> Path:
         Image.fromarray(image, mode="RGB").save(root / "stimuli" / row["image"], format="PNG")
     stimuli.to_csv(root / "stimuli" / "stimuli.tsv", sep="\t", index=False)
     latent = latent_responses(params, stimuli)
-    info = eeg_info(params.sfreq) if params.modality == "eeg" else meg_info(
-        params.sfreq, params.n_meg_channels
+    info = (
+        eeg_info(params.sfreq)
+        if params.modality == "eeg"
+        else meg_info(params.sfreq, params.n_meg_channels)
     )
     for s, subject in enumerate(subject_ids(params)):
         model = subject_model(params, s, info)
         for k, session in enumerate(session_ids(params)):
             for partition, split in things_eeg2.PARTITIONS.items():
                 part = stimuli[stimuli["split"] == split]
-                reps = params.train_reps_per_session if split == "train" else (
-                    params.test_reps_per_session
+                reps = (
+                    params.train_reps_per_session
+                    if split == "train"
+                    else (params.test_reps_per_session)
                 )
                 numbers = np.tile(part["number"].to_numpy(), reps)
                 rng = _rng(params, _TAG_SESSION, s, k, int(split == "test"))

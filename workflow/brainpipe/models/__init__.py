@@ -1,5 +1,7 @@
 """The model zoo: registered encoding and decoding models (see :mod:`.registry`)."""
 
+# M/EEG models register themselves in the same registry
+from brainpipe.meeg import decoding as _meeg_decoding  # noqa: E402, F401, I001
 from brainpipe.models import decoders, encoders  # noqa: F401  (register built-ins)
 from brainpipe.models.registry import (
     MODELS,

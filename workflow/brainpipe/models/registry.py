@@ -25,7 +25,7 @@ import numpy as np
 from brainpipe.errors import BrainpipeInputError
 
 Kind = Literal["encoding", "decoding"]
-Inputs = Literal["features", "spatial", "bands"]
+Inputs = Literal["features", "spatial", "bands", "epochs"]
 
 #: Keys every model block accepts, with their defaults.
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -76,9 +76,10 @@ class ModelSpec:
         The model's config block with defaults (merged with :data:`COMMON_DEFAULTS`).
     torch : bool
         Trained with torch (declares a GPU resource, runs on CUDA when there is one).
-    inputs : {"features", "spatial", "bands"}
+    inputs : {"features", "spatial", "bands", "epochs"}
         Which feature stores a job reads: one PCA store, the spatial store of the feature
-        model, or every store listed in ``params["bands"]``.
+        model, or every store listed in ``params["bands"]``; ``epochs``: an M/EEG model
+        (:mod:`brainpipe.meeg.decoding`) reading ``epochs.zarr`` and one PCA store.
     pretrain : callable or None
         Cross-subject models only: ``pretrain(datasets: dict[subject, JobData], params)
         -> dict[str, ndarray]`` (weights); ``fit`` then receives them as
