@@ -14,7 +14,7 @@ rule meeg_preprocess:
         fmt=DATASET_ENTRY.info.get("format"),
         sessions=config["sessions"],
         task=config["task"],
-        block=config.get("meeg", {}),
+        block={**DATASET_ENTRY.info.get("meeg", {}), **config.get("meeg", {})},
         dataset=DATASET,
     threads: 1
     resources:

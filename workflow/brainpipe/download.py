@@ -108,7 +108,7 @@ def fetch_dataset(
             workers=int(merged.get("workers", 4)),
             progress=progress,
         )
-    if entry.kind == "http":
+    if entry.kind == "osf":
         from brainpipe.meeg.things_eeg2 import download_things_eeg2
 
         return download_things_eeg2(

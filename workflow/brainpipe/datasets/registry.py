@@ -24,7 +24,7 @@ from brainpipe.errors import BrainpipeInputError
 #: Where the registry entries live.
 REGISTRY_DIR = Path(__file__).resolve().parents[3] / "config" / "datasets"
 #: Kinds of dataset the downloader understands.
-KINDS = ("synthetic", "synthetic-meeg", "nsd", "openneuro", "bids", "http")
+KINDS = ("synthetic", "synthetic-meeg", "nsd", "openneuro", "bids", "osf")
 #: Kinds generated locally (no fetch).
 GENERATED_KINDS = ("synthetic", "synthetic-meeg")
 #: Modalities: fMRI datasets go through preprocess/betas; M/EEG ones through rules/meeg.smk.

@@ -107,7 +107,7 @@ def read_run(root: str | Path, subject: str, session: str, run: str, task: str =
     from mne_bids import read_raw_bids
 
     path = _bids_path(root, subject, session, run, task)
-    raw = read_raw_bids(path.copy().update(suffix="meg"), verbose="error")
+    raw = read_raw_bids(path.copy().update(suffix="meg"), verbose="error").load_data()
     events = path.copy().update(suffix="events", extension=".tsv").fpath
     if not Path(events).exists():
         raise BrainpipeInputError(events, "<file>", "events file is missing")

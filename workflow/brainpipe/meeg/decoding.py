@@ -381,7 +381,7 @@ def nice(job: EpochsJob, params: dict[str, Any]) -> FitResult:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         losses.append(total / n)
     model.eval()
     with torch.no_grad():

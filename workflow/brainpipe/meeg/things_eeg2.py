@@ -190,3 +190,179 @@ def stimulus_id(partition: str, number: int) -> str:
     """
     split = PARTITIONS[partition]
     return f"{split}-{int(number):05d}" if split == "train" else f"{split}-{int(number):03d}"
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def _safe_extract(archive: Path, dest: Path) -> list[Path]:
+    """Extract a zip below ``dest``, refusing members that would leave it."""
+    import zipfile
+
+    from brainpipe.remote import safe_local_path
+
+    out = []
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            if member.is_dir():
+                continue
+            target = safe_local_path(dest, member.filename)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            out.append(target)
+    return out
+
+
+def select_raw_files(keys: list[str], subjects: list[str], sessions: list[str] | None) -> list[str]:
+    """The raw-data files of ``subjects`` (and ``sessions``) among an OSF listing.
+
+    Accepts per-file layouts (``.../sub-01/ses-01/raw_eeg_training.npy``) and per-subject
+    archives (``.../sub-01.zip``).
+    """
+    import re
+
+    keep = []
+    for key in keys:
+        parts = key.split("/")
+        subs = [p for p in parts if re.fullmatch(r"sub-[A-Za-z0-9]+(\.zip)?", p)]
+        if not subs:
+            continue
+        sub = subs[0].removesuffix(".zip")[4:]
+        if sub not in subjects:
+            continue
+        if key.endswith(".zip"):
+            keep.append(key)
+            continue
+        ses = next((p[4:] for p in parts if p.startswith("ses-")), None)
+        if parts[-1].startswith("raw_eeg_") and (not sessions or ses in sessions):
+            keep.append(key)
+    return keep
+
+
+def stimuli_from_metadata(metadata: str | Path, out_tsv: str | Path) -> Path:
+    """Our stimuli table from THINGS-EEG2's ``image_metadata.npy`` (image set on OSF).
+
+    The metadata dict lists ``train_img_concepts`` / ``train_img_files`` (16,540) and
+    ``test_img_concepts`` / ``test_img_files`` (200), in image-number order; images live
+    in ``training_images/{concept}/{file}`` and ``test_images/{concept}/{file}``. The
+    caption is the concept's name (``00001_aardvark`` -> ``aardvark``).
+    """
+    import pandas as pd
+
+    from brainpipe.storage import write_text_atomic
+
+    meta = _read_npy_dict(Path(metadata))
+    rows = []
+    for partition, folder, prefix in (("training", "training_images", "train"),
+                                      ("test", "test_images", "test")):  # fmt: skip
+        concepts = meta.get(f"{prefix}_img_concepts")
+        files = meta.get(f"{prefix}_img_files")
+        if concepts is None or files is None or len(concepts) != len(files):
+            raise BrainpipeInputError(metadata, f"{prefix}_img_files", "missing or mismatched")
+        for n, (concept, name) in enumerate(zip(concepts, files, strict=True), start=1):
+            rows.append({
+                "stimulus": stimulus_id(partition, n),
+                "image": f"{folder}/{concept}/{name}",
+                "caption": str(concept).split("_", 1)[-1].replace("_", " "),
+                "shared": int(partition == "test"),
+                "concept": str(concept),
+            })  # fmt: skip
+    table = pd.DataFrame(rows)
+    return write_text_atomic(table.to_csv(sep="\t", index=False), out_tsv)
+
+
+def _read_npy_dict(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(fh)
+        else:
+            np.lib.format.read_array_header_2_0(fh)
+        try:
+            obj = _ArrayUnpickler(io.BufferedReader(fh)).load()
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as err:
+            raise BrainpipeInputError(path, "<file>", f"cannot unpickle safely ({err})") from err
+    data = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+    if not isinstance(data, dict):
+        raise BrainpipeInputError(path, "<file>", "expected a pickled dict")
+    return data
+
+
+def download_things_eeg2(
+    dest: str | Path,
+    source: dict[str, Any],
+    subjects: list[str],
+    sessions: list[str] | None = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fetch THINGS-EEG2's raw files (and optionally its image set) from OSF into ``dest``.
+
+    ``dest/raw_data/sub-XX/ses-YY/raw_eeg_{training,test}.npy`` and, with
+    ``source.images_node``, ``dest/stimuli/`` (images and ``stimuli.tsv``). Objects go to a
+    persistent cache first (resumed with ``Range``, MD5-verified against OSF's listing),
+    then ``dest`` is built atomically.
+    """
+    import os
+    import shutil
+
+    from brainpipe.remote import fetch_objects, safe_local_path
+    from brainpipe.remote.osf import OsfSource
+    from brainpipe.storage import atomic_path
+
+    if not source.get("node"):
+        raise BrainpipeInputError("config", "source.node", "the OSF component of the raw data")
+    dest = Path(dest)
+    cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
+    api = source.get("api_url", "https://api.osf.io/v2")
+    workers = int(source.get("workers", 4))
+    raw_src = OsfSource(node=source["node"], api_url=api)
+    listing = raw_src.list("")
+    keys = select_raw_files([o.key for o in listing], subjects, sessions)
+    found = {k.split("sub-", 1)[1].split("/")[0].removesuffix(".zip") for k in keys}
+    missing = [s for s in subjects if s not in found]
+    if missing:
+        raise BrainpipeInputError(raw_src.url(""), "subjects", f"no raw files for sub-{missing[0]}")
+    wanted = [o for o in listing if o.key in set(keys)]
+    fetch_objects(raw_src, wanted, cache / "raw", workers=workers, progress=progress)
+    image_objs = []
+    if source.get("images_node"):
+        img_src = OsfSource(node=source["images_node"], api_url=api)
+        image_objs = [
+            o for o in img_src.list("")
+            if o.key.endswith(("image_metadata.npy", "training_images.zip", "test_images.zip"))
+        ]  # fmt: skip
+        fetch_objects(img_src, image_objs, cache / "images", workers=workers, progress=progress)
+    with atomic_path(dest) as tmp:
+        raw_dir = Path(tmp, "raw_data")
+        for obj in wanted:
+            src = safe_local_path(cache / "raw", obj.key)
+            rel = "sub-" + obj.key.split("sub-", 1)[1]
+            if obj.key.endswith(".zip"):
+                for path in _safe_extract(src, raw_dir):
+                    inner = path.relative_to(raw_dir).as_posix()
+                    if not inner.startswith("sub-"):  # archive without the subject folder
+                        target = raw_dir / rel.removesuffix(".zip") / inner
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(path, target)
+                continue
+            target = safe_local_path(raw_dir, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copy2(src, target)
+        stim_dir = Path(tmp, "stimuli")
+        for obj in image_objs:
+            src = safe_local_path(cache / "images", obj.key)
+            stim_dir.mkdir(parents=True, exist_ok=True)
+            if obj.key.endswith(".zip"):
+                _safe_extract(src, stim_dir)
+            else:
+                stimuli_from_metadata(src, stim_dir / "stimuli.tsv")
+        Path(tmp, "dataset_description.json").write_text(
+            '{"Name": "THINGS-EEG2 raw data (Gifford et al. 2022), fetched from OSF"}\n'
+        )
+    return dest
