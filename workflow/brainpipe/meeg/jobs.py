@@ -175,8 +175,9 @@ def write_meeg_report(summary_tsv: str | Path, out_html: str | Path, title: str)
         ax.legend(frameon=False, fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
         ax.set_title("Time-resolved decoding (thin lines: subjects)")
-        figs.append((fig, "Top-1 identification of the test images from each time point "
-                          "(ridge on the channels at that time), against chance."))  # fmt: skip
+        caption = ("Top-1 identification of the test images from each time point (ridge on "
+                   "the channels at that time), against chance.")  # fmt: skip
+        figs.append((fig, "Time-resolved decoding", caption))
     fig, axes = plt.subplots(
         1, 2, figsize=(9, 0.9 + 0.5 * max(1, table.groupby(["model", "features"]).ngroups))
     )
@@ -191,8 +192,9 @@ def write_meeg_report(summary_tsv: str | Path, out_html: str | Path, title: str)
         ax.set_xlim(0, 1)
         ax.set_title(f"{key} ({int(table['n_way'].iloc[0])}-way)")
     axes[0].invert_yaxis()
-    figs.append((fig, "Zero-shot retrieval among the test images (concepts never seen in "
-                      "training); dashed: chance; dots: subjects."))  # fmt: skip
+    caption = ("Among the test images (concepts never seen in training); dashed: chance; "
+               "dots: subjects.")  # fmt: skip
+    figs.append((fig, "Zero-shot retrieval", caption))
 
     def png(fig) -> str:
         buf = io.BytesIO()
@@ -204,9 +206,10 @@ def write_meeg_report(summary_tsv: str | Path, out_html: str | Path, title: str)
                         "top1_ci_low", "top1_ci_high", "top1_chance", "top5", "top5_ci_low",
                         "top5_ci_high", "top5_chance", "peak_time_s"] if c in table]  # fmt: skip
     sections = "\n".join(
+        f"<h2>{html.escape(h)}</h2>\n"
         f'<figure><img src="data:image/png;base64,{png(f)}"/><figcaption>{html.escape(c)}'
         "</figcaption></figure>"
-        for f, c in figs
+        for f, h, c in figs
     )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -16,6 +16,7 @@ against that MD5 and renamed into place like every S3 download.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import urllib.error
@@ -32,16 +33,26 @@ class _Body:
 
     def __init__(self, response: Any) -> None:
         self._response = response
+        length = response.headers.get("Content-Length")
+        self._expected = int(length) if length is not None else None
 
     def iter_chunks(self, size: int):
+        got = 0
         try:
             while True:
-                chunk = self._response.read(size)
+                try:
+                    chunk = self._response.read(size)
+                except http.client.HTTPException as err:  # IncompleteRead and kin
+                    raise ConnectionError(f"transfer broke after {got} bytes ({err!r})") from err
                 if not chunk:
-                    return
+                    break
+                got += len(chunk)
                 yield chunk
         finally:
             self._response.close()
+        if self._expected is not None and got < self._expected:
+            # a dropped connection: the caller resumes from what it has with Range
+            raise ConnectionError(f"connection closed after {got} of {self._expected} bytes")
 
 
 @dataclass
