@@ -61,7 +61,11 @@ def test_shared_backbone_beats_per_subject_decoders_with_one_session(zoo):
     """
     spec = get_model("sharedbackbone")
     params = model_params("sharedbackbone", {"model_params": {"sharedbackbone": FAST}})
-    per_query: dict[str, list[dict[str, np.ndarray]]] = {"shared": [], "scratch": [], "ridge": []}
+    per_query: dict[str, list[dict[str, np.ndarray]]] = {
+        "shared": [],
+        "mlpdecoder": [],
+        "ridgedecoder": [],
+    }
     for held_out in zoo["subjects"]:
         others = {s: _data(zoo, s) for s in zoo["subjects"] if s != held_out}
         data = _data(zoo, held_out)
@@ -81,7 +85,7 @@ def test_shared_backbone_beats_per_subject_decoders_with_one_session(zoo):
     mean = {name: {k: float(v.mean()) for k, v in p.items()} for name, p in pooled.items()}
     assert mean["shared"]["top1"] >= 8 / 16, mean  # chance 1/16
     rng = np.random.default_rng(0)
-    for baseline in ("scratch", "ridge"):
+    for baseline in ("mlpdecoder", "ridgedecoder"):
         assert mean["shared"]["top1"] >= mean[baseline]["top1"] + 0.05, mean
         assert mean["shared"]["two_way"] >= mean[baseline]["two_way"] + 0.025, mean
         # paired bootstrap over the test queries: the 2-way gain is no coin flip

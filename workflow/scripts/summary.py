@@ -1,5 +1,5 @@
 from brainpipe.logs import log_to
-from brainpipe.models.jobs import collect_summary
+from brainpipe.models.summary import collect_summary
 
 with log_to(snakemake.log[0]):
     collect_summary(snakemake.input.metrics, snakemake.output.summary)

@@ -15,7 +15,7 @@ statistics; predictions are returned in the embedding's own units.
   then adapter and backbone (at a lower rate) are fine-tuned for a number of epochs chosen
   by grouped CV over the training stimuli (possibly none). The same job trains, on the
   same limited data, the per-subject baselines (the MLP from scratch and the ridge
-  decoder) and returns their predictions as ``scratch`` and ``ridge``.
+  decoder) and returns their predictions as ``mlpdecoder`` and ``ridgedecoder``.
 """
 
 from __future__ import annotations
@@ -379,7 +379,7 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
     ``lr * backbone_lr_scale``) for a number of epochs (at most ``finetune_epochs``, maybe
     none) chosen by grouped CV over the training stimuli. With ``baselines``, the
     per-subject MLP (from scratch) and the ridge decoder are trained on the same trials
-    and returned as extra predictions ``scratch`` and ``ridge``.
+    and returned as extra predictions ``mlpdecoder`` and ``ridgedecoder``.
     """
     from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy
 
@@ -403,12 +403,12 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
     pred = _predict(adapter, backbone, Xt, device) * y_scale + y_mean
     extra = {}
     if params["baselines"]:
-        extra["scratch"] = _mlp_fit(limited, params)[2]
+        extra["mlpdecoder"] = _mlp_fit(limited, params)[2]
         ridge_params = {
             "alphas": DECODER_ALPHAS,
             "n_folds": min(5, len(set(limited.stimuli_train))),
         }
-        extra["ridge"] = ridgedecoder(limited, ridge_params).predicted
+        extra["ridgedecoder"] = ridgedecoder(limited, ridge_params).predicted
     return FitResult(
         weights={
             **state_to_numpy(adapter, "adapter."),
@@ -423,6 +423,7 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
             "final_train_loss": f"{loss:.4f}",
             "finetune_sessions": ",".join(map(str, params["finetune_sessions"])),
             "n_finetune_trials": str(len(X)),
+            "n_train_trials": str(len(X)),  # what this subject's model (and baselines) saw
             "adapter_alpha": f"{alpha:g}",
             "finetune_epochs_chosen": str(epochs),
         },

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 from safetensors.numpy import load_file, save_file
 
@@ -146,12 +145,15 @@ def evaluate_job(
     embedding_path: str | Path | None = None,
     config: dict[str, Any] | None = None,
     n_boot: int = 1000,
+    n_way: int | None = None,
+    draws: int = 30,
 ) -> dict[str, Any]:
     """Score one job's test predictions; write ``metrics.json`` and per-output scores (Zarr).
 
     Encoding: per-voxel r, R², noise ceiling, score against the averaged test responses.
     Decoding: retrieval / identification against the test stimuli's embeddings from
-    ``embedding_path`` (and the same for every ``predicted_<name>`` baseline).
+    ``embedding_path`` (and the same for every ``predicted_<name>`` baseline), plus sampled
+    ``n_way`` retrieval over ``draws`` random draws when ``n_way`` is set.
     """
     spec = get_model(model)
     predictions = open_zarr(predictions_path)
@@ -178,12 +180,15 @@ def evaluate_job(
         from brainpipe.models.data import features_for
 
         true = features_for(open_zarr(embedding_path), test_stimuli, str(embedding_path))
-        metrics.update(decoding_metrics(predictions["predicted"].values, true, n_boot))
+        sampled = {"n_way": n_way, "draws": draws}
+        metrics.update(decoding_metrics(predictions["predicted"].values, true, n_boot, **sampled))
         for var in predictions.data_vars:
             if var.startswith("predicted_"):
                 name = var[len("predicted_") :]
                 metrics.update(
-                    decoding_metrics(predictions[var].values, true, n_boot, prefix=f"{name}_")
+                    decoding_metrics(
+                        predictions[var].values, true, n_boot, prefix=f"{name}_", **sampled
+                    )
                 )
         from brainpipe.models.evaluation import similarity_matrix
 
@@ -204,21 +209,3 @@ def evaluate_job(
     write_zarr(scores, scores_path)
     write_text_atomic(json.dumps(metrics, indent=2), metrics_path)
     return metrics
-
-
-#: Leading columns of summary.tsv, in order.
-SUMMARY_ORDER = ["dataset", "subject", "roi", "model", "kind", "features"]
-
-
-def collect_summary(metrics_paths: list[str | Path], out_tsv: str | Path) -> pd.DataFrame:
-    """Gather every job's ``metrics.json`` into one tidy ``summary.tsv`` (one row per job)."""
-    rows = [json.loads(Path(p).read_text()) for p in metrics_paths]
-    table = pd.DataFrame(rows)
-    order = [c for c in SUMMARY_ORDER if c in table]
-    table = table[order + [c for c in table if c not in order]]
-    table = table.sort_values(
-        [c for c in ["dataset", "kind", "model", "subject", "roi", "features"] if c in table]
-    )
-    table = table.reset_index(drop=True)
-    write_text_atomic(table.to_csv(sep="\t", index=False, float_format="%.6g"), out_tsv)
-    return table
