@@ -14,7 +14,9 @@ rule evaluate:
         ),
     params:
         dataset=DATASET,
-        n_boot=1000,
+        n_boot=config["evaluate"]["n_boot"],
+        n_way=config["evaluate"]["n_way"],
+        draws=config["evaluate"]["draws"],
     resources:
         mem_mb=2000,
         runtime=10,

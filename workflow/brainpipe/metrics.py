@@ -216,3 +216,30 @@ def ncsnr_from_repeats(
         block[(noise == 0) & (signal == 0)] = 0.0
         out[cols] = block
     return out
+
+
+def algonauts2023_score(r: np.ndarray, nc: np.ndarray) -> float:
+    """The Algonauts 2023 challenge score of one subject: mean over all vertices, in percent.
+
+    Exactly as the challenge's evaluation code defines it: correlations below 0 set to 0
+    and squared, divided by the noise ceiling (ceilings of 0 set to 1e-14 so every vertex
+    counts), times 100, capped at 100, then averaged over **all** vertices of both
+    hemispheres (the challenge's score is the mean of this over subjects). Unlike
+    :func:`nc_normalised_score`, vertices with a zero ceiling are not left out.
+
+    Parameters
+    ----------
+    r : ndarray, shape (n_vertices,)
+        Test correlation per vertex.
+    nc : ndarray, shape (n_vertices,)
+        Noise ceiling in percent (:func:`noise_ceiling` with the test repeats).
+
+    Returns
+    -------
+    float
+        In [0, 100].
+    """
+    r2 = np.clip(np.nan_to_num(np.asarray(r, np.float64)), 0.0, None) ** 2
+    nc = np.nan_to_num(np.asarray(nc, np.float64)) / 100.0
+    nc = np.where(nc == 0, 1e-14, nc)
+    return float(np.mean(np.minimum(100.0 * r2 / nc, 100.0)))

@@ -23,4 +23,6 @@ with log_to(snakemake.log[0]):
         embedding_path=snakemake.input.embedding or None,
         config=snakemake.config,
         n_boot=snakemake.params.n_boot,
+        n_way=snakemake.params.n_way,
+        draws=snakemake.params.draws,
     )

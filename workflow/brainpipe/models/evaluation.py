@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainpipe.metrics import nc_normalised_score, noise_ceiling, pearson_r, r2_score_per_target
+from brainpipe.metrics import (
+    algonauts2023_score,
+    nc_normalised_score,
+    noise_ceiling,
+    pearson_r,
+    r2_score_per_target,
+)
 
 CI_LEVEL = 0.95
 
@@ -91,7 +97,8 @@ def encoding_metrics(
     -------
     summary : dict
         ``mean_r, median_r, mean_r2, mean_r2_percent, mean_noise_ceiling, mean_score,
-        median_score`` and ``<metric>_ci_low / _ci_high`` for r, r² % and score.
+        median_score, algonauts2023_score`` (:func:`brainpipe.metrics.algonauts2023_score`)
+        and ``<metric>_ci_low / _ci_high`` for r, r² % and score.
     per_voxel : dict of str -> ndarray (n_voxels,)
         ``r, r2, noise_ceiling, score``.
     """
@@ -107,6 +114,7 @@ def encoding_metrics(
         "mean_noise_ceiling": float(np.nanmean(nc)),
         "mean_score": float(np.nanmean(score)),
         "median_score": float(np.nanmedian(score)),
+        "algonauts2023_score": algonauts2023_score(r, nc),
     }
     for key, (lo, hi) in bootstrap_encoding(observed, predicted, nc, n_boot, seed).items():
         summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] = lo, hi
@@ -149,12 +157,64 @@ def retrieval_per_query(sim: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[s
     return out
 
 
+def sampled_retrieval(sim: np.ndarray, n_way: int, draws: int, seed: int = 0) -> dict[str, float]:
+    """MindEye's n-way retrieval: top-1 within random subsets of the test stimuli.
+
+    For each of ``draws`` random draws of ``n_way`` test stimuli (without replacement),
+    *image retrieval* counts the queries whose own true embedding is the most similar to
+    their decoded one among the draw's ``n_way`` true embeddings (brain -> image), and
+    *brain retrieval* counts the true embeddings whose own decoded embedding is the most
+    similar among the draw's decoded ones (image -> brain). Both are averaged over queries
+    and draws. Ties count as misses.
+
+    Parameters
+    ----------
+    sim : ndarray, shape (n_test, n_test)
+        ``sim[i, j]`` = similarity of decoded ``i`` with true ``j`` (:func:`similarity_matrix`).
+    n_way : int
+        Candidates per draw (MindEye: 300); at most ``n_test``.
+    draws : int
+        Random draws (MindEye: 30).
+
+    Returns
+    -------
+    dict
+        ``image_top1_sampled``, ``brain_top1_sampled`` with ``_ci_low/_ci_high`` (2.5 and
+        97.5 percentiles over draws), ``sampled_chance = 1/n``, ``sampled_n_way = n`` and
+        ``sampled_draws``.
+    """
+    n_test = sim.shape[0]
+    if not 2 <= n_way <= n_test:
+        raise ValueError(f"n_way must be in [2, {n_test}] (the test stimuli), got {n_way}")
+    rng = np.random.default_rng(seed)
+    image, brain = np.empty(draws), np.empty(draws)
+    for d in range(draws):
+        pick = rng.choice(n_test, size=n_way, replace=False)
+        sub = sim[np.ix_(pick, pick)]
+        own = np.diag(sub)
+        image[d] = np.mean((sub >= own[:, None]).sum(axis=1) == 1)
+        brain[d] = np.mean((sub >= own[None, :]).sum(axis=0) == 1)
+    q = [(1 - CI_LEVEL) / 2 * 100, (1 + CI_LEVEL) / 2 * 100]
+    out: dict[str, float] = {}
+    for name, values in (("image", image), ("brain", brain)):
+        key = f"{name}_top1_sampled"
+        out[key] = float(values.mean())
+        lo, hi = np.percentile(values, q)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(lo), float(hi)
+    out["sampled_chance"] = 1.0 / n_way
+    out["sampled_n_way"] = n_way
+    out["sampled_draws"] = draws
+    return out
+
+
 def decoding_metrics(
     predicted: np.ndarray,
     true: np.ndarray,
     n_boot: int = 1000,
     seed: int = 0,
     prefix: str = "",
+    n_way: int | None = None,
+    draws: int = 30,
 ) -> dict[str, float]:
     """Retrieval among the test stimuli, 2-way identification, chance levels and CIs.
 
@@ -163,17 +223,21 @@ def decoding_metrics(
     predicted, true : ndarray, shape (n_test, n_dims)
         Predicted and true embeddings of the test stimuli (same order).
     prefix : str
-        Prepended to every key (e.g. ``"scratch_"`` for a baseline).
+        Prepended to every key (e.g. ``"mlpdecoder_"`` for a baseline).
+    n_way, draws : int or None, int
+        Sampled n-way retrieval (:func:`sampled_retrieval`) with ``draws`` random draws of
+        ``min(n_way, n)`` candidates (the ``n`` used is reported as ``sampled_n_way``).
 
     Returns
     -------
     dict
         ``top1, top5, two_way`` with ``_ci_low/_ci_high``, ``top1_chance = 1/n``,
         ``top5_chance = min(5, n)/n``, ``two_way_chance = 0.5``, ``n_candidates = n``,
-        and ``mean_r``: mean over embedding dimensions of the across-stimulus correlation.
+        and ``mean_dim_r``: mean over embedding dimensions of the across-stimulus correlation.
     """
     n = len(true)
-    per_query = retrieval_per_query(similarity_matrix(predicted, true))
+    sim = similarity_matrix(predicted, true)
+    per_query = retrieval_per_query(sim)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     q = [(1 - CI_LEVEL) / 2 * 100, (1 + CI_LEVEL) / 2 * 100]
@@ -186,7 +250,9 @@ def decoding_metrics(
     out["top5_chance"] = min(5, n) / n
     out["two_way_chance"] = 0.5
     out["n_candidates"] = n
-    out["mean_r"] = float(np.mean(pearson_r(true, predicted)))
+    out["mean_dim_r"] = float(np.mean(pearson_r(true, predicted)))
+    if n_way:
+        out.update(sampled_retrieval(sim, min(int(n_way), n), draws, seed))
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
