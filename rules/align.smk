@@ -22,3 +22,22 @@ rule align:
         ENV
     script:
         "../workflow/scripts/align.py"
+
+
+rule align_scores:
+    input:
+        stores=align_stores(),
+        betas=expand(f"{RESULTS}/sub-{{subject}}/betas.zarr", subject=config["subjects"]),
+    output:
+        scores=f"{RESULTS}/align/crosssubject.tsv",
+    params:
+        subjects=config["subjects"],
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/align/crosssubject.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/align_scores.py"

@@ -98,6 +98,42 @@ def test_summary_and_report(run):
     assert html.count('<img src="data:image/png;base64,') >= 1
 
 
+def test_report_holds_every_figure_and_snakemake_report_bundles_them(run):
+    """Each figure the report promises, by its id, and `snakemake --report` carries them."""
+    results = run / "results" / "synthetic"
+    html = (results / "report.html").read_text()
+    decoders = ["ridgedecoder-caption", "sharedbackbone-caption"]
+    expected = [
+        "encoding_accuracy",
+        "score_heatmap",
+        "brainmaps",
+        "decoding_retrieval",
+        "alignment_crosssubject",
+        *(f"retrieval_{d}" for d in decoders),
+    ]
+    for name in expected:
+        assert f'<figure id="{name}"><img src="data:image/png;base64,' in html, name
+        assert (results / "report_figures" / f"{name}.png").stat().st_size > 1000, name
+    assert "Against the ground truth" in html and "betas_vs_truth_r" in html
+    assert ">nan<" not in html  # missing values print as a dash
+    summary = pd.read_csv(results / "summary.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert not [c for c in summary if c.startswith(("mlpdecoder_", "ridgedecoder_", "scratch_"))]
+    baselines = summary[summary["baseline_of"] == "sharedbackbone"]
+    assert set(baselines["model"]) == {"mlpdecoder", "ridgedecoder"}
+    keys = ["subject", "roi", "model", "baseline_of", "features"]
+    assert not summary.duplicated(keys).any()
+    scores = pd.read_csv(results / "align" / "crosssubject.tsv", sep="\t")
+    assert set(scores["method"]) == set(tiny_config()["align"]["methods"])
+    assert (scores.groupby("method")["mean_r"].mean() > 0.1).all()
+    bundle = run / "snakemake_report.zip"
+    snakemake(run, tiny_config(), "--report", str(bundle))
+    import zipfile
+
+    names = zipfile.ZipFile(bundle).namelist()
+    for name in expected:
+        assert any(n.endswith(f"{name}.png") for n in names), (name, names[:20])
+
+
 def test_low_level_model_wins_in_v1_and_semantic_model_in_loc(run):
     summary = pd.read_csv(run / "results" / "synthetic" / "summary.tsv", sep="\t")
     mean_r = summary[summary["model"] == "ridge"].groupby(["roi", "features"])["mean_r"].mean()

@@ -81,9 +81,12 @@ def collect_summary(metrics_paths: list[str | Path], out_tsv: str | Path) -> pd.
     table = table[order + [c for c in table if c not in order]]
     table["baseline_of"] = table["baseline_of"].fillna("")
     table = table.sort_values(
-        [c for c in ["dataset", "kind", "model", "baseline_of", "subject", "roi", "features"]
-         if c in table]
-    )  # fmt: skip
+        [
+            c
+            for c in ["dataset", "kind", "model", "baseline_of", "subject", "roi", "features"]
+            if c in table
+        ]
+    )
     table = table.reset_index(drop=True)
     write_text_atomic(table.to_csv(sep="\t", index=False, float_format="%.6g"), out_tsv)
     return table

@@ -1,220 +1,389 @@
-"""The HTML report: ROI × model accuracy against the noise ceiling, per subject.
+"""The HTML report: one self-contained page, and each figure as a PNG of its own.
 
-Figures are PNGs embedded in one self-contained HTML file, so the report can be
-mailed or archived as is.
+The page opens with "paper vs this run" when the config is a recipe, then (synthetic
+dataset) the estimates against the ground truth, encoding accuracy per ROI × model against
+the noise ceiling, normalised scores, brain maps, decoding against chance and retrieval
+grids. Figures are embedded as PNGs so the page can be mailed or archived as is; the same
+PNGs go to a folder that ``snakemake --report`` bundles with their provenance.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from brainpipe import __version__  # noqa: E402
-from brainpipe.storage import write_text_atomic  # noqa: E402
+from brainpipe.report.brainmaps import score_maps_figure  # noqa: E402
+from brainpipe.report.figures import (  # noqa: E402
+    alignment_figure,
+    decoding_figure,
+    encoding_accuracy_figure,
+    roi_order,
+    score_heatmap_figure,
+)
+from brainpipe.report.recipe import compare  # noqa: E402
+from brainpipe.report.retrieval import retrieval_grid_figure, top_k  # noqa: E402
+from brainpipe.report.truth import truth_table  # noqa: E402
+from brainpipe.storage import atomic_path, open_zarr, write_text_atomic  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DPI = 110
+#: Test stimuli shown per retrieval grid.
+GRID_QUERIES = 6
+#: Attributes of a scores store that say which job wrote it.
+SCORE_LABELS = ("subject", "roi", "model", "features", "kind")
 
 
-def _png(fig: plt.Figure) -> str:
+@dataclass
+class ReportInputs:
+    """What the report reads besides ``summary.tsv``.
+
+    Attributes
+    ----------
+    scores : list of path
+        Every evaluate job's ``scores.zarr`` (labels come from their attrs).
+    betas : dict of subject -> path
+        Betas stores (their grid draws the brain maps; synthetic: compared with the truth).
+    dataset : str
+        Registry name.
+    data_dir : path or None
+        Raw dataset root (synthetic ground truth; stimulus images for retrieval grids).
+    stimulus_images : dict of stimulus id -> image path
+        Empty where the dataset's images are not files (no grids then).
+    recipe : dict or None
+        The config's ``recipe`` block.
+    run : dict
+        What this run used, for the "paper vs this run" table (dataset, split, subjects).
+    align_scores : path or None
+        ``align/crosssubject.tsv`` (:mod:`brainpipe.align.crosssubject`).
+    """
+
+    scores: list[str | Path] = field(default_factory=list)
+    betas: dict[str, str | Path] = field(default_factory=dict)
+    dataset: str = ""
+    data_dir: str | Path | None = None
+    stimulus_images: dict[str, Path] = field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
+    run: dict[str, Any] = field(default_factory=dict)
+    align_scores: str | Path | None = None
+
+
+@dataclass
+class Figure:
+    """A figure of the report: its file name, category and caption."""
+
+    name: str
+    category: str
+    caption: str
+    png: bytes
+
+
+def _render(fig: plt.Figure) -> bytes:
+    import io
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
 
 
-def _encoding(summary: pd.DataFrame) -> pd.DataFrame:
-    if "kind" not in summary:
-        return summary
-    return summary[summary["kind"] == "encoding"]
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
 
 
-def _decoding(summary: pd.DataFrame) -> pd.DataFrame:
-    if "kind" not in summary:
-        return summary.iloc[:0]
-    return summary[summary["kind"] == "decoding"]
-
-
-def retrieval_vs_chance_figure(summary: pd.DataFrame) -> plt.Figure:
-    """Bars: top-1, top-5 retrieval and 2-way identification per decoder (mean over
-    subjects, dots are subjects), each against its chance level (dashed line).
-
-    Baselines trained inside a decoder's job (``<name>_top1`` columns, e.g. the shared
-    backbone's per-subject baselines on the same limited data) appear as their own bars.
-    """
+def _score_stores(paths: list[str | Path]) -> pd.DataFrame:
     rows = []
-    for _, row in summary.iterrows():
-        label = f"{row['model']} · {row['features']} · {row['roi']}"
-        rows.append((label, row, ""))
-        for col in summary.columns:
-            if col.endswith("_top1") and not col.startswith("top") and pd.notna(row[col]):
-                base = col[: -len("_top1")]
-                rows.append((f"{label} [{base}, same data]", row, f"{base}_"))
-    labels = list(dict.fromkeys(r[0] for r in rows))
-    metrics = [("top1", "top-1"), ("top5", "top-5"), ("two_way", "2-way")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 0.9 + 0.45 * len(labels)), sharey=True)
-    for ax, (key, title) in zip(axes, metrics, strict=True):
-        for n, label in enumerate(labels):
-            values = [r[1][f"{r[2]}{key}"] for r in rows if r[0] == label]
-            ax.barh(n, np.mean(values), color=f"C{n % 10}", height=0.7)
-            ax.scatter(values, np.full(len(values), n), s=10, color="k", zorder=2)
-        chance = summary[f"{key}_chance"].mean()
-        ax.axvline(chance, color="k", ls="--", lw=1)
-        ax.text(chance, -0.9, f"chance {chance:.2f}", fontsize=7, ha="left")
-        ax.set_xlim(0, 1)
-        ax.set_title(title)
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0].set_yticks(range(len(labels)), labels, fontsize=8)
-    axes[0].invert_yaxis()
-    fig.suptitle("Decoding: retrieval among the test stimuli against chance")
-    return fig
+    for path in paths:
+        attrs = open_zarr(path).attrs
+        labels = {k: str(attrs.get(k, "")) for k in SCORE_LABELS}
+        rows.append({**labels, "path": str(path)})
+    return pd.DataFrame(rows, columns=[*SCORE_LABELS, "path"])
 
 
-def accuracy_vs_ceiling_figure(summary: pd.DataFrame) -> plt.Figure:
-    """Grouped bars: explained variance (r², %) per ROI and model, with the noise ceiling.
-
-    Bars are means over subjects, dots are subjects, and the grey band behind
-    each ROI is the mean noise ceiling of its test responses.
-    """
-    summary = summary.assign(label=summary["model"] + " · " + summary["features"])
-    rois = list(dict.fromkeys(summary["roi"]))
-    labels = list(dict.fromkeys(summary["label"]))
-    width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rois), 3.6))
-    for n, roi in enumerate(rois):
-        ceiling = summary.loc[summary["roi"] == roi, "mean_noise_ceiling"].mean()
-        ax.bar(
-            n, ceiling, width=0.9, color="0.88", zorder=0, label="noise ceiling" if n == 0 else None
-        )
-        for m, label in enumerate(labels):
-            rows = summary[(summary["roi"] == roi) & (summary["label"] == label)]
-            x = n - 0.4 + width * (m + 0.5)
-            ax.bar(
-                x,
-                rows["mean_r2_percent"].mean(),
-                width=width * 0.9,
-                color=f"C{m}",
-                label=label if n == 0 else None,
-                zorder=1,
-            )
-            ax.scatter(np.full(len(rows), x), rows["mean_r2_percent"], s=10, color="k", zorder=2)
-    ax.set_xticks(range(len(rois)), rois)
-    ax.set_ylabel("test variance explained (r², %)")
-    ax.set_title("Encoding accuracy against the noise ceiling")
-    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
-
-
-def score_heatmap_figure(summary: pd.DataFrame) -> plt.Figure:
-    """Heatmap of the noise-ceiling-normalised score (%), ROI × model, mean over subjects."""
-    table = summary.assign(label=summary["model"] + " · " + summary["features"]).pivot_table(
-        index="label", columns="roi", values="mean_score", aggfunc="mean"
-    )
-    table = table[list(dict.fromkeys(summary["roi"]))]
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * table.shape[1], 0.9 + 0.5 * table.shape[0]))
-    im = ax.imshow(table.to_numpy(), cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns)
-    ax.set_yticks(range(table.shape[0]), table.index)
-    for (i, j), value in np.ndenumerate(table.to_numpy()):
-        ax.text(
-            j,
-            i,
-            f"{value:.0f}",
-            ha="center",
-            va="center",
-            color="w" if value < 60 else "k",
-            fontsize=9,
-        )
-    fig.colorbar(im, ax=ax, label="% of noise ceiling")
-    ax.set_title("Noise-ceiling-normalised score")
-    return fig
-
-
-def write_report(summary_tsv: str | Path, out_html: str | Path, title: str) -> Path:
-    """Write the self-contained HTML report for one dataset's ``summary.tsv``."""
-    summary = pd.read_csv(summary_tsv, sep="\t", dtype={"subject": str})
-    decoding = _decoding(summary)
-    summary = _encoding(summary)
+def encoding_figures(summary: pd.DataFrame, inputs: ReportInputs) -> list[Figure]:
+    """Accuracy against the noise ceiling, normalised scores and brain maps (encoders)."""
+    if summary.empty:
+        return []
     figures = [
-        (
-            accuracy_vs_ceiling_figure(summary),
-            "Mean test r² per ROI and model (bars; dots are subjects) against the noise ceiling "
-            "(grey) of the test responses averaged over their repeats.",
+        Figure(
+            "encoding_accuracy",
+            "Encoding",
+            "Test squared correlation r² (%, r clipped at 0, mean over the ROI's voxels) per "
+            "ROI and model: bars are means over subjects, dots are subjects with their 95 % "
+            "bootstrap CIs (test stimuli resampled). The grey band spans the subjects' noise "
+            "ceilings (% of variance explainable given the test repeats); grey ticks mark each "
+            "subject's own. R² (coefficient of determination) is in the table as mean_r2.",
+            _render(encoding_accuracy_figure(summary)),
         ),
-        (
-            score_heatmap_figure(summary),
-            "Score = 100 · r² / noise ceiling, r clipped at 0 (Algonauts 2023), averaged over "
-            "voxels and subjects.",
+        Figure(
+            "score_heatmap",
+            "Encoding",
+            "Noise-ceiling-normalised score = 100 · r² / noise ceiling (r clipped at 0, "
+            "capped at 100; the Algonauts 2023 definition), averaged over voxels and "
+            "subjects. 'not run': the model is not configured for that ROI.",
+            _render(score_heatmap_figure(summary)),
         ),
     ]
-    if len(decoding):
+    stores = _score_stores(inputs.scores)
+    stores = stores[stores["kind"] == "encoding"]
+    if stores.empty:
+        return figures
+    # The model to map: the best mean score among those evaluated on the most ROIs.
+    coverage = stores.groupby(["model", "features"])["roi"].nunique()
+    widest = coverage[coverage == coverage.max()].index
+    means = summary.groupby(["model", "features"])["mean_score"].mean()
+    model, features = means[means.index.isin(widest)].sort_values().index[-1]
+    mine = stores[(stores["model"] == model) & (stores["features"] == features)]
+    paths = {s: list(g["path"]) for s, g in mine.groupby("subject")}
+    label = f"{model} · {features}"
+    fig = score_maps_figure(paths, inputs.betas, label)
+    if fig is not None:
         figures.append(
-            (
-                retrieval_vs_chance_figure(decoding),
-                "Decoders: fraction of test stimuli whose own embedding is the most similar "
-                "(top-1) or among the 5 most similar (top-5) of all test stimuli' embeddings, "
-                "and 2-way identification; dashed lines are chance (1/n, 5/n, 0.5).",
+            Figure(
+                "brainmaps",
+                "Brain maps",
+                f"{label} (the best mean score among the models evaluated on every ROI): "
+                "per-voxel test correlation r (left) and noise ceiling (% variance, right) "
+                "per subject, on the subject's grid (axial slices; glass brain in MNI space; "
+                "fsaverage5 lateral views for surface data), over the voxels of the ROIs "
+                f"evaluated ({', '.join(roi_order(mine['roi']))}).",
+                _render(fig),
             )
         )
-    sections = "\n".join(
-        f'<figure><img src="data:image/png;base64,{_png(fig)}"/>'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for fig, caption in figures
+    return figures
+
+
+def decoding_figures(summary: pd.DataFrame, inputs: ReportInputs) -> list[Figure]:
+    """Retrieval against chance, and retrieval grids where stimulus images are files."""
+    if summary.empty:
+        return []
+    figures = [
+        Figure(
+            "decoding_retrieval",
+            "Decoding",
+            "Decoders: fraction of test stimuli whose own embedding is the most similar "
+            "(top-1) or among the 5 most similar (top-5) of the candidates (all test "
+            "stimuli), and 2-way identification. Bars: means over subjects; dots: subjects "
+            "with their 95 % bootstrap CIs; dashed: chance (1/n, 5/n, 0.5). Baselines "
+            "trained in another model's job on the same data are labelled so.",
+            _render(decoding_figure(summary)),
+        )
+    ]
+    stores = _score_stores(inputs.scores)
+    stores = stores[stores["kind"] == "decoding"].sort_values(["model", "features", "subject"])
+    if stores.empty or not inputs.stimulus_images:
+        return figures
+    for (model, features), group in stores.groupby(["model", "features"], sort=True):
+        first = group.iloc[0]  # one subject and ROI per decoder keeps the page short
+        ranked = top_k(first["path"], GRID_QUERIES)
+        if not all(s in inputs.stimulus_images for q, c in ranked for s in [q, *c]):
+            log.warning("retrieval grid of %s skipped: some stimulus images are not files", model)
+            continue
+        figures.append(
+            Figure(
+                f"retrieval_{model}-{features}",
+                "Decoding",
+                f"{model} · {features}, sub-{first['subject']}, {first['roi']}: "
+                f"{GRID_QUERIES} test images (left, a seeded draw) and the 5 test images "
+                "whose true embeddings are most similar to the decoded one, best first; the "
+                "correct image is framed green.",
+                _render(retrieval_grid_figure(ranked, inputs.stimulus_images, "test image")),
+            )
+        )
+    return figures
+
+
+def alignment_figures(inputs: ReportInputs) -> list[Figure]:
+    """Cross-subject prediction per alignment method (fit on one subject, predict another)."""
+    if inputs.align_scores is None:
+        return []
+    scores = pd.read_csv(inputs.align_scores, sep="\t", dtype={"source": str, "target": str})
+    if scores.empty:
+        return []
+    n = int(scores["n_test_stimuli"].median())
+    return [
+        Figure(
+            "alignment_crosssubject",
+            "Alignment",
+            "Cross-subject prediction: each subject's test responses predicted from another "
+            "subject's through the shared space of each alignment method (fitted on shared "
+            "training stimuli only), correlated voxel by voxel with the target's own test "
+            f"responses (median {n} test stimuli per pair). Bars: mean over ordered subject "
+            "pairs; dots: pairs.",
+            _render(alignment_figure(scores)),
+        )
+    ]
+
+
+def paper_vs_run(summary: pd.DataFrame, inputs: ReportInputs) -> str:
+    """The "paper vs this run" section of a recipe ('' when the config is no recipe)."""
+    recipe = inputs.recipe
+    if not recipe:
+        return ""
+    rows = [
+        {
+            "reported number": c.label,
+            "definition": c.definition,
+            "paper": c.paper,
+            "this run": c.ours,
+            "95 % CI": f"[{c.ci_low:.3f}, {c.ci_high:.3f}]",
+            "rows (subjects) averaged": c.n_rows,
+            "summary rows": c.scope,
+        }
+        for c in compare(summary, recipe)
+    ]
+    used = inputs.run
+    differs = recipe.get("differences", [])
+    if used.get("dataset") != recipe.get("dataset"):
+        differs = [
+            f"dataset: this run used {used.get('dataset')!r}, a stand-in for "
+            f"{recipe.get('dataset')!r} with its layout; numbers are not comparable in "
+            "value, only in their order and distance from chance",
+            *differs,
+        ]
+    items = "".join(f"<li>{html.escape(str(d))}</li>" for d in differs)
+    cite = html.escape(recipe.get("citation", ""))
+    url = recipe.get("url")
+    link = f' (<a href="{html.escape(url)}">{html.escape(url)}</a>)' if url else ""
+    return f"""<h2>Paper vs this run: {html.escape(recipe.get("name", ""))}</h2>
+<p>{cite}{link}</p>
+<p>This run: dataset <b>{html.escape(str(used.get("dataset")))}</b>, subjects
+{html.escape(", ".join(used.get("subjects", [])))}, split: {html.escape(str(used.get("split")))}.
+Our CI is the mean of the per-subject 95 % bootstrap bounds.</p>
+{_table(pd.DataFrame(rows))}
+<p>What differs:</p><ul>{items or "<li>nothing declared</li>"}</ul>
+"""
+
+
+def truth_section(inputs: ReportInputs, rois: list[str]) -> str:
+    """Synthetic dataset: betas and noise ceilings against the generator's truth."""
+    if inputs.dataset != "synthetic" or not inputs.betas or inputs.data_dir is None:
+        return ""
+    table = truth_table(inputs.betas, inputs.data_dir, rois)
+    if table.empty:
+        return ""
+    return (
+        "<h2>Against the ground truth (synthetic dataset)</h2>\n<p>Correlation of the "
+        "estimated single-trial betas with the generator's true amplitudes over the ROI's "
+        "trials and voxels, and the estimated single-trial noise ceiling beside the true "
+        "one.</p>\n" + _table(table)
     )
-    columns = [
+
+
+def write_report(
+    summary_tsv: str | Path,
+    out_html: str | Path,
+    title: str,
+    inputs: ReportInputs | None = None,
+    figures_dir: str | Path | None = None,
+) -> Path:
+    """Write the self-contained HTML report (and each figure as a PNG in ``figures_dir``).
+
+    Parameters
+    ----------
+    summary_tsv : path
+        The tidy summary (:func:`brainpipe.models.summary.collect_summary`).
+    out_html : path
+        Written atomically.
+    title : str
+    inputs : ReportInputs, optional
+        Scores, betas, images and recipe; without them only the summary figures are drawn.
+    figures_dir : path, optional
+        Where each figure also goes as ``<name>.png`` (for ``snakemake --report``).
+    """
+    inputs = inputs or ReportInputs()
+    summary = pd.read_csv(summary_tsv, sep="\t", dtype={"subject": str, "baseline_of": str})
+    summary["baseline_of"] = summary.get("baseline_of", pd.Series(dtype=str)).fillna("")
+    kind = summary["kind"] if "kind" in summary else pd.Series("encoding", index=summary.index)
+    encoding, decoding = summary[kind == "encoding"], summary[kind == "decoding"]
+    figures = (
+        encoding_figures(encoding, inputs)
+        + decoding_figures(decoding, inputs)
+        + alignment_figures(inputs)
+    )
+    rois = roi_order(summary["roi"])
+    sections = "\n".join(
+        f'<figure id="{f.name}"><img src="data:image/png;base64,'
+        f'{base64.b64encode(f.png).decode()}"/>'
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+        for f in figures
+    )
+    if figures_dir is not None:
+        with atomic_path(figures_dir) as tmp:
+            tmp.mkdir(parents=True)
+            for f in figures:
+                (tmp / f"{f.name}.png").write_bytes(f.png)
+    features = sorted({f for value in summary["features"] for f in str(value).split("+")})
+    enc_cols = [
         "subject",
         "roi",
         "model",
         "features",
         "n_voxels",
+        "n_train_trials",
         "n_test_stimuli",
         "mean_r",
+        "mean_r_ci_low",
+        "mean_r_ci_high",
+        "mean_r2",
         "mean_r2_percent",
         "mean_noise_ceiling",
         "mean_score",
     ]
-    table = summary[[c for c in columns if c in summary]].to_html(
-        index=False, float_format=lambda v: f"{v:.3f}", border=0
-    )
+    dec_cols = [
+        "subject",
+        "roi",
+        "model",
+        "baseline_of",
+        "features",
+        "n_voxels",
+        "n_train_trials",
+        "n_candidates",
+        "top1",
+        "top1_ci_low",
+        "top1_ci_high",
+        "top1_chance",
+        "top5",
+        "top5_chance",
+        "two_way",
+        "mean_dim_r",
+    ]
+    tables = ""
+    if len(encoding):
+        tables += "<h2>Encoding, per subject</h2>\n" + _table(
+            encoding[[c for c in enc_cols if c in encoding]]
+        )
     if len(decoding):
-        dcols = [
-            "subject",
-            "roi",
-            "model",
-            "features",
-            "n_voxels",
-            "n_test_stimuli",
-            "top1",
-            "top1_ci_low",
-            "top1_ci_high",
-            "top1_chance",
-            "top5",
-            "top5_chance",
-            "two_way",
-        ]
-        dcols += [c for c in decoding if c.endswith(("_top1", "_two_way")) and c[:3] != "top"]
-        table += "\n<h2>Decoding, per subject</h2>\n" + decoding[
-            [c for c in dcols if c in decoding]
-        ].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+        tables += "\n<h2>Decoding, per subject</h2>\n" + _table(
+            decoding[[c for c in dec_cols if c in decoding]]
+        )
+    n_models = summary[summary["baseline_of"] == ""]["model"].nunique()
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}}
+<style>body{{font-family:sans-serif;max-width:64em;margin:2em auto;color:#222;padding:0 1em}}
+img{{max-width:100%;height:auto}}
 table{{border-collapse:collapse;font-size:0.85em}}td,th{{padding:2px 8px;text-align:right}}
 tr:nth-child(even){{background:#f4f4f4}}figcaption{{font-size:0.85em;color:#555}}</style>
 </head><body>
 <h1>{html.escape(title)}</h1>
-<p>brainpipe {__version__}: {summary["subject"].nunique()} subjects,
-{summary["roi"].nunique()} ROIs, {summary["features"].nunique()} feature models.</p>
+<p>brainpipe {__version__}: {summary["subject"].nunique()} subjects, {len(rois)} ROIs
+({html.escape(", ".join(rois))}), {n_models} models, {len(features)} feature models
+({html.escape(", ".join(features))}).</p>
+{paper_vs_run(summary, inputs)}
+{truth_section(inputs, rois)}
 {sections}
-<h2>Per subject</h2>
-{table}
+{tables}
 </body></html>
 """
     return write_text_atomic(page, out_html)
