@@ -331,3 +331,19 @@ def test_registry_entries_are_meeg():
     assert eeg2.info["format"] == "things-eeg2" and meg.info["format"] == "bids-meg"
     assert len(eeg2.info["subjects"]) == 10 and eeg2.info["n_channels"] == 63
     assert meg.source["accession"] == "ds004212"
+
+
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_reader_reads_numpy1_and_numpy2_pickles_in_place(tmp_path, protocol):
+    """The published files are numpy 1.x ``np.save`` output (pickle protocol 3); numpy 2
+    writes protocol 4 with frames. Both read, the array writable (filtered in place)."""
+    big = np.random.default_rng(0).standard_normal((3, 40000))
+    arr = np.array({"raw_eeg_data": big, "ch_names": ["a", "b", "stim"],
+                    "ch_types": ["eeg", "eeg", "stim"], "sfreq": 1000}, dtype=object)  # fmt: skip
+    path = tmp_path / "raw_eeg_training.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(arr))
+        pickle.dump(arr, fh, protocol=protocol)
+    data = things_eeg2.read_raw_dict(path)
+    np.testing.assert_array_equal(data["raw_eeg_data"], big)
+    assert data["raw_eeg_data"].flags.writeable and data["sfreq"] == 1000

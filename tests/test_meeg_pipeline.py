@@ -70,3 +70,20 @@ def test_nothing_left_to_do_and_a_subject_adds_exactly_its_jobs(run):
     counts = dict(re.findall(r"^(meeg_\w+|all)\s+(\d+)$", out, flags=re.M))
     assert counts["meeg_preprocess"] == "1" and counts["meeg_train"] == "2", out[-3000:]
     assert counts["meeg_evaluate"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "subjects", "sessions"),
+    [("things-meg", ["BIGMEG1"], ["01", "02"]), ("things-eeg2", ["01", "02"], ["01"])],
+)
+def test_real_meeg_datasets_take_the_meeg_branch_offline(tmp_path, dataset, subjects, sessions):
+    """The DAG of THINGS-MEG / THINGS-EEG2 builds without network: fetch, then the M/EEG
+    rules (never the fMRI preprocess/betas)."""
+    config = meeg_config(subjects)
+    config.update(dataset=dataset, sessions=sessions)
+    result = run_workflow(tmp_path, config, "-n")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert counts["fetch"] == "1" and counts["meeg_preprocess"] == str(len(subjects)), out
+    assert "betas" not in counts and "preprocess" not in counts

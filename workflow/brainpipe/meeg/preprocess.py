@@ -56,7 +56,7 @@ class MeegPreprocessParams:
     sfreq: float | None = 100.0
     mvnn: bool = True
     mvnn_noise: str = "repeats"
-    batch_trials: int = 2000
+    batch_trials: int = 500
 
     def __post_init__(self) -> None:
         if not self.tmin < 0 < self.tmax:
@@ -119,10 +119,8 @@ def things_eeg2_recordings(
             path = things_eeg2.raw_path(Path(root, "raw_data"), subject, session, partition)
 
             def load(path=path, partition=partition):
-                import mne
 
-                raw = things_eeg2.read_raw(path)
-                events = mne.find_events(raw, stim_channel="stim", verbose="error")
+                raw, events = things_eeg2.read_raw_and_events(path)
                 events = events[events[:, 2] != things_eeg2.TARGET_EVENT]
                 stimuli = [things_eeg2.stimulus_id(partition, v) for v in events[:, 2]]
                 return raw, pd.DataFrame({"sample": events[:, 0], "stimulus": stimuli})

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy.signal import lfilter
+from scipy.signal import lfilter, oaconvolve
 
 from brainpipe import __version__
 from brainpipe.datasets import synthetic_stimuli as stim
@@ -341,11 +341,14 @@ def simulate_recording(
     numbers: np.ndarray,
     rng: np.random.Generator,
     dtype: type = np.float64,
+    stim_row: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One continuous recording: ``(data (n_channels, n_samples), stim (n_samples,))``.
 
     ``latent[i]`` is the latent response of image number ``numbers[i]``; each image is
-    shown once per entry of ``numbers`` (repeat numbers to repeat images).
+    shown once per entry of ``numbers`` (repeat numbers to repeat images). With
+    ``stim_row`` the data get one more row holding the stim channel (THINGS-EEG2's layout,
+    without a copy of a recording-sized array).
     """
     onsets, values, n_samples = _schedule(params, numbers, rng)
     row = {int(n): i for i, n in enumerate(np.unique(numbers))}
@@ -359,20 +362,31 @@ def simulate_recording(
         impulses = np.zeros(n_samples)
         amp = params.signal_uv * lat[:, j] * jitter[:, j] if j < n_src else params.erp_uv
         np.add.at(impulses, onsets, amp)
-        sources[j] = np.convolve(impulses, model.waveforms[j])[:n_samples]
+        sources[j] = oaconvolve(impulses, model.waveforms[j])[:n_samples]
     noise = lfilter([1.0], [1.0, -0.95], rng.standard_normal((params.n_noise_sources, n_samples)))
     noise *= params.noise_uv * np.sqrt(1 - 0.95**2)
-    data = model.leadfield[:, : n_src + 2] @ sources + model.leadfield[:, n_src + 2 :] @ noise
+    n_ch = model.leadfield.shape[0]
+    data = np.empty((n_ch + int(stim_row), n_samples))
+    step = 1 << 18
+    for s in range(0, n_samples, step):
+        data[:n_ch, s : s + step] = model.leadfield[:, : n_src + 2] @ sources[:, s : s + step]
+        data[:n_ch, s : s + step] += model.leadfield[:, n_src + 2 :] @ noise[:, s : s + step]
     del sources, noise
-    n_ch = data.shape[0]
-    data += params.sensor_noise_uv * rng.standard_normal((n_ch, n_samples))
-    drift = np.cumsum(rng.standard_normal((n_ch, n_samples)), axis=1)
-    data += 2.0 * drift / np.sqrt(n_samples)
-    del drift
+    block = 8  # channels at a time (the same draws as one call: rows are filled in order)
+    for c in range(0, n_ch, block):
+        e = min(c + block, n_ch)
+        data[c:e] += params.sensor_noise_uv * rng.standard_normal((e - c, n_samples))
+    for c in range(0, n_ch, block):
+        e = min(c + block, n_ch)
+        data[c:e] += np.cumsum(rng.standard_normal((e - c, n_samples)), axis=1) * (
+            2.0 / np.sqrt(n_samples)
+        )
     stim_ch = np.zeros(n_samples)
     stim_ch[onsets] = values
-    unit = 1e-6 if params.modality == "eeg" else 1e-14  # µV -> V; MEG: ~100 fT
-    return (data * unit).astype(dtype, copy=False), stim_ch
+    data[:n_ch] *= 1e-6 if params.modality == "eeg" else 1e-14  # µV -> V; MEG: ~100 fT
+    if stim_row:
+        data[n_ch] = stim_ch
+    return data.astype(dtype, copy=False), stim_ch
 
 
 def generate(root: str | Path, params: MeegSyntheticParams) -> Path:

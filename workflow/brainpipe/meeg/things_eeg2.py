@@ -31,8 +31,8 @@ fails with an error naming it instead of executing anything.
 
 from __future__ import annotations
 
-import io
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,87 @@ _ALLOWED = {
 }
 
 
-class _ArrayUnpickler(pickle.Unpickler):
+class _ArrayState:
+    """Stands in for an ndarray while unpickling; becomes one in :func:`_materialise`."""
+
+    def __init__(self, cls: Any, shape: Any, dtype: Any) -> None:
+        self.array: Any = None
+
+    def __setstate__(self, state: tuple) -> None:
+        _, shape, dtype, fortran, rawdata = state[:5]
+        if isinstance(rawdata, list):  # object arrays pickle their items
+            arr = np.empty(len(rawdata), dtype=object)
+            arr[:] = rawdata
+        else:  # a bytearray read straight from the file: no copy, and writable
+            arr = np.frombuffer(rawdata, dtype=dtype)
+        self.array = arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _materialise(obj: Any) -> Any:
+    if isinstance(obj, _ArrayState):
+        arr = obj.array
+        if arr.dtype == object:
+            flat = arr.reshape(-1)
+            for i in range(flat.size):
+                flat[i] = _materialise(flat[i])
+        return arr
+    if isinstance(obj, dict):
+        return {k: _materialise(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_materialise(v) for v in obj]
+    return obj
+
+
+class _ArrayUnpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be overridden
+    """Unpickles numpy arrays, dtypes and builtins only, large byte strings without a copy.
+
+    ``np.save`` of a dict pickles each array's bytes as one ``BINBYTES`` string; the C
+    unpickler reads it into a ``bytes`` object that numpy then copies (twice the
+    recording in memory). Here the string is read into a ``bytearray`` the array is a
+    view of, so a 2 GB session costs 2 GB.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, fh: Any) -> None:
+        super().__init__(fh)
+        self._fh = fh
+
     def find_class(self, module: str, name: str) -> Any:
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _ArrayState
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+    def _bytes(self, n: int) -> None:
+        if self._unframer.current_frame is not None:  # protocol 4 frames hold small strings
+            self.append(bytearray(self.read(n)))
+            return
+        buf = bytearray(n)  # large strings sit outside frames: read them in place
+        if self._fh.readinto(buf) != n:
+            raise EOFError("truncated byte string")
+        self.append(buf)
+
+    def _load_binbytes(self) -> None:
+        self._bytes(struct.unpack("<I", self.read(4))[0])
+
+    def _load_binbytes8(self) -> None:
+        self._bytes(struct.unpack("<Q", self.read(8))[0])
+
+    def _build(self) -> None:
+        inst = self.stack[-2]
+        if isinstance(inst, _ArrayState):
+            inst.__setstate__(self.stack.pop())
+        elif isinstance(inst, np.dtype):
+            pickle._Unpickler.load_build(self)
+        else:
+            raise pickle.UnpicklingError(f"refusing to set the state of {type(inst).__name__}")
+
+    dispatch[pickle.BINBYTES[0]] = _load_binbytes
+    dispatch[pickle.BINBYTES8[0]] = _load_binbytes8
+    dispatch[pickle.BUILD[0]] = _build
 
 
 def raw_path(root: str | Path, subject: str, session: str, partition: str) -> Path:
@@ -109,7 +184,7 @@ def read_raw_dict(path: str | Path) -> dict[str, Any]:
         if dtype != np.dtype(object):
             raise BrainpipeInputError(path, "<file>", f"expected a pickled dict, got {dtype}")
         try:
-            obj = _ArrayUnpickler(io.BufferedReader(fh)).load()
+            obj = _materialise(_ArrayUnpickler(fh).load())
         except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as err:
             raise BrainpipeInputError(path, "<file>", f"cannot unpickle safely ({err})") from err
     data = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
@@ -135,7 +210,7 @@ def read_raw_dict(path: str | Path) -> dict[str, Any]:
 def write_raw_dict(
     path: str | Path,
     eeg: np.ndarray,
-    stim: np.ndarray,
+    stim: np.ndarray | None,
     ch_names: list[str],
     sfreq: float,
     highpass: float = 0.01,
@@ -147,13 +222,16 @@ def write_raw_dict(
     ----------
     eeg : ndarray, shape (n_channels, n_samples)
         EEG in volts.
-    stim : ndarray, shape (n_samples,)
-        Image number at each onset sample, 99999 at targets, else 0.
+    stim : ndarray, shape (n_samples,), or None
+        Image number at each onset sample, 99999 at targets, else 0. None: ``eeg``
+        already ends with the stim row (no copy of the recording is made).
     """
     from brainpipe.storage import atomic_path
 
     data = {
-        "raw_eeg_data": np.concatenate([eeg, stim[None, :].astype(eeg.dtype)], axis=0),
+        "raw_eeg_data": eeg
+        if stim is None
+        else np.concatenate([eeg, stim[None, :].astype(eeg.dtype)], axis=0),
         "ch_names": [*ch_names, "stim"],
         "ch_types": ["eeg"] * len(ch_names) + ["stim"],
         "sfreq": sfreq,
@@ -173,14 +251,36 @@ def read_raw(path: str | Path):
     Channel types and names come from the file, as in the publishers' preprocessing
     (``mne.create_info(ch_names, sfreq, ch_types)``); positions from ``easycap-M1``.
     """
+    return read_raw_and_events(path)[0]
+
+
+def read_raw_and_events(path: str | Path):
+    """The EEG channels as an :class:`mne.io.RawArray` and the stim channel's events.
+
+    Events are :func:`mne.find_events` of the ``stim`` channel (as the publishers read
+    them), on a RawArray of that channel alone; the EEG RawArray is a view of the file's
+    rows, so the recording is in memory once.
+    """
     import mne
 
     data = read_raw_dict(path)
-    info = mne.create_info(list(data["ch_names"]), float(data["sfreq"]), list(data["ch_types"]))
-    raw = mne.io.RawArray(data.pop("raw_eeg_data"), info, verbose="error")
+    rows = np.asarray(data.pop("raw_eeg_data"))
+    names, types, sfreq = list(data["ch_names"]), list(data["ch_types"]), float(data["sfreq"])
+    stim = [i for i, t in enumerate(types) if t == "stim"]
+    keep = [i for i, t in enumerate(types) if t != "stim"]
+    stim_raw = mne.io.RawArray(
+        rows[stim], mne.create_info([names[i] for i in stim], sfreq, "stim"), verbose="error"
+    )
+    events = mne.find_events(stim_raw, stim_channel=names[stim[0]], verbose="error")
+    if keep == list(range(len(keep))):  # EEG rows first, as published: a view, no copy
+        eeg = rows[: len(keep)]
+    else:
+        eeg = rows[keep]
+    info = mne.create_info([names[i] for i in keep], sfreq, [types[i] for i in keep])
+    raw = mne.io.RawArray(eeg, info, copy="auto", verbose="error")
     montage = mne.channels.make_standard_montage(MONTAGE)
     raw.set_montage(montage, on_missing="warn", verbose="error")
-    return raw
+    return raw, events
 
 
 def stimulus_id(partition: str, number: int) -> str:
@@ -281,7 +381,7 @@ def _read_npy_dict(path: Path) -> dict[str, Any]:
         else:
             np.lib.format.read_array_header_2_0(fh)
         try:
-            obj = _ArrayUnpickler(io.BufferedReader(fh)).load()
+            obj = _materialise(_ArrayUnpickler(fh).load())
         except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as err:
             raise BrainpipeInputError(path, "<file>", f"cannot unpickle safely ({err})") from err
     data = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
