@@ -24,7 +24,8 @@ full size), more than this machine lets one process use; when its estimated peak
 contenders, and ours alone on the full-size subject. Outputs of the two are compared.
 
     flock /work/wt/bench.lock .venv/bin/python benchmarks/meeg.py
-    .venv/bin/python benchmarks/meeg.py --train-fraction 0.05 --sessions 1 --quick
+    .venv/bin/python benchmarks/meeg.py --train-fraction 0.02 --compare-fraction 0.02 \
+        --sessions 1 --test-reps 2 --quick      # light: both contenders under 1 GB
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def declared_mem_mb() -> int:
     return int(re.search(r"mem_mb=(\d+)", block).group(1))
 
 
-def make_subject(root: Path, train_fraction: float, n_sessions: int, seed: int = 0) -> dict:
+def make_subject(
+    root: Path, train_fraction: float, n_sessions: int, seed: int = 0, test_reps: int = 20
+) -> dict:
     """Write one THINGS-EEG2-shaped subject (raw files, stimuli.tsv, splits.tsv)."""
     from brainpipe.meeg import synthetic, things_eeg2
     from brainpipe.splits import make_splits
@@ -120,7 +123,7 @@ def make_subject(root: Path, train_fraction: float, n_sessions: int, seed: int =
         session = f"{k + 1:02d}"
         for partition, numbers, lat in (
             ("training", np.tile(halves[k % 2], 2), latent["training"][halves[k % 2] - 1]),
-            ("test", np.tile(np.arange(1, 201), 20), latent["test"]),
+            ("test", np.tile(np.arange(1, 201), test_reps), latent["test"]),
         ):
             data, _ = synthetic.simulate_recording(
                 params, model, lat, numbers, np.random.default_rng([seed, k, len(numbers)]),
@@ -141,7 +144,8 @@ def make_subject(root: Path, train_fraction: float, n_sessions: int, seed: int =
     make_splits(root / "stimuli" / "stimuli.tsv", root / "splits.tsv")
     per_session_train = 2 * len(halves[0])
     return {"train_images": n_train, "sessions": n_sessions,
-            "train_epochs_per_session": per_session_train, "test_epochs_per_session": 4000,
+            "train_epochs_per_session": per_session_train,
+            "test_epochs_per_session": 200 * test_reps,
             "raw_samples": n_samples, "raw_gb": n_samples * 64 * 8 / 1e9}  # fmt: skip
 
 
@@ -175,6 +179,7 @@ def main() -> None:
     parser.add_argument("--compare-fraction", type=float, default=0.1)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--reference-max-mb", type=float, default=5500)
+    parser.add_argument("--test-reps", type=int, default=20, help="per session (THINGS: 20)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="write *_quick.json")
     args = parser.parse_args()
@@ -184,7 +189,9 @@ def main() -> None:
     result: dict = {"declared_mem_mb": mem_mb, "params": PARAMS, "machine": machine}
     try:
         full = work / "full"
-        result["full"] = {"data": make_subject(full, args.train_fraction, args.sessions)}
+        result["full"] = {
+            "data": make_subject(full, args.train_fraction, args.sessions, test_reps=args.test_reps)
+        }
         result["full"]["ours"] = run_ours(full, work / "full-epochs.zarr", args.sessions)
         result["full"]["ours"]["within_mem_mb"] = (
             result["full"]["ours"]["peak_tree_rss_mb"] <= mem_mb
@@ -198,7 +205,9 @@ def main() -> None:
             cmp_out = work / "full-epochs.zarr"
         else:
             cmp_dir, cmp_fraction = work / "compare", args.compare_fraction
-            result["compare"] = {"data": make_subject(cmp_dir, cmp_fraction, args.sessions)}
+            result["compare"] = {
+                "data": make_subject(cmp_dir, cmp_fraction, args.sessions, test_reps=args.test_reps)
+            }
             cmp_out = work / "compare-epochs.zarr"
             ours_cmp = run_ours(cmp_dir, cmp_out, args.sessions)
         ref = run_reference(cmp_dir, work / "reference.npy", args.sessions)
