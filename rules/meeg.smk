@@ -94,6 +94,7 @@ rule meeg_report:
         report=f"{RESULTS}/report.html",
     params:
         title=f"brainpipe: {DATASET} (M/EEG)",
+        recipe=config.get("recipe"),
     resources:
         mem_mb=1000,
         runtime=5,

@@ -143,8 +143,18 @@ def evaluate_job(
     return metrics
 
 
-def write_meeg_report(summary_tsv: str | Path, out_html: str | Path, title: str) -> Path:
-    """The M/EEG report: accuracy over time per model and the retrieval scores."""
+def write_meeg_report(
+    summary_tsv: str | Path,
+    out_html: str | Path,
+    title: str,
+    recipe: dict | None = None,
+    run: dict | None = None,
+) -> Path:
+    """The M/EEG report: accuracy over time per model and the retrieval scores.
+
+    With a ``recipe`` (the config's ``recipe`` block) the page opens with "paper vs this
+    run" (:func:`brainpipe.report.page.paper_vs_run`); ``run`` says what this run used.
+    """
     import base64
     import html
     import io
@@ -154,6 +164,8 @@ def write_meeg_report(summary_tsv: str | Path, out_html: str | Path, title: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
+
+    from brainpipe.report.page import ReportInputs, paper_vs_run
 
     table = pd.read_csv(summary_tsv, sep="\t", dtype={"subject": str})
     figs = []
@@ -217,6 +229,7 @@ def write_meeg_report(summary_tsv: str | Path, out_html: str | Path, title: str)
 table{{border-collapse:collapse;font-size:0.85em}}td,th{{padding:2px 8px;text-align:right}}
 figcaption{{font-size:0.85em;color:#555}}</style></head><body>
 <h1>{html.escape(title)}</h1>
+{paper_vs_run(table, ReportInputs(recipe=recipe, run=run or {}))}
 {sections}
 <h2>Per subject</h2>
 {table[cols].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)}
