@@ -13,7 +13,7 @@ writes them, each against the plain ``np.take`` it replaced:
   chunk vs ``KeptVoxels.row`` per trial, split into the blocks.
 
 One session (750 trials, 81×104×83, the ellipsoid brain of
-``tests/s3_server.write_nsd_tree``: 261,946 voxels), batches of 16 trials, each contender
+``tests/nsd_fixtures.write_nsd_tree``: 261,946 voxels), batches of 16 trials, each contender
 in its own process, alternating ``--repeats`` times; the gather loop is timed inside
 (output pages touched before), the whole process by ``measure``; outputs are compared.
 

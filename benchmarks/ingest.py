@@ -19,8 +19,14 @@ each brainpipe run from an empty work folder; the medians are compared. The setu
 pages are flushed (``os.sync``) before anything is measured. The machine's cores are shared
 with other work (the load average is recorded): rerun before trusting a small difference.
 
-    .venv/bin/python benchmarks/ingest.py           # full size (~1 GB session)
+    .venv/bin/python benchmarks/ingest.py           # full size (~1 GB session), NSD's layout
+    .venv/bin/python benchmarks/ingest.py --layout contiguous  # the same values, contiguous
     .venv/bin/python benchmarks/ingest.py --quick   # 750 × 40×48×40 (~110 MB)
+
+``--layout published`` (default) writes ``/betas`` as NSD's export does: one chunk per
+voxel (h5py chunks (750, 1, 1, 1)), unfiltered; streaming cannot gather that as it
+arrives (the chunk index lies between the chunks), so the session is fetched, then its
+chunks are read in file order (:mod:`brainpipe.datasets.nsd_chunks`).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from measure import measure  # noqa: E402
 
 from brainpipe.datasets import nsd  # noqa: E402
-from tests.s3_server import admin_client, make_public_bucket, write_nsd_tree  # noqa: E402
+from tests.nsd_fixtures import write_nsd_tree  # noqa: E402
+from tests.s3_server import admin_client, make_public_bucket  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ingest.json"
 BUCKET = "natural-scenes-dataset"
@@ -56,15 +63,21 @@ FULL = (81, 104, 83)
 QUICK = (40, 48, 40)
 
 
-def write_session(path: Path, shape: tuple[int, int, int], seed: int = 0, batch: int = 50) -> None:
-    """``/betas`` int16 (750, K, J, I) written batch by batch (bounded memory)."""
+def write_session(
+    path: Path, shape: tuple[int, int, int], layout: str = "published", seed: int = 0
+) -> None:
+    """``/betas`` int16 (750, K, J, I) written slice by slice (bounded memory).
+
+    ``published``: chunks (750, 1, 1, 1), unfiltered, as NSD's export writes it
+    (``tests/nsd_fixtures.write_betas_hdf5`` cites the source); ``contiguous``: no chunks.
+    """
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = (750, 1, 1, 1) if layout == "published" else None
     with h5py.File(path, "w") as h5:
-        dset = h5.create_dataset("betas", shape=(750, *shape[::-1]), dtype=np.int16)
-        for t0 in range(0, 750, batch):
-            n = min(batch, 750 - t0)
-            dset[t0 : t0 + n] = rng.integers(-1500, 1500, (n, *shape[::-1]), dtype=np.int16)
+        dset = h5.create_dataset("betas", shape=(750, *shape[::-1]), dtype=np.int16, chunks=chunks)
+        for k in range(shape[2]):
+            dset[:, k] = rng.integers(-1500, 1500, (750, *shape[1::-1]), dtype=np.int16)
 
 
 def median_run(runs: list) -> Any:
@@ -148,13 +161,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each side")
     parser.add_argument(
+        "--layout",
+        choices=("published", "contiguous"),
+        default="published",
+        help="/betas as NSD publishes it (one chunk per voxel) or contiguous",
+    )
+    parser.add_argument(
         "--no-stream",
         action="store_true",
         help="fetch the whole session first (stream_betas: false)",
     )
     args = parser.parse_args()
     shape = QUICK if args.quick else FULL
-    out = args.out or RESULTS.with_name("ingest_quick.json" if args.quick else "ingest.json")
+    stem = (
+        "ingest"
+        + ("_quick" if args.quick else "")
+        + ("_contiguous" if args.layout == "contiguous" else "")
+    )
+    out = args.out or RESULTS.with_name(f"{stem}.json")
     work = Path(tempfile.mkdtemp(prefix="bp-ingest-bench-"))
     port = free_port()
     server = subprocess.Popen(
@@ -167,8 +191,10 @@ def main() -> None:
     try:
         tree = work / "bucket"
         write_nsd_tree(tree, subjects=("01",), sessions=(), shape=shape, n_images=300)
+        mask_path = tree / "nsddata/ppdata/subj01/func1pt8mm/brainmask.nii.gz"
+        shutil.copy(mask_path, mask_path.with_name("valid_session01.nii.gz"))  # all valid
         key = nsd.betas_key("01", "01", nsd.NsdOptions())
-        write_session(tree / key, shape)
+        write_session(tree / key, shape, args.layout)
         size = (tree / key).stat().st_size
         for _ in range(100):
             try:
@@ -212,7 +238,7 @@ def main() -> None:
             import xarray as xr
 
             store = xr.open_zarr(runs / "betas.zarr", consolidated=True)
-            assert store.sizes == {"trial": 750, "voxel": n_vox}, store.sizes
+            assert store.sizes == {"trial": 750, "voxel": n_vox, "ses": 1}, store.sizes
         load_after = os.getloadavg()
     finally:
         server.terminate()
@@ -226,7 +252,8 @@ def main() -> None:
         ("GET + MD5 on a thread (verification floor)", floor),
         (f"brainpipe fetch + ingest -> betas.zarr ({mode})", ours),
     ]
-    print(f"NSD session {shape} x 750 int16 = {size / 2**30:.2f} GiB, {n_vox} brain voxels kept")
+    print(f"NSD session {shape} x 750 int16 = {size / 2**30:.2f} GiB, {n_vox} brain voxels kept, "
+          f"/betas layout: {args.layout}")  # fmt: skip
     print(f"warm-up GET (untimed in the ratio): {warm.wall_s:.2f} s")
     print("runs, wall s: reference " + " ".join(f"{m.wall_s:.2f}" for m in refs)
           + " | GET + MD5 " + " ".join(f"{m.wall_s:.2f}" for m in floors)
@@ -243,6 +270,7 @@ def main() -> None:
     result = {
         "benchmark": "ingest",
         "volume_shape": list(shape),
+        "betas_layout": args.layout,
         "trials": 750,
         "object_bytes": size,
         "voxels_kept": n_vox,
@@ -282,6 +310,7 @@ def main() -> None:
                 "benchmarks/ingest.py",
                 *(["--quick"] if args.quick else []),
                 *(["--no-stream"] if args.no_stream else []),
+                *(["--layout=contiguous"] if args.layout == "contiguous" else []),
                 *([f"--repeats={args.repeats}"] if args.repeats != 5 else []),
             ]
         ),

@@ -19,7 +19,8 @@ from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr, quiet_consolidated
 
 from .conftest import ROOT, run_workflow
-from .s3_server import serve_tree, write_nsd_tree
+from .nsd_fixtures import write_nsd_tree
+from .s3_server import serve_tree
 
 BUCKET = "natural-scenes-dataset"
 SESSIONS = ["01", "02"]
@@ -88,7 +89,7 @@ def test_ingest_matches_hdf5_design_rois_and_ncsnr(fetched, nsd_server, tmp_path
     ds = open_zarr(out)
     mask = truth["mask"]["01"]
     ijk = np.argwhere(mask)
-    assert ds.sizes == {"trial": 1500, "voxel": len(ijk)}
+    assert ds.sizes == {"trial": 1500, "voxel": len(ijk), "ses": 2}
     np.testing.assert_array_equal(np.stack([ds.i, ds.j, ds.k], 1), ijk)
     betas = ds["betas"].values
     assert betas.dtype == np.float32
@@ -98,7 +99,19 @@ def test_ingest_matches_hdf5_design_rois_and_ncsnr(fetched, nsd_server, tmp_path
     ids = truth["subjectim"][0, truth["masterordering"][:1500]]
     assert list(ds.stimulus.values) == [nsd.stimulus_name(i) for i in ids]
     assert list(ds.session.values[[0, 749, 750]]) == ["01", "01", "02"]
-    assert ds.run.values[0] == "01" and ds.run.values[749] == "12"
+    # runs and onsets from stimpattern: slot s of run r starts at 4 s × s
+    for n in range(len(SESSIONS)):
+        run, slot = np.nonzero(truth["stimpattern"][n])
+        rows = slice(n * 750, (n + 1) * 750)
+        assert list(ds.run.values[rows]) == [f"{r + 1:02d}" for r in run]
+        np.testing.assert_array_equal(ds.onset.values[rows], 4.0 * slot)
+    assert ds.onset.values[0] > 0  # a run starts with a blank slot, not a trial at 0 s
+    # invalid voxels of a session (valid_sessionNN) are recorded, their betas are NSD's 0
+    assert list(ds.ses.values) == SESSIONS
+    for n, ses in enumerate(SESSIONS):
+        valid = truth["valid"][("01", ses)][mask]
+        np.testing.assert_array_equal(ds["valid"].values[n], valid)
+        assert (~valid).sum() == 3 and (betas[n * 750 : (n + 1) * 750, ~valid] == 0).all()
     visual = truth["rois"]["01"]["prf-visualrois"][mask]
     np.testing.assert_array_equal(ds["roi_V1"].values, np.isin(visual, [1, 2]))
     np.testing.assert_array_equal(ds["roi_hV4"].values, visual == 7)
@@ -126,8 +139,11 @@ def test_zscore_statistics_come_from_training_trials_only(fetched, tmp_path):
     )
     train = pd.Series(ds.stimulus.values).map(read_splits(splits)).to_numpy() == "train"
     first = ds["betas"].values[:750]
-    np.testing.assert_allclose(first[train[:750]].mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(first[train[:750]].std(0), 1, atol=1e-3)
+    valid = ds["valid"].values[0]
+    np.testing.assert_allclose(first[train[:750]][:, valid].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(first[train[:750]][:, valid].std(0), 1, atol=1e-3)
+    # NSD's own z-scoring turns a session's invalid voxels (all 0) into NaN; so does ingest
+    assert (~valid).any() and np.isnan(first[:, ~valid]).all()
     # Changing the test trials' betas must not change any training trial's z-score.
     import h5py
 
@@ -146,6 +162,7 @@ def test_zscore_statistics_come_from_training_trials_only(fetched, tmp_path):
         nsd.ingest_nsd_subject(changed, "01", SESSIONS, tmp_path / "z2.zarr", opts, splits)
     )
     np.testing.assert_array_equal(ds2["betas"].values[:750][train[:750]], first[train[:750]])
+    assert np.isfinite(first[:, valid]).all()
 
 
 def test_bad_hdf5_shape_names_file_and_field(fetched, tmp_path):
@@ -224,13 +241,20 @@ def test_expdesign_missing_field_is_named(tmp_path):
         nsd.read_expdesign(path)
 
 
-@pytest.mark.parametrize("layout", ["chunked-gzip", "contiguous"])
-def test_ingest_reads_any_hdf5_layout_identically(fetched, nsd_server, tmp_path, layout):
-    """Contiguous /betas is read through a memory map, chunked/compressed through h5py:
-    both give the same store, also with several voxel groups and a partial last chunk."""
+@pytest.mark.parametrize("layout", ["published", "deflate", "trial-chunks", "contiguous"])
+def test_ingest_reads_any_hdf5_layout_identically(
+    fetched, nsd_server, tmp_path, layout, monkeypatch
+):
+    """NSD's layout (one chunk per voxel) is read chunk by chunk in file order, contiguous
+    /betas through a memory map, other layouts through h5py: all give the same store,
+    also with several voxel groups and a partial last chunk."""
     import shutil
 
     import h5py
+
+    from brainpipe.datasets import nsd_chunks
+
+    from .nsd_fixtures import write_betas_hdf5
 
     _, truth = nsd_server
     opts = options("unused", trial_batch=7)
@@ -243,15 +267,19 @@ def test_ingest_reads_any_hdf5_layout_identically(fetched, nsd_server, tmp_path,
         with h5py.File(path, "r") as h5:
             values = h5["betas"][...]
         path.unlink()
-        with h5py.File(path, "w") as h5:
-            if layout == "contiguous":
-                h5.create_dataset("betas", data=values)
-            else:
-                h5.create_dataset(
-                    "betas", data=values, chunks=(1, *values.shape[1:]), compression="gzip"
-                )
-        with h5py.File(path, "r") as h5:  # the memory-mapped path is the contiguous one
-            assert (nsd._contiguous_offset(h5["betas"]) is not None) == (layout == "contiguous")
+        write_betas_hdf5(path, values.transpose(3, 2, 1, 0), layout)
+        with h5py.File(path, "r") as h5:
+            dset = h5["betas"]
+            assert (nsd._contiguous_offset(dset) is not None) == (layout == "contiguous")
+            addresses = nsd_chunks.voxel_chunk_addresses(dset, path)
+            assert (addresses is not None) == (layout == "published")
+            if layout == "published":  # the B-tree walk finds what HDF5 itself lists
+                listed = {}
+                dset.id.chunk_iter(lambda c: listed.update({c.chunk_offset: c.byte_offset}))
+                flat = np.ravel_multi_index(np.array(list(listed)).T[1:], dset.shape[1:])
+                np.testing.assert_array_equal(addresses[flat], list(listed.values()))
+    # several groups of the chunked read (each a multiple of the Zarr chunk)
+    monkeypatch.setattr(nsd, "CHUNKED_GROUP_VOXELS", 12)
     out = nsd.ingest_nsd_subject(
         data, "01", SESSIONS, tmp_path / "b.zarr", opts, splits, voxel_chunk=3
     )
@@ -262,6 +290,12 @@ def test_ingest_reads_any_hdf5_layout_identically(fetched, nsd_server, tmp_path,
     for n, ses in enumerate(SESSIONS):
         expected = truth["betas"][("01", ses)][mask].T
         np.testing.assert_allclose(ds["betas"].values[n * 750 : (n + 1) * 750], expected, atol=1e-6)
+        path = data / nsd.betas_key("01", ses, opts)
+        np.testing.assert_allclose(
+            nsd.read_session_betas(path, nsd.hdf5_voxel_index(np.argwhere(mask), mask.shape),
+                                   mask.shape),
+            expected, atol=1e-6,
+        )  # fmt: skip
 
 
 def test_betas_stored_as_the_int16_nsd_ships_and_read_as_float32(fetched, nsd_server, tmp_path):

@@ -22,7 +22,8 @@ from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import fetch, read_manifest
 from brainpipe.storage import open_zarr
 
-from .s3_server import FlakyProxy, publish_tree, serve_tree, write_nsd_tree
+from .nsd_fixtures import write_nsd_tree
+from .s3_server import FlakyProxy, publish_tree, serve_tree
 
 BUCKET = "natural-scenes-dataset"
 SESSIONS = ["01", "02"]
@@ -170,7 +171,11 @@ def test_ingest_streams_and_equals_ingest_from_files(
     xr.testing.assert_identical(stores[True], stores[False])
     # int16 stores are filled trial batch by trial batch as the bytes arrive
     assert sorted(set(appended)) == ([] if zscore else list(range(0, 750, 16)))
-    assert np.isfinite(stores[True]["betas"].values).all()
+    values, valid = stores[True]["betas"].values, stores[True]["valid"].values
+    for n in range(len(SESSIONS)):  # NaN exactly where NSD marks a voxel invalid, if z-scored
+        rows = values[n * 750 : (n + 1) * 750]
+        assert np.isfinite(rows[:, valid[n]]).all()
+        assert (~valid[n]).any() and (np.isnan(rows[:, ~valid[n]]).all() == zscore)
     if not zscore:
         mask, _ = kept_voxels(truth)
         for n, ses in enumerate(SESSIONS):
@@ -185,7 +190,7 @@ def test_chunked_betas_are_ingested_after_download(contiguous_server, tmp_path):
     fetched whole and read from the cached file: same values."""
     endpoint, _, _ = contiguous_server
     tree = tmp_path / "bucket"
-    truth = write_nsd_tree(tree, sessions=["01"], shape=SHAPE, betas_layout="chunked")
+    truth = write_nsd_tree(tree, sessions=["01"], shape=SHAPE, betas_layout="published")
     publish_tree(endpoint, "nsd-chunked", tree)  # same server, its own bucket
     source = {"endpoint_url": endpoint, "bucket": "nsd-chunked"}
     opts = options(**source)

@@ -16,8 +16,8 @@ from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import open_zarr
 
 from .conftest import ROOT, run_workflow
-from .nsd_fixtures import write_nsd_surface
-from .s3_server import serve_tree, write_nsd_tree
+from .nsd_fixtures import write_nsd_surface, write_nsd_tree
+from .s3_server import serve_tree
 
 BUCKET = "natural-scenes-dataset"
 SESSIONS = ["01", "02"]

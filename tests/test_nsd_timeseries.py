@@ -27,8 +27,8 @@ from brainpipe.storage import open_zarr
 from brainpipe.validation import validate_subject
 
 from .conftest import ROOT, run_workflow
-from .nsd_fixtures import TS_TR, write_nsd_timeseries
-from .s3_server import serve_tree, write_nsd_tree
+from .nsd_fixtures import TS_TR, write_nsd_timeseries, write_nsd_tree
+from .s3_server import serve_tree
 
 BUCKET = "natural-scenes-dataset"
 RUNS = ["01", "02"]

@@ -26,9 +26,14 @@ subject's 10,000; ``subjectim`` (8 × 10000, 1-based) maps that to the 73k id;
 brainpipe names stimuli ``nsd-NNNNN`` with the 0-based 73k id (the ``nsdId``
 of ``nsd_stim_info_merged.csv`` and the row of ``imgBrick``).
 
-Runs and onsets. Each session has 12 runs; the registry gives the trials per
-run (``trials_per_run``) and the trial period, from which the ``run`` and
-nominal ``onset`` coords are derived (NSD ships betas, not the onsets we fit).
+Runs and onsets. Each session has 12 task runs of 75 four-second slots; which
+slots hold a trial is ``stimpattern`` (40 × 12 × 75) in ``nsd_expdesign.mat``, so
+the ``run`` coord is the task run (01-12) and ``onset`` the slot's start in its run
+(runs start with blank slots and hold random blanks). Sessions with resting state
+have two more runs (first and last, all blank); the time-series files number runs
+with them (see :mod:`.nsd_timeseries`), the task runs here do not.
+
+Which published file each convention comes from: ``docs/datasets/nsd.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import scipy.io
 from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec
 
+from brainpipe.datasets.nsd_chunks import read_chunked_voxels, voxel_chunk_addresses
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.metrics import noise_ceiling
 from brainpipe.remote import RangeFile, S3Source, fetch_objects, safe_local_path
@@ -116,7 +122,6 @@ class NsdOptions:
     trial_batch: int = 50  # trials read from HDF5 at once (memory: batch × volume × 2 bytes)
     tr: float = 4 / 3
     trial_period_s: float = 4.0
-    trials_per_run: tuple[int, ...] = (63, 62) * 6
     roi_files: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     @classmethod
@@ -124,8 +129,6 @@ class NsdOptions:
         """Build from a mapping, checking each value (unknown keys are ignored)."""
         block = dict(block or {})
         kwargs = {k: block[k] for k in cls.__dataclass_fields__ if k in block}
-        if "trials_per_run" in kwargs:
-            kwargs["trials_per_run"] = tuple(int(n) for n in kwargs["trials_per_run"])
         opts = cls(**kwargs)
         if opts.space not in SPACES:
             raise BrainpipeInputError(
@@ -140,10 +143,6 @@ class NsdOptions:
         if opts.mask not in ("brainmask", "nsdgeneral"):
             raise BrainpipeInputError(
                 "config", "source.mask", f"expected 'brainmask' or 'nsdgeneral', got {opts.mask!r}"
-            )
-        if sum(opts.trials_per_run) != TRIALS_PER_SESSION:
-            raise BrainpipeInputError(
-                "config", "trials_per_run", f"must sum to {TRIALS_PER_SESSION} per session"
             )
         return opts
 
@@ -198,6 +197,18 @@ def brainmask_key(subject: str, opts: NsdOptions) -> str:
     return f"nsddata/ppdata/{subject_label(subject)}/{opts.space}/brainmask.nii.gz"
 
 
+def valid_key(subject: str, session: str, opts: NsdOptions) -> str:
+    """Key of the session's valid-voxel volume (1: data valid in every run of the session).
+
+    NSD's export (``main/export.m``) writes ``valid_sessionNN.nii.gz`` beside the brain
+    mask; its betas of invalid voxels are all 0 (``main/export_noiseceiling.m``).
+    """
+    return (
+        f"nsddata/ppdata/{subject_label(subject)}/{opts.space}/"
+        f"valid_session{session_number(session):02d}.nii.gz"
+    )
+
+
 def roi_key(subject: str, roi_file: str, opts: NsdOptions) -> str:
     """Key of one ROI label volume (``nsdgeneral``, ``prf-visualrois``, ``floc-faces``, …)."""
     return f"nsddata/ppdata/{subject_label(subject)}/{opts.space}/roi/{roi_file}.nii.gz"
@@ -211,6 +222,7 @@ def subject_keys(
         brainmask_key(subject, opts),
         ncsnr_key(subject, opts),
         *(roi_key(subject, name, opts) for name in opts.roi_files),
+        *(valid_key(subject, ses, opts) for ses in sessions),
         *(betas_key(subject, ses, opts) for ses in sessions if betas),
     ]
 
@@ -232,6 +244,29 @@ class ExpDesign:
     masterordering: np.ndarray  # (30000,) index into the subject's 10,000 images
     subjectim: np.ndarray  # (8, 10000) 73k id of each subject image
     sharedix: np.ndarray  # (1000,) 73k ids of the shared images
+    stimpattern: np.ndarray | None = None  # (40, 12, 75) bool: a trial starts in the slot
+
+    def trial_timing(self, session: str, period_s: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+        """Task run (1-12) and onset (s from the run's start) of a session's 750 trials.
+
+        From ``stimpattern``: the trials of the session fill, in order, the slots marked
+        1 of runs 1..12; slot ``s`` (0-based) starts at ``s × period_s``. Runs start with
+        blank slots and hold blanks at random (NSD's export checks the design tsv
+        onsets against it: cvnlab/nsddatapaper ``main/export.m``).
+        """
+        if self.stimpattern is None:
+            raise BrainpipeInputError(
+                "nsd_expdesign.mat", "stimpattern", "variable is missing (needed for onsets)"
+            )
+        pattern = self.stimpattern[session_number(session) - 1]
+        run, slot = np.nonzero(pattern)  # row-major: run by run, slots in order
+        if len(run) != TRIALS_PER_SESSION:
+            raise BrainpipeInputError(
+                "nsd_expdesign.mat",
+                "stimpattern",
+                f"session {session} has {len(run)} trial slots, expected {TRIALS_PER_SESSION}",
+            )
+        return run + 1, slot * float(period_s)
 
     def trial_stimuli(self, subject: str, session: str) -> np.ndarray:
         """0-based 73k ids of the 750 trials of one session, shape (750,)."""
@@ -259,6 +294,13 @@ def read_expdesign(path: str | Path) -> ExpDesign:
         if name not in mat:
             raise BrainpipeInputError(path, name, "variable is missing")
         fields[name] = np.asarray(mat[name]).astype(np.int64)
+    pattern = None
+    if "stimpattern" in mat:
+        pattern = np.asarray(mat["stimpattern"]) > 0
+        if pattern.ndim != 3 or pattern.shape[0] < 1:
+            raise BrainpipeInputError(
+                path, "stimpattern", f"expected (sessions, runs, slots), got {pattern.shape}"
+            )
     order = fields["masterordering"].ravel() - 1
     subjectim = np.atleast_2d(fields["subjectim"]) - 1
     shared = fields["sharedix"].ravel() - 1
@@ -268,7 +310,7 @@ def read_expdesign(path: str | Path) -> ExpDesign:
         )
     if subjectim.min() < 0 or shared.min() < 0:
         raise BrainpipeInputError(path, "subjectim", "73k ids must be >= 1 (1-based)")
-    return ExpDesign(order, subjectim, shared)
+    return ExpDesign(order, subjectim, shared, pattern)
 
 
 def stimulus_name(nsd_id: int) -> str:
@@ -567,14 +609,14 @@ def ingest_nsd_subject(
             with ThreadPoolExecutor(max(1, min(workers, len(stream)))) as pool:
                 fetching = [pool.submit(one, item) for item in stream]
                 try:
-                    store, train = _subject_layout(
+                    store, train, valid = _subject_layout(
                         root, subject, sessions, opts, mask_img, mask, ijk, splits_tsv, config
                     )
                     betas = store.write(tmp, (TRIALS_PER_SESSION * len(sessions), len(ijk)), chunks)
                 except BaseException as err:
                     target.set_exception(err)  # the streams stop at their first trials
                     raise
-                target.set_result((betas, train))
+                target.set_result((betas, train, valid))
                 from_file = {t[0]: f.result() for t, f in zip(stream, fetching, strict=True)}
             for ses, rows, path in tqdm(todo, desc=f"NSD betas sub-{subject}", unit="session"):
                 if ses in from_file:
@@ -584,6 +626,7 @@ def ingest_nsd_subject(
                 ingest_session(
                     betas, path, flat, shape, rows, chunks[1], opts.trial_batch,
                     train[rows] if opts.zscore else None, scratch,
+                    invalid=~valid[rows.start // TRIALS_PER_SESSION],
                 )  # fmt: skip
                 log.info(
                     "sub-%s session %s: %d trials × %d voxels",
@@ -609,8 +652,9 @@ def _subject_layout(
     ijk: np.ndarray,
     splits_tsv: str | Path | None,
     config: dict[str, Any] | None,
-) -> tuple[_StoreLayout, np.ndarray | None]:
-    """Everything of a subject's betas.zarr but the betas, and its training trials.
+) -> tuple[_StoreLayout, np.ndarray | None, np.ndarray]:
+    """Everything of a subject's betas.zarr but the betas, its training trials, and
+    which voxels are valid in each session ``(n_sessions, n_voxels)``.
 
     Reads the experiment design, ROI volumes, ncsnr and ``splits_tsv``; returns the
     store layout and, with ``splits_tsv``, which trials are training trials.
@@ -632,14 +676,15 @@ def _subject_layout(
     ncsnr = np.asarray(_load_volume(ncsnr_path, shape, "ncsnr").dataobj, dtype=np.float32)[mask]
 
     stimuli, sess, runs, onsets = [], [], [], []
-    run_of_trial = np.repeat(np.arange(1, len(opts.trials_per_run) + 1), opts.trials_per_run)
-    start_of_run = np.concatenate([[0], np.cumsum(opts.trials_per_run)[:-1]])
-    within = np.arange(TRIALS_PER_SESSION) - start_of_run[run_of_trial - 1]
-    for ses in sessions:
+    valid = np.ones((len(sessions), n_vox), dtype=bool)
+    for n, ses in enumerate(sessions):
         stimuli.append([stimulus_name(i) for i in design.trial_stimuli(subject, ses)])
         sess.append(np.full(TRIALS_PER_SESSION, ses))
+        run_of_trial, onset = design.trial_timing(ses, opts.trial_period_s)
         runs.append(np.array([f"{r:02d}" for r in run_of_trial]))
-        onsets.append(within * opts.trial_period_s)
+        onsets.append(onset)
+        valid_path = safe_local_path(root, valid_key(subject, ses, opts))
+        valid[n] = np.asarray(_load_volume(valid_path, shape, "valid").dataobj)[mask] > 0
     stimuli_all = np.concatenate(stimuli)
     split = None
     if splits_tsv is not None:
@@ -662,8 +707,11 @@ def _subject_layout(
             "ncsnr": ("voxel", ncsnr),
             "nc_1trial": ("voxel", nc[1]),
             "nc_3trial": ("voxel", nc[3]),
+            # NSD's valid_sessionNN: False where the session's data are invalid (betas 0)
+            "valid": (("ses", "voxel"), valid),
         },
         coords={
+            "ses": ("ses", np.asarray(sessions, dtype=str)),
             "stimulus": ("trial", stimuli_all),
             "session": ("trial", np.concatenate(sess)),
             "run": ("trial", np.concatenate(runs)),
@@ -688,7 +736,7 @@ def _subject_layout(
             **provenance_attrs(config),
         },
     )
-    return store, None if split is None else split == "train"
+    return store, None if split is None else split == "train", valid
 
 
 def _stream_session(
@@ -728,8 +776,11 @@ def _stream_session(
 
     path = fetch_session_betas(opts, key, cache, shape, once_laid_out)
     if path is None:
-        betas, train = target.result()
-        write_session_blocks(betas, session, rows, voxel_chunk, train[rows], cache / key)
+        betas, train, valid = target.result()
+        write_session_blocks(
+            betas, session, rows, voxel_chunk, train[rows], cache / key,
+            invalid=~valid[rows.start // TRIALS_PER_SESSION],
+        )  # fmt: skip
     return path
 
 
@@ -776,7 +827,7 @@ class _ChunkRowWriter:
         self.close()
 
     def _open(self) -> None:
-        betas, _ = self.target.result()  # once the store is laid out
+        betas = self.target.result()[0]  # once the store is laid out
         raw_root = _raw_int16_root(betas)
         if raw_root is None:
             raise RuntimeError(f"{betas.store_path}: betas chunks are not plain int16 ×300")
@@ -897,6 +948,16 @@ def read_session_int16(
     with _open_betas(path, shape) as dset:
         if out is None:
             out = np.empty((TRIALS_PER_SESSION, len(flat)), dtype=np.int16)
+        addresses = None
+        if _contiguous_offset(dset) is None:
+            addresses = voxel_chunk_addresses(dset, path)
+        if addresses is not None:  # one chunk per voxel: read them in file order
+            for v0 in range(0, len(flat), CHUNKED_GROUP_VOXELS):
+                v1 = min(len(flat), v0 + CHUNKED_GROUP_VOXELS)
+                group = np.empty((v1 - v0, TRIALS_PER_SESSION), np.int16)
+                read_chunked_voxels(path, addresses[flat[v0:v1]], group, fill=dset.fillvalue)
+                out[:, v0:v1] = group.T
+            return out
         batch = max(1, min(trial_batch, TRIALS_PER_SESSION))
         local = threading.local()
         kept = KeptVoxels(flat)
@@ -989,6 +1050,7 @@ def ingest_session(
     train: np.ndarray | None = None,
     scratch: dict[str, np.ndarray] | None = None,
     group_chunks: int = 16,
+    invalid: np.ndarray | None = None,
 ) -> None:
     """Read one session's betas at the kept voxels and write them into ``betas[rows]``.
 
@@ -999,18 +1061,26 @@ def ingest_session(
     the next is gathered. Memory is the two group buffers (2 × 750 × group_chunks ×
     voxel_chunk × 2 bytes, ~200 MB) and one mapped batch of trials. Other layouts are
     read in ``trial_batch`` slabs into one session-sized buffer.
-    ``scratch`` keeps buffers for the next session.
+    ``scratch`` keeps buffers for the next session. ``invalid`` (n_voxels,) marks the
+    voxels NSD says are invalid in this session: NaN once z-scored (their betas are all 0).
     """
     scratch = {} if scratch is None else scratch
     n_vox = len(flat)
     with _open_betas(path, shape) as dset:
         offset = _contiguous_offset(dset)
+        addresses = None if offset is not None else voxel_chunk_addresses(dset, path)
+        if addresses is not None:  # NSD's published layout: one chunk per voxel
+            _ingest_voxel_chunks(
+                betas, path, addresses[flat], rows, voxel_chunk, train, scratch,
+                dset.fillvalue, invalid,
+            )  # fmt: skip
+            return
         if offset is None:
             session = scratch.get("session")
             if session is None:
                 session = scratch["session"] = _scratch((TRIALS_PER_SESSION, n_vox), np.int16)
             read_session_int16(path, flat, shape, trial_batch, out=session)
-            write_session_blocks(betas, session, rows, voxel_chunk, train, path)
+            write_session_blocks(betas, session, rows, voxel_chunk, train, path, invalid=invalid)
             return
         volume = int(np.prod(shape))
         batch = max(1, min(trial_batch, TRIALS_PER_SESSION))
@@ -1020,7 +1090,7 @@ def ingest_session(
             if bufs[b] is None or bufs[b].size < TRIALS_PER_SESSION * width:
                 bufs[b] = scratch[f"group{b}"] = _scratch((TRIALS_PER_SESSION * width,), np.int16)
         pending: list[list[Any]] = [[], []]
-        with _BlockWriter(betas, rows, voxel_chunk, train, path) as writer:
+        with _BlockWriter(betas, rows, voxel_chunk, train, path, invalid=invalid) as writer:
             for g, v0 in enumerate(range(0, n_vox, width)):
                 for fut in pending[g % 2]:
                     fut.result()  # the buffer's previous group is written
@@ -1038,6 +1108,53 @@ def ingest_session(
                 pending[g % 2] = writer.submit(group, v0)
             for fut in pending[0] + pending[1]:
                 fut.result()
+
+
+#: Voxels whose trials one buffer of the chunked read holds (two buffers alternate):
+#: 2 × 131,072 × 750 × 2 bytes = 375 MB, a 1.8 mm session (~270k kept voxels) in two
+#: passes, a 1 mm session in a few more; each pass reads only its voxels' chunks.
+CHUNKED_GROUP_VOXELS = 1 << 17
+
+
+def _ingest_voxel_chunks(
+    betas: Any,
+    path: Path,
+    addresses: np.ndarray,
+    rows: slice,
+    voxel_chunk: int,
+    train: np.ndarray | None,
+    scratch: dict[str, np.ndarray],
+    fill: int = 0,
+    invalid: np.ndarray | None = None,
+) -> None:
+    """Ingest a session stored one chunk per voxel (NSD's ``ChunkSize [1 1 1 750]``).
+
+    The kept voxels are taken in groups of :data:`CHUNKED_GROUP_VOXELS` (whole Zarr
+    chunks, store order); a group's chunks are read in file order straight into the
+    rows of a voxel-major buffer (:func:`~brainpipe.datasets.nsd_chunks.read_chunked_voxels`),
+    and the writer threads transpose its voxel blocks into Zarr chunks while the next
+    group is read into the other buffer. Memory: the two buffers, whatever the session.
+    """
+    n_vox = len(addresses)
+    width = max(voxel_chunk, CHUNKED_GROUP_VOXELS // voxel_chunk * voxel_chunk)
+    width = min(width, n_vox)
+    bufs = []
+    for b in (0, 1):
+        buf = scratch.get(f"voxels{b}")
+        if buf is None or buf.shape[0] < width:
+            buf = scratch[f"voxels{b}"] = _scratch((width, TRIALS_PER_SESSION), np.int16)
+        bufs.append(buf)
+    pending: list[list[Any]] = [[], []]
+    with _BlockWriter(betas, rows, voxel_chunk, train, path, invalid=invalid) as writer:
+        for g, v0 in enumerate(range(0, n_vox, width)):
+            for fut in pending[g % 2]:
+                fut.result()  # the buffer's previous group is written
+            v1 = min(n_vox, v0 + width)
+            group = bufs[g % 2][: v1 - v0]
+            read_chunked_voxels(path, addresses[v0:v1], group, fill=fill)
+            pending[g % 2] = writer.submit(group.T, v0)
+        for fut in pending[0] + pending[1]:
+            fut.result()
 
 
 class _BlockWriter:
@@ -1060,8 +1177,10 @@ class _BlockWriter:
         train: np.ndarray | None,
         source: Path | None,
         workers: int | None = None,
+        invalid: np.ndarray | None = None,
     ) -> None:
         self.betas, self.rows, self.voxel_chunk = betas, rows, voxel_chunk
+        self.invalid = invalid if invalid is not None and invalid.any() else None
         self.train, self.source = train, source
         self.raw_root = _raw_int16_root(betas) if train is None else None
         self.local = threading.local()
@@ -1085,6 +1204,9 @@ class _BlockWriter:
         np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
         if self.train is not None:
             zscore_with_train_stats(block, self.train, self.source)
+            if self.invalid is not None:  # NSD's calczscore: invalid voxels become NaN
+                v0 = first_voxel + c0
+                block[:, self.invalid[v0 : v0 + w]] = np.nan
         self.betas[self.rows, first_voxel + c0 : first_voxel + c0 + w] = block
 
     def _one_raw(self, src: np.ndarray, c0: int, first_voxel: int, w: int) -> None:
@@ -1145,12 +1267,13 @@ def write_session_blocks(
     train: np.ndarray | None = None,
     source: Path | None = None,
     workers: int | None = None,
+    invalid: np.ndarray | None = None,
 ) -> None:
     """Write one session (int16 ×300, shape (750, n_voxels)) into ``betas[rows]``.
 
     Block by block (one Zarr chunk each) on a thread pool; see :class:`_BlockWriter`.
     """
-    with _BlockWriter(betas, rows, voxel_chunk, train, source, workers) as writer:
+    with _BlockWriter(betas, rows, voxel_chunk, train, source, workers, invalid) as writer:
         for fut in writer.submit(session, 0):
             fut.result()
 
@@ -1217,8 +1340,9 @@ class _StoreLayout:
             if name in self.data_vars:
                 # chunks aligned with betas' voxel chunks, all in one shard: one file, not
                 # one per chunk (file creation dominates writing these small arrays)
-                kwargs["chunks"] = (chunks[1],)
-                kwargs["shards"] = (-(-max(len(values), 1) // chunks[1]) * chunks[1],)
+                lead = values.shape[:-1]  # (ses, voxel) variables: whole sessions per chunk
+                kwargs["chunks"] = (*lead, chunks[1])
+                kwargs["shards"] = (*lead, -(-max(values.shape[-1], 1) // chunks[1]) * chunks[1])
             arr = group.create_array(
                 name,
                 shape=values.shape,

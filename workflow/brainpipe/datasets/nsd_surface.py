@@ -238,17 +238,16 @@ def read_surface_session(path: Path, keep: np.ndarray, trial_batch: int = 50) ->
 def trial_coords(
     design: ExpDesign, subject: str, sessions: list[str], opts: NsdOptions
 ) -> dict[str, np.ndarray]:
-    """``stimulus, session, run, onset`` of every trial, as the volume ingest makes them."""
-    run_of_trial = np.repeat(np.arange(1, len(opts.trials_per_run) + 1), opts.trials_per_run)
-    start_of_run = np.concatenate([[0], np.cumsum(opts.trials_per_run)[:-1]])
-    within = np.arange(TRIALS_PER_SESSION) - start_of_run[run_of_trial - 1]
+    """``stimulus, session, run, onset`` of every trial, as the volume ingest makes them
+    (runs and onsets from ``stimpattern``, see :meth:`ExpDesign.trial_timing`)."""
+    timing = [design.trial_timing(s, opts.trial_period_s) for s in sessions]
     return {
         "stimulus": np.concatenate(
             [[stimulus_name(i) for i in design.trial_stimuli(subject, s)] for s in sessions]
         ),
         "session": np.repeat(np.asarray(sessions, dtype=str), TRIALS_PER_SESSION),
-        "run": np.tile([f"{r:02d}" for r in run_of_trial], len(sessions)),
-        "onset": np.tile(within * float(opts.trial_period_s), len(sessions)).astype(float),
+        "run": np.concatenate([[f"{r:02d}" for r in run] for run, _ in timing]),
+        "onset": np.concatenate([onset for _, onset in timing]).astype(float),
     }
 
 
