@@ -274,8 +274,10 @@ def test_ingest_reads_any_hdf5_layout_identically(
             addresses = nsd_chunks.voxel_chunk_addresses(dset, path)
             assert (addresses is not None) == (layout == "published")
             if layout == "published":  # the B-tree walk finds what HDF5 itself lists
-                listed = {}
-                dset.id.chunk_iter(lambda c: listed.update({c.chunk_offset: c.byte_offset}))
+                listed: dict = {}
+                dset.id.chunk_iter(
+                    lambda c, found=listed: found.update({c.chunk_offset: c.byte_offset})
+                )
                 flat = np.ravel_multi_index(np.array(list(listed)).T[1:], dset.shape[1:])
                 np.testing.assert_array_equal(addresses[flat], list(listed.values()))
     # several groups of the chunked read (each a multiple of the Zarr chunk)
