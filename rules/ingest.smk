@@ -7,6 +7,13 @@
 # ordinary preprocess/betas/splits rules take over.
 # Only registry files are read while the DAG is built: `snakemake -n` touches no network.
 
+if DATASET_ENTRY.kind == "nsd":
+    # NSD ships no captions: a caption feature model needs source.captions (COCO files)
+    from brainpipe.datasets.nsd_captions import check_captions_configured
+
+    check_captions_configured(config, DATASET_ENTRY.merged_source(config))
+
+
 if not DATASET_ENTRY.generated:
 
     ruleorder: fetch > download

@@ -99,7 +99,9 @@ def write_nsd_tree(
     for s in range(8):
         subjectim[s] = np.concatenate([shared, rng.choice(others, 10000 - n_shared)])
     masterordering = rng.integers(0, 10000, 30000)
-    masterordering[:n_shared] = np.arange(n_shared)  # every shared image early in session 1
+    for ses in sessions or ("01",):  # every shared image early in each session written
+        start = (int(ses) - 1) * 750
+        masterordering[start : start + n_shared] = np.arange(n_shared)
     pattern = stimpattern(rng)
     # [export] nsd_expdesign.mat: MATLAB v5, 1-based masterordering (1×30000), subjectim
     # (8×10000, 73k ids), sharedix (1×1000); stimpattern (40×12×75) -- the export's
@@ -297,7 +299,9 @@ def write_nsd_timeseries(
             file_run += [f"{f:02d}"] * n
             t0 += n
         n_vol = n_design + 1  # one trailing volume more than the design
-        x = trial_regressors(volumes * tr, np.full(len(volumes), 3.0), n_vol, tr, kernel)
+        x = np.zeros((n_vol, 0))
+        if len(volumes):  # a rest run has no trial
+            x = trial_regressors(volumes * tr, np.full(len(volumes), 3.0), n_vol, tr, kernel)
         t = np.arange(n_vol)[:, None]
         drift = 0.5 * np.cos(np.pi * t / n_vol) * rng.normal(1, 0.2, n_vox)
         shared_noise = rng.normal(0, 1, (n_vol, 3)) @ rng.normal(0, 0.4, (3, n_vox))

@@ -182,6 +182,7 @@ def nsd_config(endpoint: str) -> dict:
     config.update(
         dataset="nsd", subjects=["01"], sessions=SESSIONS, runs=["01"], tr=1.333333, task="nsd",
         rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint},
+        feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
     return config

@@ -157,6 +157,7 @@ def test_snakemake_fetches_and_ingests_fsaverage(surf_server, tmp_path):
     config.update(
         dataset="nsd", subjects=["01"], sessions=SESSIONS, runs=["01"], tr=1.333333, task="nsd",
         rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint, "space": "fsaverage"},
+        feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
     target = "results/nsd/sub-01/betas.zarr"

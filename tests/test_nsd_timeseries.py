@@ -1,13 +1,14 @@
 """NSD's preprocessed time series through our own preprocess and betas stages.
 
-A loopback S3 server serves a tiny NSD (real key layout and formats) whose time
-series were generated from known single-trial amplitudes; a real Snakemake run
-goes from fetch to betas.zarr and the betas must recover those amplitudes.
+A loopback S3 server serves a tiny NSD (real key layout and formats, tests/nsd_fixtures)
+whose time series were generated from known single-trial amplitudes: session 21, a
+resting-state session of 14 runs (01 and 14 rest), each time series one volume longer
+than its design. A real Snakemake run goes from fetch to betas.zarr and on to a trained
+model, and the betas must recover those amplitudes.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -31,15 +32,23 @@ from .nsd_fixtures import TS_TR, write_nsd_timeseries, write_nsd_tree
 from .s3_server import serve_tree
 
 BUCKET = "natural-scenes-dataset"
-RUNS = ["01", "02"]
+SESSION = "21"  # a resting-state session (cvnlab/nsddatapaper main/nsdsetup.m)
+RUNS = ["01", "12"]  # task runs: files run02 and run13 of this session
 
 
 @pytest.fixture(scope="module")
 def ts_server(tmp_path_factory):
     """A moto S3 server holding a tiny NSD with time series; yields (endpoint, truth)."""
     tree = tmp_path_factory.mktemp("nsd-ts-bucket")
-    base = write_nsd_tree(tree, subjects=("01",), sessions=("01",))
-    truth = write_nsd_timeseries(tree, base, runs=tuple(RUNS))
+    base = write_nsd_tree(tree, subjects=("01",), sessions=(SESSION,))
+    truth = write_nsd_timeseries(tree, base, session=SESSION)
+    keep = np.isin(truth["task_run"], RUNS)  # the trials of the selected task runs
+    truth.update(
+        amplitude=truth["amplitude"][keep], stimulus=truth["stimulus"][keep],
+        onset=truth["onset"][keep], run=truth["task_run"][keep],
+        shown=np.unique(truth["stimulus"][keep]),
+        shared=np.intersect1d(truth["stimulus"][keep], base["shared"]),
+    )  # fmt: skip
     with serve_tree(tree, BUCKET) as endpoint:
         yield endpoint, truth
 
@@ -51,6 +60,13 @@ def options(**extra) -> nsd.NsdOptions:
 
 def test_keys_follow_nsd_layout():
     opts = options()
+    # a resting-state session: task run n is file run n + 1 (01 and 14 are rest)
+    assert nsd_timeseries.timeseries_key("01", "21", "01", opts).endswith("session21_run02.nii.gz")
+    assert nsd_timeseries.design_key("01", "21", "12", opts).endswith("session21_run13.tsv")
+    assert nsd_timeseries.design_key("02", "35", "12", opts).endswith("session35_run12.tsv")
+    assert nsd_timeseries.design_key("05", "35", "12", opts).endswith("session35_run13.tsv")
+    with pytest.raises(BrainpipeInputError, match=r"field 'runs'.*task runs 1-12.*'13'"):
+        nsd_timeseries.timeseries_key("01", "01", "13", opts)
     assert nsd_timeseries.timeseries_key("1", "03", "12", opts) == (
         "nsddata_timeseries/ppdata/subj01/func1pt8mm/timeseries/timeseries_session03_run12.nii.gz"
     )
@@ -84,7 +100,7 @@ def fetched(ts_server, tmp_path_factory):
     endpoint, _ = ts_server
     dest = tmp_path_factory.mktemp("data") / "nsd"
     fetch_dataset(
-        "nsd", dest, subjects=["01"], sessions=["01"], runs=RUNS, task="nsd",
+        "nsd", dest, subjects=["01"], sessions=[SESSION], runs=RUNS, task="nsd",
         source={"endpoint_url": endpoint, "betas": "estimate"}, progress=False,
     )  # fmt: skip
     return dest
@@ -94,15 +110,19 @@ def test_fetch_lays_out_bids_that_validates(fetched, ts_server):
     _, truth = ts_server
     layout = BidsLayout(fetched, "nsd")
     opts = options()
-    first = RunKey("01", "01", "01")
+    first = RunKey("01", SESSION, "01")
     cached = fetched.with_name(".nsd-objects") / nsd_timeseries.timeseries_key(
-        "01", "01", "01", opts
+        "01", SESSION, "01", opts
     )
-    assert os.path.samefile(layout.bold(first), cached)  # hard link, not a copy
-    last = RunKey("01", "01", RUNS[-1])
-    assert nib.load(layout.bold(last)).header.get_zooms()[3] == pytest.approx(TS_TR)  # fixed
+    assert cached.name == "timeseries_session21_run02.nii.gz"  # run01 is rest: not fetched
+    assert not cached.with_name("timeseries_session21_run01.nii.gz").exists()
+    # the trailing volume past the design is dropped
+    assert nib.load(cached).shape[3] == truth["n_volumes"]["02"] == 226
+    assert nib.load(layout.bold(first)).shape[3] == 225
+    last = RunKey("01", SESSION, RUNS[-1])
+    assert nib.load(layout.bold(last)).header.get_zooms()[3] == pytest.approx(TS_TR)
     assert read_tr(layout.sidecar(last)) == pytest.approx(TS_TR)
-    events = pd.concat([read_events(layout.events(RunKey("01", "01", r))) for r in RUNS])
+    events = pd.concat([read_events(layout.events(RunKey("01", SESSION, r))) for r in RUNS])
     assert list(events["stimulus"]) == [nsd.stimulus_name(i) for i in truth["stimulus"]]
     np.testing.assert_allclose(events["onset"], truth["onset"], atol=1e-5)
     stimuli = pd.read_csv(layout.stimuli_table, sep="\t", dtype={"stimulus": str})
@@ -111,7 +131,7 @@ def test_fetch_lays_out_bids_that_validates(fetched, ts_server):
         nsd.stimulus_name(i) for i in truth["shared"]
     ]
     assert {"V1", "nsdgeneral", "FFA1"} <= set(layout.available_rois("01"))
-    manifest = validate_subject(fetched, "01", ["01"], RUNS, 1.333333, task="nsd")
+    manifest = validate_subject(fetched, "01", [SESSION], RUNS, 1.333333, task="nsd")
     assert manifest["n_voxels"] == int(truth["mask"].sum())
     assert [r["n_trials"] for r in manifest["runs"]] == [
         int((truth["run"] == r).sum()) for r in RUNS
@@ -121,9 +141,9 @@ def test_fetch_lays_out_bids_that_validates(fetched, ts_server):
 def ts_config(endpoint: str) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(
-        dataset="nsd", subjects=["01"], sessions=["01"], runs=RUNS, tr=1.333333, task="nsd",
+        dataset="nsd", subjects=["01"], sessions=[SESSION], runs=RUNS, tr=1.333333, task="nsd",
         rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint, "betas": "estimate"},
-        splits={"shared_train_fraction": 0.0},
+        splits={"shared_train_fraction": 0.0}, feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
     return config

@@ -101,6 +101,35 @@ def betas_int16_filter() -> Any:
 
 #: Spaces ingest supports: volumes here, the fsaverage surface in nsd_surface.
 SPACES = ("func1pt8mm", "func1mm", "fsaverage")
+#: TR of each volume space's preparation (s): ``tr = [1 4/3]`` for func1mm, func1pt8mm in
+#: cvnlab/nsddatapaper ``main/export.m``.
+SPACE_TR = {"func1pt8mm": 4.0 / 3.0, "func1mm": 1.0}
+#: Sessions each subject completed (all released since 2023):
+#: ``nsess = [40 40 32 30 40 32 40 30]`` in cvnlab/nsddatapaper ``main/export_noiseceiling.m``.
+SESSIONS_PER_SUBJECT = {
+    f"subj{n:02d}": k for n, k in enumerate((40, 40, 32, 30, 40, 32, 40, 30), 1)
+}
+#: The public bucket's region (``source.region`` overrides it).
+BUCKET_REGION = "us-east-2"
+
+
+def check_sessions(subjects: list[str], sessions: list[str]) -> None:
+    """Raise, naming subject and session, if a requested session was never recorded.
+
+    Called before any download, so a request for, say, session 35 of subject 03 stops
+    with a clear message instead of a 404 after other files were fetched.
+    """
+    for subject in subjects:
+        label = subject_label(subject)
+        n_max = SESSIONS_PER_SUBJECT[label]
+        for ses in sessions:
+            if session_number(ses) > n_max:
+                raise BrainpipeInputError(
+                    "config",
+                    "sessions",
+                    f"NSD subject {subject} ({label}) has sessions 1-{n_max}; "
+                    f"session {ses} does not exist",
+                )
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,7 @@ class NsdOptions:
     bucket: str = "natural-scenes-dataset"
     endpoint_url: str | None = None
     anonymous: bool = True
+    region: str = BUCKET_REGION
     space: str = "func1pt8mm"
     beta_version: str = "betas_fithrf_GLMdenoise_RR"
     mask: str = "brainmask"  # voxels kept: "brainmask" or "nsdgeneral"
@@ -120,9 +150,10 @@ class NsdOptions:
     stream_betas: bool = True  # fetch each session's betas during ingest, gathering as it arrives
     cache_dir: str | None = None  # fetched objects (None: beside the data folder)
     trial_batch: int = 50  # trials read from HDF5 at once (memory: batch × volume × 2 bytes)
-    tr: float = 4 / 3
     trial_period_s: float = 4.0
     roi_files: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    # COCO caption files joined on cocoId (brainpipe.datasets.nsd_captions); None: no captions
+    captions: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, block: dict[str, Any] | None) -> NsdOptions:
@@ -140,6 +171,13 @@ class NsdOptions:
                 "source.beta_version",
                 f"expected one of {list(BETA_VERSIONS)}, got {opts.beta_version!r}",
             )
+        if opts.space == "func1mm" and opts.beta_version == "betas_assumehrf":
+            raise BrainpipeInputError(
+                "config",
+                "source.beta_version",
+                "NSD publishes betas_assumehrf at func1pt8mm only (use betas_fithrf or "
+                "betas_fithrf_GLMdenoise_RR at func1mm)",
+            )
         if opts.mask not in ("brainmask", "nsdgeneral"):
             raise BrainpipeInputError(
                 "config", "source.mask", f"expected 'brainmask' or 'nsdgeneral', got {opts.mask!r}"
@@ -148,7 +186,18 @@ class NsdOptions:
 
     def source(self) -> S3Source:
         """The bucket to fetch from."""
-        return S3Source(self.bucket, endpoint_url=self.endpoint_url, anonymous=self.anonymous)
+        return S3Source(
+            self.bucket, endpoint_url=self.endpoint_url, anonymous=self.anonymous,
+            region=self.region,
+        )  # fmt: skip
+
+    @property
+    def tr(self) -> float:
+        """TR (s) of the space's preparation: 1 s at func1mm, 4/3 s at func1pt8mm.
+
+        fsaverage betas carry no TR of their own; 4/3 s (the registry's) is recorded.
+        """
+        return SPACE_TR.get(self.space, SPACE_TR["func1pt8mm"])
 
 
 def subject_label(subject: str) -> str:
@@ -357,6 +406,7 @@ def download_nsd(
     ``opts.stream_betas`` the session betas are left to ingest, which fetches
     them into the same cache while it converts them (:mod:`.nsd_stream`).
     """
+    check_sessions(subjects, sessions)
     dest = Path(dest)
     cache = Path(cache) if cache else object_cache(dest)
     source = opts.source()
@@ -390,7 +440,7 @@ def assemble_from_cache(
             ids = np.unique(
                 np.concatenate([design.trial_stimuli(s, ses) for s in subjects for ses in sessions])
             )
-            extract_stimuli(source, opts, ids, design.sharedix, Path(tmp) / "stimuli")
+            extract_stimuli(source, opts, ids, design.sharedix, Path(tmp) / "stimuli", cache)
     return dest
 
 
@@ -406,12 +456,19 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def extract_stimuli(
-    source: S3Source, opts: NsdOptions, ids: np.ndarray, shared: np.ndarray, out_dir: Path
+    source: S3Source,
+    opts: NsdOptions,
+    ids: np.ndarray,
+    shared: np.ndarray,
+    out_dir: Path,
+    cache: Path | None = None,
 ) -> pd.DataFrame:
     """Write images ``ids`` (0-based 73k) as PNGs, and ``stimuli.tsv`` listing them.
 
-    Columns of ``stimuli.tsv``: stimulus, image, caption (empty: NSD's bucket
-    has no captions), shared.
+    Columns of ``stimuli.tsv``: stimulus, image, caption, shared. NSD's bucket has no
+    captions: with ``opts.captions`` they come from COCO's caption files joined on
+    ``cocoId`` (:mod:`.nsd_captions`; ``nsd_stim_info_merged.csv`` read from ``cache``),
+    otherwise the column is empty.
 
     Reads only those rows of ``imgBrick`` — from ``opts.stimuli_file`` if set,
     else by range requests on the bucket's HDF5 — in index order, one at a time.
@@ -420,6 +477,16 @@ def extract_stimuli(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(exist_ok=True)
+    captions: dict[int, str] = {}
+    if opts.captions:
+        from brainpipe.datasets import nsd_captions
+
+        if cache is None:
+            raise ValueError("captions need the object cache (nsd_stim_info_merged.csv)")
+        files = nsd_captions.fetch_caption_files(opts.captions, cache, opts.workers)
+        captions = nsd_captions.nsd_captions(
+            safe_local_path(cache, STIM_INFO_KEY), files, [int(i) for i in ids]
+        )
     raw = open(opts.stimuli_file, "rb") if opts.stimuli_file else RangeFile(source, STIMULI_KEY)
     with raw, h5py.File(raw, "r") as h5:
         if "imgBrick" not in h5:
@@ -438,7 +505,7 @@ def extract_stimuli(
             Image.fromarray(np.asarray(brick[i], dtype=np.uint8)).save(
                 out_dir / "images" / f"{name}.png"
             )
-            rows.append((name, f"images/{name}.png", "", int(i in shared_set)))
+            rows.append((name, f"images/{name}.png", captions.get(i, ""), int(i in shared_set)))
     table = pd.DataFrame(rows, columns=["stimulus", "image", "caption", "shared"])
     write_text_atomic(table.to_csv(sep="\t", index=False), out_dir / "stimuli.tsv")
     return table

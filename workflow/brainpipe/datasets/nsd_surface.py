@@ -62,6 +62,7 @@ from brainpipe.datasets.nsd import (
     ExpDesign,
     NsdOptions,
     assemble_from_cache,
+    check_sessions,
     read_expdesign,
     session_number,
     stimulus_name,
@@ -146,6 +147,7 @@ def download_nsd_surface(
     ``stimuli/`` is built as in :func:`brainpipe.datasets.nsd.download_nsd`.
     """
     _check_space(opts)
+    check_sessions(subjects, sessions)
     dest = Path(dest)
     cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
     source = opts.source()

@@ -49,8 +49,10 @@ import pandas as pd
 from brainpipe.bids import BidsLayout, RunKey
 from brainpipe.datasets.nsd import (
     EXPDESIGN_KEY,
+    STIM_INFO_KEY,
     NsdOptions,
     brainmask_key,
+    check_sessions,
     extract_stimuli,
     link_or_copy,
     read_expdesign,
@@ -77,34 +79,61 @@ N_IMAGES = 73000
 TR_RTOL = 1e-3
 
 
+#: Task runs of every NSD session (cvnlab/nsddatapaper ``main/export.m``:
+#: ``assert(length(a1.stimulus)==12)``).
+TASK_RUNS = 12
+
+
 # --- keys in the bucket -------------------------------------------------------------------
 def run_number(run: str) -> int:
-    """``"01"`` -> 1 (NSD sessions have 12 task runs, 14 with resting-state runs)."""
+    """``"01"`` -> 1: a task run of an NSD session (1-12)."""
     try:
         n = int(run)
     except ValueError as err:
         raise BrainpipeInputError("config", "runs", f"NSD run {run!r}") from err
-    if not 1 <= n <= 99:
-        raise BrainpipeInputError("config", "runs", f"NSD runs are 1-based, got {run!r}")
+    if not 1 <= n <= TASK_RUNS:
+        raise BrainpipeInputError(
+            "config", "runs", f"NSD sessions have task runs 1-{TASK_RUNS}, got {run!r}"
+        )
     return n
+
+
+def rest_session(subject: str, session: str) -> bool:
+    """Whether the session has resting-state runs (then 14 runs, first and last rest).
+
+    cvnlab/nsddatapaper ``main/nsdsetup.m``: sessions 21-30 of every subject and 31-38
+    of subjects 1 and 5 ("THIS DEFINES WHEN RESTING-STATE HAPPENED").
+    """
+    s, n = int(subject_label(subject)[4:]), session_number(session)
+    return 21 <= n <= 30 or (s in (1, 5) and 31 <= n <= 38)
+
+
+def file_run(subject: str, session: str, run: str) -> int:
+    """Run number of a task run's files: the task run, + 1 in a resting-state session.
+
+    NSD's export writes a resting-state session's runs as ``allruns([13 1:12 14])``:
+    run 01 and run 14 are rest (all-zero design), task run n is file run n + 1.
+    """
+    return run_number(run) + (1 if rest_session(subject, session) else 0)
 
 
 def _timeseries_dir(subject: str, opts: NsdOptions) -> str:
     return f"nsddata_timeseries/ppdata/{subject_label(subject)}/{opts.space}"
 
 
-def _stem(session: str, run: str) -> str:
-    return f"session{session_number(session):02d}_run{run_number(run):02d}"
+def _stem(subject: str, session: str, run: str) -> str:
+    return f"session{session_number(session):02d}_run{file_run(subject, session, run):02d}"
 
 
 def timeseries_key(subject: str, session: str, run: str, opts: NsdOptions) -> str:
-    """Key of one run's preprocessed 4-D time series."""
-    return f"{_timeseries_dir(subject, opts)}/timeseries/timeseries_{_stem(session, run)}.nii.gz"
+    """Key of one task run's preprocessed 4-D time series (``run``: task run 1-12)."""
+    stem = _stem(subject, session, run)
+    return f"{_timeseries_dir(subject, opts)}/timeseries/timeseries_{stem}.nii.gz"
 
 
 def design_key(subject: str, session: str, run: str, opts: NsdOptions) -> str:
-    """Key of one run's design file (one row per volume)."""
-    return f"{_timeseries_dir(subject, opts)}/design/design_{_stem(session, run)}.tsv"
+    """Key of one task run's design file (one row per volume; ``run``: task run 1-12)."""
+    return f"{_timeseries_dir(subject, opts)}/design/design_{_stem(subject, session, run)}.tsv"
 
 
 def timeseries_subject_keys(
@@ -205,12 +234,18 @@ def design_events(ids: np.ndarray, tr: float) -> pd.DataFrame:
 # --- download and layout ------------------------------------------------------------------
 
 
-def _place_bold(src: Path, dst: Path, tr: float, shape: tuple[int, ...]) -> int:
+def _place_bold(
+    src: Path, dst: Path, tr: float, shape: tuple[int, ...], n_design: int | None = None
+) -> int:
     """Put one run's time series at ``dst``; return its number of volumes.
 
-    Hard-linked when its header's TR (pixdim[4]) is the space's TR or unset;
-    otherwise rewritten with that TR, so the header, the sidecar and the
-    config agree (brainpipe.validation checks all three).
+    NSD's time series have one volume more than their design file (cvnlab/nsddatapaper
+    ``main/export.m``: "trailing volumes of fMRI data must be dropped in order to
+    match"): with ``n_design`` given, volumes past it are dropped (the run is rewritten;
+    fewer volumes than the design is an error). Otherwise the file is hard-linked when
+    its header's TR (pixdim[4]) is the space's TR or unset, and rewritten with that TR
+    if not, so the header, the sidecar and the config agree (brainpipe.validation
+    checks all three).
     """
     if not src.exists():
         raise BrainpipeInputError(src, "<file>", "time series is missing (run the fetch)")
@@ -219,17 +254,28 @@ def _place_bold(src: Path, dst: Path, tr: float, shape: tuple[int, ...]) -> int:
         raise BrainpipeInputError(
             src, "shape", f"expected a 4-D time series over the brain mask {shape}, got {img.shape}"
         )
+    n_volumes = int(img.shape[3])
+    if n_design is not None and n_volumes < n_design:
+        raise BrainpipeInputError(
+            src, "shape", f"{n_volumes} volumes, fewer than the design's {n_design} rows"
+        )
+    keep = n_volumes if n_design is None else n_design
     header_tr = float(img.header.get_zooms()[3])
-    if header_tr <= 0 or np.isclose(header_tr, tr, rtol=TR_RTOL):
+    if keep == n_volumes and (header_tr <= 0 or np.isclose(header_tr, tr, rtol=TR_RTOL)):
         link_or_copy(src, dst)
     else:
-        log.info("%s: header TR %.4g s rewritten to %.6g s", src.name, header_tr, tr)
+        if keep < n_volumes:
+            log.info("%s: %d trailing volume(s) past the design dropped", src.name,
+                     n_volumes - keep)  # fmt: skip
+        if not np.isclose(header_tr, tr, rtol=TR_RTOL):
+            log.info("%s: header TR %.4g s rewritten to %.6g s", src.name, header_tr, tr)
         header = img.header.copy()
         header.set_zooms((*img.header.get_zooms()[:3], tr))
         header.set_xyzt_units(xyz="mm", t="sec")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, header), dst)
-    return int(img.shape[3])
+        data = np.asanyarray(img.dataobj[..., :keep])
+        nib.save(nib.Nifti1Image(data, img.affine, header), dst)
+    return keep
 
 
 def _save_mask(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -283,10 +329,14 @@ def layout_subject(
         for run in runs:
             key = RunKey(subject, ses, run)
             src = safe_local_path(objects, timeseries_key(subject, ses, run, opts))
-            n_volumes = _place_bold(src, layout.bold(key), tr, shape)
-            design = read_design_tsv(
-                safe_local_path(objects, design_key(subject, ses, run, opts)), n_volumes
-            )
+            design = read_design_tsv(safe_local_path(objects, design_key(subject, ses, run, opts)))
+            n_volumes = _place_bold(src, layout.bold(key), tr, shape, n_design=len(design))
+            if not (design > 0).any():
+                raise BrainpipeInputError(
+                    safe_local_path(objects, design_key(subject, ses, run, opts)),
+                    "<rows>",
+                    "no trial in this run's design (a resting-state run?)",
+                )
             events = design_events(design, tr)
             write_text_atomic(
                 events.to_csv(sep="\t", index=False, float_format="%.6f"), layout.events(key)
@@ -333,12 +383,13 @@ def download_nsd_timeseries(
         BIDS task label (config key ``task``).
     """
     check_timeseries_space(opts)
+    check_sessions(subjects, sessions)
     if not runs:
         raise BrainpipeInputError("config", "runs", "the NSD time-series path needs runs")
     dest = Path(dest)
     cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
     source = opts.source()
-    keys = [EXPDESIGN_KEY]
+    keys = [EXPDESIGN_KEY, *([STIM_INFO_KEY] if opts.captions else [])]
     for subject in subjects:
         keys += timeseries_subject_keys(subject, sessions, runs, opts)
     log.info("NSD time series: %d objects from %s into %s", len(keys), source.url(""), cache)
@@ -365,5 +416,7 @@ def download_nsd_timeseries(
                 "no design file of the selected runs has a trial",
             )
         # The images the runs show; shared = NSD's shared 1000 (the test split).
-        extract_stimuli(source, opts, np.array(sorted(ids)), design.sharedix, tmp / "stimuli")
+        extract_stimuli(
+            source, opts, np.array(sorted(ids)), design.sharedix, tmp / "stimuli", cache
+        )
     return dest

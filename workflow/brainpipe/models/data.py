@@ -7,7 +7,7 @@ so nothing fitted sees a test stimulus.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +58,32 @@ def features_for(features: xr.Dataset, stimuli: np.ndarray, source: str) -> np.n
     return np.asarray(features["features"].values[idx], dtype=np.float32)
 
 
+def betas_values(betas: xr.Dataset) -> np.ndarray:
+    """``betas`` as float32, NaN where the dataset marks a voxel invalid in a session.
+
+    A store may carry ``valid(ses, voxel)`` (NSD's ``valid_sessionNN``: the session's
+    betas of an invalid voxel are 0, not a response); those entries become NaN here, like
+    the NaN vertices NSD's fsaverage betas hold already.
+    """
+    values = np.array(betas["betas"].values, dtype=np.float32)
+    if "valid" in betas.data_vars and "ses" in betas.coords:
+        ses = pd.Index(betas["ses"].values.astype(str))
+        rows = ses.get_indexer(betas["session"].values.astype(str))
+        if (rows < 0).any():
+            raise BrainpipeInputError(
+                "betas.zarr", "valid", "a trial's session has no row in valid(ses, voxel)"
+            )
+        values[~np.asarray(betas["valid"].values, bool)[rows]] = np.nan
+    return values
+
+
 def average_test_responses(
-    betas: xr.Dataset, test_stimuli: np.ndarray
+    betas: xr.Dataset, test_stimuli: np.ndarray, values: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Responses to each test stimulus averaged over its repeats, and the repeat counts.
+
+    Missing values (NaN: invalid voxels, NaN vertices) are left out of each voxel's
+    average; a stimulus with no finite repeat at a voxel averages to NaN there.
 
     Returns
     -------
@@ -69,13 +91,51 @@ def average_test_responses(
     counts : ndarray of int, shape (n_test,)
     """
     trial_stimuli = betas["stimulus"].values.astype(str)
-    values = np.asarray(betas["betas"].values, dtype=np.float32)
+    values = betas_values(betas) if values is None else values
     codes = pd.Index(test_stimuli).get_indexer(trial_stimuli)
     sel = codes >= 0
     counts = np.bincount(codes[sel], minlength=len(test_stimuli))
+    finite = np.isfinite(values[sel])
     sums = np.zeros((len(test_stimuli), values.shape[1]), dtype=np.float64)
-    np.add.at(sums, codes[sel], values[sel])
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), counts
+    n = np.zeros((len(test_stimuli), values.shape[1]), dtype=np.int64)
+    np.add.at(sums, codes[sel], np.where(finite, values[sel], 0))
+    np.add.at(n, codes[sel], finite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
+    return means.astype(np.float32), counts
+
+
+def voxel_coords(betas: xr.Dataset) -> dict[str, np.ndarray]:
+    """Per-voxel coordinates that locate each voxel: ``i, j, k`` in a volume, ``hemi,
+    vertex`` on a surface (NSD fsaverage stores), whichever the store has."""
+    for names in (("i", "j", "k"), ("hemi", "vertex")):
+        if all(c in betas.coords for c in names):
+            return {c: betas[c].values for c in names}
+    raise BrainpipeInputError(
+        "betas.zarr", "voxel", "no voxel coordinates (expected i, j, k or hemi, vertex)"
+    )
+
+
+def fill_missing(train: np.ndarray, *others: np.ndarray) -> int:
+    """Replace NaN (in place) with each voxel's mean over its finite training values.
+
+    The mean comes from ``train`` alone (0 where a voxel has none); ``others`` (test
+    responses) are filled with the same training means. Returns how many voxels had a
+    missing training value. Ridge and the decoders need finite inputs; a voxel NSD marks
+    invalid in one session keeps its other sessions.
+    """
+    bad = ~np.isfinite(train)
+    if not bad.any() and all(np.isfinite(o).all() for o in others):
+        return 0
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(bad, np.nan, train), axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0).astype(train.dtype)
+    cols = np.nonzero(bad)[1]
+    train[bad] = mean[cols]
+    for other in others:
+        missing = ~np.isfinite(other)
+        other[missing] = mean[np.nonzero(missing)[1]]
+    return int(bad.any(axis=0).sum())
 
 
 @dataclass
@@ -99,7 +159,12 @@ class JobData:
     repeats_test : ndarray of int, shape (n_test,)
     features_test : list of ndarray, each (n_test, ...)
     voxel_ijk : ndarray of int32, shape (n_voxels, 3)
+        ``i, j, k`` (-1 on a surface store: see ``voxel_coords``).
     feature_names : list of str
+    voxel_coords : dict of str -> ndarray (n_voxels,)
+        ``i, j, k`` or ``hemi, vertex``.
+    n_voxels_filled : int
+        Voxels with a missing (NaN / invalid) training value, filled by :func:`fill_missing`.
     """
 
     subject: str
@@ -114,6 +179,8 @@ class JobData:
     features_test: list[np.ndarray]
     voxel_ijk: np.ndarray
     feature_names: list[str]
+    voxel_coords: dict[str, np.ndarray] = field(default_factory=dict)
+    n_voxels_filled: int = 0
 
     @property
     def n_voxels(self) -> int:
@@ -142,6 +209,8 @@ class JobData:
             features_test=self.features_test,
             voxel_ijk=self.voxel_ijk,
             feature_names=self.feature_names,
+            voxel_coords=self.voxel_coords,
+            n_voxels_filled=self.n_voxels_filled,
         )
 
 
@@ -190,12 +259,15 @@ def load_job_data(
             splits_path, "split", "fewer than 2 test stimuli for this subject"
         )
     stores = [open_zarr(p) for p in feature_paths]
-    values = np.asarray(betas["betas"].values, dtype=np.float32)
-    betas_test, repeats = average_test_responses(betas, test_stimuli)
+    values = betas_values(betas)
+    betas_test, repeats = average_test_responses(betas, test_stimuli, values)
+    betas_train = values[train]
+    filled = fill_missing(betas_train, betas_test)
+    coords = voxel_coords(betas)
     return JobData(
         subject=subject or str(betas.attrs.get("subject", "")),
         roi=roi,
-        betas_train=values[train],
+        betas_train=betas_train,
         stimuli_train=trial_stimuli[train],
         sessions_train=betas["session"].values.astype(str)[train],
         features_train=[
@@ -209,7 +281,11 @@ def load_job_data(
             features_for(s, test_stimuli, str(p))
             for s, p in zip(stores, feature_paths, strict=True)
         ],
-        voxel_ijk=np.stack([betas[c].values for c in "ijk"], axis=1).astype(np.int32),
+        voxel_ijk=np.stack(
+            [coords.get(c, np.full(betas.sizes["voxel"], -1)) for c in "ijk"], axis=1
+        ).astype(np.int32),
+        voxel_coords=coords,
+        n_voxels_filled=filled,
         feature_names=[
             str(s.attrs.get("feature_model", Path(p).stem))
             for s, p in zip(stores, feature_paths, strict=True)

@@ -69,6 +69,7 @@ def train_job(
         "roi": roi,
         "features": ",".join(data.feature_names),
         "n_train_trials": str(len(data.betas_train)),
+        "n_voxels_filled": str(data.n_voxels_filled),
         "fit_seconds": f"{seconds:.2f}",
         **result.info,
         **provenance_attrs(config),
@@ -77,7 +78,7 @@ def train_job(
     output = "voxel" if spec.kind == "encoding" else "dim"
     coords: dict[str, Any] = {"stimulus": data.test_stimuli}
     if spec.kind == "encoding":
-        coords.update({c: ("voxel", data.voxel_ijk[:, n]) for n, c in enumerate("ijk")})
+        coords.update({c: ("voxel", v) for c, v in data.voxel_coords.items()})
     variables = {"predicted": (("stimulus", output), result.predicted.astype(np.float32))}
     for name, pred in result.extra_predictions.items():
         variables[f"predicted_{name}"] = (("stimulus", output), np.asarray(pred, np.float32))
@@ -164,7 +165,7 @@ def evaluate_job(
     metrics["n_voxels"] = int(betas.sizes["voxel"])
     metrics["n_test_stimuli"] = int(len(test_stimuli))
     if spec.kind == "encoding":
-        from brainpipe.models.data import average_test_responses
+        from brainpipe.models.data import average_test_responses, voxel_coords
 
         observed, repeats = average_test_responses(betas, test_stimuli)
         summary, per_voxel = encoding_metrics(
@@ -174,7 +175,7 @@ def evaluate_job(
         metrics.update(summary)
         scores = xr.Dataset(
             {k: ("voxel", np.asarray(v, np.float32)) for k, v in per_voxel.items()},
-            coords={c: ("voxel", betas[c].values) for c in "ijk"},
+            coords={c: ("voxel", v) for c, v in voxel_coords(betas).items()},
         )
     else:
         from brainpipe.models.data import features_for
