@@ -138,10 +138,13 @@ from brainpipe.datasets.registry import load_entry
 from brainpipe.download import fetch_dataset
 from brainpipe.logs import log_to
 endpoint, work, stream = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "stream"
+zscore = {"zscore": True, "shipped": False}.get(sys.argv[4]) if len(sys.argv) > 4 else None
 phases = {"imports_s": time.perf_counter() - t0}
 with log_to(work / "ingest.log"):
     t = time.perf_counter()
     source = {"endpoint_url": endpoint, "stimuli": False, "stream_betas": stream}
+    if zscore is not None:
+        source["zscore"] = zscore
     data = fetch_dataset("nsd", work / "data/nsd", subjects=["01"], sessions=["01"],
                          source=source, progress=False)
     phases["fetch_s"] = time.perf_counter() - t
@@ -167,6 +170,12 @@ def main() -> None:
         help="/betas as NSD publishes it (one chunk per voxel) or contiguous",
     )
     parser.add_argument(
+        "--betas",
+        choices=("default", "zscore", "shipped"),
+        default="default",
+        help="z-scored per session, as shipped (int16 x 300), or the registry's default",
+    )
+    parser.add_argument(
         "--no-stream",
         action="store_true",
         help="fetch the whole session first (stream_betas: false)",
@@ -177,6 +186,7 @@ def main() -> None:
         "ingest"
         + ("_quick" if args.quick else "")
         + ("_contiguous" if args.layout == "contiguous" else "")
+        + ("" if args.betas == "default" else f"_{args.betas}")
     )
     out = args.out or RESULTS.with_name(f"{stem}.json")
     work = Path(tempfile.mkdtemp(prefix="bp-ingest-bench-"))
@@ -228,7 +238,9 @@ def main() -> None:
             os.sync()  # the previous run's store is not written back during this one
             refs.append(measure([sys.executable, "-c", REFERENCE, endpoint, BUCKET, key]))
             floors.append(measure([sys.executable, "-c", VERIFIED, endpoint, BUCKET, key]))
-            ours_runs.append(measure([sys.executable, "-c", BRAINPIPE, endpoint, str(runs), mode]))
+            ours_runs.append(
+                measure([sys.executable, "-c", BRAINPIPE, endpoint, str(runs), mode, args.betas])
+            )
             if ours_runs[-1].returncode or refs[-1].returncode:
                 raise SystemExit(
                     f"a measured command failed: ref {refs[-1].returncode}, "
@@ -271,6 +283,7 @@ def main() -> None:
         "benchmark": "ingest",
         "volume_shape": list(shape),
         "betas_layout": args.layout,
+        "betas": args.betas,
         "trials": 750,
         "object_bytes": size,
         "voxels_kept": n_vox,
@@ -311,6 +324,7 @@ def main() -> None:
                 *(["--quick"] if args.quick else []),
                 *(["--no-stream"] if args.no_stream else []),
                 *(["--layout=contiguous"] if args.layout == "contiguous" else []),
+                *([f"--betas={args.betas}"] if args.betas != "default" else []),
                 *([f"--repeats={args.repeats}"] if args.repeats != 5 else []),
             ]
         ),

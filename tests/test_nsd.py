@@ -36,10 +36,10 @@ def nsd_server(tmp_path_factory):
 
 
 def options(endpoint: str, **extra) -> nsd.NsdOptions:
+    """Registry options, betas as shipped (``zscore: false``) unless ``extra`` says otherwise."""
     entry = load_entry("nsd")
-    return nsd.NsdOptions.from_config(
-        {**entry.info, **entry.merged_source({"source": {"endpoint_url": endpoint, **extra}})}
-    )
+    block = {"endpoint_url": endpoint, "zscore": False, **extra}
+    return nsd.NsdOptions.from_config({**entry.info, **entry.merged_source({"source": block})})
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,8 @@ def fetched(nsd_server, tmp_path_factory):
     dest = tmp_path_factory.mktemp("data") / "nsd"
     fetch_dataset(
         "nsd", dest, subjects=["01"], sessions=SESSIONS,
-        source={"endpoint_url": endpoint, "stream_betas": False}, progress=False,
+        source={"endpoint_url": endpoint, "stream_betas": False, "zscore": False},
+        progress=False,
     )  # fmt: skip
     return dest
 
@@ -181,7 +182,7 @@ def nsd_config(endpoint: str) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(
         dataset="nsd", subjects=["01"], sessions=SESSIONS, runs=["01"], tr=1.333333, task="nsd",
-        rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint},
+        rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint, "zscore": False},
         feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)

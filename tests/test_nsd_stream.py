@@ -47,7 +47,7 @@ def small_header(monkeypatch):
 
 def options(endpoint_url: str, **extra) -> nsd.NsdOptions:
     entry = load_entry("nsd")
-    source = {"endpoint_url": endpoint_url, **extra}
+    source = {"endpoint_url": endpoint_url, "zscore": False, **extra}
     return nsd.NsdOptions.from_config({**entry.info, **entry.merged_source({"source": source})})
 
 

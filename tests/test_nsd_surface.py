@@ -37,7 +37,10 @@ def surf_server(tmp_path_factory):
 def options(**extra) -> nsd.NsdOptions:
     entry = load_entry("nsd")
     return nsd.NsdOptions.from_config(
-        {**entry.info, **entry.merged_source({"source": {"space": "fsaverage", **extra}})}
+        {
+            **entry.info,
+            **entry.merged_source({"source": {"space": "fsaverage", "zscore": False, **extra}}),
+        }
     )
 
 
@@ -64,7 +67,7 @@ def fetched(surf_server, tmp_path_factory):
     dest = tmp_path_factory.mktemp("data") / "nsd"
     fetch_dataset(
         "nsd", dest, subjects=["01"], sessions=SESSIONS,
-        source={"endpoint_url": endpoint, "space": "fsaverage"}, progress=False,
+        source={"endpoint_url": endpoint, "space": "fsaverage", "zscore": False}, progress=False,
     )  # fmt: skip
     return dest
 
@@ -156,7 +159,7 @@ def test_snakemake_fetches_and_ingests_fsaverage(surf_server, tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(
         dataset="nsd", subjects=["01"], sessions=SESSIONS, runs=["01"], tr=1.333333, task="nsd",
-        rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint, "space": "fsaverage"},
+        rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint, "space": "fsaverage", "zscore": False},
         feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)

@@ -42,6 +42,7 @@ import logging
 import mmap
 import os
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1481,9 +1482,11 @@ def zscore_with_train_stats(block: np.ndarray, train: np.ndarray, source: Path) 
         raise BrainpipeInputError(
             source, "betas", "z-scoring needs >= 2 training trials per session"
         )
-    mean = block[train].mean(axis=0, dtype=np.float64).astype(np.float32)
-    sd = block[train].std(axis=0, dtype=np.float64).astype(np.float32)
-    sd[sd == 0] = 1.0
+    with warnings.catch_warnings():  # NaN vertices (NSD fsaverage) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(block[train], axis=0, dtype=np.float64).astype(np.float32)
+        sd = np.nanstd(block[train], axis=0, dtype=np.float64).astype(np.float32)
+    sd[(sd == 0) | ~np.isfinite(sd)] = 1.0
     block -= mean
     block /= sd
     return block
