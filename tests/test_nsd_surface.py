@@ -159,7 +159,8 @@ def test_snakemake_fetches_and_ingests_fsaverage(surf_server, tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(
         dataset="nsd", subjects=["01"], sessions=SESSIONS, runs=["01"], tr=1.333333, task="nsd",
-        rois=["V1", "nsdgeneral"], source={"endpoint_url": endpoint, "space": "fsaverage", "zscore": False},
+        rois=["V1", "nsdgeneral"],
+        source={"endpoint_url": endpoint, "space": "fsaverage", "zscore": False},
         feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
