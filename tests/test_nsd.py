@@ -272,7 +272,7 @@ def test_ingest_reads_any_hdf5_layout_identically(
         write_betas_hdf5(path, values.transpose(3, 2, 1, 0), layout)
         with h5py.File(path, "r") as h5:
             dset = h5["betas"]
-            assert (nsd._contiguous_offset(dset) is not None) == (layout == "contiguous")
+            assert (nsd.contiguous_offset(dset) is not None) == (layout == "contiguous")
             addresses = nsd_chunks.voxel_chunk_addresses(dset, path)
             assert (addresses is not None) == (layout == "published")
             if layout == "published":  # the B-tree walk finds what HDF5 itself lists
@@ -318,7 +318,7 @@ def test_betas_stored_as_the_int16_nsd_ships_and_read_as_float32(fetched, nsd_se
         nsd.ingest_nsd_subject(fetched, "01", SESSIONS, out, opts, splits, voxel_chunk=16)
         with quiet_consolidated():
             array = zarr.open_group(out, mode="r")["betas"]
-        assert (nsd._raw_int16_root(array) is not None) == (not zscore)
+        assert (nsd.raw_int16_root(array) is not None) == (not zscore)
         chunk = out / "betas" / array.metadata.encode_chunk_key((1, 0))
         assert chunk.stat().st_size == 750 * 16 * (4 if zscore else 2)
         if not zscore:

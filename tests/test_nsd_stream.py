@@ -142,9 +142,9 @@ def test_ingest_streams_and_equals_ingest_from_files(
     fetches them; the same store as fetching everything first and reading the files."""
     endpoint, truth, _ = contiguous_server
     appended = []
-    real_call = nsd._ChunkRowWriter.__call__
+    real_call = nsd.ChunkRowWriter.__call__
     monkeypatch.setattr(
-        nsd._ChunkRowWriter,
+        nsd.ChunkRowWriter,
         "__call__",
         lambda self, t0, slab: appended.append(t0) or real_call(self, t0, slab),
     )
@@ -301,10 +301,12 @@ def test_refused_chunk_write_fails_the_ingest_and_leaves_no_store(
             raise OSError(28, "No space left on device")
         return real_write(fds, view, chunks, size, offset)
 
-    real_write = nsd._write_blocks
-    monkeypatch.setattr(nsd, "_write_blocks", full_disk)
+    from brainpipe.datasets import nsd_store
+
+    real_write = nsd_store._write_blocks
+    monkeypatch.setattr(nsd_store, "_write_blocks", full_disk)
     dest = tmp_path / "nsd"
-    source = {"endpoint_url": endpoint}
+    source = {"endpoint_url": endpoint, "zscore": False}
     fetch_dataset("nsd", dest, subjects=["01"], sessions=["01"], source=source, progress=False)
     opts = options(endpoint)
     splits = tmp_path / "splits.tsv"

@@ -43,7 +43,7 @@ RowsSink = Callable[[int, np.ndarray], None]
 def gather_into(out: np.ndarray, flat: np.ndarray) -> RowsSink:
     """A :data:`RowsSink` that gathers the kept voxels ``flat`` into ``out`` (750, n_voxels)."""
 
-    from brainpipe.datasets.nsd import KeptVoxels
+    from brainpipe.datasets.nsd_hdf5 import KeptVoxels
 
     kept = KeptVoxels(flat)
 
@@ -124,13 +124,13 @@ class SessionGather:
         rows: RowsSink,
         trial_batch: int = 16,
     ) -> None:
-        from brainpipe.datasets.nsd import TRIALS_PER_SESSION, _scratch
+        from brainpipe.datasets.nsd_hdf5 import TRIALS_PER_SESSION, scratch_array
 
         self.info, self.shape, self.rows = info, shape, rows
         self.volume = int(np.prod(shape))
         self.trials = TRIALS_PER_SESSION
         self.batch = max(1, min(trial_batch, self.trials))
-        self._words = [_scratch((self.batch * self.volume,), np.int16) for _ in range(2)]
+        self._words = [scratch_array((self.batch * self.volume,), np.int16) for _ in range(2)]
         self._pending: list[Future | None] = [None, None]
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._cur = 0
@@ -178,12 +178,12 @@ class SessionGather:
         self.pos += len(view)
 
     def _parse_header(self) -> None:
-        from brainpipe.datasets.nsd import _check_betas, _contiguous_offset
+        from brainpipe.datasets.nsd_hdf5 import check_betas, contiguous_offset
 
         try:
             with h5py.File(_PrefixFile(bytes(self.header), self.info.size), "r") as h5:
-                dset = _check_betas(h5, self.info.key, self.shape)
-                offset = _contiguous_offset(dset)
+                dset = check_betas(h5, self.info.key, self.shape)
+                offset = contiguous_offset(dset)
         except BrainpipeInputError:
             raise
         except Exception as err:  # noqa: BLE001 - any parse failure: ingest from the file

@@ -53,22 +53,21 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from brainpipe.datasets.nsd import (
+from brainpipe.datasets.nsd_download import assemble_from_cache
+from brainpipe.datasets.nsd_layout import (
     BETA_SCALE,
-    BETAS_CODEC,
     EXPDESIGN_KEY,
     STIM_INFO_KEY,
     TRIALS_PER_SESSION,
     ExpDesign,
     NsdOptions,
-    assemble_from_cache,
     check_sessions,
     read_expdesign,
     session_number,
     stimulus_name,
     subject_label,
-    zscore_with_train_stats,
 )
+from brainpipe.datasets.nsd_store import BETAS_CODEC, zscore_with_train_stats
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.metrics import noise_ceiling
 from brainpipe.remote import RemoteAccessError, fetch_objects, safe_local_path

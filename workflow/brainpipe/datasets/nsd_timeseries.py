@@ -47,14 +47,13 @@ import numpy as np
 import pandas as pd
 
 from brainpipe.bids import BidsLayout, RunKey
-from brainpipe.datasets.nsd import (
+from brainpipe.datasets.nsd_download import extract_stimuli, link_or_copy
+from brainpipe.datasets.nsd_layout import (
     EXPDESIGN_KEY,
     STIM_INFO_KEY,
     NsdOptions,
     brainmask_key,
     check_sessions,
-    extract_stimuli,
-    link_or_copy,
     read_expdesign,
     roi_key,
     session_number,

@@ -1,0 +1,428 @@
+"""Writing NSD betas into betas.zarr: the store's small variables, and session blocks.
+
+Volume betas not z-scored are stored as the int16 × 300 NSD ships, through a
+``FixedScaleOffset`` filter (read back as float32 % signal change); their chunk files
+are written directly (:class:`BlockWriter`, :class:`ChunkRowWriter`). Z-scored betas are
+float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from zarr.codecs import BloscCodec
+
+from brainpipe.datasets.nsd_hdf5 import KeptVoxels
+from brainpipe.datasets.nsd_layout import BETA_SCALE, TRIALS_PER_SESSION
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.storage import (
+    quiet_consolidated,
+)
+
+log = logging.getLogger(__name__)
+
+
+#: A fast compressor for betas arrays: Blosc-LZ4 with bit shuffle compresses float32 betas
+#: as well as byte shuffle at ~2x its speed, ~5x zstd's; any reader decodes it.
+BETAS_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+#: Compressors of the volume betas in betas.zarr: none. NSD's betas (int16 / 300 as
+#: float32) are high-entropy; Blosc saved 8 % of the bytes (0.92 ratio on a session) but
+#: cost ~40 % of the ingest's write time (and every later read's decode).
+BETAS_COMPRESSORS: tuple = ()
+
+
+def betas_int16_filter() -> Any:
+    """The filter that stores NSD's betas as the int16 × 300 they ship as, read as float32.
+
+    Exact: decoding gives ``np.divide(int16, 300, dtype=float32)`` bit for bit, so
+    readers see the contract's float32 % signal change, from half the bytes (NSD at
+    1.8 mm: ~125 GB instead of ~250 GB). Z-scored betas are not on that grid and stay
+    float32.
+    """
+    from zarr.codecs.numcodecs import FixedScaleOffset
+
+    with quiet_consolidated():
+        return FixedScaleOffset(offset=0, scale=int(BETA_SCALE), dtype="<f4", astype="<i2")
+
+
+class ChunkRowWriter:
+    """A rows sink writing a session's trials straight into its int16 chunk files.
+
+    The chunk files of an int16 store (:func:`raw_int16_root`) are ``(750,
+    voxel_chunk)`` int16, trial-major: the trials of a batch are one contiguous
+    range of every chunk file of the session. Each batch is gathered trial by trial
+    (:class:`KeptVoxels`) into its chunks' blocks in a page-aligned buffer, and the
+    buffer's blocks are written at their offsets
+    by :data:`WRITERS` threads (``O_DIRECT`` when the offsets are block-aligned, as
+    for the default 4096-voxel chunks) while the next batch is gathered into the
+    other buffer: a synchronous O_DIRECT write waits for the disk, and one at a time
+    those waits took longer than the gathering (0.65 s per 1 GB session, measured).
+    A transfer that starts over rewrites the same ranges. Files are opened on the
+    first batch, so a session ingested from its file instead leaves nothing behind.
+    """
+
+    #: Threads writing blocks (each mostly waits for the disk: several keep it busy).
+    WRITERS = 4
+
+    def __init__(self, target: Future, rows: slice, flat: np.ndarray, voxel_chunk: int) -> None:
+        from brainpipe.directio import ALIGN
+
+        n_chunks = -(-len(flat) // voxel_chunk)
+        padded = np.full(n_chunks * voxel_chunk, flat[0] if len(flat) else 0, np.intp)
+        padded[: len(flat)] = flat  # the edge chunk's padding: any voxel (never read)
+        self.shape = (n_chunks, voxel_chunk)
+        self.kept = KeptVoxels(padded)
+        self.target, self.row_chunk = target, rows.start // TRIALS_PER_SESSION
+        self.row_bytes = 2 * voxel_chunk
+        self.direct = self.row_bytes % ALIGN == 0
+        self.fds: list[int] = []
+        self.bufs: list[mmap.mmap | None] = [None, None]  # page-aligned, a batch's blocks
+        self.pending: list[list[Future]] = [[], []]  # writes from each buffer
+        self.cur = 0
+        self.pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> ChunkRowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        betas = self.target.result()[0]  # once the store is laid out
+        raw_root = raw_int16_root(betas)
+        if raw_root is None:
+            raise RuntimeError(f"{betas.store_path}: betas chunks are not plain int16 ×300")
+        n_chunks = self.shape[0]
+        paths = [
+            raw_root / betas.metadata.encode_chunk_key((self.row_chunk, c)) for c in range(n_chunks)
+        ]
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if self.direct else 0)
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.fds.append(os.open(path, flags, 0o644))
+            except OSError:  # no O_DIRECT on this file system
+                self.direct = False
+                self.fds.append(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        self.pool = ThreadPoolExecutor(self.WRITERS, thread_name_prefix="chunk-writer")
+
+    def _buffer(self, nbytes: int) -> mmap.mmap:
+        """The next batch buffer (at least ``nbytes``), once its earlier writes are done."""
+        from brainpipe.directio import ALIGN
+
+        self.cur ^= 1
+        self._wait(self.cur)
+        buf = self.bufs[self.cur]
+        if buf is None or len(buf) < nbytes:
+            buf = self.bufs[self.cur] = mmap.mmap(-1, max(-(-nbytes // ALIGN) * ALIGN, ALIGN))
+        return buf
+
+    def _wait(self, b: int) -> None:
+        pending, self.pending[b] = self.pending[b], []
+        for future in pending:
+            future.result()
+
+    def __call__(self, t0: int, slab: np.ndarray) -> None:
+        """Write trials ``t0 .. t0 + len(slab)`` into every chunk file."""
+        if self.pool is None:
+            self._open()
+        n, (n_chunks, width) = len(slab), self.shape
+        size = n * self.row_bytes  # one chunk's block: a multiple of ALIGN when direct
+        buf = self._buffer(size * n_chunks)
+        blocks = np.frombuffer(buf, "<i2", count=n_chunks * n * width)
+        blocks = blocks.reshape(n_chunks, n, width)
+        for r, volume in enumerate(slab):
+            blocks[:, r, :] = self.kept.row(volume).reshape(n_chunks, width)
+        view = memoryview(buf)
+        groups = [range(g, len(self.fds), self.WRITERS) for g in range(self.WRITERS)]
+        self.pending[self.cur] = [
+            self.pool.submit(_write_blocks, self.fds, view, group, size, t0 * self.row_bytes)
+            for group in groups
+            if len(group)
+        ]
+
+    def close(self) -> None:
+        """Finish the writes and close the chunk files (750 rows once every batch arrived)."""
+        try:
+            for b in (0, 1):
+                self._wait(b)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
+            # not closed: after a failed write its traceback may still view them
+            self.bufs = [None, None]
+
+
+def _write_blocks(fds: list[int], view: memoryview, chunks: range, size: int, offset: int) -> None:
+    """Write block ``c`` of ``view`` (``size`` bytes each) at ``offset`` of file ``fds[c]``."""
+    for c in chunks:
+        block, written = view[c * size : (c + 1) * size], 0
+        while written < size:  # a short write (rare): the rest
+            written += os.pwrite(fds[c], block[written:], offset + written)
+
+
+class BlockWriter:
+    """Writes int16 ×300 blocks of a session as Zarr chunks, on a small thread pool.
+
+    Each ``(750, voxel_chunk)`` block is one Zarr chunk. Into an int16 store
+    (:func:`betas_int16_filter`, not z-scored) the block's bytes *are* the encoded
+    chunk, so they are written as the chunk file directly (around the page cache),
+    with no float conversion. Otherwise the block is divided by 300 into a per-thread
+    float32 buffer, z-scored with ``train``'s statistics if given (each voxel's
+    statistics are its own, so block by block equals the whole session) and written
+    through zarr. The division and file writes release the GIL.
+    """
+
+    def __init__(
+        self,
+        betas: Any,
+        rows: slice,
+        voxel_chunk: int,
+        train: np.ndarray | None,
+        source: Path | None,
+        workers: int | None = None,
+        invalid: np.ndarray | None = None,
+    ) -> None:
+        self.betas, self.rows, self.voxel_chunk = betas, rows, voxel_chunk
+        self.invalid = invalid if invalid is not None and invalid.any() else None
+        self.train, self.source = train, source
+        self.raw_root = raw_int16_root(betas) if train is None else None
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers or min(2, os.cpu_count() or 1)))
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _one(self, src: np.ndarray, c0: int, first_voxel: int) -> None:
+        w = min(self.voxel_chunk, src.shape[1] - c0)
+        if self.raw_root is not None:
+            self._one_raw(src, c0, first_voxel, w)
+            return
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = np.empty((src.shape[0], self.voxel_chunk), np.float32)
+        block = buf if w == self.voxel_chunk else np.empty((src.shape[0], w), np.float32)
+        np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
+        if self.train is not None:
+            zscore_with_train_stats(block, self.train, self.source)
+            if self.invalid is not None:  # NSD's calczscore: invalid voxels become NaN
+                v0 = first_voxel + c0
+                block[:, self.invalid[v0 : v0 + w]] = np.nan
+        self.betas[self.rows, first_voxel + c0 : first_voxel + c0 + w] = block
+
+    def _one_raw(self, src: np.ndarray, c0: int, first_voxel: int, w: int) -> None:
+        """Write the int16 block as its chunk file (the edge chunk padded, as zarr does)."""
+        from brainpipe.directio import write_file_direct
+
+        n_rows = src.shape[0]
+        if self.rows.start % n_rows or (first_voxel + c0) % self.voxel_chunk:
+            raise ValueError("int16 chunk writes need session- and chunk-aligned blocks")
+        buf = getattr(self.local, "buf16", None)
+        if buf is None:
+            buf = self.local.buf16 = np.zeros((n_rows, self.voxel_chunk), "<i2")
+        buf[:, :w] = src[:, c0 : c0 + w]
+        buf[:, w:] = 0
+        coords = (self.rows.start // n_rows, (first_voxel + c0) // self.voxel_chunk)
+        path = self.raw_root / self.betas.metadata.encode_chunk_key(coords)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_direct(path, buf)
+
+    def submit(self, src: np.ndarray, first_voxel: int) -> list[Any]:
+        """Queue the blocks of ``src`` (voxels ``first_voxel`` on); return their futures."""
+        return [
+            self.pool.submit(self._one, src, c0, first_voxel)
+            for c0 in range(0, src.shape[1], self.voxel_chunk)
+        ]
+
+
+def raw_int16_root(betas: Any) -> Path | None:
+    """Folder of ``betas``' chunk files if its chunks are plain int16 ×300, else None.
+
+    That is: a local store, chunks of whole sessions, and codecs exactly
+    ``[FixedScaleOffset(scale=300, astype <i2), bytes little-endian]`` — then a
+    chunk's encoded bytes are the raw int16 betas, written without zarr's encoding.
+    """
+    from zarr.codecs import BytesCodec
+    from zarr.storage import LocalStore
+
+    codecs = betas.metadata.codecs
+    store = betas.store_path.store
+    if (
+        not isinstance(store, LocalStore)
+        or betas.chunks[0] != TRIALS_PER_SESSION
+        or len(codecs) != 2
+        or getattr(codecs[0], "codec_name", "") != "numcodecs.fixedscaleoffset"
+        or codecs[0].codec_config != betas_int16_filter().codec_config
+        or not isinstance(codecs[1], BytesCodec)
+        or str(getattr(codecs[1].endian, "value", codecs[1].endian)) != "little"
+    ):
+        return None
+    return Path(store.root) / betas.store_path.path
+
+
+def write_session_blocks(
+    betas: Any,
+    session: np.ndarray,
+    rows: slice,
+    voxel_chunk: int,
+    train: np.ndarray | None = None,
+    source: Path | None = None,
+    workers: int | None = None,
+    invalid: np.ndarray | None = None,
+) -> None:
+    """Write one session (int16 ×300, shape (750, n_voxels)) into ``betas[rows]``.
+
+    Block by block (one Zarr chunk each) on a thread pool; see :class:`BlockWriter`.
+    """
+    with BlockWriter(betas, rows, voxel_chunk, train, source, workers, invalid) as writer:
+        for fut in writer.submit(session, 0):
+            fut.result()
+
+
+@dataclass
+class StoreLayout:
+    """The small variables of betas.zarr, written the way xarray writes a Dataset.
+
+    ``betas.zarr`` is built with zarr directly: building an ``xarray.Dataset``
+    imports Dask (seconds on a busy machine) and gains nothing for a store whose
+    big array is filled chunk by chunk. The result is what ``Dataset.to_zarr``
+    writes: Zarr v3 arrays with ``dimension_names``, variable-length strings,
+    NaN fill values (``_FillValue``) for floats, and a ``coordinates`` attribute on
+    each data variable naming its coordinates; ``xr.open_zarr`` reads it back as
+    the same Dataset.
+    """
+
+    data_vars: dict[str, tuple[str | tuple[str, ...], Any]]
+    coords: dict[str, tuple[str | tuple[str, ...], Any]]
+    attrs: dict[str, Any]
+    int16_betas: bool = False  # betas stored through betas_int16_filter (not z-scored)
+
+    def write(self, path: Path, betas_shape: tuple[int, int], chunks: tuple[int, int]):
+        """Create the store with every variable, plus an empty ``betas``; return ``betas``.
+
+        Call :meth:`finish` before the store is used.
+        """
+        import zarr
+
+        from brainpipe.directio import DirectWriteStore
+
+        # betas chunks are written once and read by later jobs: around the page cache
+        group = zarr.open_group(
+            DirectWriteStore(path), mode="w", zarr_format=3, attributes=self.attrs
+        )
+        dims_of = {name: _dims(dims) for name, (dims, _) in self.coords.items()}
+
+        def coordinates(dims: tuple[str, ...]) -> str:
+            return " ".join(sorted(c for c, d in dims_of.items() if set(d) <= set(dims)))
+
+        def write_one(name: str, dims: str | tuple[str, ...], values: Any) -> None:
+            values = np.asarray(values)
+            attrs = {} if name in self.coords else {"coordinates": coordinates(_dims(dims))}
+            kwargs: dict[str, Any] = {}
+            if values.dtype.kind in "UO":
+                values = values.astype(object)
+                kwargs["dtype"] = str  # Zarr v3 variable-length UTF-8, as portable_strings
+            elif values.dtype.kind == "f":
+                kwargs["fill_value"] = np.nan
+                attrs["_FillValue"] = _nan_fill_attr()
+            if name in self.data_vars:
+                # chunks aligned with betas' voxel chunks, all in one shard: one file, not
+                # one per chunk (file creation dominates writing these small arrays)
+                lead = values.shape[:-1]  # (ses, voxel) variables: whole sessions per chunk
+                kwargs["chunks"] = (*lead, chunks[1])
+                kwargs["shards"] = (*lead, -(-max(values.shape[-1], 1) // chunks[1]) * chunks[1])
+            arr = group.create_array(
+                name,
+                shape=values.shape,
+                dtype=kwargs.pop("dtype", values.dtype),
+                dimension_names=_dims(dims),
+                attributes=attrs,
+                **kwargs,
+            )
+            arr[...] = values
+
+        betas = group.create_array(
+            "betas",
+            shape=betas_shape,
+            chunks=chunks,
+            dtype=np.float32,
+            compressors=BETAS_COMPRESSORS or None,
+            filters=[betas_int16_filter()] if self.int16_betas else None,
+            fill_value=np.nan,
+            config={"write_empty_chunks": True},  # every chunk is written: skip the NaN scan
+            dimension_names=("trial", "voxel"),
+            attributes={
+                "coordinates": coordinates(("trial", "voxel")),
+                "_FillValue": _nan_fill_attr(),
+            },
+        )
+        # The small arrays (file creation is their cost) are written in the background,
+        # while the first session is read; finish() waits for them.
+        self._pool = ThreadPoolExecutor(max_workers=2)
+        self._pending = [
+            self._pool.submit(write_one, name, dims, values)
+            for name, (dims, values) in {**self.coords, **self.data_vars}.items()
+        ]
+        return betas
+
+    def finish(self) -> None:
+        """Wait for the arrays :meth:`write` left writing; raise the first error."""
+        pool, pending = getattr(self, "_pool", None), getattr(self, "_pending", [])
+        self._pool, self._pending = None, []
+        if pool is None:
+            return
+        try:
+            for fut in pending:
+                fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dims(dims: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (dims,) if isinstance(dims, str) else tuple(dims)
+
+
+def _nan_fill_attr() -> str:
+    """xarray's ``_FillValue`` attribute for NaN (base64 of the float64 bytes)."""
+    import base64
+
+    return base64.standard_b64encode(np.float64(np.nan).tobytes()).decode()
+
+
+def zscore_with_train_stats(block: np.ndarray, train: np.ndarray, source: Path) -> np.ndarray:
+    """Z-score each voxel (in place) with the mean and SD of the training trials only.
+
+    Parameters
+    ----------
+    block : ndarray of float32, shape (n_trials, n_voxels)
+    train : ndarray of bool, shape (n_trials,)
+        Training trials; test trials are transformed but never enter the statistics.
+    """
+    if train.sum() < 2:
+        raise BrainpipeInputError(
+            source, "betas", "z-scoring needs >= 2 training trials per session"
+        )
+    with warnings.catch_warnings():  # NaN vertices (NSD fsaverage) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(block[train], axis=0, dtype=np.float64).astype(np.float32)
+        sd = np.nanstd(block[train], axis=0, dtype=np.float64).astype(np.float32)
+    sd[(sd == 0) | ~np.isfinite(sd)] = 1.0
+    block -= mean
+    block /= sd
+    return block
