@@ -347,8 +347,9 @@ def write_nsd_surface(
     first session float32 in % signal change (NSD's fsaverage format), later
     sessions int16 × 300 (the volume convention, to exercise that branch).
     ``{hemi}.ncsnr.mgh`` float32; ``nsdgeneral`` and ``prf-visualrois`` labels
-    on fsaverage (``.mgz``, int32; floc-* deliberately absent), plus a decoy
-    native-surface label with another vertex count under ``subjNN/label``.
+    on fsaverage (``.mgz``, int32); ``floc-faces`` on the subject's native surface only
+    (``subjNN/label``, more vertices) with ``transforms/{hemi}.white-to-fsaverage.mgz``;
+    a decoy native ``prf-visualrois`` label that must not be used (fsaverage has one).
 
     Returns
     -------
@@ -371,8 +372,19 @@ def write_nsd_surface(
         for name, lab in (("nsdgeneral", general), ("prf-visualrois", visual)):
             _save_mgh(lab.reshape(n, 1, 1), ldir / f"{hemi}.{name}.mgz", np.int32)
             truth["labels"][(name, hemi)] = lab
+        # floc-faces exists only on the subject's native surface (n + 7 vertices here),
+        # with NSD's transform: per fsaverage vertex, the 1-based native vertex
+        # (cvnlab/nsdcode nsd_mapdata: transforms/{hemi}.white-to-fsaverage.mgz)
+        n_native = n + 7
+        native_faces = rng.integers(0, 6, n_native).astype(np.int32)
+        label_dir = root / f"nsddata/freesurfer/{subj}/label"
+        _save_mgh(native_faces.reshape(-1, 1, 1), label_dir / f"{hemi}.floc-faces.mgz", np.int32)
+        nearest = rng.integers(1, n_native + 1, n)
+        transform = root / f"nsddata/ppdata/{subj}/transforms/{hemi}.white-to-fsaverage.mgz"
+        _save_mgh(nearest.reshape(-1, 1, 1), transform, np.int32)
+        truth["labels"][("floc-faces", hemi)] = native_faces[nearest - 1]
         native = root / f"nsddata/freesurfer/{subj}/label/{hemi}.prf-visualrois.mgz"
-        _save_mgh(np.zeros((n + 7, 1, 1)), native, np.int32)
+        _save_mgh(np.zeros((n_native, 1, 1)), native, np.int32)
         for k, ses in enumerate(sessions):
             psc = rng.normal(0, 2, (n, 750)).astype(np.float32)
             path = bdir / f"{hemi}.betas_session{int(ses):02d}.mgh"

@@ -84,13 +84,17 @@ def test_captions_join_coco_files_on_coco_id(tmp_path):
 
 @pytest.mark.parametrize("space", ["func1pt8mm", "func1mm", "fsaverage"])
 def test_snakemake_from_published_layout_to_trained_model(space, tmp_path):
-    """fetch -> ingest -> features (gabor, and caption from COCO files) -> ridge -> metrics."""
+    """fetch -> ingest -> features (gabor, and caption from COCO files) -> ridge -> metrics.
+
+    Volume spaces: invalid voxels (valid_sessionNN); fsaverage: NaN vertices and an ROI
+    (floc-faces) that exists only on the subject's native surface, mapped to fsaverage.
+    """
     tree = tmp_path / "bucket"
     sessions = ("01", "02")
     truth = write_nsd_tree(tree, sessions=sessions, space="func1pt8mm" if space == "fsaverage"
                            else space)  # fmt: skip
     surface = write_nsd_surface(tree, sessions=sessions) if space == "fsaverage" else None
-    roi = "nsdgeneral"
+    roi = "faces" if space == "fsaverage" else "nsdgeneral"
     with serve_tree(tree, BUCKET) as endpoint:
         config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
         captions = {"bucket": BUCKET, "keys": CAPTION_KEYS, "endpoint_url": endpoint}
@@ -110,17 +114,23 @@ def test_snakemake_from_published_layout_to_trained_model(space, tmp_path):
     ids = stimuli["stimulus"].str.removeprefix("nsd-").astype(int)
     assert list(stimuli["caption"]) == [truth["captions"][i] for i in ids]
     ds = open_zarr(run / "results/nsd/sub-01/betas.zarr")
+    in_roi = ds[f"roi_{roi}"].values
     if space == "fsaverage":
         assert ds.attrs["space"] == "nsd-fsaverage"
         nan_voxels = np.isnan(ds["betas"].values[:750]).all(axis=0)
         assert nan_voxels.sum() == sum(len(v) for v in surface["nan"].values())
+        faces = np.concatenate([surface["labels"][("floc-faces", h)] for h in ("lh", "rh")])
+        np.testing.assert_array_equal(in_roi, (faces >= 1) & (faces <= 5))
+        missing = nan_voxels[in_roi]
     else:
         assert ds.attrs["tr"] == pytest.approx(1.0 if space == "func1mm" else 4 / 3)
         mask = truth["mask"]["01"]
         valid = np.stack([truth["valid"][("01", s)][mask] for s in sessions])
         np.testing.assert_array_equal(ds["valid"].values, valid)
+        missing = ~valid.all(axis=0)[in_roi]
     predictions = open_zarr(run / f"results/nsd/models/sub-01/{roi}/ridge-gabor/predictions.zarr")
-    assert int(predictions.attrs["n_voxels_filled"]) > 0  # invalid voxels / NaN vertices
+    # every ROI voxel with an invalid session / NaN vertex was filled, and only those
+    assert int(predictions.attrs["n_voxels_filled"]) == int(missing.sum())
     assert np.isfinite(predictions["predicted"].values).all()
     for target in targets:
         metrics = json.loads((run / target).read_text())

@@ -79,7 +79,12 @@ def test_fetch_gets_betas_ncsnr_and_published_labels_only(fetched):
     for hemi in nsd_surface.HEMIS:
         assert (fetched / nsd_surface.surface_roi_key(hemi, "prf-visualrois")).is_file()
         assert not (fetched / nsd_surface.surface_roi_key(hemi, "floc-faces")).exists()
-    assert not (fetched / "nsddata/freesurfer/subj01").exists()  # native-surface labels unused
+        # floc-faces only on the native surface: that label and NSD's transform are fetched
+        assert (fetched / nsd_surface.native_roi_key("01", hemi, "floc-faces")).is_file()
+        assert (fetched / nsd_surface.native_to_fsaverage_key("01", hemi)).is_file()
+        # a native label is not used where fsaverage has one
+        assert not (fetched / nsd_surface.native_roi_key("01", hemi, "prf-visualrois")).exists()
+        assert not (fetched / nsd_surface.native_roi_key("01", hemi, "floc-places")).exists()
     assert (fetched / "stimuli/stimuli.tsv").is_file()
 
 
@@ -112,7 +117,11 @@ def test_ingest_matches_mgh_labels_and_ncsnr(fetched, surf_server, tmp_path):
     np.testing.assert_array_equal(ds["roi_hV4"].values, visual == 7)
     general = np.concatenate([truth["labels"][("nsdgeneral", h)] for h in ("lh", "rh")])
     np.testing.assert_array_equal(ds["roi_nsdgeneral"].values, general == 1)
-    assert "roi_FFA1" not in ds.coords  # floc-faces is not published on fsaverage here
+    # floc-faces: the subject's native-surface label through white-to-fsaverage
+    faces = np.concatenate([truth["labels"][("floc-faces", h)] for h in ("lh", "rh")])
+    np.testing.assert_array_equal(ds["roi_FFA1"].values, faces == 2)
+    np.testing.assert_array_equal(ds["roi_faces"].values, np.isin(faces, [1, 2, 3, 4, 5]))
+    assert "roi_PPA" not in ds.coords  # floc-places: on neither surface here
     ncsnr = np.concatenate([truth["ncsnr"][h] for h in ("lh", "rh")])
     np.testing.assert_allclose(ds["ncsnr"].values, ncsnr)
     np.testing.assert_allclose(

@@ -6,6 +6,8 @@ Bucket keys (``{subj}`` = ``subj01`` …, ``{version}`` e.g. ``betas_fithrf_GLMd
     nsddata_betas/ppdata/{subj}/fsaverage/{version}/{hemi}.betas_session{NN}.mgh
     nsddata_betas/ppdata/{subj}/fsaverage/{version}/{hemi}.ncsnr.mgh
     nsddata/freesurfer/fsaverage/label/{hemi}.{roi}.mgz      ROI labels on fsaverage
+    nsddata/freesurfer/{subj}/label/{hemi}.{roi}.mgz         ROI labels on the native surface
+    nsddata/ppdata/{subj}/transforms/{hemi}.white-to-fsaverage.mgz   native -> fsaverage
     nsddata/experiments/nsd/nsd_expdesign.mat, nsddata_stimuli/...  (as for the volume path)
 
 File formats. A betas file is an MGH volume of shape ``(163842, 1, 1, 750)``
@@ -15,15 +17,17 @@ file is integer-typed (MGH ``short`` or ``int``) it is read as × 300 and
 divided, like the volume path, so both land in % signal change. MGH stores
 vertices fastest (Fortran order), so a batch of trials is one contiguous read.
 
-ROI labels. The subject folders ``nsddata/freesurfer/subjNN/label/`` hold
-labels on each subject's *native* surface (a different vertex count, e.g.
-227,021 for subj01's left hemisphere), which do not index fsaverage vertices.
-ROIs for this space therefore come from ``nsddata/freesurfer/fsaverage/label/``,
-the group labels NSD defines on fsaverage (``nsdgeneral``, ``streams``, … ; the
-same for every subject). Which label files exist there is checked with HEAD
-requests: files of ``roi_files`` that NSD does not publish on fsaverage are
-skipped with a warning (no ``roi_*`` coords from them), and a label file whose
-vertex count differs from the betas stops the ingest naming the file.
+ROI labels. ``nsddata/freesurfer/fsaverage/label/`` holds the labels NSD defines on
+fsaverage (``nsdgeneral``, … ; the same for every subject); they are used where
+published (HEAD requests say which). Other label files (prf-visualrois, floc-*,
+streams) exist only on each subject's *native* surface,
+``nsddata/freesurfer/subjNN/label/{hemi}.{roi}.mgz`` (another vertex count, e.g.
+227,021 for subj01's left hemisphere); those are fetched with NSD's transform
+``nsddata/ppdata/subjNN/transforms/{hemi}.white-to-fsaverage.mgz`` (per fsaverage
+vertex, the 1-based native vertex it takes its value from) and mapped nearest-neighbour,
+as cvnlab/nsdcode's ``nsd_mapdata`` does (:func:`map_native_to_fsaverage`). A label on
+neither surface is skipped with a warning; a label or transform whose vertex count
+differs from the betas stops the ingest naming the file.
 
 Store layout (the betas.zarr contract on a surface). The dimension keeps the
 name ``voxel`` so every downstream stage reads it unchanged; a "voxel" is one
@@ -109,6 +113,32 @@ def surface_roi_key(hemi: str, roi_file: str) -> str:
     return f"nsddata/freesurfer/{LABEL_SUBJECT}/label/{_check_hemi(hemi)}.{roi_file}.mgz"
 
 
+def native_roi_key(subject: str, hemi: str, roi_file: str) -> str:
+    """Key of a subject's ROI label file on its *native* surface (``white``)."""
+    return f"nsddata/freesurfer/{subject_label(subject)}/label/{_check_hemi(hemi)}.{roi_file}.mgz"
+
+
+def native_to_fsaverage_key(subject: str, hemi: str) -> str:
+    """Key of NSD's ``{hemi}.white-to-fsaverage.mgz`` transform of a subject.
+
+    One value per fsaverage vertex: the 1-based index of the subject's native (white)
+    vertex it takes its value from, nearest neighbour (cvnlab/nsdcode ``parse_case``,
+    ``transform_data`` case 3: ``sourcedata[a1_data - 1]``).
+    """
+    folder = f"nsddata/ppdata/{subject_label(subject)}/transforms"
+    return f"{folder}/{_check_hemi(hemi)}.white-to-fsaverage.mgz"
+
+
+def map_native_to_fsaverage(native: np.ndarray, transform: np.ndarray, where: Path) -> np.ndarray:
+    """Values on fsaverage of a native-surface map, through NSD's nearest-neighbour transform."""
+    index = np.asarray(transform).reshape(len(transform), -1)[:, 0]
+    if not np.all(index == np.round(index)) or index.min() < 1 or index.max() > len(native):
+        raise BrainpipeInputError(
+            where, "vertices", f"expected 1-based native vertex indices 1..{len(native)}"
+        )
+    return np.asarray(native)[index.astype(np.int64) - 1]
+
+
 def surface_subject_keys(subject: str, sessions: list[str], opts: NsdOptions) -> list[str]:
     """Keys ingest cannot do without for one subject (betas and ncsnr, both hemispheres)."""
     keys = [surface_ncsnr_key(subject, h, opts) for h in HEMIS]
@@ -154,15 +184,38 @@ def download_nsd_surface(
     for subject in subjects:
         keys += surface_subject_keys(subject, sessions, opts)
     objects: list[Any] = list(keys)
-    for key in surface_roi_keys(opts):
-        required = opts.mask == "nsdgeneral" and key.endswith(".nsdgeneral.mgz")
+
+    def add_if_published(key: str) -> bool:
         try:
             objects.append(source.head(key))
-            keys.append(key)
         except RemoteAccessError as err:
-            if required or "no such object" not in str(err):
+            if "no such object" not in str(err):
                 raise
-            log.warning("%s: not published on fsaverage, no roi coords from it", key)
+            return False
+        keys.append(key)
+        return True
+
+    transforms: set[str] = set()
+    for roi_file in opts.roi_files:
+        for hemi in HEMIS:
+            key = surface_roi_key(hemi, roi_file)
+            if add_if_published(key):
+                continue
+            if opts.mask == "nsdgeneral" and roi_file == "nsdgeneral":
+                raise BrainpipeInputError(key, "<file>", "source.mask: nsdgeneral needs it")
+            # not on fsaverage: each subject's native-surface label, mapped with NSD's
+            # white-to-fsaverage transform at ingest
+            for subject in subjects:
+                native = native_roi_key(subject, hemi, roi_file)
+                if not add_if_published(native):
+                    log.warning("%s: on neither fsaverage nor %s's native surface, no roi "
+                                "coords from it", key, subject_label(subject))  # fmt: skip
+                    continue
+                transform = native_to_fsaverage_key(subject, hemi)
+                if transform not in transforms:
+                    transforms.add(transform)
+                    objects.append(transform)
+                    keys.append(transform)
     log.info("NSD fsaverage: %d objects from %s into %s", len(objects), source.url(""), cache)
     fetch_objects(source, objects, cache, workers=opts.workers, progress=progress)
     return assemble_from_cache(dest, cache, keys, source, opts, subjects, sessions)
@@ -294,8 +347,15 @@ def ingest_nsd_surface_subject(
         labels = {}
         for roi_file in opts.roi_files:
             path = safe_local_path(root, surface_roi_key(hemi, roi_file))
+            native = safe_local_path(root, native_roi_key(subject, hemi, roi_file))
             if path.exists():
                 labels[roi_file] = read_surface_map(path, n, f"{roi_file} label")
+            elif native.exists():  # the subject's native-surface label, mapped to fsaverage
+                tpath = safe_local_path(root, native_to_fsaverage_key(subject, hemi))
+                transform = read_surface_map(tpath, n, "white-to-fsaverage transform")
+                labels[roi_file] = map_native_to_fsaverage(
+                    read_surface_map(native, None, f"{roi_file} native label"), transform, tpath
+                )
         roi_h[hemi] = labels
         kept = np.ones(n, dtype=bool)
         if opts.mask == "nsdgeneral":
