@@ -1,4 +1,8 @@
-"""OpenNeuro accessions from a loopback `openneuro.org` bucket, and local BIDS folders."""
+"""OpenNeuro accessions from a loopback `openneuro.org` bucket, and local BIDS folders.
+
+Registry `kind: openneuro` (raw BIDS fetched as is) is exercised through the `things-meg`
+entry; BIDS + fMRIPrep datasets (`kind: bids`: bold5000, things-fmri) are in test_fmriprep.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ from brainpipe.remote import UnsafeKeyError, read_manifest
 
 from .s3_server import admin_client, make_public_bucket, moto_server, upload, upload_tree
 
-ACCESSION = "ds004192"
+ACCESSION = "ds004212"  # things-meg's accession
 
 
 @pytest.fixture(scope="module")
 def bucket(tiny_dataset):
-    """moto serving `openneuro.org` with the tiny synthetic BIDS dataset as ds004192."""
+    """moto serving `openneuro.org` with the tiny synthetic BIDS dataset as ds004212."""
     with moto_server() as endpoint:
         client = admin_client(endpoint)
         make_public_bucket(client, openneuro.OPENNEURO_BUCKET)
@@ -32,10 +36,10 @@ def bucket(tiny_dataset):
 def test_malicious_key_in_listing_is_refused(bucket, tmp_path):
     endpoint, keys = bucket
     # The server lists the key as stored; it must be refused before anything is written.
-    dest = tmp_path / "data" / "things-fmri"
+    dest = tmp_path / "data" / "things-meg"
     with pytest.raises(UnsafeKeyError, match=r"sub-03/\.\./\.\./\.\./evil.txt"):
         fetch_dataset(
-            "things-fmri", dest, subjects=["03"],
+            "things-meg", dest, subjects=["03"],
             source={"endpoint_url": endpoint}, progress=False,
         )  # fmt: skip
     assert not list(tmp_path.rglob("evil.txt")) and not dest.exists()
@@ -43,9 +47,9 @@ def test_malicious_key_in_listing_is_refused(bucket, tmp_path):
 
 def test_fetch_subject_events_and_stimuli(bucket, tiny_dataset, tmp_path):
     endpoint, keys = bucket
-    dest = tmp_path / "data" / "things-fmri"
+    dest = tmp_path / "data" / "things-meg"
     fetch_dataset(
-        "things-fmri", dest, subjects=["02"], sessions=None,
+        "things-meg", dest, subjects=["02"], sessions=None,
         source={"endpoint_url": endpoint, "sessions": ["01"]}, progress=False,
     )  # fmt: skip
     assert (dest / "dataset_description.json").exists()
@@ -57,7 +61,7 @@ def test_fetch_subject_events_and_stimuli(bucket, tiny_dataset, tmp_path):
     assert len(events) > 0
     stimuli = read_stimuli(layout.stimuli_table)
     assert (dest / "stimuli" / stimuli["image"].iloc[0]).exists()
-    manifest = read_manifest(dest.with_name(".things-fmri-objects"))
+    manifest = read_manifest(dest.with_name(".things-meg-objects"))
     assert f"{ACCESSION}/sub-02/ses-01/func/sub-02_ses-01_task-images_run-01_events.tsv" in manifest
     src = tiny_dataset / "sub-02/ses-01/func/sub-02_ses-01_task-images_run-01_bold.nii.gz"
     got = dest / "sub-02/ses-01/func/sub-02_ses-01_task-images_run-01_bold.nii.gz"
@@ -66,13 +70,13 @@ def test_fetch_subject_events_and_stimuli(bucket, tiny_dataset, tmp_path):
 
 def test_unknown_subject_and_accession_are_named(bucket, tmp_path):
     endpoint, _ = bucket
-    with pytest.raises(BrainpipeInputError, match=r"ds004192/.*field 'subjects'.*sub-99"):
+    with pytest.raises(BrainpipeInputError, match=r"ds004212/.*field 'subjects'.*sub-99"):
         fetch_dataset(
-            "things-fmri", tmp_path / "d", subjects=["99"], source={"endpoint_url": endpoint}
+            "things-meg", tmp_path / "d", subjects=["99"], source={"endpoint_url": endpoint}
         )
     with pytest.raises(BrainpipeInputError, match=r"field 'accession'"):
         fetch_dataset(
-            "things-fmri", tmp_path / "d", subjects=["01"],
+            "things-meg", tmp_path / "d", subjects=["01"],
             source={"endpoint_url": endpoint, "accession": "ds000001"},
         )  # fmt: skip
 

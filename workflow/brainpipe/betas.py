@@ -186,6 +186,9 @@ def estimate_subject_betas(
             design = lsa_design(
                 events["onset"].to_numpy(), events["duration"].to_numpy(), data.shape[0], tr
             )
+            if "sample_mask" in preproc:  # volumes censored by scrubbing leave the design
+                keep = preproc["sample_mask"].values[np.flatnonzero(sel.values)].astype(bool)
+                data, design = data[keep], design[keep]
             betas, r2 = fit_lsa(data, design, len(events), voxel_chunk)
             r2_sum += r2
             session_betas.append(betas)

@@ -115,9 +115,58 @@ def fetch_dataset(
             dest, merged, subjects, sessions, cache=cache, progress=progress
         )
     if entry.kind == "bids":
-        from brainpipe.datasets import openneuro
-
-        if not merged.get("path"):
-            raise BrainpipeInputError("config", "source.path", "a local BIDS dataset needs a path")
-        return openneuro.link_local_bids(dest, merged["path"], subjects, merged.get("fmriprep"))
+        return _fetch_bids(entry, merged, Path(dest), subjects, sessions, runs, task, progress)
     raise BrainpipeInputError(entry.path, "kind", f"no downloader for kind {entry.kind!r}")
+
+
+def _fetch_bids(
+    entry: Any,
+    merged: dict[str, Any],
+    dest: Path,
+    subjects: list[str],
+    sessions: list[str] | None,
+    runs: list[str] | None,
+    task: str | None,
+    progress: bool,
+) -> Path:
+    """A BIDS + fMRIPrep dataset: local (``source.path``) or an OpenNeuro accession.
+
+    An accession's raw files and its ``derivatives/fmriprep`` (selected subjects, sessions
+    and space only) are fetched into ``{data_dir}/.{dataset}-bids`` first; either way the
+    data folder is then built by :func:`brainpipe.datasets.fmriprep.build_view`.
+    """
+    from brainpipe.datasets import fmriprep, openneuro
+
+    opts = fmriprep.FmriprepOptions.from_config({**entry.info, **merged}, entry.path)
+    if merged.get("stimuli_dir"):
+        from dataclasses import replace
+
+        opts = replace(opts, adapter=replace(opts.adapter, stimuli_dir=str(merged["stimuli_dir"])))
+    if not runs:
+        raise BrainpipeInputError("config", "runs", f"{entry.name} needs at least one run")
+    task = task or str(entry.info.get("task", ""))
+    if merged.get("path"):  # a local folder wins over the registry's accession
+        root = Path(merged["path"])
+    elif merged.get("accession"):
+        from brainpipe.remote import S3Source
+
+        s3 = S3Source.from_config({"bucket": openneuro.OPENNEURO_BUCKET, **merged})
+        root = openneuro.download_openneuro(
+            dest.with_name(f".{dest.name}-bids"),
+            merged["accession"],
+            subjects,
+            source=s3,
+            sessions=merged.get("sessions") or sessions,
+            derivatives=True,
+            cache=merged.get("cache_dir"),
+            workers=int(merged.get("workers", 4)),
+            progress=progress,
+            keep_derivative=fmriprep.derivative_filter(opts),
+        )
+    else:
+        raise BrainpipeInputError(
+            entry.path, "source.path", "a bids dataset needs source.path (a local BIDS folder) "
+            "or source.accession (OpenNeuro)",
+        )  # fmt: skip
+    prep = fmriprep.fmriprep_folder(root, merged.get("fmriprep"))
+    return fmriprep.build_view(dest, root, prep, subjects, sessions or [], runs, task, opts)

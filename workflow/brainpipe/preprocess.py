@@ -20,6 +20,11 @@ from nilearn import masking, signal
 from tqdm.auto import tqdm
 
 from brainpipe.bids import BidsLayout, RunKey, read_tr
+from brainpipe.confounds import (
+    confounds_for_runs,
+    interpolate_censored,
+    regress_confounds,
+)
 from brainpipe.storage import atomic_path, portable_strings, provenance_attrs, quiet_consolidated
 
 log = logging.getLogger(__name__)
@@ -88,6 +93,7 @@ def preprocess_subject(
     high_pass_hz: float | None = 0.01,
     smoothing_fwhm_mm: float | None = None,
     config: dict[str, Any] | None = None,
+    confounds: dict[str, Any] | None = None,
 ) -> Path:
     """Preprocess every run of a subject into ``preproc.zarr`` (atomic).
 
@@ -106,6 +112,10 @@ def preprocess_subject(
         Optional spatial smoothing before masking.
     config : dict, optional
         Workflow config, hashed into the store's attrs.
+    confounds : dict, optional
+        The config's ``preprocess.confounds`` block: regress fMRIPrep confounds with a
+        nilearn strategy (:mod:`brainpipe.confounds`); censored volumes are False in the
+        store's ``sample_mask(time)``.
     """
     mask_img = nib.load(layout.brain_mask(subject))
     mask = np.asarray(mask_img.dataobj) > 0
@@ -113,6 +123,8 @@ def preprocess_subject(
     # Lay the whole store out first (lengths come from the NIfTI headers), then
     # fill it run by run, so memory never holds more than one run.
     n_scans = [int(nib.load(layout.bold(key)).shape[3]) for key in runs]
+    # Every run's confounds are read (and checked) before any run is processed.
+    run_confounds = confounds_for_runs(layout, runs, n_scans, confounds)
     starts = np.concatenate([[0], np.cumsum(n_scans)])
     template = xr.Dataset(
         {
@@ -123,6 +135,15 @@ def preprocess_subject(
             "mean_intensity": (
                 ("run_index", "voxel"),
                 da.zeros((len(runs), n_voxels), dtype=np.float32, chunks=(1, VOXEL_CHUNK)),
+            ),
+            "sample_mask": (
+                "time",
+                np.concatenate(
+                    [
+                        c.keep if c else np.ones(n, bool)
+                        for c, n in zip(run_confounds, n_scans, strict=True)
+                    ]
+                ),
             ),
         },
         coords={
@@ -153,7 +174,12 @@ def preprocess_subject(
             data = masking.apply_mask(
                 layout.bold(key), mask_img, smoothing_fwhm=smoothing_fwhm_mm, ensure_finite=False
             )
+            conf = run_confounds[n]
+            if conf is not None:
+                data = interpolate_censored(data, conf.keep)
             psc, mean = clean_run(data, tr, detrend=detrend, high_pass_hz=high_pass_hz)
+            if conf is not None:
+                psc = regress_confounds(psc, conf, tr, detrend=detrend, high_pass_hz=high_pass_hz)
             region = xr.Dataset(
                 {
                     "bold": (("time", "voxel"), psc),

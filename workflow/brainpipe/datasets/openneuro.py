@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,15 @@ def select_keys(
     subjects: list[str],
     sessions: list[str] | None = None,
     derivatives: bool = False,
+    keep_derivative: Callable[[str], bool] | None = None,
 ) -> list[ObjectInfo]:
     """The objects of ``accession`` brainpipe needs for ``subjects`` (and ``sessions``).
 
     Kept: top-level files (``dataset_description.json``, ``participants.tsv``,
     ``task-*_bold.json``, …), everything under ``stimuli/``, the selected
     ``sub-*`` folders (within them only the selected ``ses-*`` folders, if
-    given), and ``derivatives/`` files of those subjects if ``derivatives``.
+    given), and ``derivatives/`` files of those subjects (and sessions) if
+    ``derivatives``, narrowed by ``keep_derivative(relative path)`` if given.
     """
     prefix = f"{accession}/"
     want_sub = {f"sub-{s}" for s in subjects}
@@ -63,7 +66,12 @@ def select_keys(
                 keep.append(obj)
         elif parts[0] == "derivatives" and derivatives:
             sub = next((p for p in parts if p.startswith("sub-")), None)
-            if sub is None or sub in want_sub:
+            ses = next((p for p in parts[1:] if p.startswith("ses-")), None)
+            if sub is not None and sub not in want_sub:
+                continue
+            if want_ses is not None and ses is not None and ses not in want_ses:
+                continue
+            if keep_derivative is None or keep_derivative(rel):
                 keep.append(obj)
     return keep
 
@@ -78,6 +86,7 @@ def download_openneuro(
     cache: str | Path | None = None,
     workers: int = 4,
     progress: bool = True,
+    keep_derivative: Callable[[str], bool] | None = None,
 ) -> Path:
     """Fetch an OpenNeuro accession's files for ``subjects`` into ``dest`` (a BIDS root).
 
@@ -109,7 +118,7 @@ def download_openneuro(
             "subjects",
             f"no sub-{missing[0]} (has {sorted(p for p in present if p.startswith('sub-'))})",
         )
-    keep = select_keys(listing, accession, subjects, sessions, derivatives)
+    keep = select_keys(listing, accession, subjects, sessions, derivatives, keep_derivative)
     log.info("%s: %d of %d objects for subjects %s", accession, len(keep), len(listing), subjects)
     prefix = f"{accession}/"
     fetch_objects(source, keep, cache, strip_prefix=prefix, workers=workers, progress=progress)

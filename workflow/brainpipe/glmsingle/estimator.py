@@ -92,6 +92,9 @@ class RunSpec:
     onsets: np.ndarray
     durations: np.ndarray
     stimuli: np.ndarray
+    # volumes censored by scrubbing (preproc.zarr's sample_mask), rows within the run: each
+    # gets a one-hot nuisance regressor, which is least squares without that row
+    censored: tuple[int, ...] = ()
 
     @property
     def n_scans(self) -> int:
@@ -130,6 +133,10 @@ class _Session:
             deg = opts.poly_degree if opts.poly_degree is not None else None
             deg = S.default_poly_degree(r.n_scans, tr) if deg is None else deg
             poly = S.polynomial_basis(r.n_scans, deg)
+            if r.censored:
+                spikes = np.zeros((r.n_scans, len(r.censored)))
+                spikes[list(r.censored), np.arange(len(r.censored))] = 1.0
+                poly = S.orth(np.column_stack([poly, spikes]))  # the basis stays orthonormal
             x = np.stack(
                 [
                     trial_regressors(r.onsets, r.durations, r.n_scans, tr, k, FINE_DT)

@@ -99,6 +99,7 @@ def estimate_subject_betas_glmsingle(
     n_voxels = preproc.sizes["voxel"]
     t_session = preproc["session"].values.astype(str)
     t_run = preproc["run"].values.astype(str)
+    t_keep = preproc["sample_mask"].values.astype(bool) if "sample_mask" in preproc else None
     specs: list[RunSpec] = []
     for key in runs:
         events = read_events(layout.events(key))
@@ -116,6 +117,7 @@ def estimate_subject_betas_glmsingle(
                 onsets=events["onset"].to_numpy(float),
                 durations=events["duration"].to_numpy(float),
                 stimuli=events["stimulus"].to_numpy(str),
+                censored=() if t_keep is None else tuple(np.flatnonzero(~t_keep[rows]).tolist()),
             )
         )
     trial_session = np.concatenate([np.full(len(s.onsets), s.session) for s in specs])

@@ -1,0 +1,337 @@
+"""BIDS + fMRIPrep datasets (registry kind ``bids``): BOLD5000- and THINGS-fMRI-shaped.
+
+Fixtures: :mod:`tests.fmriprep_fixtures` (fMRIPrep's documented output names and
+confounds columns; each dataset's events columns as its publishers write them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from brainpipe.betas import estimate_subject_betas
+from brainpipe.bids import BidsLayout, RunKey, read_events, run_keys
+from brainpipe.confounds import check_confounds_config
+from brainpipe.datasets import fmriprep
+from brainpipe.download import fetch_dataset
+from brainpipe.errors import BrainpipeInputError
+from brainpipe.preprocess import preprocess_subject
+from brainpipe.storage import open_zarr
+from brainpipe.validation import validate_subject
+
+from .conftest import ROOT, run_workflow
+from .fmriprep_fixtures import BOLD5000, SPACE, THINGS, make_dataset
+from .s3_server import serve_tree
+
+MNI = {"space": SPACE, "res": "2"}
+SCRUB = {"strategy": ["motion", "high_pass", "scrub"], "motion": "basic", "scrub": 0,
+         "fd_threshold": 0.5}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bold5000(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bold5000") / "ds001499"
+    truth = make_dataset(root, BOLD5000, seed=1)
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def things(tmp_path_factory):
+    root = tmp_path_factory.mktemp("things") / "ds004192"
+    truth = make_dataset(root, THINGS, seed=2)
+    return root, truth
+
+
+def fetch_bold5000(root: Path, dest: Path, subjects=("CSI1", "CSI2"), **source) -> Path:
+    return fetch_dataset(
+        "bold5000", dest, subjects=list(subjects), sessions=BOLD5000.sessions,
+        runs=BOLD5000.runs, task=BOLD5000.task, source={"path": str(root), **MNI, **source},
+        progress=False,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the view
+
+
+def test_bold5000_folder_is_indexed_checked_and_linked(bold5000, tmp_path):
+    root, _ = bold5000
+    dest = fetch_bold5000(root, tmp_path / "data" / "bold5000")
+    layout = BidsLayout(dest, BOLD5000.task)
+    key = RunKey("CSI1", "01", "01")
+    prep = root / "derivatives/fmriprep/sub-CSI1/ses-01/func"
+    stem = "sub-CSI1_ses-01_task-5000scenes_run-01"
+    # time series are links to fMRIPrep's files, never copies
+    assert layout.bold(key).is_symlink()
+    assert layout.bold(key).resolve() == (
+        prep / f"{stem}_space-{SPACE}_res-2_desc-preproc_bold.nii.gz"
+    )
+    func = layout.bold(key).parent
+    assert (func / f"{stem}_space-{SPACE}_res-2_desc-preproc_bold.nii.gz").is_symlink()
+    assert (func / f"{stem}_desc-confounds_timeseries.tsv").resolve() == (
+        prep / f"{stem}_desc-confounds_timeseries.tsv"
+    )
+    assert (func / f"{stem}_hemi-L_space-fsaverage5_bold.func.gii").is_symlink()  # surfaces
+    assert json.loads(layout.sidecar(key).read_text())["RepetitionTime"] == 2.0
+    # events: the BOLD5000 columns kept, ImgName -> stimulus with rep_ stripped
+    events = read_events(layout.events(key))
+    raw = pd.read_csv(root / f"sub-CSI1/ses-01/func/{stem}_events.tsv", sep="\t")
+    assert len(events) == len(raw) and {"ImgName", "ImgType", "stim_file"} <= set(events.columns)
+    rep = events["ImgName"].str.startswith("rep_")
+    assert rep.any() and not events["stimulus"].str.startswith("rep_").any()
+    assert (events.loc[rep, "stimulus"] + ".jpg").isin(events.loc[rep, "ImgName"].str[4:]).any()
+    # stimuli: files under COCO/ImageNet/Scene, the rep_ images are the test set
+    table = pd.read_csv(layout.stimuli_table, sep="\t", dtype={"stimulus": str})
+    assert table["stimulus"].is_unique
+    assert set(table.loc[table["shared"] == 1, "stimulus"]) == set(events.loc[rep, "stimulus"])
+    assert all((layout.stimuli_dir / p).exists() for p in table["image"])
+    assert {p.split("/")[1] for p in table["image"]} == {"COCO", "ImageNet", "Scene"}
+    # ROI masks (dataset-provided, LH + RH) on the BOLD grid, inside the brain mask
+    brain = np.asarray(nib.load(layout.brain_mask("CSI1")).dataobj) > 0
+    for roi in ("EarlyVis", "PPA"):
+        img = nib.load(layout.roi_mask("CSI1", roi))
+        assert img.shape == brain.shape and np.allclose(
+            img.affine, nib.load(layout.bold(key)).affine
+        )
+        m = np.asarray(img.dataobj) > 0
+        assert m.any() and not (m & ~brain).any()
+    manifest = validate_subject(dest, "CSI1", BOLD5000.sessions, BOLD5000.runs, 2.0, BOLD5000.task)
+    assert manifest["n_voxels"] == int(brain.sum())
+
+
+def test_things_adapter_drops_catch_trials_and_marks_test_images(things, tmp_path):
+    root, _ = things
+    dest = fetch_dataset(
+        "things-fmri", tmp_path / "data" / "things-fmri", subjects=THINGS.subjects,
+        sessions=THINGS.sessions, runs=THINGS.runs, task=THINGS.task,
+        source={"path": str(root), **MNI}, progress=False,
+    )  # fmt: skip
+    layout = BidsLayout(dest, THINGS.task)
+    events = read_events(layout.events(RunKey("01", "things01", "02")))
+    raw = pd.read_csv(
+        root / "sub-01/ses-things01/func/sub-01_ses-things01_task-things_run-02_events.tsv",
+        sep="\t",
+    )
+    assert (raw["trial_type"] == "catch").sum() == 1
+    assert len(events) == len(raw) - 1 and "catch" not in set(events["trial_type"])
+    table = pd.read_csv(layout.stimuli_table, sep="\t", dtype={"stimulus": str})
+    test_ids = set(raw.loc[raw["trial_type"] == "test", "file_path"].map(lambda v: Path(v).stem))
+    all_test = set(table.loc[table["shared"] == 1, "stimulus"])
+    assert test_ids <= all_test and len(all_test) == THINGS.n_shared
+    # captions are the THINGS category (the image's folder)
+    row = table[table["stimulus"] == "air_conditioner_12s"]
+    assert row["caption"].iloc[0] == "air conditioner"
+    # ROI from the template nilearn ships (MNI152 grey matter), resampled to the BOLD grid
+    gm = np.asarray(nib.load(layout.roi_mask("01", "GM")).dataobj) > 0
+    assert gm.any() and gm.shape == nib.load(layout.brain_mask("01")).shape
+
+
+def _break(root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "broken"
+    shutil.copytree(root, copy)
+    return copy
+
+
+RUN = "sub-CSI1_ses-01_task-5000scenes_run-02"
+FUNC = "derivatives/fmriprep/sub-CSI1/ses-01/func"
+
+
+@pytest.mark.parametrize(
+    ("case", "field", "message"),
+    [
+        ("confounds", "<file>", "confounds file of this run is missing"),
+        ("space", "space", "is not among the spaces fMRIPrep wrote"),
+        ("tr", "RepetitionTime", "disagrees with the NIfTI header"),
+        ("events", "<file>", "this run has no events file"),
+        ("no_trials", "ImgName", "no stimulus trials"),
+        ("stimulus_file", "ImgName", "its file"),
+        ("column", "ImgName", "column is missing"),
+    ],
+)
+def test_bad_derivatives_stop_naming_file_and_field(bold5000, tmp_path, case, field, message):
+    root = _break(bold5000[0], tmp_path)
+    func = root / FUNC
+    bold = func / f"{RUN}_space-{SPACE}_res-2_desc-preproc_bold.nii.gz"
+    culprit: Path
+    if case == "confounds":
+        culprit = func / f"{RUN}_desc-confounds_timeseries.tsv"
+        culprit.unlink()
+    elif case == "space":
+        culprit = bold
+        for f in func.glob(f"{RUN}_space-{SPACE}_res-2_desc-preproc_bold.*"):
+            f.rename(f.with_name(f.name.replace(SPACE, "MNI152NLin6Asym")))
+    elif case == "tr":
+        culprit = func / f"{RUN}_space-{SPACE}_res-2_desc-preproc_bold.json"
+        culprit.write_text(json.dumps({"RepetitionTime": 1.5}))
+    elif case == "events":
+        culprit = root / f"sub-CSI1/ses-01/func/{RUN}_events.tsv"
+        culprit.unlink()
+    else:
+        culprit = root / f"sub-CSI1/ses-01/func/{RUN}_events.tsv"
+        ev = pd.read_csv(culprit, sep="\t", dtype=str, keep_default_na=False)
+        if case == "no_trials":
+            ev["ImgName"] = "n/a"
+        elif case == "stimulus_file":
+            ev.loc[0, "ImgName"] = "COCO_train2014_999999999999.jpg"
+            ev.loc[0, "ImgType"] = "coco"
+        else:
+            ev = ev.drop(columns="ImgName")
+        ev.to_csv(culprit, sep="\t", index=False)
+    dest = tmp_path / "data" / "bold5000"
+    with pytest.raises(BrainpipeInputError) as err:
+        fetch_bold5000(root, dest)
+    assert err.value.source == str(culprit) and err.value.field == field, str(err.value)
+    assert message in str(err.value)
+    assert not dest.exists() and not list(dest.parent.glob(".bold5000*tmp*"))  # nothing half-made
+
+
+def test_space_and_strategy_config_are_checked(bold5000, tmp_path):
+    with pytest.raises(BrainpipeInputError, match=r"source.rois.V1.nilearn"):
+        fmriprep.FmriprepOptions.from_config({"rois": {"V1": {"nilearn": "juelich"}}}, "x.yaml")
+    with pytest.raises(BrainpipeInputError, match=r"stimuli.colum"):
+        fmriprep.StimulusAdapter.from_config({"colum": "x"}, "x.yaml")
+    with pytest.raises(BrainpipeInputError, match=r"preprocess.confounds.strategy"):
+        check_confounds_config({"strategy": ["motion", "wiggle"]})
+    with pytest.raises(BrainpipeInputError, match="exactly one of"):
+        check_confounds_config({"preset": "simple", "strategy": ["motion"]})
+    assert check_confounds_config(None) is None
+    with pytest.raises(BrainpipeInputError, match=r"field 'space'.*T1w"):
+        fetch_bold5000(bold5000[0], tmp_path / "d", space="T1w", res=None)
+
+
+# ------------------------------------------------------------------ confounds, ground truth
+
+
+def _betas_accuracy(layout, truth, subject, runs, out: Path, confounds) -> tuple[float, float]:
+    preprocess_subject(layout, subject, runs, out / "preproc.zarr", confounds=confounds)
+    estimate_subject_betas(out / "preproc.zarr", layout, subject, runs, out / "betas.zarr")
+    betas = open_zarr(out / "betas.zarr")
+    est = betas["betas"].values
+    true = truth.amplitudes[subject].loc[betas["stimulus"].values].to_numpy()
+    r = float(np.corrcoef(est.ravel(), true.ravel())[0, 1])
+    return r, float(np.sqrt(np.mean((est - true) ** 2)))
+
+
+def test_confound_regression_recovers_true_amplitudes_better(bold5000, tmp_path):
+    root, truth = bold5000
+    dest = fetch_bold5000(root, tmp_path / "data" / "bold5000", subjects=["CSI1"])
+    layout = BidsLayout(dest, BOLD5000.task)
+    runs = run_keys("CSI1", BOLD5000.sessions, BOLD5000.runs)
+    scores = {
+        name: _betas_accuracy(layout, truth, "CSI1", runs, tmp_path / name, cfg)
+        for name, cfg in [
+            ("none", None),
+            ("motion", {"strategy": ["motion"], "motion": "basic"}),
+            ("scrubbing", SCRUB),
+        ]
+    }
+    (r0, e0), (r1, e1), (r2, e2) = scores["none"], scores["motion"], scores["scrubbing"]
+    assert r1 > r0 + 0.2 and e1 < 0.6 * e0, scores  # regressing motion helps a lot
+    assert r2 > r1 and e2 < e1, scores  # censoring the spike volumes helps further
+    pre = open_zarr(tmp_path / "scrubbing" / "preproc.zarr")
+    keep = pre["sample_mask"].values
+    assert (~keep).sum() == 3 * len(runs)  # the fixture's 3 high-FD volumes per run
+    assert np.all(pre["bold"].values[~keep] == 0)
+
+
+@pytest.mark.parametrize("method", ["lsa", "glmsingle"])
+def test_censored_volumes_do_not_enter_the_betas(bold5000, tmp_path, method):
+    """Whatever the censored volumes hold, the betas are the same: they left the design."""
+    import zarr
+
+    from brainpipe.betas import estimate_betas
+
+    root, _ = bold5000
+    dest = fetch_bold5000(root, tmp_path / "data" / "bold5000", subjects=["CSI1"])
+    layout = BidsLayout(dest, BOLD5000.task)
+    runs = run_keys("CSI1", BOLD5000.sessions, BOLD5000.runs)
+    pre = tmp_path / "preproc.zarr"
+    preprocess_subject(layout, "CSI1", runs, pre, confounds=SCRUB)
+    config = {"betas": {"method": method, "types": ["A", "B"]}}
+    estimate_betas(pre, layout, "CSI1", runs, tmp_path / "a.zarr", config=config)
+    group = zarr.open_group(str(pre), mode="r+")
+    keep = np.asarray(group["sample_mask"][:], dtype=bool)
+    bold = np.asarray(group["bold"][:])
+    bold[~keep] = 500.0 * np.random.default_rng(0).standard_normal(((~keep).sum(), bold.shape[1]))
+    group["bold"][:] = bold
+    estimate_betas(pre, layout, "CSI1", runs, tmp_path / "b.zarr", config=config)
+    a, b = (
+        open_zarr(tmp_path / "a.zarr")["betas"].values,
+        open_zarr(tmp_path / "b.zarr")["betas"].values,
+    )
+    np.testing.assert_allclose(a, b, atol=1e-3 * np.abs(a).max())
+
+
+# ------------------------------------------------------------------ end to end (Snakemake)
+
+
+def pipeline_config(dataset: str, shape, rois: list[str], **source) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.pop("synthetic", None)
+    config.update(
+        dataset=dataset, task=shape.task, subjects=shape.subjects, sessions=shape.sessions,
+        runs=shape.runs, tr=shape.tr, rois=rois, feature_models=["gabor"],
+        models=["ridge", "ridgedecoder"],
+        model_params={"ridge": {"features": ["gabor"]},
+                      "ridgedecoder": {"rois": [rois[0]], "features": ["gabor"]}},
+        source={**MNI, **source},
+        preprocess={"detrend": True, "high_pass_hz": 0.01, "smoothing_fwhm_mm": None,
+                    "confounds": SCRUB},
+        betas={"method": "lsa", "voxel_chunk": 4096},
+        features={"n_components": 8},
+        splits={"shared_train_fraction": 0.0},
+        align={"methods": []},
+    )  # fmt: skip
+    return config
+
+
+def _check_end_to_end(workdir: Path, dataset: str, shape, truth, rois: list[str]) -> None:
+    results = workdir / "results" / dataset
+    for sub in shape.subjects:
+        betas = open_zarr(results / f"sub-{sub}" / "betas.zarr")
+        pre = open_zarr(results / f"sub-{sub}" / "preproc.zarr")
+        assert (~pre["sample_mask"].values).sum() == 3 * len(shape.sessions) * len(shape.runs)
+        for roi in rois:
+            assert betas[f"roi_{roi}"].values.any()
+        est = betas["betas"].values
+        true = truth.amplitudes[sub].loc[betas["stimulus"].values].to_numpy()
+        assert np.corrcoef(est.ravel(), true.ravel())[0, 1] > 0.7
+        assert betas.attrs["tr"] == pytest.approx(shape.tr)
+        for roi in rois:
+            metrics = results / f"models/sub-{sub}/{roi}/ridge-gabor/metrics.json"
+            assert json.loads(metrics.read_text())
+    summary = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert set(summary["subject"].astype(str)) == set(shape.subjects)
+    splits = pd.read_csv(results / "splits.tsv", sep="\t", dtype={"stimulus": str})
+    assert (splits["split"] == "test").sum() == shape.n_shared
+
+
+@pytest.mark.integration
+def test_bold5000_from_folder_to_models(bold5000, tmp_path):
+    root, truth = bold5000
+    rois = ["EarlyVis", "PPA"]
+    result = run_workflow(
+        tmp_path, pipeline_config("bold5000", BOLD5000, rois, path=str(root)), timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _check_end_to_end(tmp_path, "bold5000", BOLD5000, truth, rois)
+
+
+@pytest.mark.integration
+def test_things_from_openneuro_over_loopback_s3_to_models(things, tmp_path):
+    root, truth = things
+    with serve_tree(root.parent, "openneuro.org") as endpoint:
+        config = pipeline_config("things-fmri", THINGS, ["GM"], endpoint_url=endpoint)
+        result = run_workflow(tmp_path, config, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _check_end_to_end(tmp_path, "things-fmri", THINGS, truth, ["GM"])
+    raw = tmp_path / "data" / ".things-fmri-bids"
+    assert (raw / "derivatives/fmriprep/dataset_description.json").exists()
+    # only what the pipeline reads was fetched: no boldrefs, no other spaces
+    assert not list(raw.rglob("*_boldref.nii.gz"))
