@@ -355,15 +355,6 @@ class RunFiles:
     n_scans: int
 
 
-def _run_label_matches(found: Any, wanted: str) -> bool:
-    if found is None or (isinstance(found, float) and np.isnan(found)):
-        return False
-    try:
-        return int(str(found)) == int(wanted)
-    except ValueError:
-        return str(found) == wanted
-
-
 def _stem(key: RunKey, task: str) -> str:
     ses = f"_ses-{key.session}" if key.session else ""
     return f"sub-{key.subject}{ses}_task-{task}_run-{key.run}"
@@ -383,7 +374,7 @@ def _raw_file(folder: Path, key: RunKey, task: str, suffix: str) -> Path:
     ses = f"_ses-{key.session}" if key.session else ""
     for cand in sorted(folder.glob(f"sub-{key.subject}{ses}_task-{task}_run-*_{suffix}")):
         label = re.search(r"_run-([A-Za-z0-9]+)_", cand.name)
-        if label and _run_label_matches(label.group(1), key.run):
+        if label and _run_number(label.group(1)) == _run_number(key.run):
             return cand
     return want
 
@@ -453,25 +444,40 @@ def find_runs(
         TR disagrees with the NIfTI header, or the mask's grid differs from the BOLD's.
     """
     index = index_derivatives(fmriprep_root, subjects) if index is None else index
+    index = index[index["task"] == task]
+    # One pass to group the index by run (run labels compared as numbers: run-1 == run-01).
+    by_run = {
+        key: rows
+        for key, rows in index.assign(
+            ses=index["ses"].fillna(""), run=index["run"].map(_run_number)
+        ).groupby(["sub", "ses", "run"], sort=False)
+    }
+    empty = index.iloc[:0]
     out = []
     for sub in subjects:
         for ses in sessions or [""]:
             for run in runs:
                 key = RunKey(sub, ses, run)
-                out.append(_find_run(bids_root, fmriprep_root, key, task, opts, index))
+                rows = by_run.get((sub, ses, _run_number(run)), empty)
+                out.append(_find_run(bids_root, fmriprep_root, key, task, opts, rows))
     return out
 
 
+def _run_number(label: Any) -> str:
+    """A run label compared as a number where it is one (``1`` and ``01`` are one run)."""
+    if label is None or (isinstance(label, float) and np.isnan(label)):
+        return ""
+    text = str(label)
+    return str(int(text)) if text.isdigit() else text
+
+
 def _find_run(
-    bids_root: Path, prep: Path, key: RunKey, task: str, opts: FmriprepOptions, index: pd.DataFrame
+    bids_root: Path, prep: Path, key: RunKey, task: str, opts: FmriprepOptions, rows: pd.DataFrame
 ) -> RunFiles:
+    """Check the files of one run; ``rows`` are the index rows of that run."""
     stem = _stem(key, task)
     ses_dir = f"ses-{key.session}" if key.session else ""
     func = Path(prep, f"sub-{key.subject}", ses_dir, "func")
-    sel = (index["sub"] == key.subject) & (index["task"] == task)
-    sel &= (index["ses"] == key.session) if key.session else index["ses"].isna()
-    sel &= index["run"].map(lambda r: _run_label_matches(r, key.run))
-    rows = index[sel]
     res_ent = f"_res-{opts.res}" if opts.res else ""
     expected = func / f"{stem}_space-{opts.space}{res_ent}_desc-preproc_bold.nii.gz"
     preproc = rows[
