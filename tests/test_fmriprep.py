@@ -335,3 +335,22 @@ def test_things_from_openneuro_over_loopback_s3_to_models(things, tmp_path):
     assert (raw / "derivatives/fmriprep/dataset_description.json").exists()
     # only what the pipeline reads was fetched: no boldrefs, no other spaces
     assert not list(raw.rglob("*_boldref.nii.gz"))
+
+
+def test_confounds_missing_a_strategy_column_stop_before_any_run(bold5000, tmp_path):
+    root = _break(bold5000[0], tmp_path)
+    conf = root / FUNC / f"{RUN}_desc-confounds_timeseries.tsv"
+    table = pd.read_csv(conf, sep="\t")
+    table.drop(columns=[c for c in table.columns if c.startswith("white_matter")]).to_csv(
+        conf, sep="\t", index=False, na_rep="n/a"
+    )
+    dest = fetch_bold5000(root, tmp_path / "data" / "bold5000", subjects=["CSI1"])
+    layout = BidsLayout(dest, BOLD5000.task)
+    out = tmp_path / "preproc.zarr"
+    with pytest.raises(BrainpipeInputError) as err:
+        preprocess_subject(
+            layout, "CSI1", run_keys("CSI1", BOLD5000.sessions, BOLD5000.runs), out,
+            confounds={"strategy": ["motion", "wm_csf"]},
+        )  # fmt: skip
+    assert err.value.source.endswith(f"{RUN}_desc-confounds_timeseries.tsv"), str(err.value)
+    assert "white_matter" in str(err.value) and not out.exists()

@@ -135,6 +135,7 @@ def load_run_confounds(bold: str | Path, cfg: dict[str, Any], n_scans: int) -> R
         differs from the run's.
     """
     from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
+    from nilearn.interfaces.fmriprep.load_confounds_utils import MissingConfoundError
 
     img = fmriprep_image(bold)
     conf_file = img.parent / (
@@ -148,8 +149,13 @@ def load_run_confounds(bold: str | Path, cfg: dict[str, Any], n_scans: int) -> R
             )
         else:
             frame, sample_mask = load_confounds(str(img), strategy=tuple(cfg["strategy"]), **kwargs)
-    except (ValueError, FileNotFoundError) as err:  # nilearn's messages, given their file
-        text = str(err)
+    except (
+        ValueError,
+        FileNotFoundError,
+        KeyError,
+        MissingConfoundError,
+    ) as err:  # nilearn's, given their file
+        text = str(err).strip("'\"")
         field = "<file>" if "confound file" in text else "columns"
         raise BrainpipeInputError(conf_file, field, f"nilearn load_confounds: {text}") from err
     regressors = (
