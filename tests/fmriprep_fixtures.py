@@ -254,8 +254,17 @@ def make_dataset(
     confound_sd: float = 1.5,
     surfaces: bool = True,
     rois: bool = True,
+    legacy: bool = False,
+    space: str = SPACE,
 ) -> Truth:
-    """Write a raw BIDS + ``derivatives/fmriprep`` dataset of ``shape``; return the truth."""
+    """Write a raw BIDS + ``derivatives/fmriprep`` dataset of ``shape``; return the truth.
+
+    ``legacy``: the derivatives by fMRIPrep 1.0-1.1 names, as BOLD5000's on OpenNeuro are
+    (fMRIPrep 1.1 "Outputs" docs: ``*_bold_space-<space>_preproc.nii.gz``,
+    ``*_bold_space-<space>_brainmask.nii.gz``, ``*_bold_confounds.tsv`` with CamelCase
+    columns ``X Y Z RotX RotY RotZ CSF WhiteMatter GlobalSignal FramewiseDisplacement
+    stdDVARS non-stdDVARS aCompCorNN tCompCorNN CosineNN``, ``*_bold_space-fsaverage5.L.func.gii``).
+    """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
@@ -269,16 +278,16 @@ def make_dataset(
     )
     prep = root / "derivatives" / "fmriprep"
     prep.mkdir(parents=True)
-    (prep / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": "fMRIPrep - fMRI PREProcessing workflow",
-                "BIDSVersion": "1.4.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}],
-            }
-        )
-    )
+    description = {
+        "Name": "fMRIPrep - fMRI PREProcessing workflow",
+        "BIDSVersion": "1.4.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}],
+    }
+    if legacy:  # BIDS-Derivatives RC1 style, before GeneratedBy/DatasetType
+        description = {"Name": "fMRIPrep outputs", "BIDSVersion": "1.1.1",
+                       "PipelineDescription": {"Name": "fMRIPrep", "Version": "1.1.4"}}  # fmt: skip
+    (prep / "dataset_description.json").write_text(json.dumps(description))
     shared, uniq, files = _stimulus_sets(shape, rng)
     stim_root = root / "stimuli"
     for rel in files.values():
@@ -338,30 +347,13 @@ def make_dataset(
                 vol[brain] = ts.T
                 stem = f"sub-{sub}_ses-{ses}_task-{shape.task}_run-{run}"
                 func = prep / f"sub-{sub}" / f"ses-{ses}" / "func"
-                space = f"space-{SPACE}_res-2"
-                _save_nifti(vol, func / f"{stem}_{space}_desc-preproc_bold.nii.gz", tr=shape.tr)
-                (func / f"{stem}_{space}_desc-preproc_bold.json").write_text(
-                    json.dumps({"RepetitionTime": shape.tr, "SkullStripped": False,
-                                "TaskName": shape.task, "StartTime": 0.0})
-                )  # fmt: skip
-                _save_nifti(
-                    brain.astype(np.uint8),
-                    func / f"{stem}_{space}_desc-brain_mask.nii.gz",
-                    dtype=np.uint8,
-                )
-                _save_nifti(vol.mean(axis=3), func / f"{stem}_{space}_boldref.nii.gz")
-                conf.to_csv(
-                    func / f"{stem}_desc-confounds_timeseries.tsv",
-                    sep="\t",
-                    index=False,
-                    na_rep="n/a",
-                )
-                (func / f"{stem}_desc-confounds_timeseries.json").write_text(
-                    json.dumps(conf_meta, indent=1)
-                )
-                if surfaces and sub == shape.subjects[0] and e == 0 and r == 0:
-                    _surface(func / f"{stem}_hemi-L_space-fsaverage5_bold.func.gii", n, rng)
-                    _surface(func / f"{stem}_hemi-R_space-fsaverage5_bold.func.gii", n, rng)
+                first = surfaces and sub == shape.subjects[0] and e == 0 and r == 0
+                if legacy:
+                    _write_legacy(func, stem, space, vol, brain, conf, shape.tr, rng, first)
+                else:
+                    _write_current(
+                        func, stem, space, vol, brain, conf, shape, conf_meta, rng, first
+                    )
                 raw = root / f"sub-{sub}" / f"ses-{ses}" / "func"
                 raw.mkdir(parents=True, exist_ok=True)
                 _save_nifti(
@@ -375,6 +367,56 @@ def make_dataset(
         if rois:
             _roi_files(root, sub, brain)
     return truth
+
+
+def _write_current(func, stem, space, vol, brain, conf, shape, conf_meta, rng, first) -> None:
+    sp = f"space-{space}_res-2" if space.startswith("MNI") else f"space-{space}"
+    n = vol.shape[3]
+    _save_nifti(vol, func / f"{stem}_{sp}_desc-preproc_bold.nii.gz", tr=shape.tr)
+    (func / f"{stem}_{sp}_desc-preproc_bold.json").write_text(
+        json.dumps({"RepetitionTime": shape.tr, "SkullStripped": False,
+                    "TaskName": shape.task, "StartTime": 0.0})
+    )  # fmt: skip
+    _save_nifti(
+        brain.astype(np.uint8), func / f"{stem}_{sp}_desc-brain_mask.nii.gz", dtype=np.uint8
+    )
+    _save_nifti(vol.mean(axis=3), func / f"{stem}_{sp}_boldref.nii.gz")
+    conf.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(conf_meta, indent=1))
+    if first:
+        _surface(func / f"{stem}_hemi-L_space-fsaverage5_bold.func.gii", n, rng)
+        _surface(func / f"{stem}_hemi-R_space-fsaverage5_bold.func.gii", n, rng)
+
+
+#: Today's confounds columns -> fMRIPrep 1.0-1.1's names (the inverse of what brainpipe reads).
+LEGACY_NAMES = {
+    "trans_x": "X", "trans_y": "Y", "trans_z": "Z", "rot_x": "RotX", "rot_y": "RotY",
+    "rot_z": "RotZ", "csf": "CSF", "white_matter": "WhiteMatter", "global_signal": "GlobalSignal",
+    "framewise_displacement": "FramewiseDisplacement", "std_dvars": "stdDVARS",
+    "dvars": "non-stdDVARS",
+}  # fmt: skip
+
+
+def _write_legacy(func, stem, space, vol, brain, conf, tr, rng, first) -> None:
+    n = vol.shape[3]
+    _save_nifti(vol, func / f"{stem}_bold_space-{space}_preproc.nii.gz", tr=tr)
+    _save_nifti(
+        brain.astype(np.uint8), func / f"{stem}_bold_space-{space}_brainmask.nii.gz", dtype=np.uint8
+    )
+    old = {}
+    for col in conf.columns:
+        if col in LEGACY_NAMES:
+            old[LEGACY_NAMES[col]] = conf[col]
+        for new, legacy_prefix in (("a_comp_cor_", "aCompCor"), ("t_comp_cor_", "tCompCor"),
+                                   ("cosine", "Cosine")):  # fmt: skip
+            if col.startswith(new) and col[len(new) :].isdigit():
+                old[f"{legacy_prefix}{int(col[len(new) :]):02d}"] = conf[col]
+    pd.DataFrame(old).to_csv(
+        func / f"{stem}_bold_confounds.tsv", sep="\t", index=False, na_rep="n/a"
+    )
+    if first:
+        _surface(func / f"{stem}_bold_space-fsaverage5.L.func.gii", n, rng)
+        _surface(func / f"{stem}_bold_space-fsaverage5.R.func.gii", n, rng)
 
 
 def _stim_id(value: str) -> str:

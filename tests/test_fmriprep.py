@@ -43,6 +43,14 @@ def bold5000(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bold5000_legacy(tmp_path_factory):
+    """BOLD5000 as on OpenNeuro: fMRIPrep 1.1 names, T1w space (the registry's default)."""
+    root = tmp_path_factory.mktemp("bold5000-legacy") / "ds001499"
+    truth = make_dataset(root, BOLD5000, seed=3, legacy=True, space="T1w")
+    return root, truth
+
+
+@pytest.fixture(scope="module")
 def things(tmp_path_factory):
     root = tmp_path_factory.mktemp("things") / "ds004192"
     truth = make_dataset(root, THINGS, seed=2)
@@ -103,6 +111,32 @@ def test_bold5000_folder_is_indexed_checked_and_linked(bold5000, tmp_path):
         assert m.any() and not (m & ~brain).any()
     manifest = validate_subject(dest, "CSI1", BOLD5000.sessions, BOLD5000.runs, 2.0, BOLD5000.task)
     assert manifest["n_voxels"] == int(brain.sum())
+
+
+def test_bold5000_as_published_with_fmriprep_1_1_names(bold5000_legacy, tmp_path):
+    root, truth = bold5000_legacy
+    dest = fetch_dataset(
+        "bold5000", tmp_path / "data" / "bold5000", subjects=["CSI1"], sessions=BOLD5000.sessions,
+        runs=BOLD5000.runs, task=BOLD5000.task, source={"path": str(root)}, progress=False,
+    )  # fmt: skip
+    layout = BidsLayout(dest, BOLD5000.task)
+    key = RunKey("CSI1", "01", "01")
+    stem = "sub-CSI1_ses-01_task-5000scenes_run-01"
+    prep = root / "derivatives/fmriprep/sub-CSI1/ses-01/func"
+    assert layout.bold(key).resolve() == prep / f"{stem}_bold_space-T1w_preproc.nii.gz"
+    func = layout.bold(key).parent
+    # the confounds are rewritten with today's column names, values unchanged
+    conf = pd.read_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t")
+    old = pd.read_csv(prep / f"{stem}_bold_confounds.tsv", sep="\t")
+    np.testing.assert_array_equal(conf["trans_x"], old["X"])
+    np.testing.assert_array_equal(conf["white_matter"], old["WhiteMatter"])
+    assert {"rot_z", "framewise_displacement", "std_dvars", "a_comp_cor_00", "cosine00"} <= set(
+        conf.columns
+    )
+    assert (func / f"{stem}_hemi-L_space-fsaverage5_bold.func.gii").is_symlink()
+    runs = run_keys("CSI1", BOLD5000.sessions, BOLD5000.runs)
+    r, _ = _betas_accuracy(layout, truth, "CSI1", runs, tmp_path / "scrub", SCRUB)
+    assert r > 0.7
 
 
 def test_things_adapter_drops_catch_trials_and_marks_test_images(things, tmp_path):
@@ -313,12 +347,13 @@ def _check_end_to_end(workdir: Path, dataset: str, shape, truth, rois: list[str]
 
 
 @pytest.mark.integration
-def test_bold5000_from_folder_to_models(bold5000, tmp_path):
-    root, truth = bold5000
+def test_bold5000_from_folder_to_models(bold5000_legacy, tmp_path):
+    """BOLD5000 as published (fMRIPrep 1.1 names, T1w space), from a local folder."""
+    root, truth = bold5000_legacy
     rois = ["EarlyVis", "PPA"]
-    result = run_workflow(
-        tmp_path, pipeline_config("bold5000", BOLD5000, rois, path=str(root)), timeout=900
-    )
+    config = pipeline_config("bold5000", BOLD5000, rois, path=str(root))
+    config["source"] = {"path": str(root)}  # the registry's space (T1w)
+    result = run_workflow(tmp_path, config, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _check_end_to_end(tmp_path, "bold5000", BOLD5000, truth, rois)
 

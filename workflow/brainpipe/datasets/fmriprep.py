@@ -65,6 +65,8 @@ TR_RTOL = 1e-3
 READ_SUFFIXES = (
     "_desc-preproc_bold.nii.gz", "_desc-preproc_bold.json", "_desc-brain_mask.nii.gz",
     "_desc-confounds_timeseries.tsv", "_desc-confounds_timeseries.json", "_bold.func.gii",
+    # fMRIPrep < 1.2 (BOLD5000's derivatives on OpenNeuro)
+    "_preproc.nii.gz", "_brainmask.nii.gz", "_bold_confounds.tsv", ".func.gii",
 )  # fmt: skip
 #: ROIs made from the templates nilearn ships (no download): name -> loader name.
 NILEARN_MASKS = {
@@ -353,6 +355,8 @@ class RunFiles:
     surfaces: tuple[Path, ...]
     tr: float
     n_scans: int
+    space_entity: str = ""  # "space-X[_res-N]"
+    legacy: bool = False  # fMRIPrep < 1.2 names (BOLD5000 on OpenNeuro)
 
 
 def _stem(key: RunKey, task: str) -> str:
@@ -471,15 +475,18 @@ def _run_number(label: Any) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
-def _find_run(
-    bids_root: Path, prep: Path, key: RunKey, task: str, opts: FmriprepOptions, rows: pd.DataFrame
-) -> RunFiles:
-    """Check the files of one run; ``rows`` are the index rows of that run."""
+def _current_files(
+    func: Path,
+    key: RunKey,
+    task: str,
+    opts: FmriprepOptions,
+    rows: pd.DataFrame,
+    preproc: pd.DataFrame,
+    expected: Path,
+) -> tuple[Path, Path, Path, str, tuple[Path, ...]]:
+    """BOLD, mask, confounds, space entity and surfaces of a run, by today's fMRIPrep names."""
     stem = _stem(key, task)
     ses_dir = f"ses-{key.session}" if key.session else ""
-    func = Path(prep, f"sub-{key.subject}", ses_dir, "func")
-    res_ent = f"_res-{opts.res}" if opts.res else ""
-    expected = func / f"{stem}_space-{opts.space}{res_ent}_desc-preproc_bold.nii.gz"
     preproc = rows[
         (rows["desc"] == "preproc") & (rows["suffix"] == "bold") & (rows["ext"] == ".nii.gz")
     ]
@@ -526,6 +533,88 @@ def _find_run(
             conf_path, "<file>", "confounds file of this run is missing (fMRIPrep writes "
             "*_desc-confounds_timeseries.tsv next to the preprocessed BOLD)",
         )  # fmt: skip
+    surfaces: tuple[Path, ...] = ()
+    if opts.surfaces:
+        gii = rows[(rows["ext"] == ".func.gii") & (rows["suffix"] == "bold")]
+        surfaces = tuple(Path(f) for f in sorted(gii["file"]))
+    return bold, mask, conf_path, space_ent, surfaces
+
+
+#: fMRIPrep < 1.2 confounds columns (its CamelCase names) -> today's names.
+LEGACY_CONFOUNDS = {
+    "X": "trans_x", "Y": "trans_y", "Z": "trans_z", "RotX": "rot_x", "RotY": "rot_y",
+    "RotZ": "rot_z", "CSF": "csf", "WhiteMatter": "white_matter",
+    "GlobalSignal": "global_signal", "FramewiseDisplacement": "framewise_displacement",
+    "stdDVARS": "std_dvars", "non-stdDVARS": "dvars", "vx-wisestdDVARS": "vx_wise_std_dvars",
+}  # fmt: skip
+_LEGACY_NUMBERED = (
+    ("aCompCor", "a_comp_cor_"), ("tCompCor", "t_comp_cor_"), ("Cosine", "cosine"),
+    ("NonSteadyStateOutlier", "non_steady_state_outlier"), ("AROMAAggrComp", "aroma_motion_"),
+)  # fmt: skip
+
+
+def _legacy_files(
+    func: Path, key: RunKey, task: str, opts: FmriprepOptions
+) -> tuple[Path, Path, Path, str, tuple[Path, ...]]:
+    """The same files by fMRIPrep 1.0-1.1 names (``*_bold_space-<space>_preproc.nii.gz``,
+    ``*_bold_space-<space>_brainmask.nii.gz``, ``*_bold_confounds.tsv``,
+    ``*_bold_space-<space>.[LR].func.gii``; fMRIPrep 1.1's "Outputs" documentation)."""
+    bold = _raw_file(func, key, task, f"bold_space-{opts.space}_preproc.nii.gz")
+    mask = _raw_file(func, key, task, f"bold_space-{opts.space}_brainmask.nii.gz")
+    if not mask.exists():
+        raise BrainpipeInputError(mask, "<file>", "brain mask of this run is missing")
+    conf = _raw_file(func, key, task, "bold_confounds.tsv")
+    if not conf.exists():
+        raise BrainpipeInputError(conf, "<file>", "confounds file of this run is missing")
+    surfaces: tuple[Path, ...] = ()
+    if opts.surfaces:
+        surfaces = tuple(
+            sorted(func.glob(f"{bold.name.split('_bold_')[0]}_bold_space-fsaverage*.?.func.gii"))
+        )
+    return bold, mask, conf, f"space-{opts.space}", surfaces
+
+
+def legacy_confounds(path: Path) -> pd.DataFrame:
+    """An fMRIPrep < 1.2 confounds table with today's column names (values unchanged)."""
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    names = {}
+    for col in table.columns:
+        if col in LEGACY_CONFOUNDS:
+            names[col] = LEGACY_CONFOUNDS[col]
+            continue
+        for old, new in _LEGACY_NUMBERED:
+            if col.startswith(old) and col[len(old) :].isdigit():
+                names[col] = f"{new}{col[len(old) :]}"
+    return table.rename(columns=names)
+
+
+def _legacy_surface_name(name: str) -> str:
+    """``..._bold_space-fsaverage5.L.func.gii`` -> ``_hemi-L_space-fsaverage5_bold.func.gii``."""
+    m = re.search(r"_bold_space-([A-Za-z0-9]+)\.([LR])\.func\.gii$", name)
+    return f"_hemi-{m.group(2)}_space-{m.group(1)}_bold.func.gii" if m else _after_run(name)
+
+
+def _find_run(
+    bids_root: Path, prep: Path, key: RunKey, task: str, opts: FmriprepOptions, rows: pd.DataFrame
+) -> RunFiles:
+    """Check the files of one run; ``rows`` are the index rows of that run."""
+    stem = _stem(key, task)
+    ses_dir = f"ses-{key.session}" if key.session else ""
+    func = Path(prep, f"sub-{key.subject}", ses_dir, "func")
+    res_ent = f"_res-{opts.res}" if opts.res else ""
+    expected = func / f"{stem}_space-{opts.space}{res_ent}_desc-preproc_bold.nii.gz"
+    preproc = rows[
+        (rows["desc"] == "preproc") & (rows["suffix"] == "bold") & (rows["ext"] == ".nii.gz")
+    ]
+    legacy_bold = _raw_file(func, key, task, f"bold_space-{opts.space}_preproc.nii.gz")
+    if preproc.empty and legacy_bold.exists():
+        bold, mask, conf_path, space_ent, surfaces = _legacy_files(func, key, task, opts)
+        legacy = True
+    else:
+        bold, mask, conf_path, space_ent, surfaces = _current_files(
+            func, key, task, opts, rows, preproc, expected
+        )
+        legacy = False
     conf_json = conf_path.with_suffix(".json")
     bold_json = Path(str(bold).replace(".nii.gz", ".json"))
     raw_func = Path(bids_root, f"sub-{key.subject}", ses_dir, "func")
@@ -549,10 +638,6 @@ def _find_run(
         raise BrainpipeInputError(
             mask, "shape", f"grid {mask_img.shape[:3]} differs from the BOLD's {img.shape[:3]}"
         )
-    surfaces: tuple[Path, ...] = ()
-    if opts.surfaces:
-        gii = rows[(rows["ext"] == ".func.gii") & (rows["suffix"] == "bold")]
-        surfaces = tuple(Path(f) for f in sorted(gii["file"]))
     return RunFiles(
         key=key,
         bold=bold,
@@ -564,6 +649,8 @@ def _find_run(
         surfaces=surfaces,
         tr=tr,
         n_scans=int(img.shape[3]),
+        space_entity=space_ent,
+        legacy=legacy,
     )
 
 
@@ -717,12 +804,17 @@ def build_view(
             _link(rf.bold, layout.bold(key))
             stem = layout.bold(key).name[: -len("_bold.nii.gz")]
             func = layout.bold(key).parent
-            _link(rf.bold, func / f"{stem}{_after_run(rf.bold.name)}")
-            _link(rf.confounds, func / f"{stem}_desc-confounds_timeseries.tsv")
+            _link(rf.bold, func / f"{stem}_{rf.space_entity}_desc-preproc_bold.nii.gz")
+            conf_dst = func / f"{stem}_desc-confounds_timeseries.tsv"
+            if rf.legacy:  # today's column names, so nilearn's strategies apply
+                legacy_confounds(rf.confounds).to_csv(conf_dst, sep="\t", index=False, na_rep="n/a")
+            else:
+                _link(rf.confounds, conf_dst)
             if rf.confounds_json is not None:
                 _link(rf.confounds_json, func / f"{stem}_desc-confounds_timeseries.json")
             for gii in rf.surfaces:
-                _link(gii, func / f"{stem}{_after_run(gii.name)}")
+                name = _legacy_surface_name(gii.name) if rf.legacy else _after_run(gii.name)
+                _link(gii, func / f"{stem}{name}")
             sidecar = {
                 "RepetitionTime": rf.tr,
                 "Sources": [str(rf.bold), str(rf.mask), str(rf.confounds), str(rf.events)],

@@ -163,7 +163,10 @@ def check_fmriprep(path: str | Path) -> dict[str, Any]:
         raise BrainpipeInputError(desc, "<file>", f"not valid JSON ({err})") from err
     generated = meta.get("GeneratedBy") or [meta.get("PipelineDescription", {})]
     names = [str(g.get("Name", "")).lower() for g in generated if isinstance(g, dict)]
-    if meta.get("DatasetType") != "derivative" or not any("fmriprep" in n for n in names):
+    # DatasetType is absent in derivatives written before BIDS 1.4 (fMRIPrep < 20.1)
+    if meta.get("DatasetType", "derivative") != "derivative" or not any(
+        "fmriprep" in n for n in names
+    ):
         raise BrainpipeInputError(
             desc,
             "GeneratedBy",
