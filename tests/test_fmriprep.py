@@ -235,6 +235,8 @@ def test_space_and_strategy_config_are_checked(bold5000, tmp_path):
     with pytest.raises(BrainpipeInputError, match="exactly one of"):
         check_confounds_config({"preset": "simple", "strategy": ["motion"]})
     assert check_confounds_config(None) is None
+    with pytest.raises(BrainpipeInputError, match=r"source.space.*surface outputs"):
+        fmriprep.FmriprepOptions.from_config({"space": "fsaverage5"}, "x.yaml")
     with pytest.raises(BrainpipeInputError, match=r"field 'space'.*T1w"):
         fetch_bold5000(bold5000[0], tmp_path / "d", space="T1w", res=None)
 

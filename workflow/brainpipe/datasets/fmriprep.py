@@ -298,8 +298,16 @@ class FmriprepOptions:
                     f"got {spec['nilearn']!r}; nilearn ships {sorted(NILEARN_MASKS)}",
                 )  # fmt: skip
         res = merged.get("res")
+        space = str(merged.get("space") or DEFAULT_SPACE)
+        if space.startswith("fs"):
+            raise BrainpipeInputError(
+                where, "source.space", f"got {space!r}: fMRIPrep's surface outputs "
+                "(*_hemi-L_space-fsaverage*_bold.func.gii) are found and linked (source.surfaces) "
+                "but the preprocess and betas stages read volumes; choose a volume space "
+                f"({DEFAULT_SPACE}, T1w, ...)",
+            )  # fmt: skip
         return cls(
-            space=str(merged.get("space") or DEFAULT_SPACE),
+            space=space,
             res=None if res in (None, "") else str(res),
             surfaces=bool(merged.get("surfaces", True)),
             adapter=StimulusAdapter.from_config(merged.get("stimuli"), where),
