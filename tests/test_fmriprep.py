@@ -342,7 +342,7 @@ def _check_end_to_end(workdir: Path, dataset: str, shape, truth, rois: list[str]
         for roi in rois:
             metrics = results / f"models/sub-{sub}/{roi}/ridge-gabor/metrics.json"
             assert json.loads(metrics.read_text())
-    summary = pd.read_csv(results / "summary.tsv", sep="\t")
+    summary = pd.read_csv(results / "summary.tsv", sep="\t", dtype={"subject": str})
     assert set(summary["subject"].astype(str)) == set(shape.subjects)
     splits = pd.read_csv(results / "splits.tsv", sep="\t", dtype={"stimulus": str})
     assert (splits["split"] == "test").sum() == shape.n_shared
