@@ -323,8 +323,8 @@ def index_derivatives(root: Path, subjects: list[str]) -> pd.DataFrame:
 
     nilearn's BIDS query (``nilearn.interfaces.bids.get_bids_files``, globbing the
     ``sub-*/[ses-*/]func/`` folders) and ``parse_bids_filename``: the fastest of pybids,
-    bids2table and nilearn on an NSD-sized derivatives tree (``benchmarks/bids_index.py``),
-    and already a dependency.
+    bids2table and nilearn on an NSD-sized derivatives tree (3.6 s vs 18.5 s and 1,110 s for
+    46,129 files, ``benchmarks/bids_index.py``), and already a dependency.
     """
     from nilearn.interfaces.bids import get_bids_files, parse_bids_filename
 
