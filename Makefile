@@ -12,12 +12,13 @@ CORES ?= 2
 
 # One pip command with torch pinned, so pip takes the local CPU build where one lies on disk
 # (torch==2.13.0 from the registry elsewhere).
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml cluster/patches/*.patch
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "brainpipe needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	sh cluster/patches/apply.sh $(BIN)/python   # SLURM plugin fixes: cluster/patches/README.md
 	touch $(STAMP)
 
 install: $(STAMP)

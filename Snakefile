@@ -34,6 +34,11 @@ else:
     include: "rules/report.smk"
 
 
+onstart:
+    # a GPU job on a SLURM cluster without GPUs: a clear error now, not a failed sbatch later
+    check_gpu_requests()
+
+
 rule all:
     input:
         f"{RESULTS}/summary.tsv",

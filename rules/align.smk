@@ -15,7 +15,8 @@ rule align:
         method_params=lambda wc: align_method_params(wc.method),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=per_attempt(4000),
+        runtime=30,
     log:
         f"{LOGS}/align/{{method}}.log",
     conda:

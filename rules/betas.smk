@@ -14,7 +14,8 @@ rule betas:
         voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
     threads: 1
     resources:
-        mem_mb=4000,  # also sizes the GLMsingle voxel chunk; the profile may override
+        mem_mb=per_attempt(4000),  # also sizes the GLMsingle voxel chunk
+        runtime=120,
     log:
         f"{LOGS}/betas/sub-{{subject}}.log",
     conda:

@@ -121,8 +121,50 @@ def pretrained_input(wildcards):
     return f"{folder}/pretrained-without-{wildcards.subject}.safetensors"
 
 
+# Job resources (brainpipe.resources): every rule declares its own; the model-zoo rules read
+# theirs from model_params.<model>. Memory grows with the attempt (retries after a job was
+# killed for its memory get more); the profiles only add defaults for rules declaring none.
+from brainpipe.resources import check_gpu_request, memory_for_attempt, per_attempt
+
+
 def model_resource(key):
+    """A model's `runtime` or `threads` (model_params.<model>.<key>) for its jobs."""
     return lambda wildcards: _params(wildcards.model)[key]
+
+
+def model_mem_mb(wildcards, attempt):
+    """model_params.<model>.mem_mb on the first attempt, `attempt` times that on retries."""
+    return memory_for_attempt(_params(wildcards.model)["mem_mb"], attempt)
+
+
+def _submits_to_slurm():
+    plugin = workflow.executor_plugin
+    return plugin is not None and plugin.name == "slurm"
+
+
+def model_gpu(wildcards):
+    """model_params.<model>.gpu: the GPUs a model's jobs ask for (`--gpus` on SLURM)."""
+    return _params(wildcards.model)["gpu"]
+
+
+def check_gpu_requests():
+    """Before anything is submitted to SLURM: every GPU request must find a GPU on the cluster.
+
+    A request the profile has replaced (`set-resources`; the cluster profile's
+    `gpu_fallback: cpu` sets `gpu: 0` for the GPU-capable rules) is not checked. Raises GpuUnavailableError naming the rule,
+    the model and the keys to change.
+    """
+    if not _submits_to_slurm():
+        return
+    from brainpipe.resources import slurm_cluster_gpus
+
+    for model in config["models"]:
+        gpus = _params(model)["gpu"]
+        rules_of_model = ["pretrain", "train"] if _spec(model).cross_subject else ["train"]
+        for name in rules_of_model:
+            overridden = workflow.resource_settings.overwrite_resources.get(name, {})
+            if "gpu" not in overridden:
+                check_gpu_request(name, model, gpus, slurm_cluster_gpus())
 
 
 def embedding_input(wildcards):

@@ -18,7 +18,7 @@ rule evaluate:
         n_way=config["evaluate"]["n_way"],
         draws=config["evaluate"]["draws"],
     resources:
-        mem_mb=2000,
+        mem_mb=per_attempt(2000),
         runtime=10,
     log:
         f"{LOGS}/evaluate/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.log",
@@ -34,7 +34,7 @@ rule summary:
     output:
         summary=f"{RESULTS}/summary.tsv",
     resources:
-        mem_mb=1000,
+        mem_mb=per_attempt(1000),
         runtime=5,
     log:
         f"{LOGS}/summary.log",

@@ -11,7 +11,8 @@ rule features:
         n_components=config.get("features", {}).get("n_components", 32),
     threads: 1
     resources:
-        mem_mb=2000,  # Dask inside the job sizes its chunks from this (brainpipe.compute)
+        mem_mb=per_attempt(2000),  # Dask inside the job sizes its chunks from this
+        runtime=30,
     log:
         f"{LOGS}/features/{{features}}.log",
     conda:

@@ -31,7 +31,7 @@ if not DATASET_ENTRY.generated:
             source=config.get("source", {}),
         threads: 1
         resources:
-            mem_mb=2000,
+            mem_mb=per_attempt(2000),
         log:
             f"{LOGS}/fetch.log",
         conda:
@@ -75,7 +75,7 @@ if INGEST_BETAS:
         # gathering run beside the network reads
         threads: 2
         resources:
-            mem_mb=3000,  # z-scored or read from files: one session of kept voxels as int16
+            mem_mb=per_attempt(3000),  # z-scored or read from files: one session of kept voxels as int16
         log:
             f"{LOGS}/ingest_betas/sub-{{subject}}.log",
         conda:

@@ -14,7 +14,8 @@ rule preprocess:
         options=config.get("preprocess", {}),
     threads: 1
     resources:
-        mem_mb=2000,  # Dask inside the job sizes its chunks from this (brainpipe.compute)
+        mem_mb=per_attempt(2000),  # Dask inside the job sizes its chunks from this
+        runtime=60,
     log:
         f"{LOGS}/preprocess/sub-{{subject}}.log",
     conda:

@@ -28,11 +28,11 @@ rule pretrain:
         ),
     params:
         subjects=config["subjects"],
-    threads: 1
+    threads: model_resource("threads")
     resources:
-        mem_mb=model_resource("mem_mb"),
+        mem_mb=model_mem_mb,
         runtime=model_resource("runtime"),
-        gpu=model_resource("gpu"),
+        gpu=model_gpu,
     log:
         f"{LOGS}/train/shared_{{roi}}_{{model}}-{{features}}.log",
     conda:
@@ -52,11 +52,11 @@ rule train:
         predictions=directory(
             f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{{model}}-{{features}}/predictions.zarr"
         ),
-    threads: 1
+    threads: model_resource("threads")
     resources:
-        mem_mb=model_resource("mem_mb"),
+        mem_mb=model_mem_mb,
         runtime=model_resource("runtime"),
-        gpu=model_resource("gpu"),
+        gpu=model_gpu,
     log:
         f"{LOGS}/train/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.log",
     conda:

@@ -1,0 +1,151 @@
+"""Job resources (brainpipe.resources) and the SLURM plugin fixes carried in cluster/patches.
+
+Fast: no cluster. The same behaviour on a real SLURM cluster is tested in test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+import yaml
+
+from brainpipe.resources import (
+    GpuUnavailableError,
+    check_gpu_request,
+    memory_for_attempt,
+    parse_sinfo_gres,
+    per_attempt,
+)
+
+from .conftest import ROOT
+
+
+def test_memory_grows_with_the_attempt():
+    assert [memory_for_attempt(1500, a) for a in (1, 2, 3)] == [1500, 3000, 4500]
+    assert per_attempt(700)(None, 2) == 1400
+    with pytest.raises(ValueError, match="attempt"):
+        memory_for_attempt(1000, 0)
+
+
+@pytest.mark.parametrize(
+    ("sinfo", "gpus"),
+    [
+        ("(null)\n", 0),
+        ("", 0),
+        ("gpu:1\n", 1),
+        ("gpu:a100:4(S:0-1)\ngpu:2\n(null)\n", 6),
+        ("shard:8,gpu:2\n", 2),
+        ("mps:100\n", 0),
+    ],
+)
+def test_gpus_counted_from_sinfo(sinfo, gpus):
+    assert parse_sinfo_gres(sinfo) == gpus
+
+
+def test_gpu_request_without_gpus_names_rule_model_and_keys():
+    with pytest.raises(GpuUnavailableError) as err:
+        check_gpu_request("pretrain", "sharedbackbone", 1, cluster_gpus=0)
+    message = str(err.value)
+    for part in (
+        "rule pretrain",
+        "model sharedbackbone",
+        "gpu=1",
+        "model_params.sharedbackbone.gpu",
+        "gpu_fallback: cpu",
+        "BRAINPIPE_SLURM_GPU_FALLBACK=cpu",
+    ):
+        assert part in message, part
+    # a cluster with GPUs, an unknown cluster, or no GPU asked for: the request stands
+    assert check_gpu_request("train", "attention", 1, cluster_gpus=2) == 1
+    assert check_gpu_request("train", "attention", 1, cluster_gpus=None) == 1
+    assert check_gpu_request("train", "ridge", 0, cluster_gpus=0) == 0
+
+
+def _cluster_profile(monkeypatch, **env) -> dict:
+    """cluster/config.yaml as Snakemake reads it (a yte template over the environment)."""
+    from yte import process_yaml
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with open(ROOT / "cluster" / "config.yaml") as f:
+        return process_yaml(f)
+
+
+def test_profiles_leave_resources_to_the_rules(monkeypatch):
+    """One home per resource: no profile sets a rule's threads, memory or runtime."""
+    default = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert not {"set-resources", "set-threads", "default-resources"} & set(default)
+    cluster = _cluster_profile(monkeypatch, BRAINPIPE_SLURM_GPU_FALLBACK="error")
+    assert not {"set-resources", "set-threads", "group-components"} & set(cluster)
+    # the site's GPU fallback replaces the GPU request of the GPU-capable rules, nothing else
+    cpu = _cluster_profile(monkeypatch, BRAINPIPE_SLURM_GPU_FALLBACK="cpu")
+    assert cpu["set-resources"] == {"pretrain": {"gpu": 0}, "train": {"gpu": 0}}
+    with pytest.raises(Exception, match="gpu_fallback"):
+        _cluster_profile(monkeypatch, BRAINPIPE_SLURM_GPU_FALLBACK="maybe")
+
+
+def test_dry_run_takes_resources_from_model_params(tmp_path):
+    """`model_params.<m>.mem_mb/runtime/threads` become the train job's resources."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(models=["ridge"], rois=["V1"], feature_models=["gabor"], subjects=["01"])
+    config["model_params"] = {"ridge": {"mem_mb": 3100, "runtime": 17, "threads": 2}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+         "-n", "--cores", "2", "--forcerun", "train"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    train = text[text.index("rule train:") :].split("\n\n", 1)[0]
+    assert "mem_mb=3100" in train and "runtime=17" in train, train
+    assert "threads: 2" in train, train
+    evaluate = text[text.index("rule evaluate:") :].split("\n\n", 1)[0]
+    assert "mem_mb=2000" in evaluate and "runtime=10" in evaluate, evaluate  # as declared
+
+
+# --- the SLURM executor plugin, patched (cluster/patches/README.md) ---------------------------
+
+
+def _patched_plugin():
+    try:
+        from snakemake_executor_plugin_slurm import job_status_query
+    except ImportError:  # pragma: no cover - the plugin is a declared dependency
+        pytest.fail("snakemake-executor-plugin-slurm is not installed")
+    if not hasattr(job_status_query, "normalize_job_state"):
+        pytest.fail(
+            f"snakemake-executor-plugin-slurm {version('snakemake-executor-plugin-slurm')} is "
+            "not patched: run `sh cluster/patches/apply.sh .venv/bin/python` (make install does)"
+        )
+    return job_status_query
+
+
+def test_plugin_reads_cancelled_by_uid_as_cancelled():
+    query = _patched_plugin()
+    assert query.normalize_job_state("CANCELLED by 0") == "CANCELLED"
+    assert query.normalize_job_state(" COMPLETED ") == "COMPLETED"
+    assert query.normalize_job_state("") == ""
+
+
+def test_plugin_status_query_parses_sacct_output(tmp_path):
+    """The real query coroutine on sacct-shaped output: a cancelled job is CANCELLED."""
+    import asyncio
+    import logging
+
+    query = _patched_plugin()
+    fake = tmp_path / "sacct"
+    fake.write_text("#!/bin/sh\nprintf '12|CANCELLED by 0\\n13|RUNNING\\n14|OUT_OF_MEMORY\\n'\n")
+    fake.chmod(0o755)
+    status, _ = asyncio.run(query.query_job_status(str(fake), logging.getLogger("test")))
+    assert status == {"12": "CANCELLED", "13": "RUNNING", "14": "OUT_OF_MEMORY"}
+
+
+def test_plugin_never_excludes_none_assigned():
+    query = _patched_plugin()
+    assert query.parse_failed_nodes("None assigned\n") == set()
+    assert query.parse_failed_nodes("(null)") == set()
+    assert query.parse_failed_nodes("node07\n") == {"node07"}
