@@ -121,8 +121,9 @@ def main() -> None:
         submissions = None
         if cluster.returncode == 0:
             grouped = counts.get("train", 0) + counts.get("evaluate", 0)
-            profile = yaml.safe_load((ROOT / "cluster" / "config.yaml").read_text())
-            per_group = int(profile["group-components"]["models"])
+            # one group job per train -> evaluate chain (cluster/config.yaml: no
+            # group-components, so independent models are never coupled)
+            per_group = 1
             chains = counts.get("train", 0)
             submissions = (
                 counts["total"]
