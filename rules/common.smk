@@ -160,7 +160,12 @@ def check_gpu_requests():
 
     for model in config["models"]:
         gpus = _params(model)["gpu"]
-        rules_of_model = ["pretrain", "train"] if _spec(model).cross_subject else ["train"]
+        if MEEG:
+            rules_of_model = ["meeg_train"]
+        elif _spec(model).cross_subject:
+            rules_of_model = ["pretrain", "train"]
+        else:
+            rules_of_model = ["train"]
         for name in rules_of_model:
             overridden = workflow.resource_settings.overwrite_resources.get(name, {})
             if "gpu" not in overridden:

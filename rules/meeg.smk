@@ -18,7 +18,7 @@ rule meeg_preprocess:
         dataset=DATASET,
     threads: 1
     resources:
-        mem_mb=6000,  # one THINGS-EEG2 session at a time (benchmarks/meeg.py measures it)
+        mem_mb=per_attempt(6000),  # one THINGS-EEG2 session at a time (benchmarks/meeg.py measures it)
         runtime=120,
     log:
         f"{LOGS}/meeg_preprocess/sub-{{subject}}.log",
@@ -37,11 +37,11 @@ rule meeg_train:
         predictions=directory(
             f"{RESULTS}/models/sub-{{subject}}/sensors/{{model}}-{{features}}/predictions.zarr"
         ),
-    threads: 1
+    threads: model_resource("threads")
     resources:
-        mem_mb=model_resource("mem_mb"),
+        mem_mb=model_mem_mb,
         runtime=model_resource("runtime"),
-        gpu=model_resource("gpu"),
+        gpu=model_gpu,
     log:
         f"{LOGS}/meeg_train/sub-{{subject}}_{{model}}-{{features}}.log",
     conda:
@@ -61,7 +61,7 @@ rule meeg_evaluate:
         n_way=lambda wildcards: _params(wildcards.model)["n_way"],
         n_boot=1000,
     resources:
-        mem_mb=1000,
+        mem_mb=per_attempt(1000),
         runtime=10,
     log:
         f"{LOGS}/meeg_evaluate/sub-{{subject}}_{{model}}-{{features}}.log",
@@ -77,7 +77,7 @@ rule meeg_summary:
     output:
         summary=f"{RESULTS}/summary.tsv",
     resources:
-        mem_mb=1000,
+        mem_mb=per_attempt(1000),
         runtime=5,
     log:
         f"{LOGS}/summary.log",
@@ -96,7 +96,7 @@ rule meeg_report:
         title=f"brainpipe: {DATASET} (M/EEG)",
         recipe=config.get("recipe"),
     resources:
-        mem_mb=1000,
+        mem_mb=per_attempt(1000),
         runtime=5,
     log:
         f"{LOGS}/report.log",

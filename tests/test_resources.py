@@ -82,7 +82,11 @@ def test_profiles_leave_resources_to_the_rules(monkeypatch):
     assert not {"set-resources", "set-threads", "group-components"} & set(cluster)
     # the site's GPU fallback replaces the GPU request of the GPU-capable rules, nothing else
     cpu = _cluster_profile(monkeypatch, BRAINPIPE_SLURM_GPU_FALLBACK="cpu")
-    assert cpu["set-resources"] == {"pretrain": {"gpu": 0}, "train": {"gpu": 0}}
+    assert cpu["set-resources"] == {
+        "pretrain": {"gpu": 0},
+        "train": {"gpu": 0},
+        "meeg_train": {"gpu": 0},
+    }
     with pytest.raises(Exception, match="gpu_fallback"):
         _cluster_profile(monkeypatch, BRAINPIPE_SLURM_GPU_FALLBACK="maybe")
 
