@@ -3,11 +3,13 @@
 
 rule betas:
     input:
-        data=DATA,
+        events=raw("events"),
+        masks=raw("masks"),
         preproc=f"{RESULTS}/sub-{{subject}}/preproc.zarr",
     output:
         betas=directory(f"{RESULTS}/sub-{{subject}}/betas.zarr"),
     params:
+        root=DATA,
         sessions=config["sessions"],
         runs=config["runs"],
         task=config["task"],

@@ -1,6 +1,8 @@
 # Config loading and validation, wildcard constraints, and the input functions
 # that turn the config into target lists.
 
+from pathlib import Path
+
 from brainpipe.config import validate_config
 
 validate_config(config, source="config (config/config.yaml and --config overrides)")
@@ -11,10 +13,12 @@ RESULTS = f"{config['results_dir']}/{DATASET}"
 LOGS = f"logs/{DATASET}"
 ENV = "../envs/brainpipe.yaml"
 
-# The dataset's registry entry (config/datasets/NAME.yaml; read locally, no network).
+# The dataset's registry entry: this workflow's config/datasets/NAME.yaml (read locally, no
+# network), wherever the brainpipe package is installed from.
 from brainpipe.datasets.registry import load_entry
 
-DATASET_ENTRY = load_entry(DATASET)
+REGISTRY = str(Path(workflow.basedir) / "config" / "datasets")
+DATASET_ENTRY = load_entry(DATASET, REGISTRY)
 # True when the dataset ships betas (NSD): rules/ingest.smk makes betas.zarr from them.
 INGEST_BETAS = DATASET_ENTRY.betas_mode(config) == "ingest"
 # True for M/EEG datasets: rules/meeg.smk replaces preprocess/betas/align/train/evaluate.
@@ -177,3 +181,63 @@ def embedding_input(wildcards):
     if _spec(wildcards.model).kind == "decoding":
         return f"{RESULTS}/features/{wildcards.features}.zarr"
     return []
+
+
+# Raw inputs as files (brainpipe.dataset_index): a rule depends on the files it reads, so
+# editing one raw file reruns exactly its dependants. The synthetic dataset is made by the
+# `download` checkpoint; its files are listed once it exists. Fetched datasets (NSD,
+# OpenNeuro, local BIDS) are one unit written atomically by `fetch`: rules depend on that
+# folder, whose files do not exist while the DAG is first built.
+FILE_INPUTS = DATASET_ENTRY.kind == "synthetic"
+
+
+def raw(kind):
+    """Input function: the raw files of ``kind`` a job reads (``DATA`` for fetched datasets).
+
+    kind: ``bold``, ``sidecar``, ``events`` (one per run of the job's subject),
+    ``brain_mask``, ``masks`` (brain mask and ROI masks), ``stimuli_table``,
+    ``stimulus_images``. Missing files are left out: `validate_inputs` names them.
+    """
+    from brainpipe import dataset_index as index
+
+    def files(wildcards):
+        if not FILE_INPUTS:
+            return DATA
+        checkpoints.download.get()
+        subject = wildcards.get("subject")
+        if kind in ("bold", "sidecar", "events"):
+            found = index.run_files(
+                DATA, config["task"], subject, config["sessions"], config["runs"], kind
+            )
+        elif kind == "masks":
+            found = index.mask_files(DATA, config["task"], subject)
+        elif kind == "brain_mask":
+            found = index.mask_files(DATA, config["task"], subject)[:1]
+        elif kind == "stimuli_table":
+            found = [index.stimuli_table(DATA)]
+        else:
+            found = list(index.stimulus_images(DATA))
+        return [f for f in found if os.path.exists(f)]
+
+    return files
+
+
+def check_config_against_dataset():
+    """Config values checked against the dataset and the model registry, at DAG build."""
+    from brainpipe.validation import check_config_against_dataset as check
+
+    rois = DATASET_ENTRY.info.get("rois")
+    n_shared = DATASET_ENTRY.info.get("n_shared")
+    if DATASET_ENTRY.kind == "synthetic":
+        from brainpipe.datasets.synthetic import ROI_NAMES, SyntheticParams
+
+        from brainpipe.dataset_index import n_shared as shared_in
+
+        rois = list(ROI_NAMES)
+        n_shared = shared_in(DATA)  # the dataset's own table once it exists
+        if n_shared is None:
+            n_shared = SyntheticParams.from_config(config.get("synthetic") or {}).n_shared
+    check(config, rois, n_shared)
+
+
+check_config_against_dataset()

@@ -1,12 +1,15 @@
 # Get the dataset (for `synthetic`: generate it) and check it before any compute.
 
 
-rule download:
+# A checkpoint: the raw files other rules depend on (input functions in common.smk) are
+# listed once it has run.
+checkpoint download:
     output:
         data=directory(DATA),
     params:
         dataset=DATASET,
         generator=config.get("synthetic_meeg" if MEEG else "synthetic", {}),
+        registry=REGISTRY,
     log:
         f"{LOGS}/download.log",
     conda:
@@ -15,13 +18,19 @@ rule download:
         "../workflow/scripts/download.py"
 
 
-# One check per subject, so adding a subject re-checks only that subject.
+# One check per subject, so adding a subject re-checks only that subject. It opens every
+# file its subject's later stages read (brainpipe.validation).
 rule validate_inputs:
     input:
-        data=DATA,
+        bold=raw("bold"),
+        sidecars=raw("sidecar"),
+        events=raw("events"),
+        masks=raw("masks"),
+        stimuli=raw("stimuli_table"),
     output:
         manifest=f"{RESULTS}/sub-{{subject}}/inputs_manifest.json",
     params:
+        root=DATA,
         sessions=config["sessions"],
         runs=config["runs"],
         tr=config["tr"],
@@ -34,12 +43,31 @@ rule validate_inputs:
         "../workflow/scripts/validate_inputs.py"
 
 
+# The stimuli table and every image decoded once, before features or splits.
+rule validate_stimuli:
+    input:
+        stimuli=raw("stimuli_table"),
+        images=raw("stimulus_images"),
+    output:
+        manifest=f"{RESULTS}/stimuli_manifest.json",
+    params:
+        root=DATA,
+    log:
+        f"{LOGS}/validate_stimuli.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/validate_stimuli.py"
+
+
 rule splits:
     input:
-        data=DATA,
+        stimuli=raw("stimuli_table"),
+        manifest=f"{RESULTS}/stimuli_manifest.json",
     output:
         splits=f"{RESULTS}/splits.tsv",
     params:
+        root=DATA,
         # M/EEG: test concepts must stay unseen (zero-shot), so no test image moves to train
         shared_train_fraction=0.0
         if MEEG

@@ -3,11 +3,14 @@
 
 rule features:
     input:
-        data=DATA,
+        stimuli=raw("stimuli_table"),
+        images=raw("stimulus_images"),
+        manifest=f"{RESULTS}/stimuli_manifest.json",
         splits=f"{RESULTS}/splits.tsv",
     output:
         features=directory(f"{RESULTS}/features/{{features}}.zarr"),
     params:
+        root=DATA,
         n_components=config.get("features", {}).get("n_components", 32),
     threads: 1
     resources:

@@ -29,6 +29,7 @@ if not DATASET_ENTRY.generated:
             runs=[] if INGEST_BETAS else config["runs"],
             task=config["task"],
             source=config.get("source", {}),
+            registry=REGISTRY,
         threads: 1
         resources:
             mem_mb=per_attempt(2000),
@@ -71,6 +72,7 @@ if INGEST_BETAS:
             sessions=config["sessions"],
             source=config.get("source", {}),
             voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
+            registry=REGISTRY,
         # with source.stream_betas (default) this job downloads its sessions: MD5 and the
         # gathering run beside the network reads
         threads: 2

@@ -3,11 +3,14 @@
 
 rule preprocess:
     input:
-        data=DATA,
+        bold=raw("bold"),
+        sidecars=raw("sidecar"),
+        mask=raw("brain_mask"),
         manifest=f"{RESULTS}/sub-{{subject}}/inputs_manifest.json",
     output:
         preproc=directory(f"{RESULTS}/sub-{{subject}}/preproc.zarr"),
     params:
+        root=DATA,
         sessions=config["sessions"],
         runs=config["runs"],
         task=config["task"],

@@ -4,10 +4,14 @@
 
 rule spatial_features:
     input:
-        data=DATA,
+        stimuli=raw("stimuli_table"),
+        images=raw("stimulus_images"),
+        manifest=f"{RESULTS}/stimuli_manifest.json",
         splits=f"{RESULTS}/splits.tsv",
     output:
         features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),
+    params:
+        root=DATA,
     log:
         f"{LOGS}/features/spatial_{{features}}.log",
     conda:

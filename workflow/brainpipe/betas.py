@@ -87,12 +87,42 @@ def fit_lsa(
     return betas, r2
 
 
-def roi_membership(layout: BidsLayout, subject: str, rois: list[str]) -> dict[str, np.ndarray]:
-    """Boolean ROI membership per brain voxel (brain-mask C order), one array per ROI."""
-    mask = np.asarray(nib.load(layout.brain_mask(subject)).dataobj) > 0
-    return {
-        roi: (np.asarray(nib.load(layout.roi_mask(subject, roi)).dataobj) > 0)[mask] for roi in rois
-    }
+def roi_membership(
+    layout: BidsLayout, subject: str, rois: list[str], ijk: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Boolean ROI membership per voxel, one array per ROI.
+
+    ``ijk`` (n_voxels, 3): the volume indices of the voxels (the ``i, j, k`` coords of
+    ``preproc.zarr``, which leave out dropped dead voxels); without it every voxel of
+    the brain mask, in C order.
+    """
+    if ijk is None:
+        ijk = np.argwhere(np.asarray(nib.load(layout.brain_mask(subject)).dataobj) > 0)
+    ijk = np.asarray(ijk, dtype=int)
+    members = {}
+    for roi in rois:
+        volume = np.asarray(nib.load(layout.roi_mask(subject, roi)).dataobj) > 0
+        members[roi] = volume[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    return members
+
+
+def voxel_ijk(preproc: xr.Dataset) -> np.ndarray:
+    """Volume indices (n_voxels, 3) of the voxels of a preproc or betas store."""
+    return np.stack([preproc[c].values for c in ("i", "j", "k")], axis=1)
+
+
+def censored_scans(preproc: xr.Dataset) -> np.ndarray:
+    """Volumes of a ``preproc.zarr`` left out of every fit, shape (time,).
+
+    Those the input policy censored (``censored(time)``, non-finite samples) and those
+    scrubbing removed (``sample_mask(time)`` False); all False for older stores.
+    """
+    censored = np.zeros(preproc.sizes["time"], dtype=bool)
+    if "censored" in preproc.variables:
+        censored |= np.asarray(preproc["censored"].values, dtype=bool)
+    if "sample_mask" in preproc.variables:
+        censored |= ~np.asarray(preproc["sample_mask"].values, dtype=bool)
+    return censored
 
 
 def zscore_by_session(betas: np.ndarray, sessions: np.ndarray) -> np.ndarray:
@@ -129,6 +159,7 @@ def estimate_subject_betas(
     preproc = open_zarr(preproc_path)
     tr = float(preproc.attrs["tr"])
     n_voxels = preproc.sizes["voxel"]
+    censored = censored_scans(preproc)
     per_run = []
     for key in runs:
         events = read_events(layout.events(key))
@@ -139,7 +170,9 @@ def estimate_subject_betas(
     trial_chunk = max(session_sizes)
     roi_coords = {
         f"roi_{name}": ("voxel", member)
-        for name, member in roi_membership(layout, subject, layout.available_rois(subject)).items()
+        for name, member in roi_membership(
+            layout, subject, layout.available_rois(subject), voxel_ijk(preproc)
+        ).items()
     }
     template = xr.Dataset(
         {
@@ -182,14 +215,13 @@ def estimate_subject_betas(
         session_betas: list[np.ndarray] = []
         for n, (key, events) in enumerate(tqdm(per_run, desc=f"betas sub-{subject}", unit="run")):
             sel = (preproc["session"] == key.session) & (preproc["run"] == key.run)
-            data = preproc["bold"].isel(time=np.flatnonzero(sel.values)).values
+            rows = np.flatnonzero(sel.values)
+            data = preproc["bold"].isel(time=rows).values
             design = lsa_design(
                 events["onset"].to_numpy(), events["duration"].to_numpy(), data.shape[0], tr
             )
-            if "sample_mask" in preproc:  # volumes censored by scrubbing leave the design
-                keep = preproc["sample_mask"].values[np.flatnonzero(sel.values)].astype(bool)
-                data, design = data[keep], design[keep]
-            betas, r2 = fit_lsa(data, design, len(events), voxel_chunk)
+            kept = ~censored[rows]  # censored volumes are dropped from data and design
+            betas, r2 = fit_lsa(data[kept], design[kept], len(events), voxel_chunk)
             r2_sum += r2
             session_betas.append(betas)
             last_of_session = n + 1 == len(per_run) or per_run[n + 1][0].session != key.session

@@ -32,6 +32,7 @@ def fetch_dataset(
     runs: list[str] | None = None,
     task: str | None = None,
     progress: bool = True,
+    registry_dir: str | Path | None = None,
 ) -> Path:
     """Fetch (or generate) dataset ``name`` into ``dest``.
 
@@ -52,8 +53,11 @@ def fetch_dataset(
         (``source.betas: estimate``) fetches and the BIDS task label it writes.
     progress : bool
         Show progress bars.
+    registry_dir : path, optional
+        The workflow's ``config/datasets`` folder (the workflow passes its own, so an
+        entry added to the checkout is found wherever the package is installed).
     """
-    entry = load_entry(name)
+    entry = load_entry(name, registry_dir)
     merged = entry.merged_source({"source": source or {}})
     if entry.kind == "synthetic":
         from brainpipe.datasets import synthetic

@@ -9,6 +9,7 @@ processed and appended one at a time, so memory holds one run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from brainpipe.confounds import (
     interpolate_censored,
     regress_confounds,
 )
+from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import atomic_path, portable_strings, provenance_attrs, quiet_consolidated
 
 log = logging.getLogger(__name__)
@@ -42,13 +44,42 @@ def voxel_coords(mask: np.ndarray, affine: np.ndarray) -> dict[str, tuple[str, n
     return coords
 
 
+def _interpolate_censored(data: np.ndarray, censored: np.ndarray) -> np.ndarray:
+    """Censored rows replaced by linear interpolation between the nearest kept rows.
+
+    Only so that detrending and filtering see a continuous series; the interpolated
+    rows are never stored (they become NaN) and never enter a fit.
+    """
+    kept = np.flatnonzero(~censored)
+    out = data.copy()
+    for row in np.flatnonzero(censored):
+        after = np.searchsorted(kept, row)
+        prev = kept[after - 1] if after > 0 else None
+        nxt = kept[after] if after < len(kept) else None
+        if prev is None or nxt is None:
+            out[row] = data[nxt if prev is None else prev]
+        else:
+            w = (row - prev) / (nxt - prev)
+            out[row] = (1.0 - w) * data[prev] + w * data[nxt]
+    return out
+
+
 def clean_run(
     data: np.ndarray,
     tr: float,
     detrend: bool = True,
     high_pass_hz: float | None = 0.01,
+    censored: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Detrend, high-pass and convert one run to percent signal change.
+
+    The input policy (docs/input-policy.md): a volume with a non-finite sample is
+    *censored*: it is left out of the voxel means, bridged by linear interpolation
+    only while detrending and filtering, and returned as NaN so that the betas stage
+    drops it from the design. Nothing is ever set to 0. Dead voxels (constant, all
+    zero, or mostly non-finite) are dropped before this function by
+    :func:`preprocess_subject`; a voxel whose mean intensity is not positive cannot be
+    expressed in percent signal change and is returned as NaN.
 
     Parameters
     ----------
@@ -60,27 +91,39 @@ def clean_run(
         Remove a linear trend.
     high_pass_hz : float or None
         Butterworth high-pass cut-off in Hz.
+    censored : numpy.ndarray of bool, shape (n_scans,), optional
+        Volumes to censor. Volumes with any non-finite sample are always censored.
 
     Returns
     -------
     psc : numpy.ndarray, shape (n_scans, n_voxels), float32
-        The cleaned signal as a percentage of each voxel's mean intensity;
-        voxels with a non-positive or non-finite mean are set to 0.
+        The cleaned signal as a percentage of each voxel's mean intensity; NaN in
+        censored volumes and in voxels with a non-positive mean.
     mean : numpy.ndarray, shape (n_voxels,), float32
-        Each voxel's mean intensity in the run.
+        Each voxel's mean intensity over the kept volumes.
+
+    Raises
+    ------
+    ValueError
+        If every volume is censored.
     """
     data = np.asarray(data, dtype=np.float32)
-    finite = np.isfinite(data).all(axis=0)
-    data = np.where(finite, data, 0.0)
-    mean = data.mean(axis=0)
+    bad_rows = ~np.isfinite(data).all(axis=1)
+    censored = bad_rows if censored is None else (np.asarray(censored, bool) | bad_rows)
+    if censored.all():
+        raise ValueError(f"every one of the {len(censored)} volumes is censored")
+    if censored.any():
+        data = _interpolate_censored(data, censored)
+    mean = data[~censored].mean(axis=0)
     cleaned = signal.clean(data, detrend=detrend, standardize=None, filter=False, t_r=tr)
     if high_pass_hz:
         # nilearn's Butterworth filter, applied to all voxels at once: signal.clean
         # filters voxel by voxel, ~40x slower on a whole brain.
         cleaned = signal.butterworth(cleaned, 1.0 / tr, high_pass=high_pass_hz, copy=True)
-    valid = finite & (mean > 0)
-    psc = np.zeros_like(cleaned, dtype=np.float32)
+    valid = np.isfinite(mean) & (mean > 0)
+    psc = np.full(cleaned.shape, np.nan, dtype=np.float32)
     psc[:, valid] = 100.0 * cleaned[:, valid] / mean[valid]
+    psc[censored] = np.nan
     return psc, mean.astype(np.float32)
 
 
@@ -94,6 +137,7 @@ def preprocess_subject(
     smoothing_fwhm_mm: float | None = None,
     config: dict[str, Any] | None = None,
     confounds: dict[str, Any] | None = None,
+    manifest: Mapping[str, Any] | None = None,
 ) -> Path:
     """Preprocess every run of a subject into ``preproc.zarr`` (atomic).
 
@@ -116,16 +160,62 @@ def preprocess_subject(
         The config's ``preprocess.confounds`` block: regress fMRIPrep confounds with a
         nilearn strategy (:mod:`brainpipe.confounds`); censored volumes are False in the
         store's ``sample_mask(time)``.
+    manifest : mapping, optional
+        The subject's manifest from :func:`brainpipe.validation.validate_subject`: its
+        ``dead_voxels`` (mask-order indices) are dropped and each run's
+        ``censored_scans`` censored. Without it the same policy is computed here (one
+        extra read of every run).
+
+    Notes
+    -----
+    The input policy (docs/input-policy.md) is recorded in the store: voxels dropped
+    as dead are absent from the ``voxel`` axis and listed in the attrs
+    ``dropped_voxels_ijk`` / ``n_dropped_voxels``; censored volumes keep their place on
+    the ``time`` axis with ``bold`` = NaN and coord ``censored(time)`` = True
+    (attr ``n_censored_volumes``). Both are logged as warnings.
     """
     mask_img = nib.load(layout.brain_mask(subject))
     mask = np.asarray(mask_img.dataobj) > 0
-    n_voxels = int(mask.sum())
+    if manifest is None:
+        manifest = _policy_from_data(layout, runs, mask_img, mask)
+    dead = np.zeros(int(mask.sum()), dtype=bool)
+    dead[np.asarray(manifest.get("dead_voxels", []), dtype=int)] = True
+    censored_by_run = {
+        (str(r["session"]), str(r["run"])): r.get("censored_scans", [])
+        for r in manifest.get("runs", [])
+    }
+    keep = ~dead
+    n_voxels = int(keep.sum())
+    ijk_all = np.argwhere(mask)
+    coords = voxel_coords(mask, mask_img.affine)
+    coords = {name: (dim, values[keep]) for name, (dim, values) in coords.items()}
+    if dead.any():
+        log.warning(
+            "sub-%s: dropped %d of %d brain voxels as dead (constant, all zero or mostly "
+            "non-finite in some run); see attrs dropped_voxels_ijk",
+            subject,
+            int(dead.sum()),
+            dead.size,
+        )
     # Lay the whole store out first (lengths come from the NIfTI headers), then
     # fill it run by run, so memory never holds more than one run.
     n_scans = [int(nib.load(layout.bold(key)).shape[3]) for key in runs]
     # Every run's confounds are read (and checked) before any run is processed.
     run_confounds = confounds_for_runs(layout, runs, n_scans, confounds)
     starts = np.concatenate([[0], np.cumsum(n_scans)])
+    censored = np.zeros(int(starts[-1]), dtype=bool)
+    for n, key in enumerate(runs):
+        scans = np.asarray(censored_by_run.get((str(key.session), str(key.run)), []), dtype=int)
+        censored[starts[n] + scans] = True
+        if len(scans):
+            log.warning(
+                "sub-%s %s: censored %d of %d volumes with non-finite samples (scans %s)",
+                subject,
+                key,
+                len(scans),
+                n_scans[n],
+                scans.tolist(),
+            )
     template = xr.Dataset(
         {
             "bold": (
@@ -150,9 +240,10 @@ def preprocess_subject(
             "session": ("time", np.repeat([k.session for k in runs], n_scans)),
             "run": ("time", np.repeat([k.run for k in runs], n_scans)),
             "scan": ("time", np.concatenate([np.arange(n, dtype=np.int32) for n in n_scans])),
+            "censored": ("time", censored),
             "run_session": ("run_index", [k.session for k in runs]),
             "run_label": ("run_index", [k.run for k in runs]),
-            **voxel_coords(mask, mask_img.affine),
+            **coords,
         },
         attrs={
             "subject": subject,
@@ -162,6 +253,10 @@ def preprocess_subject(
             "volume_shape": list(mask.shape),
             "space": "func",
             "stage": "preprocess",
+            "input_policy": "censor non-finite volumes (NaN, left out of fits); drop dead voxels",
+            "n_censored_volumes": int(censored.sum()),
+            "n_dropped_voxels": int(dead.sum()),
+            "dropped_voxels_ijk": ijk_all[dead].tolist(),
             **provenance_attrs(config),
         },
     )
@@ -175,11 +270,27 @@ def preprocess_subject(
                 layout.bold(key), mask_img, smoothing_fwhm=smoothing_fwhm_mm, ensure_finite=False
             )
             conf = run_confounds[n]
+            data = data[:, keep]
             if conf is not None:
                 data = interpolate_censored(data, conf.keep)
-            psc, mean = clean_run(data, tr, detrend=detrend, high_pass_hz=high_pass_hz)
+            run_censored = censored[starts[n] : starts[n + 1]]
+            psc, mean = clean_run(
+                data, tr, detrend=detrend, high_pass_hz=high_pass_hz, censored=run_censored
+            )
+            unexpected = ~np.isfinite(psc[~run_censored])
+            if unexpected.any():
+                raise BrainpipeInputError(
+                    layout.bold(key),
+                    "<data>",
+                    f"{int(unexpected.any(axis=0).sum())} voxels have non-finite samples or a "
+                    "non-positive mean that the subject's manifest did not report; rerun "
+                    "validate_inputs",
+                )
             if conf is not None:
+                # censored volumes (NaN) stand at 0 for the regression, then NaN again
+                psc = np.where(run_censored[:, None], np.float32(0.0), psc)
                 psc = regress_confounds(psc, conf, tr, detrend=detrend, high_pass_hz=high_pass_hz)
+                psc[run_censored] = np.nan
             region = xr.Dataset(
                 {
                     "bold": (("time", "voxel"), psc),
@@ -194,3 +305,25 @@ def preprocess_subject(
             )
             log.info("sub-%s %s: %d scans x %d voxels", subject, key, psc.shape[0], n_voxels)
     return Path(out_path)
+
+
+def _policy_from_data(
+    layout: BidsLayout, runs: list[RunKey], mask_img: Any, mask: np.ndarray
+) -> dict[str, Any]:
+    """Dead voxels and censored volumes of every run (what the manifest records)."""
+    from brainpipe.validation import usable_samples
+
+    dead = np.zeros(int(mask.sum()), dtype=bool)
+    per_run = []
+    for key in runs:
+        data = np.asarray(nib.load(layout.bold(key)).dataobj, dtype=np.float32)[mask].T
+        policy = usable_samples(data)
+        dead |= policy["dead"]
+        per_run.append(
+            {
+                "session": key.session,
+                "run": key.run,
+                "censored_scans": np.flatnonzero(policy["censored"]).tolist(),
+            }
+        )
+    return {"dead_voxels": np.flatnonzero(dead).tolist(), "runs": per_run}

@@ -6,8 +6,10 @@ once it is complete, so a killed job never leaves a store that looks finished.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -59,10 +61,12 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary path is removed and ``path`` is left as it
-    was. Works for files and directories (Zarr stores).
+    was. Works for files and directories (Zarr stores). Temporaries of ``path`` left by
+    a killed earlier attempt are removed first (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
@@ -72,6 +76,34 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.tmp-*`` siblings of ``path`` that a killed job left behind.
+
+    Only the job that writes ``path`` calls this (Snakemake runs one job per output
+    at a time and locks the working directory), so no live writer owns them. A
+    killed write of a store can leave many GB there; the rerun cleans it up.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        _remove(stale)
+        removed.append(stale)
+    if removed:
+        logging.getLogger(__name__).warning(
+            "removed %d stale temporary cop%s of %s left by an interrupted job: %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            path,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
 
 
 def _remove(path: Path) -> None:

@@ -8,7 +8,7 @@ with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resou
     subject = snakemake.wildcards.subject
     estimate_betas(
         snakemake.input.preproc,
-        BidsLayout(snakemake.input.data, p.task),
+        BidsLayout(snakemake.params.root, p.task),
         subject,
         run_keys(subject, p.sessions, p.runs),
         snakemake.output.betas,

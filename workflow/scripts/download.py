@@ -2,4 +2,5 @@ from brainpipe.download import fetch_dataset
 from brainpipe.logs import log_to
 
 with log_to(snakemake.log[0]):
-    fetch_dataset(snakemake.params.dataset, snakemake.output.data, snakemake.params.generator)
+    p = snakemake.params
+    fetch_dataset(p.dataset, snakemake.output.data, p.generator, registry_dir=p.registry)

@@ -6,7 +6,7 @@ from brainpipe.logs import log_to
 with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
     build_feature_store(
         snakemake.wildcards.features,
-        BidsLayout(snakemake.input.data).stimuli_table,
+        BidsLayout(snakemake.params.root).stimuli_table,
         snakemake.input.splits,
         snakemake.output.features,
         n_components=snakemake.params.n_components,

@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         source=snakemake.params.source,
         runs=snakemake.params.runs,
         task=snakemake.params.task,
+        registry_dir=snakemake.params.registry,
     )

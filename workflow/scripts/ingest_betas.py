@@ -4,7 +4,7 @@ from brainpipe.datasets.registry import load_entry
 from brainpipe.logs import log_to
 
 with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
-    entry = load_entry(snakemake.params.dataset)
+    entry = load_entry(snakemake.params.dataset, snakemake.params.registry)
     opts = NsdOptions.from_config({**entry.info, **entry.merged_source(snakemake.config)})
     ingest = ingest_nsd_subject
     if opts.space == "fsaverage":

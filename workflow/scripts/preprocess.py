@@ -1,3 +1,5 @@
+import json
+
 from brainpipe.bids import BidsLayout, run_keys
 from brainpipe.compute import dask_resources
 from brainpipe.logs import log_to
@@ -6,11 +8,14 @@ from brainpipe.preprocess import preprocess_subject
 with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resources.mem_mb):
     p = snakemake.params
     subject = snakemake.wildcards.subject
+    with open(snakemake.input.manifest) as fh:
+        manifest = json.load(fh)
     preprocess_subject(
-        BidsLayout(snakemake.input.data, p.task),
+        BidsLayout(p.root, p.task),
         subject,
         run_keys(subject, p.sessions, p.runs),
         snakemake.output.preproc,
         config=snakemake.config,
+        manifest=manifest,
         **p.options,
     )

@@ -4,7 +4,7 @@ from brainpipe.splits import make_splits
 
 with log_to(snakemake.log[0]):
     make_splits(
-        BidsLayout(snakemake.input.data).stimuli_table,
+        BidsLayout(snakemake.params.root).stimuli_table,
         snakemake.output.splits,
         shared_train_fraction=snakemake.params.shared_train_fraction,
     )

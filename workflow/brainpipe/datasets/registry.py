@@ -21,7 +21,9 @@ import yaml
 
 from brainpipe.errors import BrainpipeInputError
 
-#: Where the registry entries live.
+#: Where the registry entries of a source checkout live. The workflow passes its own
+#: ``config/datasets`` (``registry_dir``), so this default only serves the package used
+#: from a checkout without Snakemake (tests, benchmarks).
 REGISTRY_DIR = Path(__file__).resolve().parents[3] / "config" / "datasets"
 #: Kinds of dataset the downloader understands.
 KINDS = ("synthetic", "synthetic-meeg", "nsd", "openneuro", "bids", "osf")
@@ -97,19 +99,23 @@ class DatasetEntry:
         return mode
 
 
-def available_datasets(registry_dir: str | Path = REGISTRY_DIR) -> list[str]:
+def available_datasets(registry_dir: str | Path | None = None) -> list[str]:
     """Names of all registry entries, sorted."""
-    return sorted(p.stem for p in Path(registry_dir).glob("*.yaml"))
+    return sorted(p.stem for p in Path(registry_dir or REGISTRY_DIR).glob("*.yaml"))
 
 
-def load_entry(name: str, registry_dir: str | Path = REGISTRY_DIR) -> DatasetEntry:
+def load_entry(name: str, registry_dir: str | Path | None = None) -> DatasetEntry:
     """Read ``registry_dir/NAME.yaml``.
+
+    ``registry_dir`` is the workflow's ``config/datasets`` folder (the Snakefile passes
+    it); ``None`` means :data:`REGISTRY_DIR`, the checkout the package was imported from.
 
     Raises
     ------
     BrainpipeInputError
         Unknown dataset, unreadable YAML, or a bad ``kind`` / ``betas`` value.
     """
+    registry_dir = Path(registry_dir or REGISTRY_DIR)
     path = Path(registry_dir, f"{name}.yaml")
     if not path.exists():
         raise BrainpipeInputError(

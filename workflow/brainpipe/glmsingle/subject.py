@@ -89,7 +89,7 @@ def estimate_subject_betas_glmsingle(
     """
     from threadpoolctl import threadpool_limits
 
-    from brainpipe.betas import roi_membership, zscore_by_session
+    from brainpipe.betas import censored_scans, roi_membership, voxel_ijk, zscore_by_session
 
     cfg_betas = (config or {}).get("betas", {})
     opts = options_from_config(cfg_betas)
@@ -99,7 +99,7 @@ def estimate_subject_betas_glmsingle(
     n_voxels = preproc.sizes["voxel"]
     t_session = preproc["session"].values.astype(str)
     t_run = preproc["run"].values.astype(str)
-    t_keep = preproc["sample_mask"].values.astype(bool) if "sample_mask" in preproc else None
+    censored = censored_scans(preproc)
     specs: list[RunSpec] = []
     for key in runs:
         events = read_events(layout.events(key))
@@ -117,7 +117,7 @@ def estimate_subject_betas_glmsingle(
                 onsets=events["onset"].to_numpy(float),
                 durations=events["duration"].to_numpy(float),
                 stimuli=events["stimulus"].to_numpy(str),
-                censored=() if t_keep is None else tuple(np.flatnonzero(~t_keep[rows]).tolist()),
+                censored=tuple(int(t - rows[0]) for t in np.flatnonzero(censored[rows])),
             )
         )
     trial_session = np.concatenate([np.full(len(s.onsets), s.session) for s in specs])
@@ -144,7 +144,9 @@ def estimate_subject_betas_glmsingle(
     )
     roi_coords = {
         f"roi_{name}": ("voxel", member)
-        for name, member in roi_membership(layout, subject, layout.available_rois(subject)).items()
+        for name, member in roi_membership(
+            layout, subject, layout.available_rois(subject), voxel_ijk(preproc)
+        ).items()
     }
     per_voxel_vars = {
         "r2": np.float32,
@@ -190,7 +192,11 @@ def estimate_subject_betas_glmsingle(
     bold = zarr.open_group(str(preproc_path), mode="r")["bold"]
 
     def read(ts: slice, vs: slice | np.ndarray) -> np.ndarray:
-        return np.asarray(bold[ts, vs], dtype=np.float32)
+        block = np.asarray(bold[ts, vs], dtype=np.float32)
+        # censored volumes are NaN in preproc.zarr; their spike regressors remove them
+        # from every fit, so any finite value stands in for them
+        block[censored[ts]] = 0.0
+        return block
 
     with (
         atomic_path(out_path) as tmp,
