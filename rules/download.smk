@@ -63,7 +63,7 @@ rule validate_stimuli:
 rule splits:
     input:
         stimuli=raw("stimuli_table"),
-        manifest=f"{RESULTS}/stimuli_manifest.json",
+        manifest=ancient(f"{RESULTS}/stimuli_manifest.json"),  # checked first
     output:
         splits=f"{RESULTS}/splits.tsv",
     params:

@@ -51,7 +51,7 @@ def _stimuli_rows(root: str | Path) -> list[dict[str, str]] | None:
 def n_shared(root: str | Path) -> int | None:
     """How many stimuli the table marks shared (None: no readable table yet)."""
     rows = _stimuli_rows(root)
-    if rows is None:
+    if not rows:
         return None
     return sum(str(row.get("shared", "")).strip() in ("1", "1.0") for row in rows)
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from brainpipe.errors import BrainpipeInputError
 
 
 @contextlib.contextmanager
 def log_to(path: str | Path | None) -> Iterator[None]:
     """Redirect ``logging``, stdout and stderr (tqdm bars, warnings) to ``path``.
 
+    An exception ends the job with exit status 1 after it is reported once: in the
+    log file (with its traceback, unless it is a :class:`BrainpipeInputError`, whose
+    message names the file and field) and as one line on stderr.
     With ``path=None`` everything goes to the terminal as usual. Meant to wrap the
     whole of a job script (``workflow/scripts``): once the job's work is done, the
     objects it holds are frozen out of the garbage collector's reach
@@ -34,9 +40,16 @@ def log_to(path: str | Path | None) -> Iterator[None]:
             with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
                 yield
             spare_final_collections()
-        except BaseException:
-            logging.getLogger("brainpipe").exception("job failed")
-            raise
+        except Exception as err:
+            # One report per error: the log holds it (Snakemake prints the log of a failed
+            # job), the terminal gets one line. Bad input is the user's to fix, not a bug:
+            # its message names the file and field, and no traceback is shown for it.
+            if isinstance(err, BrainpipeInputError):
+                logging.getLogger("brainpipe").error("job failed: %s", err)
+            else:
+                logging.getLogger("brainpipe").exception("job failed")
+            print(f"brainpipe: job failed: {type(err).__name__}: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
         finally:
             root.removeHandler(handler)
 

@@ -94,7 +94,9 @@ def check_file(path: str | Path, what: str) -> Path:
         raise BrainpipeInputError(path, "<file>", f"{what} is not a regular file")
     if info.st_size == 0:
         raise BrainpipeInputError(path, "<file>", f"{what} is empty (0 bytes)")
-    if not os.access(path, os.R_OK):
+    # the owner's read bit too: a file its owner cannot read is broken for everyone but
+    # root (jobs running as root would not notice)
+    if not os.access(path, os.R_OK) or not info.st_mode & stat.S_IRUSR:
         raise BrainpipeInputError(
             path, "<file>", f"{what} is not readable (permissions {stat.filemode(info.st_mode)})"
         )
