@@ -5,7 +5,7 @@ rule betas:
     input:
         events=raw("events"),
         masks=raw("masks"),
-        manifest=ancient(f"{RESULTS}/sub-{{subject}}/inputs_manifest.json"),  # checked first
+        checked=f"{RESULTS}/sub-{{subject}}/events_manifest.json",
         preproc=f"{RESULTS}/sub-{{subject}}/preproc.zarr",
     output:
         betas=directory(f"{RESULTS}/sub-{{subject}}/betas.zarr"),

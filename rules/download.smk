@@ -18,15 +18,14 @@ checkpoint download:
         "../workflow/scripts/download.py"
 
 
-# One check per subject, so adding a subject re-checks only that subject. It opens every
-# file its subject's later stages read (brainpipe.validation).
+# Two checks per subject (brainpipe.validation), split by what later stages read, so an
+# edited file re-checks and reruns only its dependants; adding a subject checks only it.
+# validate_inputs: BOLD runs, sidecars, brain mask and every sample (what preprocess reads).
 rule validate_inputs:
     input:
         bold=raw("bold"),
         sidecars=raw("sidecar"),
-        events=raw("events"),
-        masks=raw("masks"),
-        stimuli=raw("stimuli_table"),
+        mask=raw("brain_mask"),
     output:
         manifest=f"{RESULTS}/sub-{{subject}}/inputs_manifest.json",
     params:
@@ -35,8 +34,33 @@ rule validate_inputs:
         runs=config["runs"],
         tr=config["tr"],
         task=config["task"],
+        parts=("runs",),
     log:
         f"{LOGS}/validate_inputs/sub-{{subject}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/validate_inputs.py"
+
+
+# validate_events: events tables and ROI masks (what betas reads besides preproc.zarr).
+rule validate_events:
+    input:
+        events=raw("events"),
+        masks=raw("masks"),
+        bold=raw("bold"),  # run lengths, from the headers
+        stimuli=raw("stimuli_table"),
+    output:
+        manifest=f"{RESULTS}/sub-{{subject}}/events_manifest.json",
+    params:
+        root=DATA,
+        sessions=config["sessions"],
+        runs=config["runs"],
+        tr=config["tr"],
+        task=config["task"],
+        parts=("events",),
+    log:
+        f"{LOGS}/validate_events/sub-{{subject}}.log",
     conda:
         ENV
     script:
@@ -63,7 +87,7 @@ rule validate_stimuli:
 rule splits:
     input:
         stimuli=raw("stimuli_table"),
-        manifest=ancient(f"{RESULTS}/stimuli_manifest.json"),  # checked first
+        checked=f"{RESULTS}/stimuli_manifest.json",
     output:
         splits=f"{RESULTS}/splits.tsv",
     params:

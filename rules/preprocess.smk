@@ -6,8 +6,9 @@ rule preprocess:
         bold=raw("bold"),
         sidecars=raw("sidecar"),
         mask=raw("brain_mask"),
-        # checked first; ancient: a re-check that finds the same reruns nothing here
-        manifest=ancient(f"{RESULTS}/sub-{{subject}}/inputs_manifest.json"),
+        manifest=f"{RESULTS}/sub-{{subject}}/inputs_manifest.json",
+        # every other input is checked first too; ancient: their re-check reruns nothing here
+        events_checked=ancient(f"{RESULTS}/sub-{{subject}}/events_manifest.json"),
         stimuli_checked=ancient(f"{RESULTS}/stimuli_manifest.json"),
     output:
         preproc=directory(f"{RESULTS}/sub-{{subject}}/preproc.zarr"),

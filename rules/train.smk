@@ -6,7 +6,7 @@ rule spatial_features:
     input:
         stimuli=raw("stimuli_table"),
         images=raw("stimulus_images"),
-        manifest=ancient(f"{RESULTS}/stimuli_manifest.json"),  # checked first
+        checked=f"{RESULTS}/stimuli_manifest.json",
         splits=f"{RESULTS}/splits.tsv",
     output:
         features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),

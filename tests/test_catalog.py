@@ -284,33 +284,45 @@ CASES = [
     # events tables
     Case("events: duplicated row",
          edit_table(events, lambda t: pd.concat([t.iloc[:3], t.iloc[2:]])),
-         events, "onset", "duplicate trials"),
+         events, "onset", "duplicate trials",
+         stages=("validate_events",)),
     Case("events: overlapping trials",
          edit_table(events, lambda t: _set(t, 3, "onset", f"{float(t.onset[2]) + 1.0:.3f}")),
-         events, "duration", "overlaps the next trial"),
+         events, "duration", "overlaps the next trial",
+         stages=("validate_events",)),
     Case("events: unsorted onsets",
          edit_table(events, lambda t: t.iloc[[0, 1, 3, 2] + list(range(4, len(t)))]),
-         events, "onset", "expected onsets in ascending order"),
+         events, "onset", "expected onsets in ascending order",
+         stages=("validate_events",)),
     Case("events: negative onset", edit_table(events, lambda t: _set(t, 0, "onset", "-2.0")),
-         events, "onset", "must be >= 0"),
+         events, "onset", "must be >= 0",
+         stages=("validate_events",)),
     Case("events: text in a number column (wrong dtype)",
          edit_table(events, lambda t: _set(t, 4, "duration", "three")),
-         events, "duration", "expected a finite number of seconds, got 'three'"),
+         events, "duration", "expected a finite number of seconds, got 'three'",
+         stages=("validate_events",)),
     Case("events: infinite onset", edit_table(events, lambda t: _set(t, 5, "onset", "inf")),
-         events, "onset", "expected a finite number"),
+         events, "onset", "expected a finite number",
+         stages=("validate_events",)),
     Case("events: column missing", edit_table(events, lambda t: t.drop(columns="stimulus")),
-         events, "stimulus", "column is missing"),
+         events, "stimulus", "column is missing",
+         stages=("validate_events",)),
     Case("events: onset after the run's end",
          edit_table(events, lambda t: _set(t, 23, "onset", "999")),
-         events, "onset", "after the run's end"),
+         events, "onset", "after the run's end",
+         stages=("validate_events",)),
     Case("events: unknown stimulus id",
          edit_table(events, lambda t: _set(t, 2, "stimulus", "stim-9999")),
-         events, "stimulus", "'stim-9999' has no image"),
+         events, "stimulus", "'stim-9999' has no image",
+         stages=("validate_events",)),
     Case("events: non-UTF-8 bytes", bad_bytes(events, b"image"),
-         events, "<encoding>", "expected UTF-8 text"),
-    Case("events: empty file", empty(events), events, "<file>", "is empty (0 bytes)"),
+         events, "<encoding>", "expected UTF-8 text",
+         stages=("validate_events",)),
+    Case("events: empty file", empty(events), events, "<file>", "is empty (0 bytes)",
+         stages=("validate_events",)),
     Case("events: header only", write_text(events, "onset\tduration\ttrial_type\tstimulus\n"),
-         events, "<file>", "header but no trials"),
+         events, "<file>", "header but no trials",
+         stages=("validate_events",)),
     # BOLD runs and their sidecars
     Case("bold: truncated .nii.gz", truncate(bold, 0.6),
          bold, "<gzip>", "does not decompress completely"),
@@ -341,25 +353,29 @@ CASES = [
     Case("sidecar: not JSON", write_text(sidecar, "{RepetitionTime: 1.6"),
          sidecar, "<file>", "not valid JSON"),
     Case("runs: subject has fewer runs than the config lists", run_missing,
-         bold, "<file>", "run missing"),
+         bold, "<file>", "run missing",
+         stages=("validate_inputs", "validate_events")),
     # masks
     Case("brain mask: selects no voxel", edit_nifti(brain_mask, _zero_mask),
-         brain_mask, "<data>", "mask selects no voxel"),
+         brain_mask, "<data>", "mask selects no voxel",
+         stages=("validate_inputs", "validate_events")),
     Case("ROI mask: affine differs", edit_nifti(roi_v1, _shift_affine),
-         roi_v1, "affine (srow/qform)", "differs from the subject's brain mask"),
+         roi_v1, "affine (srow/qform)", "differs from the subject's brain mask",
+         stages=("validate_events",)),
     Case("ROI mask: truncated .nii.gz", truncate(roi_v1, 0.5),
-         roi_v1, "<gzip>", "does not decompress completely"),
+         roi_v1, "<gzip>", "does not decompress completely",
+         stages=("validate_events",)),
     # stimuli (shared by every subject: a run each)
     Case("stimuli.tsv: non-UTF-8 bytes", bad_bytes(stimuli, b"diamond"),
          stimuli, "<encoding>", "expected UTF-8 text",
-         stages=("validate_inputs", "validate_stimuli")),
+         stages=("validate_events", "validate_stimuli")),
     Case("stimuli.tsv: duplicate stimulus id",
          edit_table(stimuli, lambda t: pd.concat([t, t.iloc[[4]]])),
          stimuli, "stimulus", "duplicate stimulus id",
-         stages=("validate_inputs", "validate_stimuli")),
+         stages=("validate_events", "validate_stimuli")),
     Case("stimuli.tsv: shared flag not 0/1",
          edit_table(stimuli, lambda t: _set(t, 1, "shared", "yes")),
-         stimuli, "shared", "expected 0 or 1", stages=("validate_inputs", "validate_stimuli")),
+         stimuli, "shared", "expected 0 or 1", stages=("validate_events", "validate_stimuli")),
     Case("image: zero bytes", empty(image), image, "<file>", "is empty (0 bytes)",
          stages=("validate_stimuli",)),
     Case("image: truncated PNG", truncate(image, 0.5), image, "<image>", "cannot be decoded",
@@ -367,7 +383,7 @@ CASES = [
     Case("image: symlink loop", symlink_loop(image), image, "<file>", "symlink loop",
          stages=("validate_stimuli",)),
     Case("image: listed but missing", remove(image), stimuli, "image",
-         "stim-0003.png is missing", stages=("validate_inputs", "validate_stimuli")),
+         "stim-0003.png is missing", stages=("validate_events", "validate_stimuli")),
     # config values checked against the dataset and the registry while the DAG is built
     Case("config: ROI the dataset does not have", nothing, None, "rois.1",
          "ROI 'FFA' is not in dataset 'synthetic'", config={"rois": ["V1", "FFA"]},
@@ -451,8 +467,9 @@ def _message(case: Case, where: str, text: str) -> str:
 def _nothing_complete(work: Path, sub: str, stage: str) -> None:
     results = work / "results" / "synthetic"
     assert not (results / f"sub-{sub}" / "preproc.zarr").exists()
-    if stage == "validate_inputs":
-        assert not (results / f"sub-{sub}" / "inputs_manifest.json").exists()
+    if stage in ("validate_inputs", "validate_events"):
+        name = "inputs" if stage == "validate_inputs" else "events"
+        assert not (results / f"sub-{sub}" / f"{name}_manifest.json").exists()
     if stage == "validate_stimuli":
         assert not (results / "stimuli_manifest.json").exists()
     assert not list(work.rglob(".*.tmp-*"))
@@ -493,14 +510,23 @@ def test_subject_catalog(case: Case, subject_batch):
     failed = re.findall(
         r"Error in rule (\w+):\n(?:    .*\n)*?    wildcards: subject=(\w+)", printed
     )
-    assert ("validate_inputs", sub) in failed, printed[-3000:]
-    log = _logs(work).get(f"validate_inputs/sub-{sub}.log", "")
-    message = _message(case, str(case.where(sub)), log)
+    logs = _logs(work)
+    where = str(case.where(sub))
+    found = [
+        stage for stage in case.stages
+        if re.search(rf"{re.escape(where)}: field '{re.escape(case.field)}'",
+                     logs.get(f"{stage}/sub-{sub}.log", ""))
+    ]  # fmt: skip
+    assert found, f"{case.name}: not in the logs of {case.stages}:\n{printed[-3000:]}"
+    stage = found[0]
+    assert (stage, sub) in failed, printed[-3000:]
+    log = logs[f"{stage}/sub-{sub}.log"]
+    message = _message(case, where, log)
     assert message in printed  # Snakemake shows the failed job's log
     assert "np.float" not in log and "np.int" not in log
     assert log.count("Traceback (most recent call last)") <= 1
-    _nothing_complete(work, sub, "validate_inputs")
-    _record(case, "validate_inputs", message.replace(sub, "01"))
+    _nothing_complete(work, sub, stage)
+    _record(case, stage, message.replace(f"sub-{sub}", "sub-01"))
 
 
 @pytest.mark.parametrize("case", SHARED_CASES, ids=[c.name for c in SHARED_CASES])
@@ -610,7 +636,7 @@ def test_edited_raw_file_reruns_exactly_its_dependants(base, tmp_path):
     jobs = _planned(plan.stdout)
     rules = sorted(rule for rule, _ in jobs)
     assert rules == sorted(
-        ["validate_inputs", "betas", "align", "train", "evaluate", "summary", "report", "all"]
+        ["validate_events", "betas", "align", "train", "evaluate", "summary", "report", "all"]
     ), jobs  # fmt: skip
     assert all("subject=02" not in wc for _, wc in jobs), jobs
     assert f"Updated input files: {events_file.relative_to(work)}" in plan.stdout

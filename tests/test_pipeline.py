@@ -365,8 +365,8 @@ def test_bad_events_stop_the_run_before_preprocessing(tmp_path, tiny_dataset):
     config["synthetic"] = dict(TINY)
     result = snakemake(workdir, config, check=False)
     assert result.returncode != 0
-    log = (workdir / "logs" / "synthetic" / "validate_inputs" / "sub-01.log").read_text()
+    log = (workdir / "logs" / "synthetic" / "validate_events" / "sub-01.log").read_text()
     assert f"{events.relative_to(workdir)}: field 'onset': column is missing" in log
     assert not list((workdir / "results").rglob("preproc.zarr"))
     assert json.dumps  # the manifest was not written either
-    assert not (workdir / "results" / "synthetic" / "sub-01" / "inputs_manifest.json").exists()
+    assert not (workdir / "results" / "synthetic" / "sub-01" / "events_manifest.json").exists()
