@@ -1,6 +1,7 @@
 # Config loading and validation, wildcard constraints, and the input functions
 # that turn the config into target lists.
 
+import os
 from pathlib import Path
 
 from brainpipe.config import validate_config
@@ -226,8 +227,10 @@ def check_config_against_dataset():
     """Config values checked against the dataset and the model registry, at DAG build."""
     from brainpipe.validation import check_config_against_dataset as check
 
-    rois = DATASET_ENTRY.info.get("rois")
-    n_shared = DATASET_ENTRY.info.get("n_shared")
+    rois, n_shared = None, None  # None: not known before the download; checked later
+    roi_files = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}.get("roi_files")
+    if isinstance(roi_files, dict):  # NSD: {file: {ROI name: label values}}
+        rois = sorted({name for names in roi_files.values() for name in (names or {})})
     if DATASET_ENTRY.kind == "synthetic":
         from brainpipe.datasets.synthetic import ROI_NAMES, SyntheticParams
 

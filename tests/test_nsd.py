@@ -186,6 +186,9 @@ def nsd_config(endpoint: str) -> dict:
         feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
+    # ROIs named anywhere in the config must be NSD's (checked when the DAG is built)
+    config["align"]["roi"] = ["V1", "nsdgeneral"]
+    config["model_params"]["bandedridge"]["rois"] = ["V1"]
     return config
 
 

@@ -173,6 +173,9 @@ def test_snakemake_fetches_and_ingests_fsaverage(surf_server, tmp_path):
         feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
+    # ROIs named anywhere in the config must be NSD's (checked when the DAG is built)
+    config["align"]["roi"] = ["V1", "nsdgeneral"]
+    config["model_params"]["bandedridge"]["rois"] = ["V1"]
     target = "results/nsd/sub-01/betas.zarr"
     result = run_snakemake(tmp_path, config, target)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -146,6 +146,9 @@ def ts_config(endpoint: str) -> dict:
         splits={"shared_train_fraction": 0.0}, feature_models=["gabor"], models=["ridge"],
     )  # fmt: skip
     config.pop("synthetic", None)
+    # ROIs named anywhere in the config must be NSD's (checked when the DAG is built)
+    config["align"]["roi"] = ["V1", "nsdgeneral"]
+    config["model_params"]["bandedridge"]["rois"] = ["V1"]
     return config
 
 
