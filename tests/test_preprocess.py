@@ -61,3 +61,74 @@ def test_every_volume_censored_is_an_error():
         assert "every one of the 20 volumes is censored" in str(err)
     else:
         raise AssertionError("no error")
+
+
+def test_nan_volumes_and_a_dead_voxel_through_preprocess_and_betas(tiny_dataset, tmp_path):
+    """Issue 20's first case: two NaN volumes in one run no longer zero the subject's voxels.
+
+    The volumes are censored (NaN in preproc.zarr, flagged, left out of both betas
+    estimators), the dead voxel is dropped and recorded, and the betas stay close to
+    those of the undamaged data.
+    """
+    import shutil
+
+    import nibabel as nib
+
+    from brainpipe.betas import estimate_betas
+    from brainpipe.bids import BidsLayout, run_keys
+    from brainpipe.preprocess import preprocess_subject
+    from brainpipe.storage import open_zarr
+    from brainpipe.validation import validate_subject
+
+    root = tmp_path / "synthetic"
+    shutil.copytree(tiny_dataset, root)
+    layout = BidsLayout(root)
+    runs = run_keys("01", ["01", "02"], ["01", "02"])
+    clean = tmp_path / "clean"
+    preprocess_subject(layout, "01", runs, clean / "preproc.zarr")
+    for method in ("lsa", "glmsingle"):
+        config = {"betas": {"method": method, "types": ["A", "B"]}}
+        estimate_betas(clean / "preproc.zarr", layout, "01", runs, clean / f"{method}.zarr",
+                       config=config)  # fmt: skip
+    path = layout.bold(runs[0])
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask = np.asarray(nib.load(layout.brain_mask("01")).dataobj) > 0
+    data[..., [20, 21]] = np.nan
+    dead_ijk = tuple(np.argwhere(mask)[5])
+    data[dead_ijk] = 0.0
+    out = nib.Nifti1Image(data, img.affine, img.header)
+    out.header.set_data_dtype(np.float32)
+    nib.save(out, path)
+
+    manifest = validate_subject(root, "01", ["01", "02"], ["01", "02"], tr=1.6)
+    assert manifest["runs"][0]["censored_scans"] == [20, 21]
+    assert manifest["dead_voxels"] == [5]
+    damaged = tmp_path / "damaged"
+    preprocess_subject(layout, "01", runs, damaged / "preproc.zarr", manifest=manifest)
+    pre = open_zarr(damaged / "preproc.zarr")
+    assert pre.attrs["n_censored_volumes"] == 2 and pre.attrs["n_dropped_voxels"] == 1
+    assert pre.attrs["dropped_voxels_ijk"] == [list(map(int, dead_ijk))]
+    assert pre.sizes["voxel"] == int(mask.sum()) - 1
+    censored = pre["censored"].values
+    assert np.flatnonzero(censored).tolist() == [20, 21]
+    bold = pre["bold"].values
+    assert np.isnan(bold[censored]).all() and np.isfinite(bold[~censored]).all()
+    assert (np.abs(bold[~censored]).max(axis=0) > 0).all()  # no voxel zeroed
+    for method in ("lsa", "glmsingle"):
+        config = {"betas": {"method": method, "types": ["A", "B"]}}
+        estimate_betas(damaged / "preproc.zarr", layout, "01", runs,
+                       damaged / f"{method}.zarr", config=config)  # fmt: skip
+        got = open_zarr(damaged / f"{method}.zarr")
+        ref = open_zarr(clean / f"{method}.zarr")
+        kept = ~((ref["i"] == dead_ijk[0]) & (ref["j"] == dead_ijk[1]) & (ref["k"] == dead_ijk[2]))
+        b, r = got["betas"].values, ref["betas"].values[:, kept.values]
+        assert np.isfinite(b).all() and b.shape == r.shape
+        first = (got["session"] == "01").values & (got["run"] == "01").values
+        # the damaged run's betas stay close to the clean ones
+        assert np.corrcoef(b[first].ravel(), r[first].ravel())[0, 1] > 0.9, method
+        other = (got["session"] == "02").values
+        if method == "lsa":  # runs are fitted one by one: the other runs are unchanged
+            np.testing.assert_allclose(b[other], r[other], rtol=1e-3, atol=1e-3)
+        else:  # GLMsingle chooses each voxel's HRF from every run: nearly unchanged
+            assert np.corrcoef(b[other].ravel(), r[other].ravel())[0, 1] > 0.95
