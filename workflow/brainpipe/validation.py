@@ -228,21 +228,24 @@ def usable_samples(
     -------
     dict
         ``dead`` (n_voxels,) bool: voxels non-finite in more than
-        ``max_censored_fraction`` of the volumes, constant (all zero included) over
-        their finite ones, or with a mean intensity <= 0 (no percent signal change) —
-        dropped from the subject;
-        ``censored`` (n_scans,) bool: volumes with a non-finite sample in a voxel that
-        is not dead — censored (left out of the fit).
+        ``max_censored_fraction`` of the volumes that are not broken as a whole, constant
+        (all zero included) over their finite samples, or with a mean intensity <= 0 (no
+        percent signal change) — dropped from the subject;
+        ``censored`` (n_scans,) bool: volumes non-finite in most voxels (a broken volume),
+        or with a non-finite sample in a voxel that is not dead — censored (left out of
+        the fit).
     """
     finite = np.isfinite(data)
+    broken = finite.mean(axis=1) < 0.5  # whole-volume failures: censor, do not kill voxels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: dead anyway
         masked = np.where(finite, data, np.nan)
         spread = np.nanmax(masked, axis=0) - np.nanmin(masked, axis=0)
         mean = np.nanmean(masked, axis=0)
-    bad_fraction = 1.0 - finite.mean(axis=0)
+    intact = finite[~broken]
+    bad_fraction = 1.0 - intact.mean(axis=0) if len(intact) else np.ones(data.shape[1])
     dead = (bad_fraction > max_censored_fraction) | ~(spread > 0) | ~(mean > 0)
-    censored = ~finite[:, ~dead].all(axis=1)
+    censored = broken | ~finite[:, ~dead].all(axis=1)
     return {"dead": dead, "censored": censored}
 
 
