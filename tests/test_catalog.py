@@ -510,7 +510,7 @@ def subject_batch(base, tmp_path_factory):
     config = catalog_config(subjects=labels)
     targets = [f"results/synthetic/sub-{s}/preproc.zarr" for s in labels]
     try:
-        result = run_workflow(work, config, "--keep-going", *targets, timeout=900)
+        result = run_workflow(work, config, "--keep-going", *targets, timeout=3600)
     finally:
         _restore_permissions(work)
     return work, result
