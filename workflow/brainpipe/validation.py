@@ -176,7 +176,7 @@ def load_nifti(path: str | Path, what: str) -> nib.Nifti1Image:
         raise BrainpipeInputError(
             path,
             "pixdim",
-            f"voxel sizes / TR are {[_show(z) for z in zooms]}; expected finite numbers, "
+            f"voxel sizes / TR are {[float(f'{z:.6g}') for z in zooms]}; expected finite numbers, "
             "voxel sizes > 0",
         )
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
