@@ -393,11 +393,11 @@ CASES = [
          edit_table(stimuli, lambda t: _set(t, 1, "shared", "yes")),
          stimuli, "shared", "expected 0 or 1", stages=("validate_events", "validate_stimuli")),
     Case("image: zero bytes", empty(image), image, "<file>", "is empty (0 bytes)",
-         stages=("validate_stimuli",)),
+         stages=("validate_events", "validate_stimuli")),
     Case("image: truncated PNG", truncate(image, 0.5), image, "<image>", "cannot be decoded",
          stages=("validate_stimuli",)),
     Case("image: symlink loop", symlink_loop(image), image, "<file>", "symlink loop",
-         stages=("validate_stimuli",)),
+         stages=("validate_events", "validate_stimuli")),
     Case("image: listed but missing", remove(image), stimuli, "image",
          "stim-0003.png is missing", stages=("validate_events", "validate_stimuli")),
     # config values checked against the dataset and the registry while the DAG is built
