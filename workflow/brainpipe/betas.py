@@ -3,7 +3,7 @@
 The solver works on arrays and is vectorised over voxels (one pseudo-inverse of
 the design per run, applied to blocks of voxels); :func:`estimate_subject_betas`
 streams a subject's runs from ``preproc.zarr`` and writes ``betas.zarr`` as
-the storage contract in DESIGN.md describes.
+the storage contract in docs/architecture.md describes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PCA fitted on training stimuli only, and the Zarr feature store builder.
 
-Leakage rule (see DESIGN.md, "Splits and leakage"): the PCA mean and components, and
+Leakage rule (see docs/architecture.md, "Splits and leakage"): the PCA mean and components, and
 anything a feature model fits, see the training stimuli only. Changing test stimuli
 changes their scores but never the fitted transform.
 """
