@@ -14,8 +14,10 @@ from brainpipe.bids import BidsLayout, read_events, run_keys
 from brainpipe.datasets import synthetic
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle import GLMSingle, GLMSingleOptions, RunSpec, check_types, read_hrf_library
+from brainpipe.glmsingle import solvers as S
+from brainpipe.glmsingle.backend import get_backend
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
-from brainpipe.glmsingle.library import DEFAULT_TABLE, library_kernels, time_to_peak
+from brainpipe.glmsingle.library import DEFAULT_TABLE, library_kernels, n_hrfs, time_to_peak
 from brainpipe.hrf import hrf_library_parameters
 from brainpipe.preprocess import preprocess_subject
 from brainpipe.storage import open_zarr
@@ -116,14 +118,21 @@ def test_each_type_improves_on_type_a_and_lsa(noisy):
 
 
 def test_true_hrf_is_recovered_for_most_voxels(noisy):
-    _, _, _, gt, fits = noisy
-    res = fits["B"][1]
+    # With the generator's own (parametric) library, the max-R² choice finds each
+    # voxel's HRF.
+    root, data, specs, gt, fits = noisy
+    table = read_hrf_library(root / "derivatives" / "groundtruth" / "hrf_library.tsv")
+    _, res = _fit(data, specs, ("A", "B"), hrf_library=table)
     roi = gt["roi"].values != "none"
-    ttp = time_to_peak(library_kernels(read_hrf_library(None), 0.1), 0.1)
+    ttp = time_to_peak(library_kernels(table, 0.1), 0.1)
     est, true = res.hrf_index[roi], gt["hrf_index"].values[roi]
     # Neighbouring library HRFs differ by ~0.2 s in time to peak: judge by time to peak.
     assert np.mean(np.abs(ttp[est] - ttp[true]) <= 0.5) >= 0.7
     assert np.corrcoef(ttp[est], ttp[true])[0, 1] > 0.8
+    # The default (GLMsingle's) library orders its HRFs by time to peak too.
+    default_ttp = time_to_peak(library_kernels(read_hrf_library(None), 0.1), 0.1)
+    chosen = fits["B"][1].hrf_index[roi]
+    assert np.corrcoef(default_ttp[chosen], ttp[true])[0, 1] > 0.6
     assert (fits["A"][1].hrf_index == -1).all()  # type A: canonical HRF everywhere
 
 
@@ -246,18 +255,41 @@ def test_zero_and_nan_voxels(noisy):
     assert any("zero or non-finite" in n for n in res.notes)
 
 
-def test_hrf_library_table():
+def test_hrf_library_table(tmp_path):
+    # Shipped: the 20 HRFs of GLMsingle's getcanonicalhrflibrary.tsv, sampled every 0.1 s.
     table = read_hrf_library(DEFAULT_TABLE)
-    expected = pd.DataFrame(
-        [{"hrf_index": i, **p} for i, p in enumerate(hrf_library_parameters(20))]
+    assert n_hrfs(table) == 20 and table["time"].iloc[1] == pytest.approx(0.1)
+    ttp = time_to_peak(library_kernels(table, 0.1), 0.1)
+    assert np.all(np.diff(ttp) >= 0) and 2.5 <= ttp[0] < ttp[-1] <= 6.0
+    # Resampling at another step keeps the shapes (PCHIP).
+    fine = library_kernels(table, 0.1)[:, ::5]
+    np.testing.assert_allclose(
+        library_kernels(table, 0.5), fine / fine.max(axis=1, keepdims=True), atol=1e-9
     )
-    np.testing.assert_allclose(table.to_numpy(float), expected[table.columns].to_numpy(float))
+    # Parametric tables (the synthetic generator's family) still read.
+    params = pd.DataFrame([{"hrf_index": i, **p} for i, p in enumerate(hrf_library_parameters(5))])
+    path = tmp_path / "params.tsv"
+    params.to_csv(path, sep="\t", index=False)
+    assert n_hrfs(read_hrf_library(path)) == 5
+    np.testing.assert_allclose(
+        read_hrf_library(path).to_numpy(float), params.to_numpy(float), rtol=1e-12
+    )
 
 
 def test_bad_hrf_table_and_types_are_rejected(tmp_path):
     bad = tmp_path / "lib.tsv"
     pd.DataFrame({"hrf_index": [0], "peak_delay": [6.0]}).to_csv(bad, sep="\t", index=False)
     with pytest.raises(BrainpipeInputError, match="undershoot_delay"):
+        read_hrf_library(bad)
+    pd.DataFrame({"time": [0.0, 0.1, 0.3], "hrf_00": [0.0, 1.0, 0.5]}).to_csv(
+        bad, sep="\t", index=False
+    )
+    with pytest.raises(BrainpipeInputError, match="time"):
+        read_hrf_library(bad)
+    pd.DataFrame({"time": [0.0, 0.1, 0.2], "hrf_00": [0.0, -1.0, np.nan]}).to_csv(
+        bad, sep="\t", index=False
+    )
+    with pytest.raises(BrainpipeInputError, match="hrf_00"):
         read_hrf_library(bad)
     with pytest.raises(BrainpipeInputError, match="betas.types"):
         check_types(["A", "C"])
@@ -308,3 +340,53 @@ def test_subject_store_follows_the_contract(tiny_dataset, tmp_path):
     )
     assert open_zarr(lsa).attrs["method"] == "lsa"
     shutil.rmtree(preproc)
+
+
+def test_one_gram_per_run_serves_every_noise_count():
+    # The CV of the number of noise components solves every count from one set of
+    # Gram products per run; it must equal the per-count SVD operators (cv_error).
+    rng = np.random.default_rng(0)
+    xp = get_backend("numpy")
+    T, n, K, c = 120, 20, 4, 30
+    stim, labels, designs, nuis, ys = [], [], [], [], []
+    for r in range(3):
+        designs.append(np.abs(rng.standard_normal((T, n))))
+        p = S.polynomial_basis(T, 2)
+        q = S.orth(S.residualise(rng.standard_normal((T, K)), p))
+        nuis.append(np.column_stack([p, q]))
+        ys.append(rng.standard_normal((T, c)))
+        stim += [f"s{(i * 7 + r) % 25}" for i in range(n)]
+        labels += [str(r)] * n
+    mean_op, repeated = S.other_run_mean_operator(np.array(stim), np.array(labels))
+    reps = [repeated[r * n : (r + 1) * n] for r in range(3)]
+    path = S.nuisance_path_cv(designs, nuis, [3] * 3, ys, reps, mean_op, K)
+    for k in range(K + 1):
+        ops = [S.run_operators(xp, designs[r], nuis[r][:, : 3 + k], reps[r]) for r in range(3)]
+        proj = [S.project_run(xp, o, ys[r]) for r, o in enumerate(ops)]
+        b = S.betas_from_rotated(xp, ops, [p.rot for p in proj])
+        err, tot = S.cv_error(xp, b, xp.sparse(mean_op), ops, proj)
+        np.testing.assert_allclose(path[k], 1 - err / tot, atol=1e-5)
+
+
+def test_glmsingle_beta_domain_badness():
+    # calcbadness: held-out reference betas vs candidate betas of the same stimulus in
+    # other runs, z-scored by the reference; a candidate equal to the truth scores 0.
+    xp = get_backend("numpy")
+    stim = np.array(["a", "b", "a", "c", "b", "a"])
+    runs = np.array(["1", "1", "2", "2", "3", "3"])
+    test, train = S.repeat_pairs(stim, runs)
+    assert sorted(zip(test.tolist(), train.tolist(), strict=True)) == [
+        (0, 2),
+        (0, 5),
+        (1, 4),
+        (2, 0),
+        (2, 5),
+        (4, 1),
+        (5, 0),
+        (5, 2),
+    ]
+    ref = np.array([[1.0], [2.0], [1.0], [5.0], [2.0], [1.0]], dtype=np.float32)
+    stats = S.zscore_stats(xp, ref)
+    assert S.beta_cv_badness(xp, ref, ref, (test, train), stats)[0] == 0.0
+    worse = ref + np.array([[0.0], [1.0], [0.0], [0.0], [0.0], [0.0]], dtype=np.float32)
+    assert S.beta_cv_badness(xp, worse, ref, (test, train), stats)[0] > 0.0

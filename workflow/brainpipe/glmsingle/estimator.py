@@ -27,6 +27,7 @@ fallback is logged and recorded in :attr:`GLMSingleResult.notes`.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ class GLMSingleOptions:
     fractions: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0001, 0.05), 2))
     pc_stop: float = 0.95
     poly_degree: int | None = None  # None: round(run minutes / 2)
+    ridge_cv: str = "timeseries"
 
     def __post_init__(self) -> None:
         self.types = check_types(self.types)
@@ -123,6 +125,7 @@ class _Session:
         self.stimuli = np.concatenate([r.stimuli for r in runs]).astype(str)
         labels = np.concatenate([np.full(len(r.onsets), r.run) for r in runs]).astype(str)
         self.mean_op, self.repeated = S.other_run_mean_operator(self.stimuli, labels)
+        self.pairs = S.repeat_pairs(self.stimuli, labels)
         self.has_repeats = bool(self.repeated.any())
         self.n_trials = len(self.stimuli)
         offsets = np.cumsum([0] + [len(r.onsets) for r in runs])
@@ -181,6 +184,11 @@ class GLMSingle:
         ``auto`` (torch CUDA if available, else numpy), ``numpy``, ``torch`` or ``torch_cuda``.
     chunk : int
         Voxels per block (see :func:`brainpipe.glmsingle.chunking.voxel_chunk_for_memory`).
+    threads : int or None
+        BLAS and torch threads during :meth:`fit` (the job's ``threads``); ``None``
+        leaves the libraries' settings alone. On shared nodes, BLAS threads
+        beyond the job's cores spin against other jobs and make the many small
+        products of the fit many times slower.
     """
 
     def __init__(
@@ -191,8 +199,10 @@ class GLMSingle:
         options: GLMSingleOptions | None = None,
         backend: str | Backend = "auto",
         chunk: int = 4096,
+        threads: int | None = None,
     ) -> None:
         self.runs = runs
+        self.threads = None if threads is None else max(1, int(threads))
         self.tr = float(tr)
         self.n_voxels = int(n_voxels)
         self.opts = options or GLMSingleOptions()
@@ -238,6 +248,24 @@ class GLMSingle:
         -------
         GLMSingleResult
         """
+        if self.threads is None:
+            return self._fit(read, write, progress)
+        from threadpoolctl import threadpool_limits
+
+        torch = sys.modules.get("torch") if self.xp.name == "numpy" else None
+        if self.xp.name != "numpy":
+            import torch
+        before = torch.get_num_threads() if torch is not None else None
+        try:
+            if torch is not None:
+                torch.set_num_threads(self.threads)
+            with threadpool_limits(limits=self.threads):
+                return self._fit(read, write, progress)
+        finally:
+            if torch is not None:
+                torch.set_num_threads(before)
+
+    def _fit(self, read, write, progress) -> GLMSingleResult:
         say = progress or (lambda msg: log.info(msg))
         xp, opts = self.xp, self.opts
         types = opts.types
@@ -316,9 +344,7 @@ class GLMSingle:
                     for i in range(len(ses.runs))
                 ]
                 if ses.has_repeats and len(cv_vox):
-                    scores = [
-                        self._cv_score(ses, y_cv, hrf[cv_vox], k) for k in range(opts.n_pcs + 1)
-                    ]
+                    scores = self._cv_scores(ses, y_cv, hrf[cv_vox], opts.n_pcs)
                     n_pcs[name] = _choose_n_pcs(np.asarray(scores), opts.pc_stop)
                     say(
                         f"session {name}: median CV R² by number of noise components "
@@ -435,20 +461,32 @@ class GLMSingle:
     def _project(self, ses: _Session, ops: list[S.RunOperators], y) -> list[S.ProjectedRun]:
         return [S.project_run(self.xp, o, y[ses.run_time(i)]) for i, o in enumerate(ops)]
 
-    def _cv_score(self, ses: _Session, y_cv: np.ndarray, hrf_cv: np.ndarray, k: int) -> float:
-        """Median over CV voxels of the leave-one-run-out CV R² with ``k`` noise components."""
-        xp = self.xp
-        mean_op = xp.sparse(ses.mean_op)
-        scores = []
+    def _cv_scores(
+        self, ses: _Session, y_cv: np.ndarray, hrf_cv: np.ndarray, max_pcs: int
+    ) -> np.ndarray:
+        """Median over CV voxels of the leave-one-run-out CV R², for 0..max_pcs components.
+
+        One set of Gram products per run and HRF serves every number of
+        components (:func:`~brainpipe.glmsingle.solvers.nuisance_path_cv`).
+        """
+        r2 = np.zeros((max_pcs + 1, len(hrf_cv)))
+        reps = [ses.repeated[sl] for sl in ses.trial_slices]
+        nuis = [
+            np.column_stack([p, q[:, :max_pcs]]) for p, q in zip(ses.polys, ses.pcs, strict=True)
+        ]
+        n_fixed = [p.shape[1] for p in ses.polys]
         for h in np.unique(hrf_cv):
             cols = np.flatnonzero(hrf_cv == h)
-            ops = ses.operators(xp, int(h), k)
-            y = xp.asarray(y_cv[:, cols])
-            proj = self._project(ses, ops, y)
-            b = S.betas_from_rotated(xp, ops, [p.rot for p in proj])
-            err, tot = S.cv_error(xp, b, mean_op, ops, proj)
-            scores.append(1.0 - xp.to_numpy(err) / np.maximum(xp.to_numpy(tot), 1e-12))
-        return float(np.median(np.concatenate(scores)))
+            r2[:, cols] = S.nuisance_path_cv(
+                [d[int(h)] for d in ses.designs],
+                nuis,
+                n_fixed,
+                [y_cv[ses.run_time(i)][:, cols] for i in range(len(ses.runs))],
+                reps,
+                ses.mean_op,
+                max_pcs,
+            )
+        return np.median(r2, axis=1)
 
     def _fit_block(self, ses: _Session, ops, y, target, fractions: np.ndarray):
         """Betas (n_trials, c) of one HRF group, and the chosen fractions (c,) for type D."""
@@ -470,7 +508,27 @@ class GLMSingle:
                 xp, ops, [r * scale[bounds[i] : bounds[i + 1]] for i, r in enumerate(rots)]
             )
 
-        if isinstance(target, str):  # cross-validate the fraction per voxel
+        if isinstance(target, str) and self.opts.ridge_cv == "betas":
+            # GLMsingle: per voxel, the fraction whose betas of the other runs best match
+            # the held-out unregularised betas of the same stimulus (z units).
+            pairs = tuple(xp.asarray(p).long() if xp.name != "numpy" else p for p in ses.pairs)
+            stats = S.zscore_stats(xp, ols)
+            best_err = None
+            best_b = None
+            best_f = np.ones(c)
+            for f in fractions[::-1]:  # 1 first: ties keep the least regularised
+                b = ols if f >= 1.0 else betas_at(xp.full((c,), float(f)))
+                err_np = xp.to_numpy(S.beta_cv_badness(xp, b, ols, pairs, stats))
+                if best_err is None:
+                    best_err, best_b, best_f[:] = err_np, b, f
+                    continue
+                better = err_np < best_err
+                if better.any():
+                    best_err = np.where(better, err_np, best_err)
+                    best_b = xp.where(xp.asarray(better.astype(np.float32))[None, :] > 0, b, best_b)
+                    best_f[better] = f
+            chosen, fr = best_b, best_f
+        elif isinstance(target, str):  # cross-validate the fraction per voxel
             mean_op = xp.sparse(ses.mean_op)
             best_err = None
             best_b = None

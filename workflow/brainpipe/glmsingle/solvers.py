@@ -98,6 +98,10 @@ def screening_stats(
 ) -> tuple[Any, Any, Any]:
     """Variance of one run's data (polynomials removed) and explained by each model.
 
+    The best HRF of a voxel is the one whose single-trial design explains the
+    most variance summed over runs, GLMsingle's choice (max R² of its
+    single-trial fit over the library).
+
     Returns
     -------
     total : (c,) sum of squares of ``y`` after removing the polynomials
@@ -374,3 +378,162 @@ def rescale_to(xp: Backend, shrunk: Any, reference: Any) -> Any:
     cov = xp.sum(ds * (reference - mr[None, :]), axis=0)
     slope = cov / xp.where(var > 0, var, 1.0)
     return ds * slope[None, :] + mr[None, :]
+
+
+# --------------------------------------------------------------------------------------
+# GLMsingle's cross-validation in the beta domain, and one decomposition for every
+# number of noise components
+# --------------------------------------------------------------------------------------
+def repeat_pairs(stimuli: np.ndarray, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (held-out trial, training trial) of one stimulus shown in two different runs.
+
+    Every ordered pair is listed, so each run is held out in turn (leave-one-run-out).
+
+    Returns
+    -------
+    test, train : ndarray of int, shape (n_pairs,)
+        Trial indices within the session.
+    """
+    stimuli = np.asarray(stimuli).astype(str)
+    runs = np.asarray(runs).astype(str)
+    by_stim: dict[str, list[int]] = {}
+    for t, s in enumerate(stimuli):
+        by_stim.setdefault(s, []).append(t)
+    test, train = [], []
+    for idx in by_stim.values():
+        for t in idx:
+            for u in idx:
+                if runs[u] != runs[t]:
+                    test.append(t)
+                    train.append(u)
+    return np.asarray(test, dtype=np.int64), np.asarray(train, dtype=np.int64)
+
+
+def zscore_stats(xp: Backend, reference: Any) -> tuple[Any, Any]:
+    """Per-voxel mean and 1 / SD (ddof 1; 0 where the SD is 0) of ``reference`` (n, c)."""
+    n = reference.shape[0]
+    mu = xp.sum(reference, axis=0) / n
+    d = reference - mu[None, :]
+    sd = xp.sqrt(xp.sum(d * d, axis=0) / max(n - 1, 1))
+    return mu, xp.where(sd > 0, 1.0 / xp.where(sd > 0, sd, 1.0), 0.0)
+
+
+def beta_cv_badness(
+    xp: Backend, candidate: Any, reference: Any, pairs: tuple[Any, Any], stats: tuple[Any, Any]
+) -> Any:
+    """GLMsingle's cross-validation error of candidate betas, per voxel.
+
+    Each held-out trial's *reference* beta (unregularised, or without noise
+    regressors) is compared with the *candidate* betas of the same stimulus
+    in the other runs, all z-scored with the reference's per-voxel mean and SD
+    over the session (Prince et al. 2022; GLMsingle's ``calcbadness``).
+
+    Parameters
+    ----------
+    candidate, reference : (n_trials, c)
+    pairs : (test, train) trial indices, from :func:`repeat_pairs`
+    stats : from :func:`zscore_stats` of ``reference``
+
+    Returns
+    -------
+    (c,) sum of squared differences in z units
+    """
+    mu, inv = stats
+    test, train = pairs
+    d = (candidate[train] - reference[test]) * inv[None, :]
+    return xp.sum(d * d, axis=0)
+
+
+def _pinv_sym(a: np.ndarray) -> np.ndarray:
+    """Pseudo-inverse of a symmetric positive semi-definite matrix (eigenvalue cut RCOND²)."""
+    if a.shape[0] == 0:
+        return a
+    w, v = np.linalg.eigh(a)
+    keep = w > (RCOND**2) * max(float(w.max()), 0.0)
+    inv_w = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+    return (v * inv_w) @ v.T
+
+
+def nuisance_path_cv(
+    designs: list[np.ndarray],
+    nuisances: list[np.ndarray],
+    n_fixed: list[int],
+    ys: list[np.ndarray],
+    repeated: list[np.ndarray],
+    other_mean: sp.csr_matrix,
+    max_extra: int,
+) -> np.ndarray:
+    """Leave-one-run-out CV R² of every number of noise components, one Gram per run.
+
+    For each count ``k`` (0..``max_extra`` extra nuisance columns) the trial
+    betas of every run are ``(XᵀX - C_k C_kᵀ)⁺ (Xᵀy - C_k N_kᵀy)`` with
+    ``C = XᵀN`` and ``N = [F, Q]`` orthonormal (``F`` the always-included
+    columns, then the first ``k`` columns of ``Q``); each
+    repeated trial of a held-out run is predicted by the mean beta of its
+    stimulus in the other runs (``other_mean``), and the held-out data are
+    compared with the prediction after the run's nuisance and non-repeated
+    trials are fitted out — the same error as :func:`cv_error`, computed from
+    ``XᵀX``, ``XᵀN``, ``Xᵀy``, ``Nᵀy`` and ``yᵀy`` of each run, so no
+    decomposition of a T-row matrix is repeated per count.
+
+    Parameters
+    ----------
+    designs, nuisances, ys : per run, (T, n), (T, n_fixed + max_extra) orthonormal, (T, c)
+    n_fixed : per run, nuisance columns always included (polynomials)
+    repeated : per run, bool (n,) trials whose stimulus is in another run
+    other_mean : (n_repeated_session, n_trials_session) from :func:`other_run_mean_operator`
+    max_extra : largest number of extra nuisance columns
+
+    Returns
+    -------
+    ndarray, shape (max_extra + 1, c): ``1 - error / total`` per count and voxel
+    """
+    runs = []
+    for x, nuis, y in zip(designs, nuisances, ys, strict=True):
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        runs.append(
+            {
+                "g": x.T @ x,
+                "c": x.T @ nuis,
+                "xty": x.T @ y,
+                "nty": nuis.T @ y,
+                "yty": np.einsum("tc,tc->c", y, y),
+            }
+        )
+    n_vox = ys[0].shape[1]
+    scores = np.zeros((max_extra + 1, n_vox))
+    for k in range(max_extra + 1):
+        betas = []
+        for r, nf in zip(runs, n_fixed, strict=True):
+            m = nf + k
+            cm = r["c"][:, :m]
+            betas.append(_pinv_sym(r["g"] - cm @ cm.T) @ (r["xty"] - cm @ r["nty"][:m]))
+        pred = np.asarray(other_mean @ np.concatenate(betas))
+        err = np.zeros(n_vox)
+        tot = np.zeros(n_vox)
+        start = 0
+        for r, nf, rep in zip(runs, n_fixed, repeated, strict=True):
+            m = nf + k
+            rr, qq = np.flatnonzero(rep), np.flatnonzero(~rep)
+            cm = r["c"][:, :m]
+            s_inv = _pinv_sym(r["g"][np.ix_(qq, qq)] - cm[qq] @ cm[qq].T)
+            z0 = r["xty"][qq] - cm[qq] @ r["nty"][:m]
+            tot_r = r["yty"] - np.sum(r["nty"][:m] ** 2, axis=0) - np.sum(z0 * (s_inv @ z0), 0)
+            tot += tot_r
+            if not len(rr):
+                err += tot_r
+                continue
+            b = pred[start : start + len(rr)]
+            start += len(rr)
+            ntr = r["nty"][:m] - cm[rr].T @ b
+            xqr = r["xty"][qq] - r["g"][np.ix_(qq, rr)] @ b
+            rtr = (
+                r["yty"]
+                - 2.0 * np.sum(b * r["xty"][rr], axis=0)
+                + np.sum(b * (r["g"][np.ix_(rr, rr)] @ b), axis=0)
+            )
+            z = xqr - cm[qq] @ ntr
+            err += rtr - np.sum(ntr**2, axis=0) - np.sum(z * (s_inv @ z), axis=0)
+        scores[k] = 1.0 - err / np.maximum(tot, 1e-12)
+    return scores

@@ -15,7 +15,7 @@ from brainpipe.bids import BidsLayout, RunKey, read_events
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
 from brainpipe.glmsingle.estimator import GLMSingle, GLMSingleOptions, RunSpec, check_types
-from brainpipe.glmsingle.library import DEFAULT_TABLE, read_hrf_library
+from brainpipe.glmsingle.library import DEFAULT_TABLE, n_hrfs, read_hrf_library
 from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling
 from brainpipe.storage import (
     atomic_path,
@@ -49,7 +49,14 @@ def options_from_config(
             raise BrainpipeInputError(str(p), "betas.hrf_library", "file not found")
         table = read_hrf_library(p)
     kw: dict[str, Any] = {"types": types, "hrf_library": table}
-    for key in ("n_pcs", "noise_pool_quantile", "max_pool_voxels", "cv_voxels", "pc_stop"):
+    for key in (
+        "n_pcs",
+        "noise_pool_quantile",
+        "max_pool_voxels",
+        "cv_voxels",
+        "pc_stop",
+        "ridge_cv",
+    ):
         if key in cfg:
             kw[key] = cfg[key]
     if "fractions" in cfg:
@@ -128,7 +135,7 @@ def estimate_subject_betas_glmsingle(
     per_voxel = bytes_per_voxel(
         max(ses_scans),
         max(ses_trials),
-        len(opts.hrf_library),
+        n_hrfs(opts.hrf_library),
         max(len(s.onsets) for s in specs),
         n_trials,
     )
@@ -218,7 +225,7 @@ def estimate_subject_betas_glmsingle(
         def write(trials: slice, vs: slice, block: np.ndarray) -> None:
             betas_arr[trials, vs] = block
 
-        model = GLMSingle(specs, tr, n_voxels, opts, backend=backend, chunk=chunk)
+        model = GLMSingle(specs, tr, n_voxels, opts, backend=backend, chunk=chunk, threads=threads)
         log.info("backend %s", model.xp.name)
         result = model.fit(read, write)
         stimuli = template["stimulus"].values.astype(str)
