@@ -395,7 +395,11 @@ def run_worker(python: str, args: list[str], env: dict, cwd: Path | None = None)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"worker {args[:2]} failed with exit code {code}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024.0,
+    }
 
 
 def score(betas: np.ndarray, amp: np.ndarray, stimuli: np.ndarray, voxels: np.ndarray) -> dict:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from brainpipe.design import FINE_DT, trial_regressors
 from brainpipe.errors import BrainpipeInputError
@@ -250,8 +251,6 @@ class GLMSingle:
         """
         if self.threads is None:
             return self._fit(read, write, progress)
-        from threadpoolctl import threadpool_limits
-
         torch = sys.modules.get("torch") if self.xp.name == "numpy" else None
         if self.xp.name != "numpy":
             import torch
@@ -266,14 +265,19 @@ class GLMSingle:
                 torch.set_num_threads(before)
 
     def _fit(self, read, write, progress) -> GLMSingleResult:
+        # Design-side work (decompositions of T x n matrices, n x n solves of the CV) runs
+        # on one BLAS thread whatever ``threads`` is: matrices this small gain nothing
+        # from more, and on a loaded node idle BLAS threads spin against other jobs
+        # (measured: 4x the CPU time and 8x the wall time of one thread).
         say = progress or (lambda msg: log.info(msg))
         xp, opts = self.xp, self.opts
         types = opts.types
         use_b, use_c, use_d = "B" in types, "C" in types, "D" in types
-        sessions = {
-            name: _Session(runs, self.tr, self.kernels, opts)
-            for name, runs in self.session_runs.items()
-        }
+        with threadpool_limits(limits=1):  # small design-side matrices
+            sessions = {
+                name: _Session(runs, self.tr, self.kernels, opts)
+                for name, runs in self.session_runs.items()
+            }
         V = self.n_voxels
         # ---- pass 1: screening ----------------------------------------------------------
         total = np.zeros(V)
@@ -339,12 +343,14 @@ class GLMSingle:
             say(f"noise pool {len(pool)} voxels, {len(cv_vox)} voxels for cross-validation")
             for name, ses in sessions.items():
                 y_pool, y_cv = self._gather(read, ses, [pool, cv_vox])
-                ses.pcs = [
-                    S.noise_components(y_pool[ses.run_time(i)], ses.onoff_basis[i], opts.n_pcs)
-                    for i in range(len(ses.runs))
-                ]
+                with threadpool_limits(limits=1):
+                    ses.pcs = [
+                        S.noise_components(y_pool[ses.run_time(i)], ses.onoff_basis[i], opts.n_pcs)
+                        for i in range(len(ses.runs))
+                    ]
                 if ses.has_repeats and len(cv_vox):
-                    scores = self._cv_scores(ses, y_cv, hrf[cv_vox], opts.n_pcs)
+                    with threadpool_limits(limits=1):
+                        scores = self._cv_scores(ses, y_cv, hrf[cv_vox], opts.n_pcs)
                     n_pcs[name] = _choose_n_pcs(np.asarray(scores), opts.pc_stop)
                     say(
                         f"session {name}: median CV R² by number of noise components "
@@ -388,7 +394,8 @@ class GLMSingle:
             notes.append(msg)
         for name in order_s:
             ses = sessions[name]
-            ops = {h: ses.operators(xp, h, n_pcs[name]) for h in np.unique(hrf[valid])}
+            with threadpool_limits(limits=1):
+                ops = {h: ses.operators(xp, h, n_pcs[name]) for h in np.unique(hrf[valid])}
             for vs in self._chunks():
                 y_all = self._clean(read(slice(ses.start, ses.stop), vs), None, vs)
                 out = np.zeros((ses.n_trials, vs.stop - vs.start), dtype=np.float32)
