@@ -368,17 +368,25 @@ def worker_brainpipe(session: str, out: str, types: str, threads: int, backend: 
     def write(trials, vs, block):
         betas[trials, vs] = block
 
+    import inspect
+
+    from threadpoolctl import threadpool_limits
+
+    # As the betas stage: BLAS limited to the job's threads (older estimators without
+    # a ``threads`` argument are measured under the same outer limit).
+    kw = {"threads": threads} if "threads" in inspect.signature(GLMSingle).parameters else {}
     t1 = time.perf_counter()
-    model = GLMSingle(
-        specs,
-        s["tr"],
-        data.shape[1],
-        GLMSingleOptions(types=tuple(types)),
-        backend=backend,
-        chunk=8192,
-        threads=threads,
-    )
-    res = model.fit(read, write, progress=lambda m: print(m, file=sys.stderr))
+    with threadpool_limits(limits=threads):
+        model = GLMSingle(
+            specs,
+            s["tr"],
+            data.shape[1],
+            GLMSingleOptions(types=tuple(types)),
+            backend=backend,
+            chunk=8192,
+            **kw,
+        )
+        res = model.fit(read, write, progress=lambda m: print(m, file=sys.stderr))
     fit_s = time.perf_counter() - t1
     np.savez(out, fit_s=fit_s, pcnum=int(res.n_pcs_per_session["1"]), betas=betas)
 

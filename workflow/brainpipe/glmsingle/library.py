@@ -8,8 +8,8 @@ Two table formats (tab-separated) are accepted:
   scale (kernels are peak-normalised). The shipped table holds the 20 HRFs of
   GLMsingle's ``getcanonicalhrflibrary.tsv`` (cvnlab/GLMsingle, BSD-3-Clause,
   licence in ``config/hrf_library.LICENSE``), derived from the Natural Scenes
-  Dataset (Prince et al., eLife 2022): time to peak 2.7 to 5.7 s for a 3 s
-  stimulus. On both benchmark simulators (``benchmarks/betas_vs_glmsingle.py``)
+  Dataset (Prince et al., eLife 2022): impulse responses peaking 2.7 to
+  5.7 s after onset. On both benchmark simulators (``benchmarks/betas_vs_glmsingle.py``)
   it gives more accurate type-B betas than a double-gamma family spanning the
   simulated HRFs, because the max-R² choice over a library overfits less with
   these compact, well separated kernels.
