@@ -124,7 +124,7 @@ def estimate_subject_betas_glmsingle(
                 onsets=events["onset"].to_numpy(float),
                 durations=events["duration"].to_numpy(float),
                 stimuli=events["stimulus"].to_numpy(str),
-                censored=tuple(int(t - rows[0]) for t in np.flatnonzero(censored[rows])),
+                censored=tuple(int(t) for t in np.flatnonzero(censored[rows])),  # within the run
             )
         )
     trial_session = np.concatenate([np.full(len(s.onsets), s.session) for s in specs])
