@@ -564,7 +564,8 @@ def test_shared_catalog(case: Case, base, tmp_path):
     logs = _logs(work) if (work / "logs").exists() else {}
     assert result.returncode != 0, printed[-3000:]
     where = "config" if case.where is None else str(case.where("01"))
-    message = _message(case, where, printed + "".join(logs.values()))
+    # the logs first: two jobs failing at once can interleave their lines on stderr
+    message = _message(case, where, "".join(logs.values()) + printed)
     stage = next((name.split("/")[0].removesuffix(".log") for name, text in logs.items()
                   if message in text), "DAG")  # fmt: skip
     assert stage in case.stages, (stage, message)

@@ -179,7 +179,9 @@ def load_nifti(path: str | Path, what: str) -> nib.Nifti1Image:
             f"voxel sizes / TR are {[float(f'{z:.6g}') for z in zooms]}; expected finite numbers, "
             "voxel sizes > 0",
         )
-    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    # from the file's bytes: nibabel's parsed header may already have normalised them
+    endian = header.endianness
+    slope, inter = (float(v) for v in np.frombuffer(raw[112:120], dtype=f"{endian}f4"))
     # NaN or 0 slope means "no scaling" (NIfTI-1); infinities or a NaN offset to a real
     # slope make every sample non-finite
     for field, value in (("scl_slope", slope), ("scl_inter", inter)):
