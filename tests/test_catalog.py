@@ -659,7 +659,8 @@ def test_edited_raw_file_reruns_exactly_its_dependants(base, tmp_path):
     jobs = _planned(plan.stdout)
     rules = sorted(rule for rule, _ in jobs)
     assert rules == sorted(
-        ["validate_events", "betas", "align", "train", "evaluate", "summary", "report", "all"]
+        ["validate_events", "betas", "align", "align_scores", "train", "evaluate", "summary",
+         "report", "all"]
     ), jobs  # fmt: skip
     assert all("subject=02" not in wc for _, wc in jobs), jobs
     assert f"Updated input files: {events_file.relative_to(work)}" in plan.stdout
