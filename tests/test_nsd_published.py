@@ -105,6 +105,7 @@ def test_snakemake_from_published_layout_to_trained_model(space, tmp_path):
             source={"endpoint_url": endpoint, "space": space, "captions": captions},
         )  # fmt: skip
         config.pop("synthetic", None)
+        config["align"]["roi"] = [roi]  # every ROI the config names must be NSD's (DAG check)
         targets = [f"results/nsd/models/sub-01/{roi}/ridge-{f}/metrics.json"
                    for f in ("gabor", "caption")]  # fmt: skip
         result = run_workflow(tmp_path / "run", config, *targets, timeout=900)
