@@ -330,7 +330,6 @@ def worker_glmsingle(session: str, out: str) -> None:
         pcvoxels=np.asarray(res["typed"]["pcvoxels"]).reshape(-1),
         xvaltrend=np.asarray(res["typed"]["xvaltrend"]),
         frac=np.asarray(res["typed"]["FRACvalue"]).reshape(-1),
-        pcregressors=np.stack(res["typed"]["pcregressors"]),
         **betas,
     )
 
