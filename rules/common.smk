@@ -231,6 +231,9 @@ def check_config_against_dataset():
     roi_files = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}.get("roi_files")
     if isinstance(roi_files, dict):  # NSD: {file: {ROI name: label values}}
         rois = sorted({name for names in roi_files.values() for name in (names or {})})
+    if DATASET_ENTRY.kind == "bids":  # BIDS + fMRIPrep: the entry's (or config's) `rois` block
+        bids_rois = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}.get("rois")
+        rois = sorted(bids_rois) if isinstance(bids_rois, dict) else None
     if DATASET_ENTRY.kind == "synthetic":
         from brainpipe.datasets.synthetic import ROI_NAMES, SyntheticParams
 

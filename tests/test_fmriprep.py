@@ -391,3 +391,15 @@ def test_confounds_missing_a_strategy_column_stop_before_any_run(bold5000, tmp_p
         )  # fmt: skip
     assert err.value.source.endswith(f"{RUN}_desc-confounds_timeseries.tsv"), str(err.value)
     assert "white_matter" in str(err.value) and not out.exists()
+
+
+def test_an_roi_the_bids_dataset_lacks_stops_the_dag_before_any_job(bold5000_legacy, tmp_path):
+    """`rois: [EarlyVis, FFA]` on BOLD5000 (its `rois` block has EarlyVis and PPA)."""
+    root, _ = bold5000_legacy
+    config = pipeline_config("bold5000", BOLD5000, ["EarlyVis", "FFA"], path=str(root))
+    config["source"] = {"path": str(root)}
+    result = run_workflow(tmp_path, config, "-n", timeout=300)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "rois.1" in out and "'FFA'" in out and "EarlyVis" in out and "PPA" in out, out[-2000:]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
