@@ -1,9 +1,14 @@
 """THINGS-EEG2 over HTTP from a loopback server that speaks OSF's files API.
 
-The server lists folders the way ``api.osf.io/v2/nodes/{node}/files/osfstorage/`` does
+The server lists folders the way ``api.osf.io/v2/nodes/{node}/files/{provider}/`` does
 (JSON:API pages with ``links.next``; entries with ``attributes.kind``,
 ``materialized_path``, ``size``, ``extra.hashes.md5`` and ``links.download``; folders with
-``relationships.files.links.related.href``) and serves downloads with ``Range``.
+``relationships.files.links.related.href``), lists the component's storage providers at
+``/v2/nodes/{node}/files/`` (OSF API: "List all storage providers"), and serves downloads
+with ``Range``. THINGS-EEG2's raw component ``crxs4`` keeps per-subject archives
+(``sub-01.zip`` holding ``sub-01/ses-01/raw_eeg_training.npy``, ...) on its figshare add-on
+and a description on osfstorage, as Meta's neuralset (``Gifford2021._download``: storage
+indices 0 and 2 of ``crxs4``, then ``sub-*.zip`` extracted to ``sub-XX/ses-YY/``) reads it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,8 +32,12 @@ from brainpipe.remote.errors import RemoteIntegrityError
 class OsfServer:
     """Serves the files under ``root`` as OSF node ``node``; can cut or corrupt transfers."""
 
-    def __init__(self, root: Path, node: str = "crxs4", page_size: int = 2) -> None:
-        self.root, self.node, self.page_size = root, node, page_size
+    def __init__(
+        self, root: Path, node: str = "crxs4", page_size: int = 2,
+        providers: dict[str, Path] | None = None,
+    ) -> None:  # fmt: skip
+        self.node, self.page_size = node, page_size
+        self.providers = providers or {"osfstorage": root}
         self.cut_first: set[str] = set()  # paths whose first GET stops half-way
         self.corrupt: set[str] = set()  # paths always served with one byte flipped
         self.ranges: list[str] = []
@@ -50,32 +60,46 @@ class OsfServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _entry(self, path: Path) -> dict:
-        rel = path.relative_to(self.root).as_posix()
+    def _entry(self, provider: str, path: Path) -> dict:
+        rel = path.relative_to(self.providers[provider]).as_posix()
         if path.is_dir():
-            href = f"{self.url}/v2/nodes/{self.node}/files/osfstorage/{rel}/"
+            href = f"{self.url}/v2/nodes/{self.node}/files/{provider}/{rel}/"
             return {"attributes": {"kind": "folder", "materialized_path": f"/{rel}/"},
                     "relationships": {"files": {"links": {"related": {"href": href}}}}}  # fmt: skip
         md5 = hashlib.md5(path.read_bytes()).hexdigest()
         return {
             "attributes": {"kind": "file", "materialized_path": f"/{rel}",
                            "size": path.stat().st_size, "extra": {"hashes": {"md5": md5}}},
-            "links": {"download": f"{self.url}/download/{rel}"},
+            "links": {"download": f"{self.url}/download/{provider}/{rel}"},
         }  # fmt: skip
+
+    def _provider_entry(self, provider: str) -> dict:
+        href = f"{self.url}/v2/nodes/{self.node}/files/{provider}/"
+        return {"id": f"{self.node}:{provider}", "type": "files",
+                "attributes": {"kind": "folder", "name": provider, "path": "/",
+                               "node": self.node, "provider": provider},
+                "relationships": {"files": {"links": {"related": {"href": href}}}}}  # fmt: skip
 
     def listing(self, handler) -> None:
         base, _, query = handler.path.partition("?")
-        prefix = f"/v2/nodes/{self.node}/files/osfstorage/"
+        prefix = f"/v2/nodes/{self.node}/files/"
         if not base.startswith(prefix):
             handler.send_error(404)
             return
-        folder = self.root / base[len(prefix) :].strip("/")
-        children = sorted(folder.iterdir())
+        provider, _, rel = base[len(prefix) :].partition("/")
+        if not provider:  # the component's storage providers
+            items = [self._provider_entry(p) for p in self.providers]
+        elif provider in self.providers:
+            folder = self.providers[provider] / rel.strip("/")
+            items = [(provider, c) for c in sorted(folder.iterdir())]
+        else:
+            handler.send_error(404)
+            return
         page = int(query.split("=")[1]) if query.startswith("page=") else 1
-        chunk = children[(page - 1) * self.page_size : page * self.page_size]
-        more = page * self.page_size < len(children)
+        chunk = items[(page - 1) * self.page_size : page * self.page_size]
+        more = page * self.page_size < len(items)
         body = {
-            "data": [self._entry(c) for c in chunk],
+            "data": [c if isinstance(c, dict) else self._entry(*c) for c in chunk],
             "links": {"next": f"{self.url}{base}?page={page + 1}" if more else None},
         }
         data = json.dumps(body).encode()
@@ -86,8 +110,8 @@ class OsfServer:
         handler.wfile.write(data)
 
     def download(self, handler) -> None:
-        rel = handler.path[len("/download/") :]
-        data = bytearray((self.root / rel).read_bytes())
+        provider, _, rel = handler.path[len("/download/") :].partition("/")
+        data = bytearray((self.providers[provider] / rel).read_bytes())
         if rel in self.corrupt:
             data[len(data) // 2] ^= 0xFF
         start = 0
@@ -160,6 +184,32 @@ def test_corrupt_transfer_is_refused_and_missing_subject_named(published, tmp_pa
             )  # fmt: skip
     finally:
         server.close()
+
+
+def test_raw_archives_on_the_components_figshare_storage(published, tmp_path):
+    """As THINGS-EEG2 publishes: sub-XX.zip on figshare, a description on osfstorage."""
+    figshare, osfstorage = tmp_path / "figshare", tmp_path / "osfstorage"
+    figshare.mkdir(), osfstorage.mkdir()
+    (osfstorage / "README.txt").write_text("THINGS-EEG2 raw EEG data\n")
+    for sub in ("01", "02"):
+        with zipfile.ZipFile(figshare / f"sub-{sub}.zip", "w") as zf:
+            for npy in sorted((published / "raw_data" / f"sub-{sub}").rglob("*.npy")):
+                zf.write(npy, npy.relative_to(published / "raw_data").as_posix())
+    server = OsfServer(published, providers={"osfstorage": osfstorage, "figshare": figshare})
+    try:
+        dest = things_eeg2.download_things_eeg2(
+            tmp_path / "things-eeg2", {"node": "crxs4", "api_url": f"{server.url}/v2"},
+            subjects=["02"], sessions=["01", "02"], progress=False,
+        )  # fmt: skip
+    finally:
+        server.close()
+    files = sorted(p.relative_to(dest / "raw_data").as_posix() for p in dest.rglob("*.npy"))
+    assert files == [f"sub-02/ses-{s}/raw_eeg_{p}.npy" for s in ("01", "02")
+                     for p in ("test", "training")]  # fmt: skip
+    for rel in files:
+        assert (dest / "raw_data" / rel).read_bytes() == (published / "raw_data" / rel).read_bytes()
+    manifest = read_manifest(tmp_path / ".things-eeg2-objects" / "raw")
+    assert sorted(manifest) == ["sub-02.zip"] and manifest["sub-02.zip"]["verified"] == "md5"
 
 
 def test_stimuli_table_from_the_image_metadata(tmp_path):

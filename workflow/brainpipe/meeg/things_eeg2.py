@@ -418,7 +418,7 @@ def download_things_eeg2(
     cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
     api = source.get("api_url", "https://api.osf.io/v2")
     workers = int(source.get("workers", 4))
-    raw_src = OsfSource(node=source["node"], api_url=api)
+    raw_src = OsfSource(node=source["node"], api_url=api, provider=source.get("provider"))
     listing = raw_src.list("")
     keys = select_raw_files([o.key for o in listing], subjects, sessions)
     found = {k.split("sub-", 1)[1].split("/")[0].removesuffix(".zip") for k in keys}

@@ -8,6 +8,13 @@ each entry has ``attributes.kind`` (``file`` / ``folder``), ``attributes.materia
 ``relationships.files.links.related.href``. Downloads are plain HTTP GETs that honour
 ``Range``.
 
+A component may keep its files in more than one storage provider: THINGS-EEG2's raw
+recordings (component ``crxs4``) are per-subject archives on its figshare add-on, beside a
+description on ``osfstorage`` (as Meta's neuralset downloads them: storage indices 0 and 2
+of that component). ``GET {api_url}/nodes/{node}/files/`` lists the providers, each a
+folder entry whose ``relationships.files.links.related.href`` is its top folder; by default
+every provider is walked.
+
 :class:`OsfSource` offers the interface :func:`brainpipe.remote.fetch_object` uses
 (``list``, ``head``, ``get``, ``url``, ``translate``, ``bucket``), with the MD5 the API
 publishes as the object's ETag, so every download is resumed with ``Range``, checked
@@ -65,18 +72,20 @@ class OsfSource:
         The component's id (``crxs4``).
     api_url : str
         The API root (tests point it at a loopback server).
-    provider : str
-        Storage provider (``osfstorage``).
+    provider : str or None
+        One storage provider (``osfstorage``, ``figshare``), or None (default) for every
+        provider the component has.
     timeout : float
         Seconds before a connection or a stalled read fails.
     """
 
     node: str
     api_url: str = "https://api.osf.io/v2"
-    provider: str = "osfstorage"
+    provider: str | None = None
     timeout: float = 60.0
     _links: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _infos: dict[str, ObjectInfo] = field(default_factory=dict, init=False, repr=False)
+    _providers: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -84,7 +93,27 @@ class OsfSource:
         return f"osf:{self.node}"
 
     def url(self, key: str) -> str:
-        return f"{self.api_url}/nodes/{self.node}/files/{self.provider}/{key}"
+        with self._lock:
+            provider = self._providers.get(key, self.provider)
+        if provider is None:
+            return f"{self.api_url}/nodes/{self.node}/files/{key}"
+        return f"{self.api_url}/nodes/{self.node}/files/{provider}/{key}"
+
+    def _provider_roots(self) -> list[tuple[str, str]]:
+        """``(provider, top-folder URL)`` for the configured provider or for every one."""
+        if self.provider is not None:
+            return [(self.provider, f"{self.api_url}/nodes/{self.node}/files/{self.provider}/")]
+        roots: list[tuple[str, str]] = []
+        url: str | None = f"{self.api_url}/nodes/{self.node}/files/"
+        while url:
+            page = self._get_json(url)
+            for item in page.get("data", []):
+                attrs = item.get("attributes", {})
+                name = str(attrs.get("provider") or attrs.get("name") or "")
+                related = item["relationships"]["files"]["links"]["related"]
+                roots.append((name, related["href"] if isinstance(related, dict) else related))
+            url = (page.get("links") or {}).get("next")
+        return roots
 
     def _get_json(self, url: str) -> dict[str, Any]:
         try:
@@ -96,9 +125,11 @@ class OsfSource:
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Every file under ``prefix`` (a path without leading slash), walking folders."""
         out: list[ObjectInfo] = []
-        pending = [f"{self.api_url}/nodes/{self.node}/files/{self.provider}/"]
+        seen: dict[str, str] = {}  # key -> provider, to refuse one path in two providers
+        pending = self._provider_roots()
         while pending:
-            url: str | None = pending.pop()
+            provider, root = pending.pop()
+            url: str | None = root
             while url:
                 page = self._get_json(url)
                 for item in page.get("data", []):
@@ -108,16 +139,24 @@ class OsfSource:
                         if path.startswith(prefix) or prefix.startswith(path):
                             related = item["relationships"]["files"]["links"]["related"]
                             pending.append(
-                                related["href"] if isinstance(related, dict) else related
+                                (provider, related["href"] if isinstance(related, dict) else related)
                             )
                         continue
                     if not path.startswith(prefix):
                         continue
+                    if path in seen:
+                        raise RemoteAccessError(
+                            self.url(path),
+                            f"the file is in two storage providers ({seen[path]}, {provider})",
+                            "Set source.provider in the registry entry to the one to read.",
+                        )
+                    seen[path] = provider
                     md5 = ((attrs.get("extra") or {}).get("hashes") or {}).get("md5") or ""
                     info = ObjectInfo(path, int(attrs["size"]), str(md5))
                     with self._lock:
                         self._links[path] = item["links"]["download"]
                         self._infos[path] = info
+                        self._providers[path] = provider
                     out.append(info)
                 url = (page.get("links") or {}).get("next")
         return sorted(out, key=lambda o: o.key)
