@@ -138,9 +138,8 @@ class OsfSource:
                     if attrs.get("kind") == "folder":
                         if path.startswith(prefix) or prefix.startswith(path):
                             related = item["relationships"]["files"]["links"]["related"]
-                            pending.append(
-                                (provider, related["href"] if isinstance(related, dict) else related)
-                            )
+                            href = related["href"] if isinstance(related, dict) else related
+                            pending.append((provider, href))
                         continue
                     if not path.startswith(prefix):
                         continue
