@@ -199,6 +199,28 @@ def test_encoding_metrics_perfect_and_bootstrap():
     assert noisy["mean_r_ci_low"] < noisy["mean_r"] < noisy["mean_r_ci_high"] < 1
 
 
+def test_voxels_missing_test_responses_are_not_scored_as_zero():
+    """NSD's NaN vertices: unscored and left out of every mean, not r = 0; a voxel missing
+    one test response is scored over the others."""
+    rng = np.random.default_rng(3)
+    obs = rng.standard_normal((30, 6))
+    pred = obs + 0.5 * rng.standard_normal(obs.shape)
+    full, per_full = encoding_metrics(obs, pred, np.full(6, 2.0), np.full(30, 3), n_boot=50)
+    holes = obs.copy()
+    holes[:, 0] = np.nan  # a NaN vertex
+    holes[4, 1] = np.nan  # one missing test response
+    summary, per = encoding_metrics(holes, pred, np.full(6, 2.0), np.full(30, 3), n_boot=50)
+    assert np.isnan(per["r"][0]) and np.isnan(per["score"][0]) and np.isnan(per["r2"][0])
+    rows = np.arange(30) != 4
+    assert per["r"][1] == pytest.approx(np.corrcoef(obs[rows, 1], pred[rows, 1])[0, 1])
+    np.testing.assert_allclose(per["r"][2:], per_full["r"][2:])
+    assert summary["mean_r"] == pytest.approx(np.mean(per["r"][1:]))
+    assert summary["n_voxels_unscored"] == 1 and full["n_voxels_unscored"] == 0
+    assert np.isfinite(summary["mean_r_ci_low"]) and np.isfinite(summary["algonauts2023_score"])
+    none, _ = encoding_metrics(np.full((30, 2), np.nan), pred[:, :2], np.ones(2), 3, 20)
+    assert none["n_voxels_unscored"] == 2 and np.isnan(none["mean_r"])
+
+
 def test_retrieval_metrics_known_cases():
     rng = np.random.default_rng(1)
     true = rng.standard_normal((10, 8))

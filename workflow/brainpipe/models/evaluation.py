@@ -14,6 +14,8 @@ similar than the other (chance 0.5). CIs resample the queried stimuli.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from brainpipe.metrics import (
@@ -25,6 +27,8 @@ from brainpipe.metrics import (
 )
 
 CI_LEVEL = 0.95
+#: Fewest finite test responses a voxel needs to be scored.
+MIN_SCORED_STIMULI = 3
 
 
 def _rowwise_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,23 +104,53 @@ def encoding_metrics(
         median_score, algonauts2023_score`` (:func:`brainpipe.metrics.algonauts2023_score`)
         and ``<metric>_ci_low / _ci_high`` for r, r² % and score.
     per_voxel : dict of str -> ndarray (n_voxels,)
-        ``r, r2, noise_ceiling, score``.
+        ``r, r2, noise_ceiling, score``; NaN for a voxel with fewer than
+        :data:`MIN_SCORED_STIMULI` finite test responses (NSD marks such vertices NaN),
+        which is left out of every summary and counted in ``n_voxels_unscored``.
+
+    Notes
+    -----
+    A voxel missing some test responses is scored over the stimuli it has; the bootstrap
+    CIs resample the voxels that have all of them.
     """
-    r = pearson_r(observed, predicted)
-    r2 = r2_score_per_target(observed, predicted)
-    nc = noise_ceiling(ncsnr, repeats)
+    observed = np.asarray(observed)
+    predicted = np.asarray(predicted)
+    finite = np.isfinite(observed)
+    complete = finite.all(axis=0)
+    n_vox = observed.shape[1]
+    r = np.full(n_vox, np.nan)
+    r2 = np.full(n_vox, np.nan)
+    r[complete] = pearson_r(observed[:, complete], predicted[:, complete])
+    r2[complete] = r2_score_per_target(observed[:, complete], predicted[:, complete])
+    for v in np.flatnonzero(~complete & (finite.sum(axis=0) >= MIN_SCORED_STIMULI)):
+        rows = finite[:, v]
+        r[v] = pearson_r(observed[rows, v], predicted[rows, v])
+        r2[v] = r2_score_per_target(observed[rows, v], predicted[rows, v])
+    scored = np.isfinite(r)
+    nc = np.where(scored, noise_ceiling(ncsnr, repeats), np.nan)
     score = nc_normalised_score(r, nc)
-    summary = {
-        "mean_r": float(np.nanmean(r)),
-        "median_r": float(np.nanmedian(r)),
-        "mean_r2": float(np.nanmean(r2)),
-        "mean_r2_percent": float(np.nanmean(np.clip(r, 0, None) ** 2) * 100),
-        "mean_noise_ceiling": float(np.nanmean(nc)),
-        "mean_score": float(np.nanmean(score)),
-        "median_score": float(np.nanmedian(score)),
-        "algonauts2023_score": algonauts2023_score(r, nc),
-    }
-    for key, (lo, hi) in bootstrap_encoding(observed, predicted, nc, n_boot, seed).items():
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an ROI with no scored voxel: NaN
+        summary = {
+            "mean_r": float(np.nanmean(r)),
+            "median_r": float(np.nanmedian(r)),
+            "mean_r2": float(np.nanmean(r2)),
+            "mean_r2_percent": float(np.nanmean(np.clip(r, 0, None) ** 2) * 100),
+            "mean_noise_ceiling": float(np.nanmean(nc)),
+            "mean_score": float(np.nanmean(score)),
+            "median_score": float(np.nanmedian(score)),
+            "algonauts2023_score": algonauts2023_score(r[scored], nc[scored])
+            if scored.any()
+            else float("nan"),
+            "n_voxels_unscored": int((~scored).sum()),
+        }
+    if complete.any():
+        cis = bootstrap_encoding(
+            observed[:, complete], predicted[:, complete], nc[complete], n_boot, seed
+        )
+    else:
+        cis = dict.fromkeys(("mean_r", "mean_r2_percent", "mean_score"), (np.nan, np.nan))
+    for key, (lo, hi) in cis.items():
         summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] = lo, hi
     return summary, {"r": r, "r2": r2, "noise_ceiling": nc, "score": score}
 
