@@ -403,3 +403,27 @@ def test_an_roi_the_bids_dataset_lacks_stops_the_dag_before_any_job(bold5000_leg
     out = result.stdout + result.stderr
     assert "rois.1" in out and "'FFA'" in out and "EarlyVis" in out and "PPA" in out, out[-2000:]
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_runs_all_takes_each_sessions_own_runs(bold5000, tmp_path):
+    """BOLD5000's sessions have 9 or 10 runs: `runs: all` takes what each session has."""
+    root = _break(bold5000[0], tmp_path)
+    for f in list(root.rglob("*ses-02_task-5000scenes_run-02_*")):
+        f.unlink()  # sub-CSI1's session 02 now has one run, session 01 two
+    with pytest.raises(BrainpipeInputError, match="run-02"):
+        fetch_bold5000(root, tmp_path / "data" / "listed", subjects=["CSI1"])
+    dest = fetch_dataset(
+        "bold5000", tmp_path / "data" / "bold5000", subjects=["CSI1"],
+        sessions=BOLD5000.sessions, runs="all", task=BOLD5000.task,
+        source={"path": str(root), **MNI}, progress=False,
+    )  # fmt: skip
+    layout = BidsLayout(dest, BOLD5000.task)
+    keys = run_keys("CSI1", BOLD5000.sessions, "all", layout)
+    assert [(k.session, k.run) for k in keys] == [("01", "01"), ("01", "02"), ("02", "01")]
+    manifest = validate_subject(dest, "CSI1", BOLD5000.sessions, "all", BOLD5000.tr,
+                                task=BOLD5000.task)  # fmt: skip
+    assert [(r["session"], r["run"]) for r in manifest["runs"]] == [
+        ("01", "01"), ("01", "02"), ("02", "01")
+    ]  # fmt: skip
+    with pytest.raises(BrainpipeInputError, match="ses-03 has no run"):
+        run_keys("CSI1", ["01", "03"], "all", layout)

@@ -62,6 +62,25 @@ class BidsLayout:
         """The events.tsv of a run."""
         return self._func_stem(key).with_name(self._func_stem(key).name + "_events.tsv")
 
+    def runs(self, subject: str, session: str) -> list[str]:
+        """The run labels of ``task`` that one session has (its BOLD files), in run order.
+
+        Raises
+        ------
+        BrainpipeInputError
+            The session has no run of the task.
+        """
+        folder = Path(self.root, f"sub-{subject}", f"ses-{session}", "func")
+        stem = f"sub-{subject}_ses-{session}_task-{self.task}_run-"
+        tails = (p.name[len(stem) :] for p in folder.glob(f"{stem}*_bold.nii.gz"))
+        labels = [t[: -len("_bold.nii.gz")] for t in tails if "_" not in t[: -len("_bold.nii.gz")]]
+        if not labels:
+            raise BrainpipeInputError(
+                folder, "runs", f"sub-{subject} ses-{session} has no run of task {self.task!r} "
+                "(config 'runs: all' takes the runs each listed session has)",
+            )  # fmt: skip
+        return sorted(labels, key=lambda r: (int(r) if r.isdigit() else float("inf"), r))
+
     def brain_mask(self, subject: str) -> Path:
         """The subject's brain mask in functional space."""
         return Path(
@@ -95,8 +114,23 @@ class BidsLayout:
         return self.stimuli_dir / "stimuli.tsv"
 
 
-def run_keys(subject: str, sessions: list[str], runs: list[str]) -> list[RunKey]:
-    """All runs of a subject, in acquisition order."""
+#: Config value of ``runs`` that takes every run each session has (BOLD5000's sessions
+#: have 9 or 10 runs).
+ALL_RUNS = "all"
+
+
+def run_keys(
+    subject: str, sessions: list[str], runs: list[str] | str, layout: BidsLayout | None = None
+) -> list[RunKey]:
+    """All runs of a subject, in acquisition order.
+
+    ``runs`` is the config's list of run labels, or ``"all"`` (:data:`ALL_RUNS`): each
+    session's runs as found in ``layout`` (:meth:`BidsLayout.runs`).
+    """
+    if runs == ALL_RUNS:
+        if layout is None:
+            raise ValueError("runs: all needs the dataset's layout to find the runs")
+        return [RunKey(subject, ses, run) for ses in sessions for run in layout.runs(subject, ses)]
     return [RunKey(subject, ses, run) for ses in sessions for run in runs]
 
 

@@ -20,11 +20,19 @@ from brainpipe.bids import BidsLayout, run_keys
 
 
 def run_files(
-    root: str | Path, task: str, subject: str, sessions: list[str], runs: list[str], kind: str
+    root: str | Path,
+    task: str,
+    subject: str,
+    sessions: list[str],
+    runs: list[str] | str,
+    kind: str,
 ) -> list[str]:
-    """One file per run of ``subject``: ``kind`` is ``bold``, ``sidecar`` or ``events``."""
+    """One file per run of ``subject``: ``kind`` is ``bold``, ``sidecar`` or ``events``.
+
+    ``runs: all`` lists each session's runs from its BOLD files.
+    """
     layout = BidsLayout(Path(root), task)
-    return [str(getattr(layout, kind)(key)) for key in run_keys(subject, sessions, runs)]
+    return [str(getattr(layout, kind)(key)) for key in run_keys(subject, sessions, runs, layout)]
 
 
 def mask_files(root: str | Path, task: str, subject: str) -> list[str]:

@@ -394,7 +394,7 @@ def check_subject(
     layout: BidsLayout,
     subject: str,
     sessions: list[str],
-    runs: list[str],
+    runs: list[str] | str,
     tr: float,
     images: Mapping[str, Any],
     max_censored_fraction: float = MAX_CENSORED_FRACTION,
@@ -441,7 +441,7 @@ def check_subject(
         rois[roi] = inside
     dead = np.zeros(int(mask.sum()), dtype=bool)
     checked_runs = []
-    for key in run_keys(subject, sessions, runs):
+    for key in run_keys(subject, sessions, runs, layout):
         bold_path = layout.bold(key)
         if not bold_path.exists() and not bold_path.is_symlink():
             raise BrainpipeInputError(
@@ -541,7 +541,7 @@ def validate_subject(
     root: str | Path,
     subject: str,
     sessions: list[str],
-    runs: list[str],
+    runs: list[str] | str,
     tr: float,
     task: str = "images",
     max_censored_fraction: float = MAX_CENSORED_FRACTION,

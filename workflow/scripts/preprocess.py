@@ -10,10 +10,11 @@ with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resou
     subject = snakemake.wildcards.subject
     with open(snakemake.input.manifest) as fh:
         manifest = json.load(fh)
+    layout = BidsLayout(p.root, p.task)
     preprocess_subject(
-        BidsLayout(p.root, p.task),
+        layout,
         subject,
-        run_keys(subject, p.sessions, p.runs),
+        run_keys(subject, p.sessions, p.runs, layout),
         snakemake.output.preproc,
         config=snakemake.config,
         manifest=manifest,

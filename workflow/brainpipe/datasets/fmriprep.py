@@ -51,7 +51,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brainpipe.bids import BidsLayout, RunKey
+from brainpipe.bids import ALL_RUNS, BidsLayout, RunKey
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import atomic_path
 
@@ -441,12 +441,15 @@ def find_runs(
     fmriprep_root: Path,
     subjects: list[str],
     sessions: list[str],
-    runs: list[str],
+    runs: list[str] | str,
     task: str,
     opts: FmriprepOptions,
     index: pd.DataFrame | None = None,
 ) -> list[RunFiles]:
     """Find and check every file of every selected run, before anything is written.
+
+    ``runs: all`` takes every run of the task fMRIPrep preprocessed in each session
+    (BOLD5000's sessions have 9 or 10).
 
     Raises
     ------
@@ -468,11 +471,26 @@ def find_runs(
     out = []
     for sub in subjects:
         for ses in sessions or [""]:
-            for run in runs:
+            for run in runs if runs != ALL_RUNS else _runs_of(index, fmriprep_root, sub, ses, task):
                 key = RunKey(sub, ses, run)
                 rows = by_run.get((sub, ses, _run_number(run)), empty)
                 out.append(_find_run(bids_root, fmriprep_root, key, task, opts, rows))
     return out
+
+
+def _runs_of(index: pd.DataFrame, fmriprep_root: Path, sub: str, ses: str, task: str) -> list[str]:
+    """Run labels of the task's files fMRIPrep wrote in one session, in run order."""
+    rows = index[(index["sub"] == sub) & (index["ses"].fillna("") == ses) & index["run"].notna()]
+    labels = sorted(
+        {str(r) for r in rows["run"]}, key=lambda r: (int(r) if r.isdigit() else 1e9, r)
+    )
+    if not labels:
+        where = Path(fmriprep_root, f"sub-{sub}", f"ses-{ses}" if ses else "", "func")
+        raise BrainpipeInputError(
+            where, "runs", f"fMRIPrep preprocessed no run of task {task!r} for sub-{sub}"
+            + (f" ses-{ses}" if ses else "") + " (config 'runs: all')",
+        )  # fmt: skip
+    return labels
 
 
 def _run_number(label: Any) -> str:

@@ -46,7 +46,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brainpipe.bids import BidsLayout, RunKey
+from brainpipe.bids import ALL_RUNS, BidsLayout, RunKey
 from brainpipe.datasets.nsd_download import extract_stimuli, link_or_copy
 from brainpipe.datasets.nsd_layout import (
     EXPDESIGN_KEY,
@@ -356,7 +356,7 @@ def download_nsd_timeseries(
     dest: str | Path,
     subjects: list[str],
     sessions: list[str],
-    runs: list[str],
+    runs: list[str] | str,
     opts: NsdOptions,
     task: str = "nsd",
     cache: str | Path | None = None,
@@ -375,7 +375,8 @@ def download_nsd_timeseries(
     dest : path
         The data folder (``{data_dir}/nsd``).
     subjects, sessions, runs : list of str
-        Config keys ``subjects``, ``sessions``, ``runs`` (``"01"`` …).
+        Config keys ``subjects``, ``sessions``, ``runs`` (``"01"`` …; ``"all"``: the 12
+        task runs).
     opts : NsdOptions
         ``space`` must be a volume space (:data:`TIMESERIES_TR`).
     task : str
@@ -383,6 +384,8 @@ def download_nsd_timeseries(
     """
     check_timeseries_space(opts)
     check_sessions(subjects, sessions)
+    if runs == ALL_RUNS:  # every NSD session has 12 task runs
+        runs = [f"{n:02d}" for n in range(1, TASK_RUNS + 1)]
     if not runs:
         raise BrainpipeInputError("config", "runs", "the NSD time-series path needs runs")
     dest = Path(dest)
