@@ -153,3 +153,30 @@ def test_plugin_never_excludes_none_assigned():
     assert query.parse_failed_nodes("None assigned\n") == set()
     assert query.parse_failed_nodes("(null)") == set()
     assert query.parse_failed_nodes("node07\n") == {"node07"}
+
+
+def test_status_loop_stops_sleeping_at_shutdown():
+    """The executor's sleep between status checks ends as soon as shutdown() is called, so one
+    Ctrl-C (cancel -> shutdown, which joins the status thread) does not wait for it."""
+    import asyncio
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+
+    if not hasattr(RemoteExecutor, "_sleep_unless_stopped"):
+        pytest.fail(
+            "snakemake-interface-executor-plugins "
+            f"{version('snakemake-interface-executor-plugins')} is not patched: run "
+            "`sh cluster/patches/apply.sh .venv/bin/python` (make install does)"
+        )
+    executor = SimpleNamespace(_stop_waiting=threading.Event())
+    threading.Timer(0.3, executor._stop_waiting.set).start()
+    started = time.monotonic()
+    asyncio.run(RemoteExecutor._sleep_unless_stopped(executor, 120))
+    assert time.monotonic() - started < 60  # returned at the stop, not after 120 s
+    executor._stop_waiting.clear()
+    started = time.monotonic()
+    asyncio.run(RemoteExecutor._sleep_unless_stopped(executor, 0.3))  # no stop: the full sleep
+    assert time.monotonic() - started >= 0.3
