@@ -16,6 +16,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/ingest.smk"
+include: "rules/splits.smk"
 include: "rules/features.smk"
 
 

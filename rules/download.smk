@@ -43,6 +43,7 @@ rule validate_inputs:
         "../workflow/scripts/validate_inputs.py"
 
 
+
 # validate_events: events tables and ROI masks (what betas reads besides preproc.zarr).
 rule validate_events:
     input:
@@ -82,23 +83,3 @@ rule validate_stimuli:
         ENV
     script:
         "../workflow/scripts/validate_stimuli.py"
-
-
-rule splits:
-    input:
-        stimuli=raw("stimuli_table"),
-        checked=f"{RESULTS}/stimuli_manifest.json",
-    output:
-        splits=f"{RESULTS}/splits.tsv",
-    params:
-        root=DATA,
-        # M/EEG: test concepts must stay unseen (zero-shot), so no test image moves to train
-        shared_train_fraction=0.0
-        if MEEG
-        else config.get("splits", {}).get("shared_train_fraction", 0.0),
-    log:
-        f"{LOGS}/splits.log",
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/splits.py"

@@ -1,4 +1,5 @@
-# Stimulus features per feature model, PCA fitted on training stimuli only.
+# Stimulus features per feature model, PCA fitted on training stimuli only; spatial
+# feature maps for the attention readout.
 
 
 rule features:
@@ -22,3 +23,21 @@ rule features:
         ENV
     script:
         "../workflow/scripts/features.py"
+
+
+rule spatial_features:
+    input:
+        stimuli=raw("stimuli_table"),
+        images=raw("stimulus_images"),
+        checked=f"{RESULTS}/stimuli_manifest.json",
+        splits=f"{RESULTS}/splits.tsv",
+    output:
+        features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),
+    params:
+        root=DATA,
+    log:
+        f"{LOGS}/features/spatial_{{features}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/spatial_features.py"

@@ -2,24 +2,6 @@
 # leave-one-subject-out pretraining job per ROI for cross-subject models.
 
 
-rule spatial_features:
-    input:
-        stimuli=raw("stimuli_table"),
-        images=raw("stimulus_images"),
-        checked=f"{RESULTS}/stimuli_manifest.json",
-        splits=f"{RESULTS}/splits.tsv",
-    output:
-        features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),
-    params:
-        root=DATA,
-    log:
-        f"{LOGS}/features/spatial_{{features}}.log",
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/spatial_features.py"
-
-
 rule pretrain:
     input:
         betas=expand(f"{RESULTS}/sub-{{subject}}/betas.zarr", subject=config["subjects"]),

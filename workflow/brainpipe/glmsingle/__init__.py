@@ -10,7 +10,8 @@ Types, each building on the previous one:
 
 Modules: :mod:`.backend` (numpy / torch / CUDA switch), :mod:`.library` (HRF
 table), :mod:`.solvers` (pure math), :mod:`.estimator` (streamed fit),
-:mod:`.chunking` (voxel chunk from memory), :mod:`.subject` (betas.zarr).
+:mod:`.chunking` (voxel chunk from memory). The subject driver that writes
+betas.zarr is :mod:`brainpipe.betas.glmsingle`.
 """
 
 from brainpipe.glmsingle.backend import Backend, get_backend

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from brainpipe.betas.lsa import censored_scans, roi_membership, voxel_ijk, zscore_by_session
 from brainpipe.bids import BidsLayout, RunKey, read_events
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
@@ -77,7 +78,7 @@ def estimate_subject_betas_glmsingle(
 ) -> Path:
     """GLMsingle single-trial betas of a subject into ``betas.zarr`` (storage contract).
 
-    Same layout as :func:`brainpipe.betas.estimate_subject_betas`, plus per-voxel
+    Same layout as :func:`brainpipe.betas.lsa.estimate_subject_betas`, plus per-voxel
     ``n_noise_components`` (int16), ``ridge_fraction`` (float32; 1 = no ridge,
     NaN for unfitted voxels); ``r2`` is the type-A ON-OFF R² (fraction of the
     variance left after the polynomials); ``hrf_index`` is the row of the HRF
@@ -95,8 +96,6 @@ def estimate_subject_betas_glmsingle(
         Threads for BLAS / torch.
     """
     from threadpoolctl import threadpool_limits
-
-    from brainpipe.betas import censored_scans, roi_membership, voxel_ijk, zscore_by_session
 
     cfg_betas = (config or {}).get("betas", {})
     opts = options_from_config(cfg_betas)
