@@ -177,7 +177,7 @@ def generate(work: Path, quick: bool, seed: int = 0) -> dict:
 def worker_glmsingle(work: Path, mem_mb: float, backend: str) -> None:
     import zarr
 
-    from brainpipe.betas.lsa import zscore_by_session
+    from brainpipe.betas.store import zscore_by_session
     from brainpipe.glmsingle import GLMSingle, GLMSingleOptions, RunSpec
     from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
     from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling

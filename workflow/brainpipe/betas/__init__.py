@@ -3,6 +3,8 @@
 - :mod:`.lsa`: least squares — all (one regressor per trial, canonical HRF);
 - :mod:`.glmsingle`: the GLMsingle subject driver (the solvers live in
   :mod:`brainpipe.glmsingle`);
+- :mod:`.store`: the betas.zarr contract (:class:`BetasLayout` creates every
+  producer's store, NSD ingest included) and its helpers;
 - :func:`estimate_betas`: the dispatcher on ``config["betas"]["method"]``.
 
 The store layout is the storage contract of ``docs/architecture.md``.
@@ -13,22 +15,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from brainpipe.betas.lsa import (
-    estimate_subject_betas,
-    fit_lsa,
-    lsa_design,
+from brainpipe.betas.lsa import estimate_subject_betas, fit_lsa, lsa_design
+from brainpipe.betas.store import (
+    BetasLayout,
+    close_store,
+    noise_ceiling_vars,
     roi_membership,
+    write_per_voxel,
     zscore_by_session,
 )
 from brainpipe.bids import BidsLayout, RunKey
 from brainpipe.errors import BrainpipeInputError
 
 __all__ = [
+    "BetasLayout",
+    "close_store",
     "estimate_betas",
     "estimate_subject_betas",
     "fit_lsa",
     "lsa_design",
+    "noise_ceiling_vars",
     "roi_membership",
+    "write_per_voxel",
     "zscore_by_session",
 ]
 

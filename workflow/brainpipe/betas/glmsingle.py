@@ -6,25 +6,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 import zarr
 
-from brainpipe.betas.lsa import censored_scans, roi_membership, voxel_ijk, zscore_by_session
+from brainpipe.betas.store import (
+    censored_scans,
+    close_store,
+    layout_from_preproc,
+    ncsnr_of_store,
+    noise_ceiling_vars,
+    write_per_voxel,
+)
 from brainpipe.bids import BidsLayout, RunKey, read_events
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
 from brainpipe.glmsingle.estimator import GLMSingle, GLMSingleOptions, RunSpec, check_types
 from brainpipe.glmsingle.library import DEFAULT_TABLE, n_hrfs, read_hrf_library
-from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling
-from brainpipe.storage import (
-    atomic_path,
-    open_zarr,
-    portable_strings,
-    provenance_attrs,
-    quiet_consolidated,
-)
+from brainpipe.storage import atomic_path, open_zarr
 
 log = logging.getLogger(__name__)
 
@@ -148,52 +146,24 @@ def estimate_subject_betas_glmsingle(
         chunk,
         mem_mb,
     )
-    roi_coords = {
-        f"roi_{name}": ("voxel", member)
-        for name, member in roi_membership(
-            layout, subject, layout.available_rois(subject), voxel_ijk(preproc)
-        ).items()
-    }
-    per_voxel_vars = {
-        "r2": np.float32,
-        "hrf_index": np.int16,
-        "n_noise_components": np.int16,
-        "ridge_fraction": np.float32,
-        "ncsnr": np.float32,
-        "nc_1trial": np.float32,
-        "nc_3trial": np.float32,
-    }
-    template = xr.Dataset(
+    store = layout_from_preproc(
+        preproc,
+        layout,
+        subject,
         {
-            "betas": (
-                ("trial", "voxel"),
-                da.zeros(
-                    (n_trials, n_voxels), dtype=np.float32, chunks=(max(ses_trials), voxel_chunk)
-                ),
-            ),
-            **{
-                name: ("voxel", da.zeros(n_voxels, dtype=dt, chunks=voxel_chunk))
-                for name, dt in per_voxel_vars.items()
-            },
+            "stimulus": np.concatenate([s.stimuli for s in specs]),
+            "session": trial_session,
+            "run": np.concatenate([np.full(len(s.onsets), s.run) for s in specs]),
+            "onset": np.concatenate([s.onsets for s in specs]),
         },
-        coords={
-            "stimulus": ("trial", np.concatenate([s.stimuli for s in specs])),
-            "session": ("trial", trial_session),
-            "run": ("trial", np.concatenate([np.full(len(s.onsets), s.run) for s in specs])),
-            "onset": ("trial", np.concatenate([s.onsets for s in specs])),
-            **{c: ("voxel", preproc[c].values) for c in ("i", "j", "k", "x", "y", "z")},
-            **roi_coords,
-        },
-        attrs={
-            **{k: preproc.attrs[k] for k in ("subject", "affine", "volume_shape", "space", "tr")},
-            "units": "percent signal change",
+        {
             "method": "glmsingle",
             "glmsingle_type": opts.types[-1],
             "glmsingle_types": list(opts.types),
             "hrf_library": opts.hrf_library.to_dict(orient="list"),
-            "stage": "betas",
-            **provenance_attrs(config),
         },
+        extra_vars={"n_noise_components": np.int16, "ridge_fraction": np.float32},
+        config=config,
     )
     bold = zarr.open_group(str(preproc_path), mode="r")["bold"]
 
@@ -204,22 +174,15 @@ def estimate_subject_betas_glmsingle(
         block[censored[ts]] = 0.0
         return block
 
-    with (
-        atomic_path(out_path) as tmp,
-        quiet_consolidated(),
-        threadpool_limits(limits=max(1, threads)),
-    ):
+    with atomic_path(out_path) as tmp, threadpool_limits(limits=max(1, threads)):
         try:
             import torch
 
             torch.set_num_threads(max(1, threads))
         except ImportError:  # pragma: no cover
             pass
-        portable_strings(template).to_zarr(
-            tmp, mode="w", compute=False, zarr_format=3, consolidated=True
-        )
-        group = zarr.open_group(str(tmp), mode="r+")
-        betas_arr = group["betas"]
+        betas_arr = store.write(tmp, (n_trials, n_voxels), (max(ses_trials), voxel_chunk))
+        store.finish()
 
         def write(trials: slice, vs: slice, block: np.ndarray) -> None:
             betas_arr[trials, vs] = block
@@ -227,34 +190,26 @@ def estimate_subject_betas_glmsingle(
         model = GLMSingle(specs, tr, n_voxels, opts, backend=backend, chunk=chunk, threads=threads)
         log.info("backend %s", model.xp.name)
         result = model.fit(read, write)
-        stimuli = template["stimulus"].values.astype(str)
-        ncsnr = np.zeros(n_voxels, dtype=np.float32)
+        stimuli = store.coords["stimulus"][1].astype(str)
         try:
-            for v0 in range(0, n_voxels, chunk):
-                vs = slice(v0, min(v0 + chunk, n_voxels))
-                block = np.asarray(betas_arr[:, vs])
-                ncsnr[vs] = ncsnr_from_repeats(zscore_by_session(block, trial_session), stimuli)
+            ncsnr = ncsnr_of_store(betas_arr, trial_session, stimuli, chunk)
         except ValueError as err:
             msg = f"noise ceiling not estimated: {err}"
             log.warning(msg)
             result.notes.append(msg)
-            ncsnr[:] = np.nan
+            ncsnr = np.full(n_voxels, np.nan, dtype=np.float32)
         ncsnr[~result.valid] = 0.0
-        outputs = {
-            "r2": result.r2,
-            "hrf_index": result.hrf_index,
-            "n_noise_components": result.n_noise_components,
-            "ridge_fraction": result.ridge_fraction,
-            "ncsnr": ncsnr,
-            "nc_1trial": noise_ceiling(np.nan_to_num(ncsnr, nan=0.0), 1).astype(np.float32),
-            "nc_3trial": noise_ceiling(np.nan_to_num(ncsnr, nan=0.0), 3).astype(np.float32),
-        }
-        if np.isnan(ncsnr).any():
-            outputs["nc_1trial"][np.isnan(ncsnr)] = np.nan
-            outputs["nc_3trial"][np.isnan(ncsnr)] = np.nan
-        for name, values in outputs.items():
-            group[name][:] = values.astype(per_voxel_vars[name])
-        group.attrs.update(
+        write_per_voxel(
+            tmp,
+            {
+                "r2": result.r2,
+                "hrf_index": result.hrf_index,
+                "n_noise_components": result.n_noise_components,
+                "ridge_fraction": result.ridge_fraction,
+                **{name: v for name, (_, v) in noise_ceiling_vars(ncsnr).items()},
+            },
+        )
+        zarr.open_group(str(tmp), mode="r+").attrs.update(
             {
                 "n_noise_components_per_session": result.n_pcs_per_session,
                 "notes": result.notes,
@@ -262,7 +217,7 @@ def estimate_subject_betas_glmsingle(
                 "voxel_chunk_compute": chunk,
             }
         )
-        zarr.consolidate_metadata(str(tmp))
+        close_store(tmp)
         for note in result.notes:
             log.info("note: %s", note)
     return Path(out_path)

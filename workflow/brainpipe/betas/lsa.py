@@ -12,23 +12,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
-import nibabel as nib
 import numpy as np
-import xarray as xr
 from tqdm.auto import tqdm
 
+from brainpipe.betas.store import (
+    censored_scans,
+    close_store,
+    layout_from_preproc,
+    ncsnr_of_store,
+    noise_ceiling_vars,
+    write_per_voxel,
+)
 from brainpipe.bids import BidsLayout, RunKey, read_events
 from brainpipe.design import FINE_DT, trial_regressors
 from brainpipe.hrf import canonical_hrf
-from brainpipe.metrics import ncsnr_from_repeats, noise_ceiling
-from brainpipe.storage import (
-    atomic_path,
-    open_zarr,
-    portable_strings,
-    provenance_attrs,
-    quiet_consolidated,
-)
+from brainpipe.storage import atomic_path, open_zarr
 
 log = logging.getLogger(__name__)
 
@@ -87,56 +85,6 @@ def fit_lsa(
     return betas, r2
 
 
-def roi_membership(
-    layout: BidsLayout, subject: str, rois: list[str], ijk: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Boolean ROI membership per voxel, one array per ROI.
-
-    ``ijk`` (n_voxels, 3): the volume indices of the voxels (the ``i, j, k`` coords of
-    ``preproc.zarr``, which leave out dropped dead voxels); without it every voxel of
-    the brain mask, in C order.
-    """
-    if ijk is None:
-        ijk = np.argwhere(np.asarray(nib.load(layout.brain_mask(subject)).dataobj) > 0)
-    ijk = np.asarray(ijk, dtype=int)
-    members = {}
-    for roi in rois:
-        volume = np.asarray(nib.load(layout.roi_mask(subject, roi)).dataobj) > 0
-        members[roi] = volume[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-    return members
-
-
-def voxel_ijk(preproc: xr.Dataset) -> np.ndarray:
-    """Volume indices (n_voxels, 3) of the voxels of a preproc or betas store."""
-    return np.stack([preproc[c].values for c in ("i", "j", "k")], axis=1)
-
-
-def censored_scans(preproc: xr.Dataset) -> np.ndarray:
-    """Volumes of a ``preproc.zarr`` left out of every fit, shape (time,).
-
-    Those the input policy censored (``censored(time)``, non-finite samples) and those
-    scrubbing removed (``sample_mask(time)`` False); all False for older stores.
-    """
-    censored = np.zeros(preproc.sizes["time"], dtype=bool)
-    if "censored" in preproc.variables:
-        censored |= np.asarray(preproc["censored"].values, dtype=bool)
-    if "sample_mask" in preproc.variables:
-        censored |= ~np.asarray(preproc["sample_mask"].values, dtype=bool)
-    return censored
-
-
-def zscore_by_session(betas: np.ndarray, sessions: np.ndarray) -> np.ndarray:
-    """Z-score each voxel's betas within each session (constant voxels become 0)."""
-    out = np.empty_like(betas, dtype=np.float32)
-    for ses in np.unique(sessions):
-        sel = sessions == ses
-        block = betas[sel]
-        sd = block.std(axis=0)
-        sd[sd == 0] = 1.0
-        out[sel] = (block - block.mean(axis=0)) / sd
-    return out
-
-
 def estimate_subject_betas(
     preproc_path: str | Path,
     layout: BidsLayout,
@@ -168,89 +116,55 @@ def estimate_subject_betas(
     n_trials = len(trial_session)
     session_sizes = [int((trial_session == s).sum()) for s in dict.fromkeys(trial_session)]
     trial_chunk = max(session_sizes)
-    roi_coords = {
-        f"roi_{name}": ("voxel", member)
-        for name, member in roi_membership(
-            layout, subject, layout.available_rois(subject), voxel_ijk(preproc)
-        ).items()
-    }
-    template = xr.Dataset(
+    store = layout_from_preproc(
+        preproc,
+        layout,
+        subject,
         {
-            "betas": (
-                ("trial", "voxel"),
-                da.zeros((n_trials, n_voxels), dtype=np.float32, chunks=(trial_chunk, voxel_chunk)),
-            ),
-            "r2": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
-            "hrf_index": ("voxel", da.zeros(n_voxels, dtype=np.int16, chunks=voxel_chunk)),
-            "ncsnr": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
-            "nc_1trial": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
-            "nc_3trial": ("voxel", da.zeros(n_voxels, dtype=np.float32, chunks=voxel_chunk)),
+            "stimulus": np.concatenate([ev["stimulus"].to_numpy(str) for _, ev in per_run]),
+            "session": trial_session,
+            "run": np.concatenate([np.full(len(ev), k.run) for k, ev in per_run]),
+            "onset": np.concatenate([ev["onset"].to_numpy(float) for _, ev in per_run]),
         },
-        coords={
-            "stimulus": (
-                "trial",
-                np.concatenate([ev["stimulus"].to_numpy(str) for _, ev in per_run]),
-            ),
-            "session": ("trial", trial_session),
-            "run": ("trial", np.concatenate([np.full(len(ev), k.run) for k, ev in per_run])),
-            "onset": ("trial", np.concatenate([ev["onset"].to_numpy(float) for _, ev in per_run])),
-            **{c: ("voxel", preproc[c].values) for c in ("i", "j", "k", "x", "y", "z")},
-            **roi_coords,
-        },
-        attrs={
-            **{k: preproc.attrs[k] for k in ("subject", "affine", "volume_shape", "space", "tr")},
-            "units": "percent signal change",
-            "method": "lsa",
-            "hrf_library": ["canonical (SPM double gamma)"],
-            "stage": "betas",
-            **provenance_attrs(config),
-        },
+        {"method": "lsa", "hrf_library": ["canonical (SPM double gamma)"]},
+        config=config,
     )
+    stimuli = store.coords["stimulus"][1]
     r2_sum = np.zeros(n_voxels, dtype=np.float64)
-    with atomic_path(out_path) as tmp, quiet_consolidated():
-        portable_strings(template).to_zarr(
-            tmp, mode="w", compute=False, zarr_format=3, consolidated=True
-        )
-        start = 0
-        session_betas: list[np.ndarray] = []
-        for n, (key, events) in enumerate(tqdm(per_run, desc=f"betas sub-{subject}", unit="run")):
-            sel = (preproc["session"] == key.session) & (preproc["run"] == key.run)
-            rows = np.flatnonzero(sel.values)
-            data = preproc["bold"].isel(time=rows).values
-            design = lsa_design(
-                events["onset"].to_numpy(), events["duration"].to_numpy(), data.shape[0], tr
-            )
-            kept = ~censored[rows]  # censored volumes are dropped from data and design
-            betas, r2 = fit_lsa(data[kept], design[kept], len(events), voxel_chunk)
-            r2_sum += r2
-            session_betas.append(betas)
-            last_of_session = n + 1 == len(per_run) or per_run[n + 1][0].session != key.session
-            if last_of_session:
-                block = np.concatenate(session_betas)
-                xr.Dataset({"betas": (("trial", "voxel"), block)}).to_zarr(
-                    tmp,
-                    region={"trial": slice(start, start + len(block)), "voxel": slice(None)},
-                    safe_chunks=False,
+    with atomic_path(out_path) as tmp:
+        betas_arr = store.write(tmp, (n_trials, n_voxels), (trial_chunk, voxel_chunk))
+        try:
+            start = 0
+            session_betas: list[np.ndarray] = []
+            for n, (key, events) in enumerate(
+                tqdm(per_run, desc=f"betas sub-{subject}", unit="run")
+            ):
+                sel = (preproc["session"] == key.session) & (preproc["run"] == key.run)
+                rows = np.flatnonzero(sel.values)
+                data = preproc["bold"].isel(time=rows).values
+                design = lsa_design(
+                    events["onset"].to_numpy(), events["duration"].to_numpy(), data.shape[0], tr
                 )
-                start += len(block)
-                session_betas = []
-            log.info("sub-%s %s: %d trials", subject, key, len(events))
-        written = xr.open_zarr(tmp, consolidated=True)
-        ncsnr = np.zeros(n_voxels, dtype=np.float32)
-        stimuli = written["stimulus"].values
-        for v0 in range(0, n_voxels, voxel_chunk):
-            block = written["betas"][:, v0 : v0 + voxel_chunk].values
-            ncsnr[v0 : v0 + voxel_chunk] = ncsnr_from_repeats(
-                zscore_by_session(block, trial_session), stimuli
-            )
-        per_voxel = xr.Dataset(
+                kept = ~censored[rows]  # censored volumes are dropped from data and design
+                betas, r2 = fit_lsa(data[kept], design[kept], len(events), voxel_chunk)
+                r2_sum += r2
+                session_betas.append(betas)
+                last_of_session = n + 1 == len(per_run) or per_run[n + 1][0].session != key.session
+                if last_of_session:
+                    block = np.concatenate(session_betas)
+                    betas_arr[start : start + len(block), :] = block
+                    start += len(block)
+                    session_betas = []
+                log.info("sub-%s %s: %d trials", subject, key, len(events))
+        finally:
+            store.finish()
+        ncsnr = ncsnr_of_store(betas_arr, trial_session, stimuli, voxel_chunk)
+        write_per_voxel(
+            tmp,
             {
-                "r2": ("voxel", (r2_sum / len(per_run)).astype(np.float32)),
-                "hrf_index": ("voxel", np.zeros(n_voxels, dtype=np.int16)),
-                "ncsnr": ("voxel", ncsnr),
-                "nc_1trial": ("voxel", noise_ceiling(ncsnr, 1).astype(np.float32)),
-                "nc_3trial": ("voxel", noise_ceiling(ncsnr, 3).astype(np.float32)),
-            }
+                "r2": (r2_sum / len(per_run)).astype(np.float32),
+                **{name: v for name, (_, v) in noise_ceiling_vars(ncsnr).items()},
+            },
         )
-        per_voxel.to_zarr(tmp, region={"voxel": slice(None)})
+        close_store(tmp)
     return Path(out_path)

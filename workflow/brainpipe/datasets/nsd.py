@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from brainpipe.betas.store import BetasLayout, noise_ceiling_vars
 from brainpipe.datasets.nsd_chunks import read_chunked_voxels, voxel_chunk_addresses
 from brainpipe.datasets.nsd_download import (  # noqa: F401 - NSD's public API, one import
     assemble_from_cache,
@@ -103,14 +104,12 @@ from brainpipe.datasets.nsd_store import (  # noqa: F401
     BETAS_COMPRESSORS,
     BlockWriter,
     ChunkRowWriter,
-    StoreLayout,
     betas_int16_filter,
     raw_int16_root,
     write_session_blocks,
     zscore_with_train_stats,
 )
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.metrics import noise_ceiling
 from brainpipe.remote import safe_local_path
 from brainpipe.splits import read_splits
 from brainpipe.storage import (
@@ -226,7 +225,9 @@ def ingest_nsd_subject(
                     store, train, valid = _subject_layout(
                         root, subject, sessions, opts, mask_img, mask, ijk, splits_tsv, config
                     )
-                    betas = store.write(tmp, (TRIALS_PER_SESSION * len(sessions), len(ijk)), chunks)
+                    betas = store.write(
+                        tmp, (TRIALS_PER_SESSION * len(sessions), len(ijk)), chunks, direct=True
+                    )
                 except BaseException as err:
                     target.set_exception(err)  # the streams stop at their first trials
                     raise
@@ -266,7 +267,7 @@ def _subject_layout(
     ijk: np.ndarray,
     splits_tsv: str | Path | None,
     config: dict[str, Any] | None,
-) -> tuple[StoreLayout, np.ndarray | None, np.ndarray]:
+) -> tuple[BetasLayout, np.ndarray | None, np.ndarray]:
     """Everything of a subject's betas.zarr but the betas, its training trials, and
     which voxels are valid in each session ``(n_sessions, n_voxels)``.
 
@@ -312,15 +313,14 @@ def _subject_layout(
     elif opts.zscore:
         raise BrainpipeInputError("config", "source.zscore", "z-scoring needs splits.tsv")
 
-    nc = {n: noise_ceiling(ncsnr, n).astype(np.float32) for n in (1, 3)}
-    store = StoreLayout(
-        int16_betas=not opts.zscore,
+    store = BetasLayout(
+        # betas as NSD ships them (int16 / 300, exact) unless z-scored
+        filters=None if opts.zscore else [betas_int16_filter()],
+        compressors=BETAS_COMPRESSORS,
         data_vars={
             "r2": ("voxel", np.full(n_vox, np.nan, np.float32)),
             "hrf_index": ("voxel", np.full(n_vox, -1, np.int16)),
-            "ncsnr": ("voxel", ncsnr),
-            "nc_1trial": ("voxel", nc[1]),
-            "nc_3trial": ("voxel", nc[3]),
+            **noise_ceiling_vars(ncsnr),
             # NSD's valid_sessionNN: False where the session's data are invalid (betas 0)
             "valid": (("ses", "voxel"), valid),
         },

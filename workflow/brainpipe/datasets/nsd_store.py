@@ -14,7 +14,6 @@ import os
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -293,116 +292,6 @@ def write_session_blocks(
     with BlockWriter(betas, rows, voxel_chunk, train, source, workers, invalid) as writer:
         for fut in writer.submit(session, 0):
             fut.result()
-
-
-@dataclass
-class StoreLayout:
-    """The small variables of betas.zarr, written the way xarray writes a Dataset.
-
-    ``betas.zarr`` is built with zarr directly: building an ``xarray.Dataset``
-    imports Dask (seconds on a busy machine) and gains nothing for a store whose
-    big array is filled chunk by chunk. The result is what ``Dataset.to_zarr``
-    writes: Zarr v3 arrays with ``dimension_names``, variable-length strings,
-    NaN fill values (``_FillValue``) for floats, and a ``coordinates`` attribute on
-    each data variable naming its coordinates; ``xr.open_zarr`` reads it back as
-    the same Dataset.
-    """
-
-    data_vars: dict[str, tuple[str | tuple[str, ...], Any]]
-    coords: dict[str, tuple[str | tuple[str, ...], Any]]
-    attrs: dict[str, Any]
-    int16_betas: bool = False  # betas stored through betas_int16_filter (not z-scored)
-
-    def write(self, path: Path, betas_shape: tuple[int, int], chunks: tuple[int, int]):
-        """Create the store with every variable, plus an empty ``betas``; return ``betas``.
-
-        Call :meth:`finish` before the store is used.
-        """
-        import zarr
-
-        from brainpipe.directio import DirectWriteStore
-
-        # betas chunks are written once and read by later jobs: around the page cache
-        group = zarr.open_group(
-            DirectWriteStore(path), mode="w", zarr_format=3, attributes=self.attrs
-        )
-        dims_of = {name: _dims(dims) for name, (dims, _) in self.coords.items()}
-
-        def coordinates(dims: tuple[str, ...]) -> str:
-            return " ".join(sorted(c for c, d in dims_of.items() if set(d) <= set(dims)))
-
-        def write_one(name: str, dims: str | tuple[str, ...], values: Any) -> None:
-            values = np.asarray(values)
-            attrs = {} if name in self.coords else {"coordinates": coordinates(_dims(dims))}
-            kwargs: dict[str, Any] = {}
-            if values.dtype.kind in "UO":
-                values = values.astype(object)
-                kwargs["dtype"] = str  # Zarr v3 variable-length UTF-8, as portable_strings
-            elif values.dtype.kind == "f":
-                kwargs["fill_value"] = np.nan
-                attrs["_FillValue"] = _nan_fill_attr()
-            if name in self.data_vars:
-                # chunks aligned with betas' voxel chunks, all in one shard: one file, not
-                # one per chunk (file creation dominates writing these small arrays)
-                lead = values.shape[:-1]  # (ses, voxel) variables: whole sessions per chunk
-                kwargs["chunks"] = (*lead, chunks[1])
-                kwargs["shards"] = (*lead, -(-max(values.shape[-1], 1) // chunks[1]) * chunks[1])
-            arr = group.create_array(
-                name,
-                shape=values.shape,
-                dtype=kwargs.pop("dtype", values.dtype),
-                dimension_names=_dims(dims),
-                attributes=attrs,
-                **kwargs,
-            )
-            arr[...] = values
-
-        betas = group.create_array(
-            "betas",
-            shape=betas_shape,
-            chunks=chunks,
-            dtype=np.float32,
-            compressors=BETAS_COMPRESSORS or None,
-            filters=[betas_int16_filter()] if self.int16_betas else None,
-            fill_value=np.nan,
-            config={"write_empty_chunks": True},  # every chunk is written: skip the NaN scan
-            dimension_names=("trial", "voxel"),
-            attributes={
-                "coordinates": coordinates(("trial", "voxel")),
-                "_FillValue": _nan_fill_attr(),
-            },
-        )
-        # The small arrays (file creation is their cost) are written in the background,
-        # while the first session is read; finish() waits for them.
-        self._pool = ThreadPoolExecutor(max_workers=2)
-        self._pending = [
-            self._pool.submit(write_one, name, dims, values)
-            for name, (dims, values) in {**self.coords, **self.data_vars}.items()
-        ]
-        return betas
-
-    def finish(self) -> None:
-        """Wait for the arrays :meth:`write` left writing; raise the first error."""
-        pool, pending = getattr(self, "_pool", None), getattr(self, "_pending", [])
-        self._pool, self._pending = None, []
-        if pool is None:
-            return
-        try:
-            for fut in pending:
-                fut.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _dims(dims: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (dims,) if isinstance(dims, str) else tuple(dims)
-
-
-def _nan_fill_attr() -> str:
-    """xarray's ``_FillValue`` attribute for NaN (base64 of the float64 bytes)."""
-    import base64
-
-    return base64.standard_b64encode(np.float64(np.nan).tobytes()).decode()
 
 
 def zscore_with_train_stats(block: np.ndarray, train: np.ndarray, source: Path) -> np.ndarray:

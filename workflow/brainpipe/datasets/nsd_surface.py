@@ -50,13 +50,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import xarray as xr
 from tqdm.auto import tqdm
 
+from brainpipe.betas.store import BetasLayout, close_store, noise_ceiling_vars
 from brainpipe.datasets.nsd_download import assemble_from_cache
 from brainpipe.datasets.nsd_layout import (
     BETA_SCALE,
@@ -73,10 +72,9 @@ from brainpipe.datasets.nsd_layout import (
 )
 from brainpipe.datasets.nsd_store import BETAS_CODEC, zscore_with_train_stats
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.metrics import noise_ceiling
 from brainpipe.remote import RemoteAccessError, fetch_objects, safe_local_path
 from brainpipe.splits import read_splits
-from brainpipe.storage import atomic_path, portable_strings, provenance_attrs, quiet_consolidated
+from brainpipe.storage import atomic_path, provenance_attrs
 
 log = logging.getLogger(__name__)
 
@@ -396,19 +394,12 @@ def ingest_nsd_surface_subject(
 
     n_trials = TRIALS_PER_SESSION * len(sessions)
     chunks = (TRIALS_PER_SESSION, min(voxel_chunk, max(n_vox, 1)))
-    template = xr.Dataset(
-        {
-            "betas": (
-                ("trial", "voxel"),
-                da.zeros((n_trials, n_vox), dtype=np.float32, chunks=chunks),
-            ),
+    store = BetasLayout(
+        compressors=(BETAS_CODEC,),
+        data_vars={
             "r2": ("voxel", np.full(n_vox, np.nan, np.float32)),
             "hrf_index": ("voxel", np.full(n_vox, -1, np.int16)),
-            "ncsnr": ("voxel", ncsnr),
-            **{
-                f"nc_{n}trial": ("voxel", noise_ceiling(ncsnr, n).astype(np.float32))
-                for n in (1, 3)
-            },
+            **noise_ceiling_vars(ncsnr),
         },
         coords={
             **{name: ("trial", values) for name, values in trials.items()},
@@ -432,13 +423,9 @@ def ingest_nsd_surface_subject(
             **provenance_attrs(config),
         },
     )
-    for name in ("r2", "hrf_index", "ncsnr", "nc_1trial", "nc_3trial"):
-        template[name].encoding["chunks"] = (chunks[1],)
-    template["betas"].encoding["compressors"] = (BETAS_CODEC,)
-    with atomic_path(out_path) as tmp, quiet_consolidated():
-        portable_strings(template).to_zarr(
-            tmp, mode="w", compute=False, zarr_format=3, consolidated=True
-        )
+    with atomic_path(out_path) as tmp:
+        betas = store.write(tmp, (n_trials, n_vox), chunks)
+        store.finish()
         for n, ses in enumerate(
             tqdm(sessions, desc=f"NSD fsaverage sub-{subject}", unit="session")
         ):
@@ -457,10 +444,9 @@ def ingest_nsd_surface_subject(
             rows = slice(n * TRIALS_PER_SESSION, (n + 1) * TRIALS_PER_SESSION)
             if opts.zscore:
                 block = zscore_with_train_stats(block, split[rows] == "train", path)
-            xr.Dataset({"betas": (("trial", "voxel"), block)}).to_zarr(
-                tmp, region={"trial": rows, "voxel": slice(None)}
-            )
+            betas[rows, :] = block
             del block
             log.info("sub-%s session %s: %d trials × %d vertices", subject, ses,
                      TRIALS_PER_SESSION, n_vox)  # fmt: skip
+        close_store(tmp)
     return Path(out_path)
