@@ -390,3 +390,49 @@ def test_glmsingle_beta_domain_badness():
     assert S.beta_cv_badness(xp, ref, ref, (test, train), stats)[0] == 0.0
     worse = ref + np.array([[0.0], [1.0], [0.0], [0.0], [0.0], [0.0]], dtype=np.float32)
     assert S.beta_cv_badness(xp, worse, ref, (test, train), stats)[0] > 0.0
+
+
+def test_nuisance_path_betas_equal_least_squares_with_each_count():
+    # Betas for every number of noise components from one set of Gram products per
+    # run equal the least-squares fit of [design, first n_fixed + k nuisance columns].
+    rng = np.random.default_rng(1)
+    T, n, K, c = 100, 12, 3, 7
+    designs, nuis, ys = [], [], []
+    for _ in range(2):
+        designs.append(np.abs(rng.standard_normal((T, n))))
+        p = S.polynomial_basis(T, 2)
+        q = S.orth(S.residualise(rng.standard_normal((T, K)), p))
+        nuis.append(np.column_stack([p, q]))
+        ys.append(rng.standard_normal((T, c)))
+    path = S.nuisance_path_betas(designs, nuis, [3, 3], ys, K)
+    assert path.shape == (K + 1, 2 * n, c)
+    for k in range(K + 1):
+        for r in range(2):
+            full = np.column_stack([designs[r], nuis[r][:, : 3 + k]])
+            coef = np.linalg.lstsq(full, ys[r], rcond=None)[0][:n]
+            np.testing.assert_allclose(path[k, r * n : (r + 1) * n], coef, atol=1e-8)
+
+
+def test_tail_threshold_separates_the_responsive_tail():
+    # GLMsingle's findtailthreshold: a 2-Gaussian mixture, threshold where the upper
+    # component's posterior crosses 0.5 — between the bulk and the tail.
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(0.5, 0.3, 9000)
+    tail = rng.normal(6.0, 1.5, 1000)
+    thr = S.tail_threshold(np.r_[bulk, tail, np.nan])
+    assert 1.0 < thr < 3.5
+    assert (bulk < thr).mean() > 0.99 and (tail > thr).mean() > 0.97
+    assert np.isnan(S.tail_threshold(np.ones(10)))
+    lo, hi = S.robust_range(np.r_[rng.normal(0, 1, 10000), 1e6])
+    assert -5 < lo < -3 and 3 < hi < 5  # the outlier does not stretch the range
+
+
+def test_rescaling_never_flips_the_sign():
+    # GLMsingle's post-ridge rescaling: affine fit to the unregularised betas, except
+    # that a negative slope keeps the regularised betas as they are.
+    xp = get_backend("numpy")
+    shrunk = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], dtype=np.float32)
+    ref = np.array([[2.0, 6.0], [4.0, 4.0], [6.0, 2.0]], dtype=np.float32)
+    out = S.rescale_to(xp, shrunk, ref)
+    np.testing.assert_allclose(out[:, 0], ref[:, 0], atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], shrunk[:, 1])

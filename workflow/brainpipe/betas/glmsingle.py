@@ -55,6 +55,8 @@ def options_from_config(
         "cv_voxels",
         "pc_stop",
         "ridge_cv",
+        "pc_cv",
+        "noise_pool",
     ):
         if key in cfg:
             kw[key] = cfg[key]

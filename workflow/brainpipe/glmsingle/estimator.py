@@ -6,16 +6,22 @@ betas to a writer, so memory holds one session × one voxel chunk at a time:
 1. Screening (every session, every chunk): type-A ON-OFF R² with the canonical
    HRF and, for type B, the variance each library HRF's single-trial design
    explains, summed over all runs; each voxel takes the best HRF.
-2. Noise pool and CV voxels (type C): the low-R² half of the valid voxels
-   (at most ``max_pool_voxels``, evenly subsampled) and the ``cv_voxels``
-   highest-R² voxels are gathered; per run, the leading principal components
-   of the pool's residuals are the noise regressors; per session, the number
-   of components is chosen by leave-one-run-out cross-validation on repeated
-   stimuli (median CV R² over the CV voxels; the smallest count reaching
-   ``pc_stop`` of the best improvement over zero components).
+2. Noise pool and CV voxels (type C), as GLMsingle by default: the ON-OFF R²
+   (one amplitude for all runs of a session) is split at its tail threshold
+   (a 2-Gaussian mixture); voxels below form the noise pool, voxels above
+   score the cross-validation (each evenly subsampled to ``max_pool_voxels`` /
+   ``cv_voxels``). Per run, the leading principal components of the pool's
+   residuals (polynomials projected out) are the noise regressors; per
+   session, the number of components is chosen by leave-one-run-out
+   cross-validation on repeated stimuli, in the beta domain (held-out betas
+   without components vs the other runs' betas with ``k``, z-scored; median
+   over the CV voxels; the smallest count reaching ``pc_stop`` of the best
+   improvement over zero components). ``noise_pool = "quantile"`` and
+   ``pc_cv = "timeseries"`` select brainpipe's earlier rules.
 3. Final fit (every session, every chunk): single-trial GLM with each voxel's
    HRF, the session's noise regressors and, for type D, a per-voxel
-   fractional-ridge fraction chosen by the same cross-validation, then
+   fractional-ridge fraction chosen by leave-one-run-out cross-validation
+   (GLMsingle's beta-domain criterion by default, ``ridge_cv``), then
    rescaled to the units of the unregularised betas.
 
 Sessions whose stimuli never repeat across runs cannot cross-validate: they
@@ -76,10 +82,24 @@ class GLMSingleOptions:
     fractions: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0001, 0.05), 2))
     pc_stop: float = 0.95
     poly_degree: int | None = None  # None: round(run minutes / 2)
-    ridge_cv: str = "timeseries"
+    ridge_cv: str = "betas"
+    noise_pool: str = "tail"
+    pc_cv: str = "betas"
+    pool_remove_onoff: bool = False
 
     def __post_init__(self) -> None:
         self.types = check_types(self.types)
+        for key, allowed in (
+            ("ridge_cv", ("betas", "timeseries")),
+            ("pc_cv", ("betas", "timeseries")),
+            ("noise_pool", ("tail", "quantile")),
+        ):
+            if getattr(self, key) not in allowed:
+                raise BrainpipeInputError(
+                    "config",
+                    f"betas.{key}",
+                    f"got {getattr(self, key)!r}; expected one of {allowed}",
+                )
         if self.hrf_library is None:
             self.hrf_library = read_hrf_library(None)
 
@@ -289,19 +309,26 @@ class GLMSingle:
             screen_ops = []
             for i in range(len(ses.runs)):
                 lib = ses.designs[i][:n_lib]
-                op = S.screening_operator(ses.polys[i], ses.designs[i][-1].sum(1), lib)
+                on = ses.designs[i][-1].sum(1)
+                op = S.screening_operator(ses.polys[i], on, lib)
+                norm = float(np.linalg.norm(S.residualise(on[:, None], ses.polys[i])))
                 screen_ops.append(
-                    (xp.asarray(op), ses.polys[i].shape[1], lib.shape[2] if n_lib else 0)
+                    (xp.asarray(op), ses.polys[i].shape[1], lib.shape[2] if n_lib else 0, norm)
                 )
+            on_norm2 = sum(n * n for *_, n in screen_ops)
             for vs in self._chunks():
                 y_all = self._clean(read(slice(ses.start, ses.stop), vs), valid, vs)
-                for i, (op, n_poly, n_tr) in enumerate(screen_ops):
+                # GLMsingle's type-A model: one ON-OFF amplitude for all runs of the session
+                on_dot = np.zeros(vs.stop - vs.start)
+                for i, (op, n_poly, n_tr, norm) in enumerate(screen_ops):
                     y = xp.asarray(y_all[ses.run_time(i)])
-                    t, o, ph = S.screening_stats(xp, op, y, n_poly, n_lib, n_tr)
+                    t, _, ph = S.screening_stats(xp, op, y, n_poly, n_lib, n_tr)
                     total[vs] += xp.to_numpy(t)
-                    onoff[vs] += xp.to_numpy(o)
+                    on_dot += norm * xp.to_numpy(op[n_poly : n_poly + 1] @ y)[0]
                     if use_b:
                         per_hrf[:, vs] += xp.to_numpy(ph)
+                if on_norm2 > 0:
+                    onoff[vs] += on_dot * on_dot / on_norm2
         valid &= total > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             r2 = np.where(valid, onoff / np.where(total > 0, total, 1.0), 0.0)
@@ -322,35 +349,24 @@ class GLMSingle:
         n_pcs = {name: 0 for name in sessions}
         cv_ok = {name: ses.has_repeats for name, ses in sessions.items()}
         if use_c and valid.sum() >= 2:
-            order = np.flatnonzero(valid)[np.argsort(r2[valid], kind="stable")]
-            n_pool = int(len(order) * opts.noise_pool_quantile)
-            pool = (
-                np.sort(
-                    order[:n_pool][
-                        np.linspace(0, n_pool - 1, min(n_pool, opts.max_pool_voxels)).astype(int)
-                    ]
-                )
-                if n_pool
-                else np.zeros(0, int)
-            )
-            # CV voxels: the best voxels whose R² stands out of the bulk (median + 3
-            # robust SD over valid voxels), at least 20 when the data have that many.
-            med = np.median(r2[valid])
-            cut = med + 3.0 * 1.4826 * np.median(np.abs(r2[valid] - med))
-            ranked = order[::-1]
-            n_cv = max(int((r2[ranked] > cut).sum()), min(20, len(ranked)))
-            cv_vox = np.sort(ranked[: min(n_cv, opts.cv_voxels)])
+            pool, cv_vox, thr = _pool_and_cv_voxels(r2, valid, opts)
+            if thr is not None:
+                say(f"ON-OFF R² tail threshold {thr:.5f}")
             say(f"noise pool {len(pool)} voxels, {len(cv_vox)} voxels for cross-validation")
             for name, ses in sessions.items():
                 y_pool, y_cv = self._gather(read, ses, [pool, cv_vox])
+                basis = ses.onoff_basis if opts.pool_remove_onoff else ses.polys
                 with threadpool_limits(limits=1):
                     ses.pcs = [
-                        S.noise_components(y_pool[ses.run_time(i)], ses.onoff_basis[i], opts.n_pcs)
+                        S.noise_components(y_pool[ses.run_time(i)], basis[i], opts.n_pcs)
                         for i in range(len(ses.runs))
                     ]
                 if ses.has_repeats and len(cv_vox):
                     with threadpool_limits(limits=1):
-                        scores = self._cv_scores(ses, y_cv, hrf[cv_vox], opts.n_pcs)
+                        if opts.pc_cv == "betas":
+                            scores = self._cv_scores_betas(ses, y_cv, hrf[cv_vox], opts.n_pcs)
+                        else:
+                            scores = self._cv_scores(ses, y_cv, hrf[cv_vox], opts.n_pcs)
                     n_pcs[name] = _choose_n_pcs(np.asarray(scores), opts.pc_stop)
                     say(
                         f"session {name}: median CV R² by number of noise components "
@@ -495,6 +511,37 @@ class GLMSingle:
             )
         return np.median(r2, axis=1)
 
+    def _cv_scores_betas(
+        self, ses: _Session, y_cv: np.ndarray, hrf_cv: np.ndarray, max_pcs: int
+    ) -> np.ndarray:
+        """GLMsingle's score of 0..max_pcs components: minus the median beta-domain CV error.
+
+        Per voxel, each held-out trial's betas *without* noise components are
+        compared with the betas *with* ``k`` components of the same stimulus in
+        the other runs, in z units of the 0-component betas (GLMsingle's
+        ``calcbadness``); the score of ``k`` is minus the median error over the
+        CV voxels.
+        """
+        bad = np.zeros((max_pcs + 1, len(hrf_cv)))
+        nuis = [
+            np.column_stack([p, q[:, :max_pcs]]) for p, q in zip(ses.polys, ses.pcs, strict=True)
+        ]
+        n_fixed = [p.shape[1] for p in ses.polys]
+        xp = get_backend("numpy")
+        for h in np.unique(hrf_cv):
+            cols = np.flatnonzero(hrf_cv == h)
+            path = S.nuisance_path_betas(
+                [d[int(h)] for d in ses.designs],
+                nuis,
+                n_fixed,
+                [y_cv[ses.run_time(i)][:, cols] for i in range(len(ses.runs))],
+                max_pcs,
+            )
+            stats = S.zscore_stats(xp, path[0])
+            for k in range(max_pcs + 1):
+                bad[k, cols] = S.beta_cv_badness(xp, path[k], path[0], ses.pairs, stats)
+        return -np.median(bad, axis=1)
+
     def _fit_block(self, ses: _Session, ops, y, target, fractions: np.ndarray):
         """Betas (n_trials, c) of one HRF group, and the chosen fractions (c,) for type D."""
         xp = self.xp
@@ -557,6 +604,46 @@ class GLMSingle:
             fr = np.asarray(target, dtype=float)
             chosen = betas_at(xp.asarray(fr))
         return xp.to_numpy(S.rescale_to(xp, chosen, ols)), fr
+
+
+def _pool_and_cv_voxels(
+    r2: np.ndarray, valid: np.ndarray, opts: GLMSingleOptions
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Noise-pool voxels, voxels scoring the CV of the component count, and the threshold.
+
+    ``noise_pool = "tail"`` (GLMsingle): the threshold is the ON-OFF R² tail
+    threshold (:func:`~brainpipe.glmsingle.solvers.tail_threshold`); the pool is
+    every valid voxel below it and the CV voxels every valid voxel above it
+    (the 100 best when none is), each evenly subsampled in R² order to
+    ``max_pool_voxels`` / ``cv_voxels``. ``"quantile"``: the pool is the valid
+    voxels below ``noise_pool_quantile`` of the R², the CV voxels the best
+    voxels standing out of the bulk (median + 3 robust SD, at least 20).
+    """
+    order = np.flatnonzero(valid)[np.argsort(r2[valid], kind="stable")]
+
+    def even(idx: np.ndarray, cap: int) -> np.ndarray:
+        if len(idx) <= cap:
+            return np.sort(idx)
+        return np.sort(idx[np.linspace(0, len(idx) - 1, cap).astype(int)])
+
+    if opts.noise_pool == "tail":
+        thr = S.tail_threshold(r2[valid])
+        if not np.isfinite(thr):
+            thr = float(np.median(r2[valid]))
+        below = order[r2[order] < thr]
+        above = order[r2[order] > thr]
+        if not len(above):
+            above = order[::-1][: min(100, len(order))]
+        return even(below, opts.max_pool_voxels), even(above, opts.cv_voxels), thr
+    n_pool = int(len(order) * opts.noise_pool_quantile)
+    pool = even(order[:n_pool], opts.max_pool_voxels)
+    # CV voxels: the best voxels whose R² stands out of the bulk (median + 3
+    # robust SD over valid voxels), at least 20 when the data have that many.
+    med = np.median(r2[valid])
+    cut = med + 3.0 * 1.4826 * np.median(np.abs(r2[valid] - med))
+    ranked = order[::-1]
+    n_cv = max(int((r2[ranked] > cut).sum()), min(20, len(ranked)))
+    return pool, np.sort(ranked[: min(n_cv, opts.cv_voxels)]), None
 
 
 def _choose_n_pcs(scores: np.ndarray, stop: float) -> int:

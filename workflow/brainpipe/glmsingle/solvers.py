@@ -368,7 +368,8 @@ def rescale_to(xp: Backend, shrunk: Any, reference: Any) -> Any:
 
     GLMsingle's post-ridge rescaling: the regularised betas keep their
     pattern across trials but regain the units of the unregularised ones.
-    Shapes ``(n_trials, c)``.
+    A voxel whose best slope is negative keeps its regularised betas
+    (GLMsingle's rule: no sign flip). Shapes ``(n_trials, c)``.
     """
     n = shrunk.shape[0]
     ms = xp.sum(shrunk, axis=0) / n
@@ -377,7 +378,8 @@ def rescale_to(xp: Backend, shrunk: Any, reference: Any) -> Any:
     var = xp.sum(ds * ds, axis=0)
     cov = xp.sum(ds * (reference - mr[None, :]), axis=0)
     slope = cov / xp.where(var > 0, var, 1.0)
-    return ds * slope[None, :] + mr[None, :]
+    flip = slope < 0
+    return xp.where(flip[None, :], shrunk, ds * slope[None, :] + mr[None, :])
 
 
 # --------------------------------------------------------------------------------------
@@ -537,3 +539,96 @@ def nuisance_path_cv(
             err += rtr - np.sum(ntr**2, axis=0) - np.sum(z * (s_inv @ z), axis=0)
         scores[k] = 1.0 - err / np.maximum(tot, 1e-12)
     return scores
+
+
+def nuisance_path_betas(
+    designs: list[np.ndarray],
+    nuisances: list[np.ndarray],
+    n_fixed: list[int],
+    ys: list[np.ndarray],
+    max_extra: int,
+) -> np.ndarray:
+    """Trial betas of every number of noise components, one Gram per run.
+
+    For each count ``k`` (0..``max_extra``), the betas of each run are
+    ``(XᵀX - C_k C_kᵀ)⁺ (Xᵀy - C_k N_kᵀy)`` (see :func:`nuisance_path_cv`):
+    the least-squares fit with the first ``n_fixed + k`` nuisance columns.
+
+    Returns
+    -------
+    ndarray, shape (max_extra + 1, n_session_trials, c)
+    """
+    runs = []
+    for x, nuis, y in zip(designs, nuisances, ys, strict=True):
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        runs.append((x.T @ x, x.T @ nuis, x.T @ y, nuis.T @ y))
+    n_trials = sum(r[0].shape[0] for r in runs)
+    out = np.zeros((max_extra + 1, n_trials, ys[0].shape[1]))
+    for k in range(max_extra + 1):
+        start = 0
+        for (g, c, xty, nty), nf in zip(runs, n_fixed, strict=True):
+            m = nf + k
+            cm = c[:, :m]
+            n = g.shape[0]
+            out[k, start : start + n] = _pinv_sym(g - cm @ cm.T) @ (xty - cm @ nty[:m])
+            start += n
+    return out
+
+
+def robust_range(v: np.ndarray) -> tuple[float, float]:
+    """GLMsingle's ``robustrange``: the range of ``v`` without far outliers (1-D, finite)."""
+    v = np.asarray(v, dtype=np.float64)
+    while True:
+        p01, p10, p50, p90, p999 = np.percentile(v, [0.1, 10, 50, 90, 99.9])
+        lo_lim, hi_lim = p50 - 5 * (p50 - p10), p50 + 5 * (p90 - p50)
+        keep = np.ones(v.shape, dtype=bool)
+        if p999 > hi_lim:
+            keep &= ~(v > hi_lim)
+        if p01 < lo_lim:
+            keep &= ~(v < lo_lim)
+        if keep.all() or not keep.any():
+            break
+        v = v[keep]
+    mn, mx = float(v.min()), float(v.max())
+    hi = mx if mx <= p50 + 1.1 * (p999 - p50) else float(p999)
+    lo = mn if mn >= p50 - 1.1 * (p50 - p01) else float(p01)
+    return lo, hi
+
+
+def tail_threshold(values: np.ndarray, seed: int = 0, max_values: int = 200_000) -> float:
+    """GLMsingle's tail threshold: where a 2-Gaussian mixture's posteriors cross 0.5.
+
+    A two-component Gaussian mixture is fitted to ``values`` (GLMsingle's
+    ``findtailthreshold``, applied to the ON-OFF R² of every voxel); the
+    threshold is the largest value, on a 500-point grid over the robust range
+    (:func:`robust_range`), at which the right-hand component's posterior is at
+    most 0.5. At most ``max_values`` evenly spaced values (in sorted order) are
+    used. GLMsingle starts the mixture from random draws; here the seed is fixed.
+
+    Returns
+    -------
+    float (``nan`` when fewer than 3 distinct finite values)
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    v = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])
+    if np.unique(v).size < 3:
+        return float("nan")
+    if v.size > max_values:
+        v = v[np.linspace(0, v.size - 1, max_values).astype(int)]
+    gm = GaussianMixture(n_components=2, tol=1e-10, reg_covar=1e-12, n_init=3, random_state=seed)
+    with warnings.catch_warnings():
+        # GLMsingle's tolerance (1e-10) is rarely met within the iterations; the fit is
+        # still the best of the restarts, as in GLMsingle
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(v[:, None])
+    means = gm.means_.ravel()
+    lo, hi = robust_range(v)
+    grid = np.linspace(min(lo, means.min()), max(hi, means.max()), 500)
+    post = gm.predict_proba(grid[:, None])[:, int(np.argmax(means))]
+    below = np.flatnonzero(post <= 0.5)
+    return float(grid[below[-1]] if below.size else grid[0])
