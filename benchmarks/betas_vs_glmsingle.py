@@ -334,35 +334,75 @@ def worker_glmsingle(session: str, out: str) -> None:
     )
 
 
-def worker_brainpipe(session: str, out: str, types: str, threads: int, backend: str) -> None:
-    """brainpipe's GLMSingle on % signal change data (per-run mean), as the betas stage."""
+def write_psc_store(sess: dict, path: Path, chunk: int = 8192) -> None:
+    """The session in % signal change (per-run mean) as a Zarr array (time, voxels).
+
+    Chunked like preproc.zarr (every scan, ``chunk`` voxels), so the brainpipe
+    worker reads it block by block as the betas stage does.
+    """
+    import zarr
+
+    raw = sess["raw"]
+    bounds = np.cumsum(np.r_[0, sess["run_len"]])
+    arr = zarr.create_array(
+        str(path), shape=raw.shape, chunks=(raw.shape[0], chunk), dtype="float32"
+    )
+    for v in range(0, raw.shape[1], chunk):
+        block = raw[:, v : v + chunk].astype(np.float64)
+        for i in range(len(bounds) - 1):
+            run = block[bounds[i] : bounds[i + 1]]
+            run[:] = 100.0 * (run / run.mean(0) - 1.0)
+        arr[:, v : v + chunk] = block.astype(np.float32)
+
+
+def worker_brainpipe(
+    session: str, out: str, types: str, threads: int, backend: str, store: str | None = None
+) -> None:
+    """brainpipe's GLMSingle on % signal change data (per-run mean), as the betas stage.
+
+    With ``store`` (the default of the parent), the data are read block by block
+    from a Zarr array chunked like preproc.zarr, as the betas stage reads them;
+    without, the whole session is held in memory.
+    """
     from brainpipe.glmsingle import GLMSingle, GLMSingleOptions, RunSpec
 
-    s = _load_session(session)
-    blocks, specs = [], []
-    for i in range(len(s["onsets"])):
-        raw = s["raw"][s["bounds"][i] : s["bounds"][i + 1]].astype(np.float64)
-        m = raw.mean(0)
-        blocks.append((100.0 * (raw / m - 1.0)).astype(np.float32))
-        specs.append(
-            RunSpec(
-                "1",
-                str(i + 1),
-                int(s["bounds"][i]),
-                int(s["bounds"][i + 1]),
-                s["onsets"][i],
-                np.full(len(s["onsets"][i]), s["stimdur"]),
-                s["stimuli"][i],
-            )
+    z = np.load(session)
+    run_len, tr, stimdur = z["run_len"], float(z["tr"]), float(z["stimdur"])
+    n_per_run = z["n_per_run"]
+    bounds = np.cumsum(np.r_[0, run_len])
+    tb = np.cumsum(np.r_[0, n_per_run])
+    onsets = [z["onsets"][tb[i] : tb[i + 1]] for i in range(len(tb) - 1)]
+    stimuli = [z["stimuli"][tb[i] : tb[i + 1]] for i in range(len(tb) - 1)]
+    specs = [
+        RunSpec(
+            "1",
+            str(i + 1),
+            int(bounds[i]),
+            int(bounds[i + 1]),
+            onsets[i],
+            np.full(len(onsets[i]), stimdur),
+            stimuli[i],
         )
-    del s["raw"]
-    data = np.concatenate(blocks)
-    del blocks
-    n_trials = sum(len(o) for o in s["onsets"])
-    betas = np.zeros((n_trials, data.shape[1]), dtype=np.float32)
+        for i in range(len(onsets))
+    ]
+    if store:
+        import zarr
+
+        data = zarr.open_array(store, mode="r")
+    else:
+        raw = z["raw"]
+        data = np.empty(raw.shape, dtype=np.float32)
+        for i in range(len(onsets)):
+            run = raw[bounds[i] : bounds[i + 1]].astype(np.float64)
+            data[bounds[i] : bounds[i + 1]] = 100.0 * (run / run.mean(0) - 1.0)
+        del raw
+    del z
+    n_voxels = data.shape[1]
+    n_trials = int(n_per_run.sum())
+    betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
 
     def read(ts, vs):
-        return data[ts, vs]
+        return np.asarray(data[ts, vs])
 
     def write(trials, vs, block):
         betas[trials, vs] = block
@@ -378,8 +418,8 @@ def worker_brainpipe(session: str, out: str, types: str, threads: int, backend: 
     with threadpool_limits(limits=threads):
         model = GLMSingle(
             specs,
-            s["tr"],
-            data.shape[1],
+            tr,
+            n_voxels,
             GLMSingleOptions(types=tuple(types)),
             backend=backend,
             chunk=8192,
@@ -437,6 +477,9 @@ def score(betas: np.ndarray, amp: np.ndarray, stimuli: np.ndarray, voxels: np.nd
 def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict:
     path = workdir / f"{name}.npz"
     save_session(sess, path)
+    store = workdir / f"{name}-psc.zarr"
+    if not args.reference_only and args.input == "zarr":
+        write_psc_store(sess, store)
     n_vox = sess["raw"].shape[1]
     stimuli = np.concatenate(sess["stimuli"])
     voxels = np.flatnonzero(sess["responsive"])
@@ -456,7 +499,9 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
         # content of the session file, so re-running brainpipe alone is cheap.
         digest = hashlib.sha1(path.read_bytes()).hexdigest()[:16]
         out = Path(args.cache) / f"glmsingle-{digest}.npz"
-        if not out.exists():
+        if not out.exists() and args.cached_reference_only:
+            print(f"no cached GLMsingle output {out}: reference skipped", flush=True)
+        elif not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp_out = out.with_name(out.stem + ".tmp.npz")
             cost = run_worker(
@@ -468,6 +513,7 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
             with np.load(tmp_out) as z:
                 np.savez(tmp_out, **dict(z), cost=json.dumps(cost))
             tmp_out.replace(out)
+    if args.ref_python and out.exists():
         z = np.load(out)
         cost = json.loads(str(z["cost"]))
         row["glmsingle_cache"] = str(out)
@@ -482,7 +528,7 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
         path.unlink()
         return row
     bp: dict = {}
-    for types in ("ABCD", "ABC", "AB"):
+    for types in ("ABCD",) if args.timed_only else ("ABCD", "ABC", "AB"):
         out = workdir / f"{name}-bp-{types}.npz"
         cost = run_worker(
             sys.executable,
@@ -497,6 +543,7 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
                 str(args.threads),
                 "--backend",
                 args.backend,
+                *(["--store", str(store)] if args.input == "zarr" else []),
             ],
             env,
         )
@@ -513,6 +560,10 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
         row["speedup_wall"] = g["wall_s"] / bp["wall_s"]
         row["rss_ratio"] = bp["peak_rss_mb"] / g["peak_rss_mb"]
     path.unlink()
+    if store.exists():
+        import shutil
+
+        shutil.rmtree(store)
     return row
 
 
@@ -523,7 +574,7 @@ def table(rows: list[dict]) -> str:
     ]
     for row in rows:
         g, b = row.get("glmsingle"), row["brainpipe"]
-        for t in "BCD":
+        for t in (x for x in "BCD" if x in b):
             gr = f"{g[t]['r']:.3f}" if g else "-"
             gl = f"{g[t]['reliability']:.3f}" if g else "-"
             lines.append(
@@ -581,12 +632,30 @@ def main() -> None:
         help="folder of cached GLMsingle outputs (keyed by the session's content)",
     )
     ap.add_argument("--reference-only", action="store_true", help="fill the cache, skip brainpipe")
+    ap.add_argument(
+        "--cached-reference-only",
+        action="store_true",
+        help="score GLMsingle only where its output is cached; never start a reference fit",
+    )
+    ap.add_argument(
+        "--input",
+        choices=["zarr", "memory"],
+        default="zarr",
+        help="brainpipe reads the session from a Zarr array block by block, as the betas "
+        "stage does (zarr), or holds it in memory",
+    )
+    ap.add_argument(
+        "--timed-only",
+        action="store_true",
+        help="brainpipe: only the timed A-D fit (type-D accuracy), not the A-B and A-C fits",
+    )
+    ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "glmsingle":
         worker_glmsingle(*args.worker_args)
         return
     if args.worker == "brainpipe":
-        worker_brainpipe(*args.worker_args, args.types, args.threads, args.backend)
+        worker_brainpipe(*args.worker_args, args.types, args.threads, args.backend, args.store)
         return
     if not args.ref_python:
         print("GLMSINGLE_PYTHON / --ref-python not set: brainpipe only", file=sys.stderr)
@@ -641,6 +710,7 @@ def main() -> None:
         },
         "glmsingle_commit": glm_commit,
         "threads": args.threads,
+        "brainpipe_input": args.input,
         "sessions": rows,
     }
     tmp_out = out.with_suffix(".json.tmp")
