@@ -1,4 +1,4 @@
-"""Shared response over time: BrainIAK's SRM and DetSRM vs brainpipe's deterministic SRM.
+"""Shared response over time: BrainIAK's SRM and DetSRM vs brainpipe's DetSRM and S-GPFA.
 
 Each implementation runs in its own process on the same synthetic movie world (whole-
 process wall time and peak RSS, :mod:`measure`), fitted on the first half of the movie;
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from measure import measure  # noqa: E402
 
-IMPLEMENTATIONS = ("brainiak_srm", "brainiak_detsrm", "brainpipe_detsrm")
+IMPLEMENTATIONS = ("brainiak_srm", "brainiak_detsrm", "brainpipe_detsrm", "brainpipe_sgpfa")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -32,6 +32,7 @@ def child(args: argparse.Namespace) -> None:
     from brainpipe.align._backend import get_backend
     from brainpipe.align._solvers import deterministic_srm
     from brainpipe.align.timeseries import (
+        SharedGPFA,
         fit_srm,
         subspace_recovery,
         time_segment_matching,
@@ -56,12 +57,17 @@ def child(args: argparse.Namespace) -> None:
     if args.child.startswith("brainiak"):
         method = "srm" if args.child == "brainiak_srm" else "detsrm"
         Ws = fit_srm(train, args.components, method, n_iter=args.iterations)
+    elif args.child == "brainpipe_sgpfa":
+        model = SharedGPFA(args.components, n_iter=args.iterations).fit(train)
     else:
         Ws, _, _ = deterministic_srm(
             train, args.components, get_backend("numpy"), n_iter=args.iterations, tol=0.0
         )
     fit_s = time.perf_counter() - t0
-    shared = [x @ w for x, w in zip(test, Ws, strict=True)]
+    if args.child == "brainpipe_sgpfa":
+        shared = model.transform(test)
+    else:
+        shared = [x @ w for x, w in zip(test, Ws, strict=True)]
     tsm = time_segment_matching(shared, args.window)
     cc = subspace_recovery(np.mean(shared, axis=0), world.latents[half:])
     print(

@@ -1,6 +1,7 @@
 """Shared response over time on the synthetic movie world: its ground truth.
 
-SRM (probabilistic and deterministic, BrainIAK) fitted on the first half of the movie;
+SRM (probabilistic and deterministic, BrainIAK) and S-GPFA (ours) fitted on the first
+half of the movie;
 on the second half, the left-out subject's segments are matched against the other
 subjects' average (time-segment matching) and the shared response's subspace is compared
 with the true latents.
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from brainpipe.align.timeseries import (
+    SharedGPFA,
     fit_srm,
     subspace_recovery,
     time_segment_matching,
@@ -61,3 +63,23 @@ def test_segment_matching_chance_and_perfect_cases():
     assert noise["accuracy"] < 0.3
     with pytest.raises(ValueError, match="method"):
         fit_srm([z, z], 2, "nope")
+
+
+def test_shared_gpfa_recovers_smooth_latents_better_than_srm(movie):
+    """S-GPFA on the same split. Measured: segment matching 0.873 with GP smoothing of the
+    held-out projections (0.751 without; SRM 0.767), canonical correlations top-8 mean
+    0.926 (SRM 0.870); length scale 3.0 chosen (the latents' autocorrelation is Gaussian
+    with sd 2 x sqrt(2) = 2.83 TRs)."""
+    world, train, test, half = movie
+    model = SharedGPFA(10).fit(train)
+    assert model.length_scale_ in (2.0, 3.0)
+    shared = model.transform(test)
+    tsm = time_segment_matching(shared, WINDOW)
+    srm = [x @ w for x, w in zip(test, fit_srm(train, 10, "srm", n_iter=10), strict=True)]
+    baseline = time_segment_matching(srm, WINDOW)
+    assert tsm["accuracy"] >= baseline["accuracy"] + 0.05, (tsm, baseline)
+    cc = subspace_recovery(np.mean(shared, axis=0), world.latents[half:])
+    cc_srm = subspace_recovery(np.mean(srm, axis=0), world.latents[half:])
+    assert cc[:8].mean() >= 0.9 and cc[:8].mean() > cc_srm[:8].mean(), (cc, cc_srm)
+    for w in model.w_:  # orthonormal maps, as SRM's
+        np.testing.assert_allclose(w.T @ w, np.eye(10), atol=1e-8)

@@ -10,6 +10,12 @@ stimulus clock), not on betas. Two variants of the shared response model (Chen e
   (:func:`brainpipe.align._solvers.deterministic_srm`, used by the betas alignment) is
   measured against it in ``benchmarks/srm_timeseries.py``.
 
+and a shared Gaussian-process factor model with smooth shared latents (S-GPFA, ours:
+BrainIAK has no GPFA): :class:`SharedGPFA` — SRM's model ``X_s = S W_sᵀ + noise`` with
+orthonormal ``W_s``, a noise variance per subject, and a Gaussian-process prior (squared-
+exponential kernel in time, length scale chosen by marginal likelihood) on each shared
+latent time course. Held-out time series are projected and smoothed by the GP posterior.
+
 Evaluation (:func:`time_segment_matching`): fit on the training part of the movie, then
 for each left-out subject and each segment of ``window`` time points of the left-out
 part, identify the segment among all non-overlapping candidates by correlating the
@@ -57,6 +63,116 @@ def fit_srm(
     model = cls(n_iter=int(n_iter), features=int(n_components), rand_seed=int(seed))
     model.fit([np.asarray(x, np.float64).T for x in train])
     return [np.asarray(w) for w in model.w_]
+
+
+class SharedGPFA:
+    """Shared Gaussian-process factor analysis (S-GPFA) on time series.
+
+    Model: ``X_s[t] = W_s s[t] + e_s[t]``, ``W_sᵀW_s = I``, ``e_s ~ N(0, sigma2_s I)``,
+    each latent ``s_c(t) ~ GP(0, k(t, t'))`` with ``k = exp(-(t - t')² / (2 l²))``.
+    Fitted by alternating (1) the GP posterior mean of ``S`` given the maps (the
+    precision-weighted average ``Σ_s X_s W_s / sigma2_s / Σ 1/sigma2_s`` is a noisy
+    observation of ``S`` with variance ``1 / Σ 1/sigma2_s``), (2) each ``W_s`` by
+    orthogonal Procrustes (``U Vᵀ`` of ``X_sᵀ S``) and ``sigma2_s`` from the residual,
+    (3) the length scale ``l`` from ``length_scales`` maximising the GP marginal
+    likelihood of the observed average.
+
+    Parameters
+    ----------
+    n_components : int
+    n_iter : int
+    length_scales : sequence of float
+        Candidate length scales in samples (TRs).
+    seed : int
+        Seed of the initial maps.
+
+    Attributes
+    ----------
+    w_ : list of ndarray, each (n_voxels_s, n_components)
+    sigma2_ : ndarray, shape (n_subjects,)
+    length_scale_ : float
+    s_ : ndarray, shape (n_timepoints, n_components)
+        Posterior mean of the shared latents on the training time points.
+    """
+
+    def __init__(
+        self,
+        n_components: int,
+        n_iter: int = 10,
+        length_scales: Sequence[float] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
+        seed: int = 0,
+    ) -> None:
+        self.n_components = int(n_components)
+        self.n_iter = int(n_iter)
+        self.length_scales = tuple(float(v) for v in length_scales)
+        self.seed = int(seed)
+
+    def fit(self, train: Sequence[np.ndarray]) -> SharedGPFA:
+        """Fit on the subjects' training time series, each (n_timepoints, n_voxels_s)."""
+        xs = [np.asarray(x, np.float64) for x in train]
+        T, k = xs[0].shape[0], self.n_components
+        rng = np.random.default_rng(self.seed)
+        self.w_ = [np.linalg.qr(rng.standard_normal((x.shape[1], k)))[0] for x in xs]
+        self.sigma2_ = np.ones(len(xs))
+        self.length_scale_ = self.length_scales[0]
+        kernels = {ell: _se_kernel(T, ell) for ell in self.length_scales}
+        for _ in range(self.n_iter):
+            prec = 1.0 / self.sigma2_
+            obs = sum(p * x @ w for p, x, w in zip(prec, xs, self.w_, strict=True)) / prec.sum()
+            tau2 = 1.0 / prec.sum()
+            self.length_scale_ = max(
+                self.length_scales, key=lambda ell: _gp_log_evidence(kernels[ell], obs, tau2)
+            )
+            S = _gp_posterior_mean(kernels[self.length_scale_], obs, tau2)
+            for i, x in enumerate(xs):
+                u, _, vt = np.linalg.svd(x.T @ S, full_matrices=False)
+                self.w_[i] = u @ vt
+                resid = x - S @ self.w_[i].T
+                self.sigma2_[i] = max(float(np.mean(resid**2)), 1e-8)
+        self.s_ = S
+        return self
+
+    def transform(self, data: Sequence[np.ndarray], smooth: bool = True) -> list[np.ndarray]:
+        """Each subject's time series in the shared space, ``X_s W_s`` (n_timepoints, k),
+        smoothed by the GP posterior with that subject's noise variance when ``smooth``."""
+        out = []
+        for x, w, s2 in zip(data, self.w_, self.sigma2_, strict=True):
+            z = np.asarray(x, np.float64) @ w
+            if smooth:
+                z = _gp_posterior_mean(_se_kernel(len(z), self.length_scale_), z, s2)
+            out.append(z)
+        return out
+
+
+def _se_kernel(n: int, length_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition ``(eigenvalues, eigenvectors)`` of the squared-exponential
+    kernel on ``n`` equally spaced samples."""
+    t = np.arange(n, dtype=np.float64)
+    lam, U = np.linalg.eigh(np.exp(-((t[:, None] - t[None, :]) ** 2) / (2.0 * length_scale**2)))
+    return np.clip(lam, 0.0, None), U
+
+
+def _signal_variance(obs: np.ndarray, noise: float) -> np.ndarray:
+    """Per-column GP signal variance by moments: ``var(obs) - noise`` (floored)."""
+    return np.maximum(obs.var(axis=0) - noise, 1e-3 * max(noise, 1e-12))
+
+
+def _gp_posterior_mean(kernel: tuple[np.ndarray, np.ndarray], obs: np.ndarray, noise: float):
+    """``s² K (s² K + noise I)⁻¹ obs`` per column of ``obs`` (n, k), ``s²`` per column."""
+    lam, U = kernel
+    var = _signal_variance(obs, noise)
+    proj = U.T @ obs
+    gain = (var[None, :] * lam[:, None]) / (var[None, :] * lam[:, None] + noise)
+    return U @ (gain * proj)
+
+
+def _gp_log_evidence(kernel: tuple[np.ndarray, np.ndarray], obs: np.ndarray, noise: float):
+    """Log marginal likelihood of the columns of ``obs`` under ``N(0, s² K + noise I)``."""
+    lam, U = kernel
+    var = _signal_variance(obs, noise)
+    ev = var[None, :] * lam[:, None] + noise
+    proj = U.T @ obs
+    return float(-0.5 * np.sum(proj**2 / ev) - 0.5 * np.sum(np.log(ev)))
 
 
 def zscore_time(x: np.ndarray) -> np.ndarray:
