@@ -10,8 +10,9 @@ CORES ?= 2
 
 .PHONY: install run test lint clean
 
-# One pip command with torch pinned, so pip takes the local CPU build where one lies on disk
-# (torch==2.13.0 from the registry elsewhere).
+# One pip command with torch and torchvision pinned together (torch==2.14.1,
+# torchvision==0.29.1): the pair imports together (PyPI's torchvision does not import beside
+# the local torch 2.13.0 CPU build), and pip takes both from local disk where they lie there.
 $(STAMP): requirements.lock pyproject.toml cluster/patches/*.patch
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "brainpipe needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)

@@ -8,6 +8,7 @@ changes their scores but never the fitted transform.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,139 @@ def build_feature_store(
     ds["features"].encoding["chunks"] = (min(STIMULUS_CHUNK, len(stim)), k)
     ds["pca_components"].encoding["chunks"] = (k, p)
     return write_zarr(ds, out_path)
+
+
+# --------------------------------------------------------------------------- out of core
+
+RowBlocks = Callable[[], Iterator[tuple[int, np.ndarray]]]
+"""``blocks() -> iterator of (first_row, rows)``: the raw layer, a block of rows at a time."""
+
+
+def _sign_fix(components: np.ndarray) -> np.ndarray:
+    idx = np.argmax(np.abs(components), axis=1)
+    signs = np.sign(components[np.arange(components.shape[0]), idx])
+    signs[signs == 0] = 1.0
+    return components * signs[:, None]
+
+
+def fit_pca_out_of_core(
+    blocks: RowBlocks,
+    train_mask: np.ndarray,
+    n_features: int,
+    n_components: int,
+    *,
+    device: str = "cpu",
+    exact_max_features: int = 4096,
+    oversample: int = 10,
+    n_iter: int = 2,
+    seed: int = 0,
+) -> PCAParams:
+    """PCA of the training rows of a layer too big for memory, reading it block by block.
+
+    Only rows with ``train_mask`` true are ever used, so changing test stimuli changes no
+    fitted parameter. Up to ``exact_max_features`` features the covariance is accumulated
+    exactly (float64) and diagonalised; above, a randomized range finder (Halko, Martinsson
+    & Tropp 2011, algorithm 4.4 with ``n_iter`` power iterations) needs only
+    ``(n_features, n_components + oversample)`` float64 in memory and ``3 + 2 n_iter``
+    passes over the data. Matrix products run in torch on ``device`` (a GPU when present).
+
+    Parameters
+    ----------
+    blocks : callable
+        Returns a fresh iterator of ``(first_row, rows)``; ``rows`` is ``(b, n_features)``.
+    train_mask : ndarray of bool, shape (n_stimuli,)
+    n_features : int
+    n_components : int
+        Capped at ``min(n_train - 1, n_features)``.
+
+    Returns
+    -------
+    PCAParams
+        ``mean`` and ``components`` (float64), ``explained_variance_ratio`` of the training
+        variance.
+    """
+    import torch
+
+    train_mask = np.asarray(train_mask, dtype=bool)
+    n_train = int(train_mask.sum())
+    if n_train < 2:
+        raise ValueError(f"PCA needs at least 2 training stimuli, got {n_train}")
+    k = int(min(n_components, n_train - 1, n_features))
+    dev = torch.device(device)
+    f64 = torch.float64
+
+    def train_blocks() -> Iterator[torch.Tensor]:
+        for first, rows in blocks():
+            sel = train_mask[first : first + len(rows)]
+            if sel.any():
+                x = torch.as_tensor(np.asarray(rows[sel], dtype=np.float32), device=dev)
+                if not torch.isfinite(x).all():
+                    raise ValueError("the layer contains NaN or infinite values")
+                yield x
+
+    total = torch.zeros(n_features, dtype=f64, device=dev)
+    sq = torch.zeros(n_features, dtype=f64, device=dev)
+    for x in train_blocks():
+        total += x.sum(0, dtype=f64)
+        sq += (x.double() ** 2).sum(0)
+    mean = total / n_train
+    total_var = float((sq - n_train * mean**2).clamp_min(0).sum())
+    mean32 = mean.float()
+
+    if n_features <= exact_max_features:
+        cov = torch.zeros((n_features, n_features), dtype=f64, device=dev)
+        for x in train_blocks():
+            xc = (x - mean32).double()
+            cov += xc.T @ xc
+        evals, evecs = torch.linalg.eigh(cov)
+        order = torch.argsort(evals, descending=True)[:k]
+        components = evecs[:, order].T
+        variances = evals[order].clamp_min(0)
+    else:
+        ell = min(k + oversample, n_train, n_features)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        omega = torch.randn(n_features, ell, generator=gen, dtype=torch.float32).to(dev)
+
+        def project(mat: torch.Tensor) -> torch.Tensor:  # Xc @ mat, (n_train, ell)
+            return torch.cat([(x - mean32) @ mat for x in train_blocks()]).double()
+
+        def back(q: torch.Tensor) -> torch.Tensor:  # Xc.T @ q, (n_features, ell)
+            acc = torch.zeros((n_features, q.shape[1]), dtype=f64, device=dev)
+            start = 0
+            for x in train_blocks():
+                qb = q[start : start + len(x)].float()
+                acc += ((x - mean32).T @ qb).double()
+                start += len(x)
+            return acc
+
+        y = project(omega)
+        for _ in range(n_iter):
+            q, _ = torch.linalg.qr(y)
+            z, _ = torch.linalg.qr(back(q))
+            y = project(z.float())
+        q, _ = torch.linalg.qr(y)
+        bt = back(q)  # (Xc.T Q) = B.T, (n_features, ell)
+        _, s, vt = torch.linalg.svd(bt.T, full_matrices=False)
+        components = vt[:k]
+        variances = s[:k] ** 2
+    comps = _sign_fix(components.cpu().numpy().astype(np.float64))
+    evr = variances.cpu().numpy() / total_var if total_var > 0 else np.zeros(k)
+    return PCAParams(
+        mean=mean.cpu().numpy(),
+        components=np.ascontiguousarray(comps),
+        explained_variance_ratio=np.asarray(evr, dtype=np.float64),
+    )
+
+
+def transform_blocks(params: PCAParams, blocks: RowBlocks, n_rows: int, device: str = "cpu"):
+    """Scores ``(n_rows, n_components)`` float32 of every row, a block at a time."""
+    import torch
+
+    dev = torch.device(device)
+    mean = torch.as_tensor(params.mean, dtype=torch.float32, device=dev)
+    comps = torch.as_tensor(params.components.T, dtype=torch.float32, device=dev)
+    out = np.empty((n_rows, params.n_components), dtype=np.float32)
+    for first, rows in blocks():
+        x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=dev)
+        out[first : first + len(rows)] = ((x - mean) @ comps).cpu().numpy()
+    return out
