@@ -1,5 +1,36 @@
 # Stimulus features per feature model, PCA fitted on training stimuli only; spatial
 # feature maps for the attention readout.
+# Hand-made models (brainpipe.features) and pretrained networks (features.networks in the
+# config, brainpipe.features.networks) share the rule; network weights come from a local
+# cache that the `weights` rule fills and verifies once (never during a feature job).
+
+from brainpipe.features.weights import network_resource, network_settings, weights_input
+
+FEATURES_CFG = config.get("features", {})
+NETWORKS = network_settings(FEATURES_CFG)
+PRETRAINED = [label for label, s in NETWORKS.items() if s["weights"] == "pretrained"]
+WEIGHT_MANIFESTS = f"{config['results_dir']}/weights"
+
+
+localrules:
+    weights,
+    fetch_weights,
+
+
+rule fetch_weights:
+    output:
+        manifest=f"{WEIGHT_MANIFESTS}/{{features}}.json",
+    log:
+        f"{LOGS}/weights/{{features}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fetch_weights.py"
+
+
+rule weights:
+    input:
+        expand(f"{WEIGHT_MANIFESTS}/{{features}}.json", features=PRETRAINED),
 
 
 rule features:
@@ -8,14 +39,16 @@ rule features:
         images=raw("stimulus_images"),
         checked=f"{RESULTS}/stimuli_manifest.json",
         splits=f"{RESULTS}/splits.tsv",
+        weights=weights_input(FEATURES_CFG, WEIGHT_MANIFESTS),
     output:
         features=directory(f"{RESULTS}/features/{{features}}.zarr"),
     params:
         root=DATA,
-        n_components=config.get("features", {}).get("n_components", 32),
+        n_components=FEATURES_CFG.get("n_components", 32),
     threads: 1
     resources:
-        mem_mb=per_attempt(2000),  # Dask inside the job sizes its chunks from this
+        mem_mb=network_resource(FEATURES_CFG, "mem_mb", 2000, 8000),  # grows per attempt
+        gpu=network_resource(FEATURES_CFG, "gpu", 0, 0),
         runtime=30,
     log:
         f"{LOGS}/features/{{features}}.log",

@@ -70,15 +70,21 @@ def validate_config(
 
 
 def _check_registered(config: Mapping[str, Any], source: str) -> None:
-    """Names that must be registry entries: feature models."""
+    """Names that must be registry entries: feature models (or configured networks)."""
     from brainpipe.features import FEATURE_MODELS
 
+    networks = (config.get("features") or {}).get("networks") or {}
+    if networks:
+        from brainpipe.features.weights import network_settings
+
+        network_settings(config.get("features"))  # unknown network or layer stops here
     for n, name in enumerate(config.get("feature_models", [])):
-        if name not in FEATURE_MODELS:
+        if name not in FEATURE_MODELS and name not in networks:
             raise BrainpipeInputError(
                 source,
                 f"feature_models.{n}",
-                f"unknown feature model {name!r} (registered: {sorted(FEATURE_MODELS)})",
+                f"unknown feature model {name!r} (registered: {sorted(FEATURE_MODELS)}; "
+                f"configured networks (features.networks): {sorted(networks)})",
             )
 
 

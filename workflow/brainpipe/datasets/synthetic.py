@@ -130,10 +130,19 @@ class SyntheticParams:
     drift_sd: float = 1.0
     structured_noise_sd: float = 0.5
     n_hrfs: int = 20
+    # A network layer behind the lowlevel block (random-init weights of the real
+    # architecture, seeded with ``seed``), e.g. "alexnet" + "features.5": encoding then
+    # has a known best layer. Empty: pooled edge energy.
+    response_network: str = ""
+    response_layer: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.type in ("str", str):
+                if not isinstance(value, str):
+                    raise BrainpipeInputError(_SOURCE, f.name, f"got {value!r}; expected a string")
+                continue
             is_int_type = f.type in ("int", int)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise BrainpipeInputError(
@@ -173,6 +182,16 @@ class SyntheticParams:
             raise BrainpipeInputError(
                 _SOURCE, "blank_fraction", f"got {self.blank_fraction!r}; expected 0 <= value < 1"
             )
+        if self.response_network or self.response_layer:
+            from brainpipe.features.networks import get_network
+
+            net = get_network(self.response_network, _SOURCE, "response_network")
+            if self.response_layer not in net.layers:
+                raise BrainpipeInputError(
+                    _SOURCE,
+                    "response_layer",
+                    f"got {self.response_layer!r}; {net.name} layers: {', '.join(net.layers)}",
+                )
         if not -1.0 < self.ar1 < 1.0:
             raise BrainpipeInputError(_SOURCE, "ar1", f"got {self.ar1!r}; expected -1 < value < 1")
         n_trials = self.n_sessions * self.n_runs * self.trials_per_run
@@ -407,8 +426,16 @@ def _response_space(
 ) -> tuple[np.ndarray, list[str]]:
     """The shared response space, shape (n_stimuli, n_components), and each component's block."""
     rng = _rng(params, _TAG_RESPONSE)
-    # V1-like voxels pool edge energy over a coarse 4x4 retinotopic lattice.
-    energy = _zscore(np.stack([synthetic_stimuli.edge_energy(im, grid=4) for im in images]))
+    if params.response_network:  # a network layer drives V1 / V4: a known best layer
+        from brainpipe.features.extract import layer_activations
+
+        energy = _zscore(
+            layer_activations(
+                params.response_network, params.response_layer, images, seed=params.seed
+            ).astype(np.float64)
+        )
+    else:  # V1-like voxels pool edge energy over a coarse 4x4 retinotopic lattice.
+        energy = _zscore(np.stack([synthetic_stimuli.edge_energy(im, grid=4) for im in images]))
     low = _zscore(energy @ rng.standard_normal((energy.shape[1], COMPONENT_BLOCKS["lowlevel"])))
     colours = list(synthetic_stimuli.COLOURS)
     colour_onehot = np.eye(len(colours))[[colours.index(f.colour) for f in factors]]

@@ -206,7 +206,8 @@ def _sample_bytes(loaded: Loaded, dataset: StimulusDataset, layers: list[str]) -
     with torch.inference_mode():
         outs = loaded.forward(batch, layers, "cpu")
     in_bytes = sum(
-        t.numel() * 4 for t in (batch.values() if isinstance(batch, dict) else [batch])
+        t.numel() * 4
+        for t in (batch.values() if isinstance(batch, dict) else [batch])
         if hasattr(t, "numel")
     )
     out_bytes = sum(o.numel() * 4 for o in outs.values())
@@ -265,6 +266,7 @@ def build_network_store(
         )
     loaded = net.builder(cfg["weights"] == "pretrained", weights_dir(features_cfg), cfg["seed"])
     dataset = StimulusDataset(stim, Path(stimuli_tsv).parent, net.modality, loaded.preprocess)
+    dataset.check()
     layers, readout_default = cfg["layers"], net.default_readout
     batch_size = features_cfg.get("batch_size")
     if not batch_size:
@@ -378,6 +380,39 @@ def build_network_store(
         if scratch.exists():
             shutil.rmtree(scratch)
     return out_path
+
+
+def layer_activations(
+    network: str, layer: str, images: np.ndarray, seed: int = 0, batch: int = 32
+) -> np.ndarray:
+    """Flat activations of one layer of a random-initialised network, in memory.
+
+    For the synthetic world: the same builder, preprocessing and readout as
+    :func:`build_network_store` with ``weights: random`` and the same ``seed``, so the
+    feature job recovers exactly the layer that generated the responses.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, height, width, 3)
+
+    Returns
+    -------
+    ndarray of float32, shape (n, n_features)
+    """
+    import torch
+    from PIL import Image
+
+    net = get_network(network)
+    loaded = net.builder(False, None, seed)
+    kind = layer.rstrip("0123456789")
+    rows = []
+    with torch.inference_mode():
+        for s in range(0, len(images), batch):
+            items = [loaded.preprocess(Image.fromarray(im)) for im in images[s : s + batch]]
+            out = loaded.forward(loaded.collate(items), [layer], "cpu")[layer]
+            flat, _ = layer_views(out, loaded.readouts.get(kind, net.default_readout))
+            rows.append(flat.float().numpy())
+    return np.concatenate(rows)
 
 
 def is_network_label(features_cfg: Mapping[str, Any] | None, label: str) -> bool:

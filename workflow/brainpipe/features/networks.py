@@ -611,7 +611,9 @@ register_network(
         modality="text",
         layers=tuple(f"hidden{i}" for i in range(13)),
         default_layers=("hidden4", "hidden8", "hidden12"),
-        builder=transformers_text_builder("google-bert/bert-base-uncased", "BertModel", "BertConfig"),
+        builder=transformers_text_builder(
+            "google-bert/bert-base-uncased", "BertModel", "BertConfig"
+        ),
         weight_files=hf_weight_files(
             "google-bert/bert-base-uncased",
             ("config.json", "tokenizer_config.json", "vocab.txt", "model.safetensors"),

@@ -85,6 +85,43 @@ class StimulusDataset:
             )
         self._h5: dict[str, Any] = {}
 
+    def check(self) -> None:
+        """Check every stimulus is where the table says, before any worker starts.
+
+        Raises
+        ------
+        BrainpipeInputError
+            Naming the table, the column and the first stimulus whose file is missing
+            or whose HDF5 row is past the end of its brick.
+        """
+        if self.column == "caption":
+            return
+        for i in range(len(self)):
+            if self.column != "image_hdf5" or i == 0 or self.values[i] != self.values[i - 1]:
+                self._path(i)
+        if self.column == "image_hdf5":
+            import h5py
+
+            pairs = list(zip(self.values, self.datasets, strict=True))
+            for value in sorted(set(pairs)):
+                rows = [i for i, v in enumerate(pairs) if v == value]
+                path = self.root / value[0]
+                with h5py.File(path, "r") as h5:
+                    brick = h5.get(value[1])
+                    if brick is None or brick.ndim != 4 or brick.shape[-1] != 3:
+                        raise BrainpipeInputError(
+                            str(path), value[1], "expected an (n, height, width, 3) image brick"
+                        )
+                    n = brick.shape[0]
+                bad = [i for i in rows if self.indices[i] >= n]
+                if bad:
+                    raise BrainpipeInputError(
+                        self.source,
+                        "image_index",
+                        f"stimulus {self.stimuli[bad[0]]!r}: row {self.indices[bad[0]]} is past "
+                        f"the {n} images of {path}:{value[1]}",
+                    )
+
     def __len__(self) -> int:
         return len(self.values)
 

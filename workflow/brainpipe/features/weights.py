@@ -240,3 +240,42 @@ def fetch_weights(
     if manifest is not None:
         write_text_atomic(json.dumps(record, indent=2) + "\n", manifest)
     return record
+
+
+# --------------------------------------------------------------------------- rule helpers
+
+
+def weights_input(features_cfg: Mapping[str, Any] | None, manifests: str) -> Any:
+    """Input function of the ``features`` rule: the verified-weights manifest it waits for.
+
+    Evaluated while the DAG is built: a missing weight file stops the run there, before
+    any job, naming the file and the command that fetches it (``snakemake weights``, whose
+    DAG has no feature job, is not stopped).
+    """
+    nets = network_settings(features_cfg)
+
+    def get(wildcards: Any) -> list[str]:
+        label = wildcards.features
+        if label not in nets:
+            return []
+        check_weights_present(features_cfg, [label])
+        return [f"{manifests}/{label}.json"] if nets[label]["weights"] == "pretrained" else []
+
+    return get
+
+
+def network_resource(features_cfg: Mapping[str, Any] | None, key: str, default: int, net: int):
+    """Resource function: ``features.<key>`` (default ``net``) for networks, else ``default``.
+
+    ``mem_mb`` grows with each retry (:func:`brainpipe.resources.memory_for_attempt`).
+    """
+    from brainpipe.resources import memory_for_attempt
+
+    cfg = dict(features_cfg or {})
+    nets = cfg.get("networks") or {}
+
+    def get(wildcards: Any, attempt: int = 1) -> int:
+        value = int(cfg.get(key, net)) if wildcards.features in nets else default
+        return memory_for_attempt(value, attempt) if key == "mem_mb" else value
+
+    return get
