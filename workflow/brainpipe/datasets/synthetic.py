@@ -429,11 +429,14 @@ def _response_space(
     if params.response_network:  # a network layer drives V1 / V4: a known best layer
         from brainpipe.features.extract import layer_activations
 
-        energy = _zscore(
-            layer_activations(
-                params.response_network, params.response_layer, images, seed=params.seed
-            ).astype(np.float64)
-        )
+        # the layer's leading principal components (of the centred activations, as the
+        # feature store's PCA sees them), so only that layer spans the response exactly
+        acts = layer_activations(
+            params.response_network, params.response_layer, images, seed=params.seed
+        ).astype(np.float64)
+        u, s, _ = np.linalg.svd(acts - acts.mean(axis=0), full_matrices=False)
+        n_low = COMPONENT_BLOCKS["lowlevel"]
+        energy = _zscore(u[:, :n_low] * s[:n_low])
     else:  # V1-like voxels pool edge energy over a coarse 4x4 retinotopic lattice.
         energy = _zscore(np.stack([synthetic_stimuli.edge_energy(im, grid=4) for im in images]))
     low = _zscore(energy @ rng.standard_normal((energy.shape[1], COMPONENT_BLOCKS["lowlevel"])))
