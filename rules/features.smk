@@ -4,11 +4,17 @@
 # config, brainpipe.features.networks) share the rule; network weights come from a local
 # cache that the `weights` rule fills and verifies once (never during a feature job).
 
-from brainpipe.features.weights import network_resource, network_settings, weights_input
+from brainpipe.features.weights import (
+    needs_files,
+    network_resource,
+    network_settings,
+    weights_input,
+)
 
 FEATURES_CFG = config.get("features", {})
 NETWORKS = network_settings(FEATURES_CFG)
-PRETRAINED = [label for label, s in NETWORKS.items() if s["weights"] == "pretrained"]
+# networks with files to fetch (weights, or only config / tokenizer files for `random`)
+FETCHED = [label for label in NETWORKS if needs_files(FEATURES_CFG, label)]
 WEIGHT_MANIFESTS = f"{config['results_dir']}/weights"
 
 
@@ -30,7 +36,7 @@ rule fetch_weights:
 
 rule weights:
     input:
-        expand(f"{WEIGHT_MANIFESTS}/{{features}}.json", features=PRETRAINED),
+        expand(f"{WEIGHT_MANIFESTS}/{{features}}.json", features=FETCHED),
 
 
 rule features:

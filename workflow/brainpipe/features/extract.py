@@ -279,6 +279,7 @@ def build_network_store(
         if device == "cuda":
             budget = torch.cuda.mem_get_info()[0] / 1e6
         batch_size = batch_size_for(_sample_bytes(loaded, dataset, layers), budget, model_bytes)
+        dataset.close()  # the probe's HDF5 handle must not cross into forked workers
     workers = features_cfg.get("num_workers")
     workers = max(1, threads - 1) if workers is None else int(workers)
     log.info(

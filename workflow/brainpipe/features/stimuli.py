@@ -122,6 +122,12 @@ class StimulusDataset:
                         f"the {n} images of {path}:{value[1]}",
                     )
 
+    def close(self) -> None:
+        """Close HDF5 handles opened in this process (before loader workers fork)."""
+        for h5 in self._h5.values():
+            h5.close()
+        self._h5 = {}
+
     def __len__(self) -> int:
         return len(self.values)
 

@@ -104,6 +104,12 @@ def required_files(settings: Mapping[str, Any], wdir: Path | None) -> list[Weigh
     return files
 
 
+def needs_files(features_cfg: Mapping[str, Any] | None, label: str) -> bool:
+    """True if configured network ``label`` reads any file from the cache."""
+    settings = network_settings(features_cfg)[label]
+    return bool(required_files(settings, weights_dir(features_cfg)))
+
+
 def missing_files(features_cfg: Mapping[str, Any] | None, labels: Sequence[str]) -> list[Path]:
     """Files the networks behind ``labels`` need that are not in the cache."""
     nets = network_settings(features_cfg)
@@ -259,7 +265,7 @@ def weights_input(features_cfg: Mapping[str, Any] | None, manifests: str) -> Any
         if label not in nets:
             return []
         check_weights_present(features_cfg, [label])
-        return [f"{manifests}/{label}.json"] if nets[label]["weights"] == "pretrained" else []
+        return [f"{manifests}/{label}.json"] if needs_files(features_cfg, label) else []
 
     return get
 
