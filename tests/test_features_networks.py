@@ -531,4 +531,3 @@ def test_synthetic_world_from_a_layer_has_that_layer_best_in_v1_and_v4(tmp_path)
     best = max(scores["V1"], key=scores["V1"].get)
     assert best == "features_5", scores
     assert scores["V1"]["features_5"] > scores["V1"]["gabor"] + 0.05, scores
-
