@@ -531,3 +531,72 @@ def test_synthetic_world_from_a_layer_has_that_layer_best_in_v1_and_v4(tmp_path)
     best = max(scores["V1"], key=scores["V1"].get)
     assert best == "features_5", scores
     assert scores["V1"]["features_5"] > scores["V1"]["gabor"] + 0.05, scores
+
+
+def test_snakemake_weights_rule_and_a_network_feature_job(tmp_path):
+    """Real Snakemake runs: `weights` verifies a cached hub file and writes its manifest;
+    a network's feature store is built from the synthetic dataset's stimuli."""
+    import open_clip
+
+    wdir = tmp_path / "weights"
+    torch.manual_seed(0)
+    model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    blob = _safetensors_bytes(model.state_dict())
+    put_in_hub_cache(
+        hf_cache_dir(wdir),
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        {"open_clip_model.safetensors": blob},
+    )
+    del model
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "results_dir": str(tmp_path / "results"),
+                "data_dir": str(tmp_path / "data"),
+                "subjects": ["01"],
+                "sessions": ["01"],
+                "runs": ["01", "02"],
+                "synthetic": {"n_subjects": 1, "n_sessions": 1, "n_runs": 2, "n_shared": 8},
+                "feature_models": ["alex", "gabor"],
+                "features": {
+                    "n_components": 8,
+                    "weights_dir": str(wdir),
+                    "networks": {
+                        "alex": {
+                            "network": "alexnet",
+                            "layers": ["features.5", "classifier.5"],
+                            "tokens": ["features.5"],
+                            "weights": "random",
+                        },
+                        "clip": {"network": "clipvitb32", "layers": ["embedding"]},
+                    },
+                },
+            }
+        )
+    )
+    run = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    proc = subprocess.run(
+        [*run, "weights", "--configfile", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((tmp_path / "results" / "weights" / "clip.json").read_text())
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(blob).hexdigest()
+    target = tmp_path / "results" / "synthetic" / "features" / "alex.zarr"
+    proc = subprocess.run(
+        [*run, str(target), "--configfile", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ds = open_zarr(target)
+    assert ds["features"].dims == ("stimulus", "feature")
+    assert ds["features_5_tokens"].shape[1:] == (13 * 13, 192)
+    assert set(ds["split"].values) <= {"train", "test", "unassigned"}
+    assert ds.attrs["n_fit_stimuli"] == int((ds["split"].values == "train").sum())
