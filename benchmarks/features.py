@@ -221,6 +221,9 @@ def main() -> None:
         }
         print(json.dumps(result["pca"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.skip and args.out.is_file():  # keep the part that was skipped from the last run
+        kept = json.loads(args.out.read_text())
+        result = {**kept, **result, "commands": [*kept.get("commands", []), result["command"]]}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
