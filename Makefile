@@ -10,9 +10,10 @@ CORES ?= 2
 
 .PHONY: install run test lint clean
 
-# One pip command with torch and torchvision pinned together (torch==2.14.1,
-# torchvision==0.29.1): the pair imports together (PyPI's torchvision does not import beside
-# the local torch 2.13.0 CPU build), and pip takes both from local disk where they lie there.
+# One pip command with torch and torchvision pinned together as a matching pair
+# (torch==2.14.1, torchvision==0.29.1; the CUDA 13 build with its nvidia-* libraries), so pip
+# cannot pick another torch for torchvision, open_clip or fmralign. Where the pair lies on local
+# disk (a find-links folder or local index) pip takes it from there, elsewhere from the registry.
 $(STAMP): requirements.lock pyproject.toml cluster/patches/*.patch
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "brainpipe needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
