@@ -175,6 +175,12 @@ def check_gpu_requests():
             overridden = workflow.resource_settings.overwrite_resources.get(name, {})
             if "gpu" not in overridden:
                 check_gpu_request(name, model, gpus, slurm_cluster_gpus())
+    features_cfg = config.get("features") or {}
+    networks = sorted(features_cfg.get("networks") or {})
+    overridden = workflow.resource_settings.overwrite_resources.get("features", {})
+    if networks and "gpu" not in overridden:  # network feature jobs (rules/features.smk)
+        gpus = int(features_cfg.get("gpu", 0))
+        check_gpu_request("features", networks[0], gpus, slurm_cluster_gpus(), "features.gpu")
 
 
 def embedding_input(wildcards):

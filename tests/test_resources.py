@@ -62,6 +62,9 @@ def test_gpu_request_without_gpus_names_rule_model_and_keys():
     assert check_gpu_request("train", "attention", 1, cluster_gpus=2) == 1
     assert check_gpu_request("train", "attention", 1, cluster_gpus=None) == 1
     assert check_gpu_request("train", "ridge", 0, cluster_gpus=0) == 0
+    # network feature jobs name their own key
+    with pytest.raises(GpuUnavailableError, match=r"rule features \(model clip\).*features\.gpu"):
+        check_gpu_request("features", "clip", 1, cluster_gpus=0, key="features.gpu")
 
 
 def _cluster_profile(monkeypatch, **env) -> dict:
@@ -86,6 +89,7 @@ def test_profiles_leave_resources_to_the_rules(monkeypatch):
         "pretrain": {"gpu": 0},
         "train": {"gpu": 0},
         "meeg_train": {"gpu": 0},
+        "features": {"gpu": 0},
     }
     with pytest.raises(Exception, match="gpu_fallback"):
         _cluster_profile(monkeypatch, BRAINPIPE_SLURM_GPU_FALLBACK="maybe")

@@ -92,7 +92,9 @@ def slurm_cluster_gpus() -> int | None:
     return parse_sinfo_gres(result.stdout)
 
 
-def check_gpu_request(rule: str, model: str, gpus: int, cluster_gpus: int | None) -> int:
+def check_gpu_request(
+    rule: str, model: str, gpus: int, cluster_gpus: int | None, key: str | None = None
+) -> int:
     """The GPUs a job of ``rule`` for ``model`` asks for, or an error if the cluster has none.
 
     Parameters
@@ -104,18 +106,22 @@ def check_gpu_request(rule: str, model: str, gpus: int, cluster_gpus: int | None
     cluster_gpus : int or None
         GPUs on the cluster the job is submitted to (:func:`slurm_cluster_gpus`); ``None`` when
         unknown (the request then goes to SLURM as it is).
+    key : str, optional
+        The config key that asks for the GPUs (default ``model_params.<model>.gpu``; network
+        feature jobs: ``features.gpu``).
 
     Raises
     ------
     GpuUnavailableError
         When ``gpus`` > 0 and the cluster has no GPU at all.
     """
+    key = key or f"model_params.{model}.gpu"
     if gpus > 0 and cluster_gpus == 0:
         raise GpuUnavailableError(
             f"rule {rule} (model {model}) asks for resource gpu={gpus} "
-            f"(config key model_params.{model}.gpu), but this SLURM cluster has no GPU "
+            f"(config key {key}), but this SLURM cluster has no GPU "
             "(sinfo lists no gres/gpu on any node), so sbatch would refuse the job. "
-            f"Set model_params.{model}.gpu: 0, or run GPU jobs on the CPU with the profile key "
+            f"Set {key}: 0, or run GPU jobs on the CPU with the profile key "
             f"{GPU_FALLBACK_KEY} (or the environment variable {GPU_FALLBACK_ENV})."
         )
     return int(gpus)
