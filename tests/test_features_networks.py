@@ -389,7 +389,7 @@ def test_motion_energy_of_videos(tmp_path):
 
 def test_out_of_core_pca_matches_exact_on_training_rows():
     rng = np.random.default_rng(0)
-    n, p, k = 300, 5000, 5
+    n, p, k = 300, 2000, 5
     X = (rng.standard_normal((n, k)) * [20, 15, 10, 6, 3]) @ rng.standard_normal((k, p))
     X += rng.standard_normal((n, p))
     train = rng.random(n) < 0.7
