@@ -418,6 +418,13 @@ def test_out_of_core_pca_matches_exact_on_training_rows():
     again = fit_pca_out_of_core(blocks2, train, p, k, exact_max_features=1000)
     np.testing.assert_array_equal(again.components, randomized.components)
     np.testing.assert_array_equal(again.mean, randomized.mean)
+    # few training rows: the range finder spans them all, so it is exact as well
+    few = np.zeros(n, dtype=bool)
+    few[:12] = True
+    small = fit_pca_out_of_core(blocks, few, p, k, exact_max_features=10_000)
+    exact_few = fit_pca(X[few], k)
+    overlap = np.abs(np.sum(small.components * exact_few.components, axis=1))
+    assert overlap.min() > 0.999
 
 
 def test_batch_size_follows_memory():

@@ -296,7 +296,9 @@ def fit_pca_out_of_core(
     exactly (float64) and diagonalised; above, a randomized range finder (Halko, Martinsson
     & Tropp 2011, algorithm 4.4 with ``n_iter`` power iterations) needs only
     ``(n_features, n_components + oversample)`` float64 in memory and ``3 + 2 n_iter``
-    passes over the data. Matrix products run in torch on ``device`` (a GPU when present).
+    passes over the data. With no more than ``n_components + oversample`` training rows the
+    range finder spans all of them and is exact, so it is used whatever the feature count.
+    Matrix products run in torch on ``device`` (a GPU when present).
 
     Parameters
     ----------
@@ -341,7 +343,9 @@ def fit_pca_out_of_core(
     total_var = float((sq - n_train * mean**2).clamp_min(0).sum())
     mean32 = mean.float()
 
-    if n_features <= exact_max_features:
+    # With few training rows the range finder spans their whole row space (ell = n_train):
+    # exact too, and far cheaper than diagonalising an (n_features, n_features) covariance.
+    if n_features <= exact_max_features and k + oversample < n_train:
         cov = torch.zeros((n_features, n_features), dtype=f64, device=dev)
         for x in train_blocks():
             xc = (x - mean32).double()
