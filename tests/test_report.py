@@ -122,6 +122,15 @@ def test_recipe_compares_the_selected_rows_with_the_paper():
     bad = {"reported": [{**recipe["reported"][0], "metric": "top1"}]}
     with pytest.raises(ValueError, match=r"recipe.reported\[0\].metric"):
         compare(_summary(), bad)
+    # "" selects empty cells as summary.tsv reads them back (NaN): a model's own rows, not
+    # the baselines trained in another model's job; the number's source is carried along
+    summary = _summary()
+    summary.loc[summary["roi"] == "LOC", "baseline_of"] = "sharedbackbone"
+    summary["baseline_of"] = summary["baseline_of"].replace("", np.nan)
+    own = {**recipe["reported"][0], "where": {"baseline_of": ""}, "source": "verified: abstract"}
+    (only,) = compare(summary, {"reported": [own]})
+    assert only.n_rows == 2 and only.ours == pytest.approx(0.4)
+    assert only.source == "verified: abstract"
 
 
 def test_rois_in_hierarchy_order_and_heatmap_cells_not_run_are_blank():

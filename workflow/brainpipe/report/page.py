@@ -240,6 +240,7 @@ def paper_vs_run(summary: pd.DataFrame, inputs: ReportInputs) -> str:
             "95 % CI": f"[{c.ci_low:.3f}, {c.ci_high:.3f}]",
             "rows (subjects) averaged": c.n_rows,
             "summary rows": c.scope,
+            "source of the paper's number": c.source or "–",
         }
         for c in compare(summary, recipe)
     ]

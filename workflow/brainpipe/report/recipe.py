@@ -29,6 +29,7 @@ class Comparison:
     ci_high: float
     n_rows: int
     scope: str
+    source: str = ""
 
 
 def _select(summary: pd.DataFrame, where: dict[str, Any], key: str) -> pd.DataFrame:
@@ -39,7 +40,8 @@ def _select(summary: pd.DataFrame, where: dict[str, Any], key: str) -> pd.DataFr
                 "config", f"{key}.where.{column}", f"summary.tsv has no column {column!r}"
             )
         values = wanted if isinstance(wanted, list) else [wanted]
-        rows = rows[rows[column].astype(str).isin([str(v) for v in values])]
+        # an empty cell (baseline_of of a model's own row) is selected by ""
+        rows = rows[rows[column].fillna("").astype(str).isin([str(v) for v in values])]
     return rows
 
 
@@ -90,6 +92,7 @@ def compare(summary: pd.DataFrame, recipe: dict[str, Any]) -> list[Comparison]:
                 ci_high=ci[1],
                 n_rows=len(rows),
                 scope=scope,
+                source=str(item.get("source", "")),
             )
         )
     return out
