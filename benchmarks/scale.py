@@ -297,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "subject": subject,
         "jobs": jobs,
-        "all_within_mem_mb": all(j["rss_over_mem"] <= 1 and "killed_over_mb" not in j
-                                 for j in jobs),  # fmt: skip
+        "all_within_mem_mb": all(
+            j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
+        ),  # fmt: skip
         "job_seconds_one_subject": round(job_s, 1),
         # the per-subject jobs are independent: 8 subjects are 8 times the job time
         # (serially; divided by the jobs that fit side by side on a cluster)
