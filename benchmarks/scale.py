@@ -193,11 +193,12 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_job(args: dict, threads: int, limit_mb: float) -> dict:
+def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
     """One job in its own process: wall seconds and peak RSS (MB) from ``os.wait4``.
 
     A job whose RSS passes ``limit_mb`` is killed (the machine is shared) and reported
-    with ``killed_over_mb``.
+    with ``killed_over_mb``; one still running after ``limit_s`` seconds is killed and
+    reported with ``killed_after_s`` (its peak RSS so far is a lower bound).
     """
     code = JOB.format(workflow=str(ROOT / "workflow"), args=json.dumps(args))
     env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -205,14 +206,17 @@ def run_job(args: dict, threads: int, limit_mb: float) -> dict:
     t0 = time.perf_counter()
     err_file = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=err_file)
-    killed = False
+    killed: dict = {}
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if _rss_mb(proc.pid) > limit_mb:
+            killed = {"killed_over_mb": limit_mb}
+        elif time.perf_counter() - t0 > limit_s:
+            killed = {"killed_after_s": limit_s}
+        if killed:
             proc.kill()
-            killed = True
             _, status, usage = os.wait4(proc.pid, 0)
             break
         time.sleep(0.2)
@@ -221,7 +225,7 @@ def run_job(args: dict, threads: int, limit_mb: float) -> dict:
     code_ok = proc.returncode == 0
     out = {"seconds": round(wall, 1), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
     if killed:
-        return {**out, "killed_over_mb": limit_mb}
+        return {**out, **killed}
     if not code_ok:
         err_file.seek(0)
         err = err_file.read().decode(errors="replace")
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["ridge", "ridgedecoder", "mlpdecoder"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-mb", type=float, default=6000, help="kill a job above this RSS")
+    parser.add_argument("--limit-s", type=float, default=1800, help="kill a job after this time")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (kept)")
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args(argv)
@@ -266,11 +271,12 @@ def main(argv: list[str] | None = None) -> int:
                  "splits": str(work / "splits.tsv"), "weights": str(d / "weights.safetensors")},
                 params["threads"],
                 a.limit_mb,
+                a.limit_s,
             )  # fmt: skip
             jobs.append({"rule": "train", "model": model, "features": features,
                          "mem_mb": params["mem_mb"], **train})  # fmt: skip
             print(json.dumps(jobs[-1]), flush=True)
-            if "killed_over_mb" in train:
+            if any(k.startswith("killed") for k in train):
                 continue  # no predictions to evaluate
             evaluate = run_job(
                 {**common, "stage": "evaluate", "metrics": str(d / "metrics.json"),
@@ -281,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                  **{k: config["evaluate"][k] for k in ("n_boot", "n_way", "draws")}},
                 1,
                 a.limit_mb,
+                a.limit_s,
             )  # fmt: skip
             metrics = json.loads((d / "metrics.json").read_text())
             headline = {k: metrics[k] for k in ("mean_r", "top1", "top1_chance") if k in metrics}
@@ -300,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_within_mem_mb": all(
             j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
         ),  # fmt: skip
+        "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
         "job_seconds_one_subject": round(job_s, 1),
         # the per-subject jobs are independent: 8 subjects are 8 times the job time
         # (serially; divided by the jobs that fit side by side on a cluster)
