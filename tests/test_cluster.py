@@ -7,6 +7,12 @@ under a per-module state directory (cgroup memory enforcement where the machine 
 runs locally and with ``snakemake --profile cluster``; the summaries must agree and every
 request in ``sacct`` must be what the rules and ``model_params`` declare.
 
+Each fault runs in its own test, on a copy of the local run whose outputs of one model
+chain (or of the shared-backbone pretraining) are deleted, so that only those jobs go to
+SLURM: a ``scancel`` of the running job, a SIGKILL of the job's script process, the node set
+DOWN then resumed, a job over its memory. Each must end with a completed run whose summary
+equals the local one, within a bounded time, with no job and no process left behind.
+``tests/test_cluster_gpu.py`` does the same on a cluster with a (fake) GPU.
 
 Skipped (with the reason) only where SLURM cannot be installed: not root, or no apt-get.
 """
@@ -15,10 +21,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +43,14 @@ PARTITION = "brainpipe_test"
 ACCOUNT = "brainpipe_test"
 #: Bound on one snakemake run on the test cluster (the whole default DAG on 2 loaded cores).
 RUN_TIMEOUT = 1800
+#: Bound on a fault run (a handful of jobs, a fault, its retry).
+FAULT_TIMEOUT = 900
 
 # Distinctive per-model resources: the sbatch requests must show exactly these.
 RIDGE = {"mem_mb": 2100, "runtime": 17, "threads": 2}
 SHAREDBACKBONE = {"mem_mb": 2600, "runtime": 23}
+# One model chain whose outputs the fault tests delete and rerun on SLURM.
+CHAIN = "models/sub-01/V1/ridge-gabor"
 
 
 def tiny_config() -> dict:
@@ -331,3 +343,198 @@ def test_model_params_resources_reach_sbatch(cluster_run):
     # Rules not changed behind their backs: summary asks for what its rule declares.
     summary = jobs[jobs["comment"].str.startswith("rule_summary")].iloc[0]
     assert request(summary)["mem"] == "1000M" and summary["limit"] == "00:05:00"
+
+
+# --- faults: each on a copy of the local run, only the deleted chain goes to SLURM ------------
+
+
+def fault_run(
+    local: Path,
+    workdir: Path,
+    env: dict,
+    delete: list[str],
+    target: str,
+    fault: Callable[[str], None],
+    config_update: Callable[[dict], None] | None = None,
+    gpu_fallback: str | None = "cpu",
+    extra_args: tuple[str, ...] = (),
+) -> tuple[str, pd.DataFrame, float]:
+    """Rerun the deleted outputs on SLURM, inject ``fault`` into the job whose comment starts
+    with ``target`` once it runs; return (output, this run's jobs, seconds).
+
+    ``gpu_fallback``: the site's BRAINPIPE_SLURM_GPU_FALLBACK (``None``: not set).
+    """
+    shutil.copytree(local, workdir, symlinks=True)
+    results = workdir / "results" / "synthetic"
+    for pattern in [*delete, "summary.tsv", "report.html"]:
+        for path in results.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if config_update:
+        config = yaml.safe_load((workdir / "config.yaml").read_text())
+        config_update(config)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    first = last_job_id(env)
+    env = dict(env)
+    env.pop("BRAINPIPE_SLURM_GPU_FALLBACK", None)
+    if gpu_fallback:
+        env["BRAINPIPE_SLURM_GPU_FALLBACK"] = gpu_fallback
+    started = time.monotonic()
+    log = (workdir / "snakemake.out").open("w")
+    proc = subprocess.Popen(
+        snakemake_cmd(workdir, *CLUSTER_ARGS, *extra_args),
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        job = None
+        while job is None and time.monotonic() - started < FAULT_TIMEOUT:
+            assert proc.poll() is None, (workdir / "snakemake.out").read_text()[-4000:]
+            running = [j for j, _, c in squeue(env, "RUNNING") if c.startswith(target)]
+            job = running[0] if running else None
+            time.sleep(0.5)
+        assert job is not None, f"no {target} job ever ran"
+        fault(job)
+        proc.wait(timeout=max(1, FAULT_TIMEOUT - (time.monotonic() - started)))
+    except BaseException:
+        # never leave snakemake or its jobs running: Ctrl-C, then the jobs themselves
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["scancel", "--user", "root"], env=env, timeout=60)
+        raise
+    finally:
+        log.close()
+    output = (workdir / "snakemake.out").read_text()
+    assert proc.returncode == 0, output[-6000:]
+    seconds = time.monotonic() - started
+    return output, sacct(env, after=first), seconds
+
+
+def _report(name: str, jobs: pd.DataFrame, seconds: float) -> None:
+    states = ", ".join(
+        f"{r.job}:{r.comment.split('_wildcards')[0]}={r.state}" for r in jobs.itertuples()
+    )
+    print(f"fault {name}: completed in {seconds:.0f} s; jobs {states}")
+
+
+def test_scancel_of_running_job_is_retried(slurm_cluster, local_run, tmp_path):
+    def cancel(job: str) -> None:
+        time.sleep(3)
+        subprocess.run(["scancel", job], env=slurm_cluster, check=True, timeout=60)
+
+    workdir = tmp_path / "run"
+    output, jobs, seconds = fault_run(
+        local_run, workdir, slurm_cluster, [CHAIN], "rule_models", cancel
+    )
+    _report("scancel", jobs, seconds)
+    groups = jobs[jobs["comment"].str.startswith("rule_models")]
+    assert groups["state"].str.startswith("CANCELLED by").sum() == 1, groups.to_string()
+    assert (groups["state"] == "COMPLETED").sum() == 1, groups.to_string()
+    assert_same_summary(local_run, workdir)
+    assert_nothing_left(slurm_cluster, workdir)
+
+
+def _script_process(workdir: Path, script: str, timeout: float = 300) -> int:
+    """Pid of the rule's script (Snakemake runs .snakemake/scripts/tmpXXXX.<script>)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in processes_in(workdir):
+            pid, cmd = line.split(": ", 1)
+            if ".snakemake/scripts/tmp" in cmd and cmd.rstrip().endswith(f".{script}"):
+                return int(pid)
+        time.sleep(0.2)
+    raise AssertionError(f"{script} never started in {workdir}")
+
+
+def test_sigkill_of_job_process_is_retried(slurm_cluster, local_run, tmp_path):
+    workdir = tmp_path / "run"
+
+    def kill(job: str) -> None:
+        os.kill(_script_process(workdir, "train.py"), signal.SIGKILL)
+
+    output, jobs, seconds = fault_run(
+        local_run, workdir, slurm_cluster, [CHAIN], "rule_models", kill
+    )
+    _report("SIGKILL", jobs, seconds)
+    groups = jobs[jobs["comment"].str.startswith("rule_models")]
+    assert list(groups["state"]) == ["FAILED", "COMPLETED"], groups.to_string()
+    assert_same_summary(local_run, workdir)
+    assert_nothing_left(slurm_cluster, workdir)
+
+
+def _node(env: dict) -> str:
+    return subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()[0]
+
+
+def _node_state(env: dict) -> str:
+    return subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+
+
+def test_node_down_then_resumed_requeues_the_job(slurm_cluster, local_run, tmp_path):
+    node = _node(slurm_cluster)
+
+    def down_then_resume(job: str) -> None:
+        time.sleep(3)
+        scontrol = ["scontrol", "update", f"nodename={node}"]
+        subprocess.run([*scontrol, "state=down", "reason=brainpipe-test"], env=slurm_cluster,
+                       check=True, timeout=60)  # fmt: skip
+        try:
+            time.sleep(15)
+            # the test bed's node stays DOWN until resumed (ReturnToService=1)
+            assert _node_state(slurm_cluster).startswith("down"), _node_state(slurm_cluster)
+        finally:
+            subprocess.run([*scontrol, "state=resume"], env=slurm_cluster, check=True,
+                           timeout=60)  # fmt: skip
+
+    workdir = tmp_path / "run"
+    output, jobs, seconds = fault_run(
+        local_run, workdir, slurm_cluster, [CHAIN], "rule_models", down_then_resume
+    )
+    _report("node DOWN", jobs, seconds)
+    assert "NODE_FAIL" in output or "requeue" in output.lower(), output[-3000:]
+    assert "None assigned" not in output and "--exclude" not in output, output[-3000:]
+    groups = jobs[jobs["comment"].str.startswith("rule_models")]
+    # SLURM requeued the same job (same id) and it completed; no second copy was submitted.
+    assert len(groups) == 1 and groups.iloc[0]["state"] == "COMPLETED", groups.to_string()
+    assert_same_summary(local_run, workdir)
+    assert_nothing_left(slurm_cluster, workdir)
+
+
+def test_job_over_its_memory_is_retried_with_more(slurm_cluster, local_run, tmp_path):
+    if slurm_cluster.get("BRAINPIPE_SLURM_CGROUP") != "v1":
+        pytest.skip("this machine gives SLURM no cgroup: memory is not enforced (setup_slurm.sh)")
+
+    def tiny_memory(config: dict) -> None:
+        # the pretraining job (torch) peaks above 300 MB: killed at attempt 1
+        config["model_params"]["sharedbackbone"]["mem_mb"] = 300
+
+    # model_params.sharedbackbone.mem_mb is also the memory of that model's train jobs, so the
+    # faulty memory runs only up to the pretraining (--until); the rest runs as configured.
+    workdir = tmp_path / "run"
+    output, jobs, seconds = fault_run(
+        local_run,
+        workdir,
+        slurm_cluster,
+        ["models/shared", "models/sub-*/*/sharedbackbone-*"],
+        "rule_pretrain",
+        lambda job: None,  # the fault is the job's own memory
+        config_update=tiny_memory,
+        extra_args=("--until", "pretrain"),
+    )
+    _report("over memory", jobs, seconds)
+    shutil.copy(local_run / "config.yaml", workdir / "config.yaml")
+    env = dict(slurm_cluster, BRAINPIPE_SLURM_GPU_FALLBACK="cpu")
+    run_snakemake(workdir, *CLUSTER_ARGS, env=env)
+    pretrain = jobs[jobs["comment"].str.startswith("rule_pretrain")]
+    assert pretrain.iloc[0]["state"] == "OUT_OF_MEMORY", pretrain.to_string()
+    assert pretrain.iloc[-1]["state"] == "COMPLETED", pretrain.to_string()
+    mems = [request(row)["mem"] for _, row in pretrain.iterrows()]
+    assert mems == [f"{300 * (i + 1)}M" for i in range(len(mems))], mems  # attempt x 300 MB
+    assert_same_summary(local_run, workdir)
+    assert_nothing_left(slurm_cluster, workdir)
