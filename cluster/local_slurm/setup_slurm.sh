@@ -53,6 +53,22 @@ if [[ $need_install == 1 ]]; then
 fi
 [[ $(id -u) == 0 ]] || cannot "slurmd must run as root to launch jobs"
 
+# --- one cluster per machine ------------------------------------------------------------
+# Two of these clusters on one host share the node name, /etc/slurm/slurm.conf (which srun in
+# a job reads) and the cgroup tree: jobs of one would talk to the other's controller. Refuse.
+if [[ -L /etc/slurm/slurm.conf ]]; then
+    other=$(dirname "$(readlink /etc/slurm/slurm.conf)")
+    if [[ $other != "$STATE" && -f $other/.brainpipe-slurm ]]; then
+        for pidfile in "$other"/pids/*.pid; do
+            if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+                echo "[setup_slurm] another cluster from setup_slurm.sh is running ($other);" \
+                     "stop it first: cluster/local_slurm/teardown_slurm.sh $other" >&2
+                exit 1
+            fi
+        done
+    fi
+fi
+
 # --- state directory -------------------------------------------------------------------
 if [[ -e $STATE/pids ]] && ls "$STATE"/pids/*.pid >/dev/null 2>&1; then
     echo "[setup_slurm] $STATE already holds a running cluster; tear it down first" >&2
