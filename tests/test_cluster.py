@@ -512,7 +512,18 @@ def fault_run(gpu_cluster, local_run, tmp_path_factory) -> FaultRun:
     run.seconds = time.monotonic() - started
     run.jobs = sacct(env, after=first)
     run.left = _leftovers(env, workdir)
-    states = ", ".join(f"{r.job}:{r.comment[:30]}={r.state}" for r in run.jobs.itertuples())
+    elapsed = dict(
+        line.split("|")
+        for line in subprocess.run(
+            ["sacct", "--allocations", "--noheader", "--parsable2", "--format", "JobIDRaw,Elapsed",
+             "-j", ",".join(str(j) for j in run.jobs["job"])],
+            capture_output=True, text=True, env=env, timeout=60,
+        ).stdout.split()
+    )  # fmt: skip
+    states = ", ".join(
+        f"{r.job} {r.comment.split('_wildcards')[0]} {r.state} {elapsed.get(str(r.job))}"
+        for r in run.jobs.itertuples()
+    )
     print(f"fault run: {run.seconds:.0f} s (Ctrl-C phase included); hit {run.hit}; {states}")
     return run
 
