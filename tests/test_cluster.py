@@ -184,7 +184,8 @@ class Clusters:
                 ["scontrol", "update", f"nodename={_node(self.env)}", "gres=gpu:0"],
                 env=self.env, check=True, timeout=60,
             )  # fmt: skip
-            self.gpus = self.env["BRAINPIPE_SLURM_GPUS"] = 0
+            self.gpus = 0
+            self.env["BRAINPIPE_SLURM_GPUS"] = "0"
         if self.state is None or self.gpus != gpus:
             self.down()
             self.state = Path(tempfile.mkdtemp(prefix="brainpipe-slurm-", dir="/tmp"))
