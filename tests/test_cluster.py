@@ -685,7 +685,8 @@ def test_default_models_complete_on_slurm(cluster_run, slurm_cluster):
 
 
 def max_rss_mb(env: dict, jobs: pd.DataFrame) -> dict[int, float | None]:
-    """Peak memory (MB) of each job's batch step in ``sacct`` (MaxRSS); None when blank."""
+    """Peak memory (MB) of each job in ``sacct``: the largest MaxRSS of its steps (the batch
+    step runs Snakemake, the rule runs in an srun step); None when every step is blank."""
     out = subprocess.run(
         ["sacct", "--noheader", "--parsable2", "--format", "JobIDRaw,MaxRSS",
          "-j", ",".join(str(j) for j in jobs["job"])],
@@ -694,8 +695,11 @@ def max_rss_mb(env: dict, jobs: pd.DataFrame) -> dict[int, float | None]:
     peaks: dict[int, float | None] = {}
     for line in out.split():
         step, rss = line.split("|")
-        if step.endswith(".batch"):
-            peaks[int(step.split(".")[0])] = _mb(rss)
+        if "." in step:
+            job, peak = int(step.split(".")[0]), _mb(rss)
+            if peak is not None and (peaks.get(job) or 0) < peak:
+                peaks[job] = peak
+            peaks.setdefault(job, None)
     return peaks
 
 
