@@ -249,7 +249,7 @@ def paper_vs_run(summary: pd.DataFrame, inputs: ReportInputs) -> str:
     if used.get("dataset") != recipe.get("dataset"):
         differs = [
             f"dataset: this run used {used.get('dataset')!r}, a stand-in for "
-            f"{recipe.get('dataset')!r} with its layout; numbers are not comparable in "
+            f"{recipe.get('dataset')!r}; numbers are not comparable in "
             "value, only in their order and distance from chance",
             *differs,
         ]
