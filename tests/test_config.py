@@ -51,6 +51,19 @@ def test_unknown_key_is_named(config):
         validate_config(config)
 
 
+def test_model_names_are_checked_against_the_registry(config):
+    """No enum in the schema: a registered model is valid, an unknown one is named."""
+    from brainpipe.models import MODELS
+
+    config["models"] = sorted(MODELS)
+    validate_config(config)
+    config["models"] = ["ridge", "nosuchmodel"]
+    with pytest.raises(BrainpipeInputError) as err:
+        validate_config(config)
+    assert "models.1" in str(err.value) and "'nosuchmodel'" in str(err.value)
+    assert "ridgedecoder" in str(err.value)  # the registered names are listed
+
+
 def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
     # A real Snakemake parse: the error names the key and nothing is run.
     result = subprocess.run(

@@ -53,6 +53,22 @@ if [[ $need_install == 1 ]]; then
 fi
 [[ $(id -u) == 0 ]] || cannot "slurmd must run as root to launch jobs"
 
+# --- one cluster per machine ------------------------------------------------------------
+# Two of these clusters on one host share the node name, /etc/slurm/slurm.conf (which srun in
+# a job reads) and the cgroup tree: jobs of one would talk to the other's controller. Refuse.
+if [[ -L /etc/slurm/slurm.conf ]]; then
+    other=$(dirname "$(readlink /etc/slurm/slurm.conf)")
+    if [[ $other != "$STATE" && -f $other/.brainpipe-slurm ]]; then
+        for pidfile in "$other"/pids/*.pid; do
+            if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+                echo "[setup_slurm] another cluster from setup_slurm.sh is running ($other);" \
+                     "stop it first: cluster/local_slurm/teardown_slurm.sh $other" >&2
+                exit 1
+            fi
+        done
+    fi
+fi
+
 # --- state directory -------------------------------------------------------------------
 if [[ -e $STATE/pids ]] && ls "$STATE"/pids/*.pid >/dev/null 2>&1; then
     echo "[setup_slurm] $STATE already holds a running cluster; tear it down first" >&2
@@ -184,7 +200,9 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire: a requeued job (node DOWN) waits this long before it may start again (default
+# 120 s); 30 s still leaves a loaded node time to launch a step with its credential
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=30
 CredType=cred/munge
 StateSaveLocation=$STATE/spool/ctld
 SlurmdSpoolDir=$STATE/spool/d
@@ -198,8 +216,10 @@ JobAcctGatherType=$ACCT_GATHER
 # MaxRSS sampled every second, so that sacct shows what short jobs used
 JobAcctGatherFrequency=1
 # A generic GPU resource, absent (--gpus 0: a job asking for a GPU is refused at sbatch) or
-# present as a fake device count without a device file (--gpus N)
+# present as N fake devices (--gpus N; see gres.conf below)
 GresTypes=gpu
+# ...and accounted, so that sacct's ReqTRES/AllocTRES show gres/gpu=N
+AccountingStorageTRES=gres/gpu
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$DEF_MEM_PER_CPU
@@ -261,9 +281,17 @@ ConstrainRAMSpace=no
 EOF
 fi
 if (( GPUS > 0 )); then
-    # No File=: there is no device to bind; SLURM counts and allocates the GPUs all the same.
+    # slurmd ignores a GPU without a device file (the node then registers 0 GPUs and is set
+    # INVAL), so each fake GPU is a character device under STATE with /dev/null's numbers (a
+    # link to /dev/null where mknod is not allowed): never opened, only counted and allocated
+    # (ConstrainDevices is off).
+    mkdir -p "$STATE/dev"
+    for (( i = 0; i < GPUS; i++ )); do
+        [[ -e $STATE/dev/fakegpu$i ]] || mknod "$STATE/dev/fakegpu$i" c 1 3 2>/dev/null \
+            || ln -s /dev/null "$STATE/dev/fakegpu$i"
+    done
     cat >"$STATE/gres.conf" <<EOF
-NodeName=$HOST Name=gpu Count=$GPUS
+NodeName=$HOST Name=gpu Count=$GPUS File=$STATE/dev/fakegpu[0-$((GPUS - 1))]
 EOF
 else
     : >"$STATE/gres.conf"

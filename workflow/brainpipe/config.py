@@ -70,8 +70,13 @@ def validate_config(
 
 
 def _check_registered(config: Mapping[str, Any], source: str) -> None:
-    """Names that must be registry entries: feature models (or configured networks)."""
+    """Names that must be registry entries: feature models (or configured networks), models.
+
+    The registries are the one list of what exists (the schema checks only the spelling),
+    so adding a model or a feature model needs no schema edit.
+    """
     from brainpipe.features import FEATURE_MODELS
+    from brainpipe.models import MODELS
 
     networks = (config.get("features") or {}).get("networks") or {}
     if networks:
@@ -85,6 +90,11 @@ def _check_registered(config: Mapping[str, Any], source: str) -> None:
                 f"feature_models.{n}",
                 f"unknown feature model {name!r} (registered: {sorted(FEATURE_MODELS)}; "
                 f"configured networks (features.networks): {sorted(networks)})",
+            )
+    for n, name in enumerate(config.get("models", [])):
+        if name not in MODELS:
+            raise BrainpipeInputError(
+                source, f"models.{n}", f"unknown model {name!r} (registered: {sorted(MODELS)})"
             )
 
 

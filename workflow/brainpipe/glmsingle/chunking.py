@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-#: Memory assumed taken by the interpreter, libraries and design operators, MiB.
+#: Memory assumed taken by the interpreter, libraries and design operators, MB.
 BASE_MB = 600
 #: Fraction of the remaining budget given to voxel-sized arrays.
 SAFETY = 0.5
@@ -35,10 +35,14 @@ def voxel_chunk_for_memory(
 ) -> int:
     """Voxels per chunk fitting ``mem_mb`` (the rule's ``resources.mem_mb``).
 
+    The one chunk sizer of brainpipe (:func:`brainpipe.compute.chunk_size_for`, in MB as
+    Snakemake's ``mem_mb``), with :data:`BASE_MB` kept aside and a chunk's peak
+    ``per_voxel_bytes / SAFETY`` per voxel.
+
     Parameters
     ----------
     mem_mb : float
-        Memory budget of the job in MiB.
+        Memory budget of the job in MB.
     per_voxel_bytes : int
         From :func:`bytes_per_voxel`.
     align : int
@@ -46,8 +50,11 @@ def voxel_chunk_for_memory(
     lo, hi : int
         Bounds on the result.
     """
-    usable = max(mem_mb - BASE_MB, 64) * 2**20 * SAFETY
-    n = int(usable // max(per_voxel_bytes, 1))
+    from brainpipe.compute import chunk_size_for
+
+    n = chunk_size_for(
+        mem_mb, max(per_voxel_bytes, 1), overhead_mb=BASE_MB, multiplier=1.0 / SAFETY
+    )
     n = max(lo, min(hi, n))
     if align > 1 and n >= align:
         n = (n // align) * align

@@ -77,6 +77,93 @@ def betas_values(betas: xr.Dataset) -> np.ndarray:
     return values
 
 
+#: Trials read per block when a job streams its betas (bounds the read buffer).
+TRIAL_BLOCK = 750
+
+
+def _invalid_rows(betas: xr.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """``valid(ses, voxel)`` as a bool array and each trial's row in it; None without one."""
+    if "valid" not in betas.data_vars or "ses" not in betas.coords:
+        return None
+    ses = pd.Index(betas["ses"].values.astype(str))
+    rows = ses.get_indexer(betas["session"].values.astype(str))
+    if (rows < 0).any():
+        raise BrainpipeInputError(
+            "betas.zarr", "valid", "a trial's session has no row in valid(ses, voxel)"
+        )
+    return np.asarray(betas["valid"].values, bool), rows
+
+
+def split_betas(
+    betas: xr.Dataset,
+    test_stimuli: np.ndarray,
+    train: np.ndarray | None = None,
+    trial_block: int = TRIAL_BLOCK,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Training trials and test responses averaged over repeats, in one pass over the store.
+
+    The betas are read ``trial_block`` trials at a time (a session of NSD); each block's
+    training rows go straight into the training array and its test rows are summed per
+    stimulus. Memory: the training array, the ``(n_test, n_voxels)`` sums and one block —
+    never all trials at once, never a second copy of them. Entries a store marks invalid
+    (``valid(ses, voxel)``, see :func:`betas_values`) become NaN; missing values are left
+    out of each voxel's test average (NaN where a stimulus has no finite repeat).
+
+    Parameters
+    ----------
+    betas : xarray.Dataset
+        ``betas(trial, voxel)`` with a ``stimulus(trial)`` coord (lazy, e.g. :func:`roi_betas`).
+    test_stimuli : ndarray of str, shape (n_test,)
+        Stimuli whose trials are averaged.
+    train : ndarray of bool, shape (n_trials,), optional
+        Training trials to return; ``None``: none (evaluation).
+    trial_block : int
+        Trials per read.
+
+    Returns
+    -------
+    betas_train : ndarray of float32, shape (n_train, n_voxels), or None
+    means : ndarray of float32, shape (n_test, n_voxels)
+    counts : ndarray of int, shape (n_test,)
+    """
+    import scipy.sparse as sp
+
+    trial_stimuli = betas["stimulus"].values.astype(str)
+    n_trials, n_vox = len(trial_stimuli), int(betas.sizes["voxel"])
+    codes = pd.Index(np.asarray(test_stimuli).astype(str)).get_indexer(trial_stimuli)
+    counts = np.bincount(codes[codes >= 0], minlength=len(test_stimuli))
+    sums = np.zeros((len(test_stimuli), n_vox), dtype=np.float64)
+    finite_n = np.zeros((len(test_stimuli), n_vox), dtype=np.float32)  # repeat counts: exact
+    out = None if train is None else np.empty((int(train.sum()), n_vox), dtype=np.float32)
+    invalid = _invalid_rows(betas)
+    step = max(1, int(trial_block))
+    row = 0
+    data = betas["betas"]
+    for t0 in range(0, n_trials, step):
+        t1 = min(t0 + step, n_trials)
+        block = np.array(data[t0:t1].values, dtype=np.float32)
+        if invalid is not None:
+            valid, rows = invalid
+            block[~valid[rows[t0:t1]]] = np.nan
+        if out is not None:
+            keep = train[t0:t1]
+            out[row : row + int(keep.sum())] = block[keep]
+            row += int(keep.sum())
+        c = codes[t0:t1]
+        hit = np.flatnonzero(c >= 0)
+        if len(hit):
+            onehot = sp.csr_matrix(
+                (np.ones(len(hit)), (c[hit], hit)), shape=(len(test_stimuli), t1 - t0)
+            )
+            finite = np.isfinite(block)
+            sums += onehot @ np.where(finite, block, 0).astype(np.float64)
+            finite_n += onehot @ finite.astype(np.float32)
+        del block
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(finite_n > 0, sums / np.maximum(finite_n, 1), np.nan)
+    return out, means.astype(np.float32), counts
+
+
 def average_test_responses(
     betas: xr.Dataset, test_stimuli: np.ndarray, values: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -84,14 +171,17 @@ def average_test_responses(
 
     Missing values (NaN: invalid voxels, NaN vertices) are left out of each voxel's
     average; a stimulus with no finite repeat at a voxel averages to NaN there.
+    Streams the store (:func:`split_betas`) unless ``values`` are given.
 
     Returns
     -------
     means : ndarray of float32, shape (n_test, n_voxels)
     counts : ndarray of int, shape (n_test,)
     """
+    if values is None:
+        _, means, counts = split_betas(betas, test_stimuli)
+        return means, counts
     trial_stimuli = betas["stimulus"].values.astype(str)
-    values = betas_values(betas) if values is None else values
     codes = pd.Index(test_stimuli).get_indexer(trial_stimuli)
     sel = codes >= 0
     counts = np.bincount(codes[sel], minlength=len(test_stimuli))
@@ -259,9 +349,7 @@ def load_job_data(
             splits_path, "split", "fewer than 2 test stimuli for this subject"
         )
     stores = [open_zarr(p) for p in feature_paths]
-    values = betas_values(betas)
-    betas_test, repeats = average_test_responses(betas, test_stimuli, values)
-    betas_train = values[train]
+    betas_train, betas_test, repeats = split_betas(betas, test_stimuli, train)
     filled = fill_missing(betas_train, betas_test)
     coords = voxel_coords(betas)
     return JobData(

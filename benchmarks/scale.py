@@ -1,0 +1,326 @@
+"""The model-zoo jobs of one NSD-sized subject: each job's whole-process wall time and peak
+RSS against the mem_mb its rule declares, and the projection to NSD's 8 subjects.
+
+The subject has NSD's shape (Allen et al. 2022, Nat. Neurosci.): 40 sessions x 750 trials,
+10,000 images each shown 3 times, 1,000 of them the shared test images, ~15,000 nsdgeneral
+voxels at 1.8 mm. Its betas are generated directly into a ``betas.zarr`` built by
+:class:`brainpipe.betas.store.BetasLayout` (the store every producer writes), chunked as
+the workflow chunks them (a session of trials x ``betas.voxel_chunk`` voxels). Responses
+are a linear function of a 32-dimensional latent per image plus trial noise; the two
+feature stores (an "encoding" store of 64 PCA components and a 512-dimensional
+"embedding" store for the decoders) are noisy linear views of the same latent, written by
+:func:`brainpipe.features.pca.build_feature_store` through a feature model registered
+here. So the models have something real to find, and the stores are what the workflow's
+own stages write.
+
+Each job then runs in its own process exactly as the rule's script calls it
+(:func:`brainpipe.models.jobs.train_job`, :func:`brainpipe.models.jobs.evaluate_job`,
+with the config's ``model_params`` and ``evaluate`` blocks), and ``os.wait4`` gives its
+wall time and peak RSS. The declared ``mem_mb`` is what the rule asks for on the first
+attempt: ``model_params.<model>.mem_mb`` for train (``rules/train.smk``) and the
+``evaluate`` rule's own figure (``rules/evaluate.smk``).
+
+What this leaves out: preprocess, betas and align (they have their own benchmarks:
+``benchmarks/betas.py``, ``benchmarks/betas_vs_glmsingle.py``, ``benchmarks/align.py``),
+feature extraction from images (``benchmarks/features.py``) and Snakemake's own overhead.
+
+Run it under the shared lock (the betas are 1.8 GB on disk; a train job holds the
+training trials of its ROI)::
+
+    flock /work/wt/bench.lock .venv/bin/python benchmarks/scale.py
+
+Results: ``benchmarks/results/scale.json`` (``--sessions 4 --voxels 2000``: a smoke test of
+the script itself, written to ``scale_small.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from brainpipe.betas.store import BetasLayout, close_store, placeholder_vars  # noqa: E402
+from brainpipe.storage import atomic_path, provenance_attrs  # noqa: E402
+
+TRIALS_PER_SESSION = 750
+REPEATS = 3
+LATENT = 32
+ROI = "nsdgeneral"
+SUBJECT = "01"
+#: Feature stores: name -> (raw width, PCA components kept).
+FEATURES = {"latent64": (64, 64), "embed512": (512, 512)}
+
+
+def stimulus_ids(n_images: int) -> np.ndarray:
+    return np.array([f"nsd{i:05d}" for i in range(n_images)])
+
+
+def make_subject(work: Path, n_sessions: int, n_voxels: int, n_test: int, seed: int) -> dict:
+    """splits.tsv, stimuli table, betas.zarr and the two feature stores of one subject."""
+    rng = np.random.default_rng(seed)
+    n_trials = n_sessions * TRIALS_PER_SESSION
+    n_images = n_trials // REPEATS
+    stimuli = stimulus_ids(n_images)
+    split = np.where(np.arange(n_images) < n_test, "test", "train")
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"stimulus": stimuli, "split": split}).to_csv(
+        work / "splits.tsv", sep="\t", index=False
+    )
+    pd.DataFrame({"stimulus": stimuli, "image": [f"{s}.png" for s in stimuli]}).to_csv(
+        data / "stimuli.tsv", sep="\t", index=False
+    )
+    latent = rng.standard_normal((n_images, LATENT)).astype(np.float32)
+    np.save(work / "latent.npy", latent)
+
+    # every image 3 times, in a random order over the sessions (NSD's design, not its order)
+    order = rng.permutation(np.repeat(np.arange(n_images), REPEATS))
+    weights = (rng.standard_normal((LATENT, n_voxels)) / np.sqrt(LATENT)).astype(np.float32)
+    gain = rng.uniform(0.2, 1.0, n_voxels).astype(np.float32)  # per-voxel SNR
+    sessions = np.repeat([f"{s + 1:02d}" for s in range(n_sessions)], TRIALS_PER_SESSION)
+    ijk = np.stack(np.unravel_index(np.arange(n_voxels), (81, 104, 83)), axis=1)
+    layout = BetasLayout(
+        data_vars=placeholder_vars(n_voxels),
+        coords={
+            "stimulus": ("trial", stimuli[order]),
+            "session": ("trial", sessions),
+            "run": (
+                "trial",
+                np.tile(np.repeat([f"{r:02d}" for r in range(1, 13)], 63)[:750], n_sessions),
+            ),  # fmt: skip
+            "onset": ("trial", np.tile(np.arange(TRIALS_PER_SESSION) * 4.0, n_sessions)),
+            # voxel positions in NSD's 1.8 mm grid (81 x 104 x 83), 1.8 mm apart
+            **{c: ("voxel", v) for c, v in zip("ijk", ijk.T, strict=True)},
+            **{c: ("voxel", v * 1.8) for c, v in zip("xyz", ijk.T, strict=True)},
+            f"roi_{ROI}": ("voxel", np.ones(n_voxels, dtype=bool)),
+        },
+        attrs={
+            "subject": SUBJECT,
+            "space": "nsd-func1pt8mm",
+            "tr": 1.6,
+            "units": "z-score",
+            "method": "synthetic (benchmarks/scale.py)",
+            "stage": "betas",
+            **provenance_attrs(None),
+        },
+    )
+    t0 = time.perf_counter()
+    out = work / "betas.zarr"
+    with atomic_path(out) as tmp:
+        betas = layout.write(tmp, (n_trials, n_voxels), (TRIALS_PER_SESSION, 4096))
+        try:
+            for s in range(n_sessions):
+                rows = slice(s * TRIALS_PER_SESSION, (s + 1) * TRIALS_PER_SESSION)
+                signal = latent[order[rows]] @ weights * gain
+                noise = rng.standard_normal(signal.shape, dtype=np.float32)
+                betas[rows, :] = signal + noise
+        finally:
+            layout.finish()
+        close_store(tmp)
+    write_s = time.perf_counter() - t0
+
+    from brainpipe.features import FEATURE_MODELS, register_feature_model
+    from brainpipe.features.pca import build_feature_store
+
+    for name, (width, n_components) in FEATURES.items():
+        mixing = rng.standard_normal((LATENT, width)).astype(np.float32)
+        if name not in FEATURE_MODELS:
+
+            @register_feature_model(name)
+            def view(stim, stimuli_dir, train_mask, mixing=mixing, width=width):
+                own = np.random.default_rng(width)
+                idx = pd.Index(stimuli).get_indexer(stim["stimulus"].astype(str))
+                raw = latent[idx] @ mixing
+                return raw + own.standard_normal(raw.shape, dtype=np.float32)
+
+        build_feature_store(
+            name, data / "stimuli.tsv", work / "splits.tsv", work / f"{name}.zarr", n_components
+        )
+    return {
+        "n_sessions": n_sessions,
+        "n_trials": n_trials,
+        "n_images": n_images,
+        "n_test_images": n_test,
+        "n_voxels": n_voxels,
+        "betas_gb": round(n_trials * n_voxels * 4 / 1e9, 2),
+        "write_betas_s": round(write_s, 1),
+    }
+
+
+def declared_evaluate_mem_mb() -> int:
+    """The evaluate rule's mem_mb (first attempt), read from rules/evaluate.smk."""
+    text = (ROOT / "rules" / "evaluate.smk").read_text()
+    body = text.split("rule evaluate:", 1)[1].split("\nrule ", 1)[0]
+    return int(re.search(r"mem_mb=per_attempt\((\d+)\)", body).group(1))
+
+
+JOB = """
+import json, sys
+sys.path.insert(0, {workflow!r})
+from brainpipe.models.jobs import evaluate_job, train_job
+a = json.loads({args!r})
+if a["stage"] == "train":
+    train_job(a["model"], a["subject"], a["roi"], a["betas"], a["features"], a["splits"],
+              a["weights"], a["predictions"], config=a["config"])
+else:
+    evaluate_job(a["model"], a["roi"], a["betas"], a["predictions"], a["metrics"], a["scores"],
+                 labels=a["labels"], embedding_path=a["embedding"], config=a["config"],
+                 n_boot=a["n_boot"], n_way=a["n_way"], draws=a["draws"])
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
+    """One job in its own process: wall seconds and peak RSS (MB) from ``os.wait4``.
+
+    A job whose RSS passes ``limit_mb`` is killed (the machine is shared) and reported
+    with ``killed_over_mb``; one still running after ``limit_s`` seconds is killed and
+    reported with ``killed_after_s`` (its peak RSS so far is a lower bound).
+    """
+    code = JOB.format(workflow=str(ROOT / "workflow"), args=json.dumps(args))
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                      "OPENBLAS_NUM_THREADS")}}  # fmt: skip
+    t0 = time.perf_counter()
+    err_file = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=err_file)
+    killed: dict = {}
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if _rss_mb(proc.pid) > limit_mb:
+            killed = {"killed_over_mb": limit_mb}
+        elif time.perf_counter() - t0 > limit_s:
+            killed = {"killed_after_s": limit_s}
+        if killed:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    wall = time.perf_counter() - t0
+    code_ok = proc.returncode == 0
+    out = {"seconds": round(wall, 1), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    if killed:
+        return {**out, **killed}
+    if not code_ok:
+        err_file.seek(0)
+        err = err_file.read().decode(errors="replace")
+        raise RuntimeError(f"{args['stage']} {args['model']} failed:\n{err[-3000:]}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=40)
+    parser.add_argument("--voxels", type=int, default=15000)
+    parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--models", nargs="+", default=["ridge", "ridgedecoder", "mlpdecoder"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-mb", type=float, default=6000, help="kill a job above this RSS")
+    parser.add_argument("--limit-s", type=float, default=1800, help="kill a job after this time")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (kept)")
+    parser.add_argument("--out", type=Path, default=None)
+    a = parser.parse_args(argv)
+    full = a.sessions == 40 and a.voxels >= 15000
+    out = a.out or ROOT / "benchmarks" / "results" / ("scale.json" if full else "scale_small.json")
+    work = a.work or Path(tempfile.mkdtemp(prefix="brainpipe-scale-"))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    t_start = time.perf_counter()
+    try:
+        subject = make_subject(work, a.sessions, a.voxels, a.test_images, a.seed)
+        print(json.dumps(subject), flush=True)
+        from brainpipe.models import get_model, model_params
+
+        jobs = []
+        eval_mem = declared_evaluate_mem_mb()
+        for model in a.models:
+            spec = get_model(model)
+            features = "latent64" if spec.kind == "encoding" else "embed512"
+            params = model_params(model, config)
+            d = work / "models" / f"{model}-{features}"
+            d.mkdir(parents=True, exist_ok=True)
+            common = {"model": model, "subject": SUBJECT, "roi": ROI, "config": config,
+                      "betas": str(work / "betas.zarr"),
+                      "predictions": str(d / "predictions.zarr")}  # fmt: skip
+            train = run_job(
+                {**common, "stage": "train", "features": [str(work / f"{features}.zarr")],
+                 "splits": str(work / "splits.tsv"), "weights": str(d / "weights.safetensors")},
+                params["threads"],
+                a.limit_mb,
+                a.limit_s,
+            )  # fmt: skip
+            jobs.append({"rule": "train", "model": model, "features": features,
+                         "mem_mb": params["mem_mb"], **train})  # fmt: skip
+            print(json.dumps(jobs[-1]), flush=True)
+            if any(k.startswith("killed") for k in train):
+                continue  # no predictions to evaluate
+            evaluate = run_job(
+                {**common, "stage": "evaluate", "metrics": str(d / "metrics.json"),
+                 "scores": str(d / "scores.zarr"),
+                 "embedding": str(work / f"{features}.zarr") if spec.kind == "decoding" else None,
+                 "labels": {"dataset": "scale", "subject": SUBJECT, "model": model,
+                            "features": features},
+                 **{k: config["evaluate"][k] for k in ("n_boot", "n_way", "draws")}},
+                1,
+                a.limit_mb,
+                a.limit_s,
+            )  # fmt: skip
+            metrics = json.loads((d / "metrics.json").read_text())
+            headline = {k: metrics[k] for k in ("mean_r", "top1", "top1_chance") if k in metrics}
+            jobs.append({"rule": "evaluate", "model": model, "features": features,
+                         "mem_mb": eval_mem, **evaluate, "metrics": headline})  # fmt: skip
+            print(json.dumps(jobs[-1]), flush=True)
+    finally:
+        if a.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for job in jobs:
+        job["rss_over_mem"] = round(job["max_rss_mb"] / job["mem_mb"], 3)
+    job_s = sum(j["seconds"] for j in jobs)
+    result = {
+        "command": "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "subject": subject,
+        "jobs": jobs,
+        "all_within_mem_mb": all(
+            j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
+        ),  # fmt: skip
+        "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
+        "job_seconds_one_subject": round(job_s, 1),
+        # the per-subject jobs are independent: 8 subjects are 8 times the job time
+        # (serially; divided by the jobs that fit side by side on a cluster)
+        "projected_job_seconds_8_subjects_serial": round(8 * job_s, 1),
+        "total_wall_s": round(time.perf_counter() - t_start, 1),
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "jobs"}, indent=2))
+    return 0 if result["all_within_mem_mb"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
