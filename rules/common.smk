@@ -238,8 +238,15 @@ def check_config_against_dataset():
     if isinstance(roi_files, dict):  # NSD: {file: {ROI name: label values}}
         rois = sorted({name for names in roi_files.values() for name in (names or {})})
     if DATASET_ENTRY.kind == "bids":  # BIDS + fMRIPrep: the entry's (or config's) `rois` block
-        bids_rois = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}.get("rois")
+        merged = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}
+        bids_rois = merged.get("rois")
         rois = sorted(bids_rois) if isinstance(bids_rois, dict) else None
+        from brainpipe.surface import is_surface_space
+
+        if rois is not None and is_surface_space(merged.get("space")):
+            from brainpipe.datasets.fmriprep import CORTEX_ROI
+
+            rois.append(CORTEX_ROI)  # a surface view's whole-cortex ROI
     if DATASET_ENTRY.kind == "synthetic":
         from brainpipe.datasets.synthetic import ROI_NAMES, SyntheticParams
 

@@ -65,6 +65,10 @@ class Truth:
 
     amplitudes: dict[str, pd.DataFrame] = field(default_factory=dict)
     mask: dict[str, np.ndarray] = field(default_factory=dict)
+    #: surface fixtures: (stimulus x vertex) amplitudes, vertices of both hemispheres left
+    #: first (NaN on the medial wall), and the medial wall's vertices
+    surface: dict[str, pd.DataFrame] = field(default_factory=dict)
+    medial_wall: np.ndarray | None = None
 
 
 def mni_affine() -> np.ndarray:
@@ -256,6 +260,7 @@ def make_dataset(
     rois: bool = True,
     legacy: bool = False,
     space: str = SPACE,
+    surface_space: str | None = None,
 ) -> Truth:
     """Write a raw BIDS + ``derivatives/fmriprep`` dataset of ``shape``; return the truth.
 
@@ -264,6 +269,12 @@ def make_dataset(
     ``*_bold_space-<space>_brainmask.nii.gz``, ``*_bold_confounds.tsv`` with CamelCase
     columns ``X Y Z RotX RotY RotZ CSF WhiteMatter GlobalSignal FramewiseDisplacement
     stdDVARS non-stdDVARS aCompCorNN tCompCorNN CosineNN``, ``*_bold_space-fsaverage5.L.func.gii``).
+
+    ``surface_space`` (``fsaverage5``, ``fsaverage6``): every run also on that surface, as
+    fMRIPrep samples the BOLD onto it (one GIFTI per hemisphere, one data array per
+    volume): each vertex carries one brain voxel's time series (so the same amplitudes)
+    plus its own noise; a medial-wall block is constant (0, as fMRIPrep leaves it), and
+    ROI files per hemisphere are written as FreeSurfer writes them (:func:`_surface_rois`).
     """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -310,6 +321,14 @@ def make_dataset(
         amp = pd.DataFrame(amps.astype(np.float32), index=[_stim_id(s) for s in all_stims])
         truth.amplitudes[sub] = amp
         loadings = rng.normal(0, confound_sd, (6, n_vox))
+        if surface_space:
+            n_v = SURFACE_VERTICES[surface_space]
+            voxel_of = rng.integers(0, n_vox, 2 * n_v)  # vertex (L then R) -> its voxel
+            wall = medial_wall(n_v)
+            truth.medial_wall = wall
+            surf_amp = amp.to_numpy()[:, voxel_of]
+            surf_amp[:, wall] = np.nan
+            truth.surface[sub] = pd.DataFrame(surf_amp, index=amp.index)
         # Each voxel's susceptibility to the (fMRIPrep-estimated) head motion.
         per_session_unique = np.array_split(np.array(uniq[sub], dtype=object), len(shape.sessions))
         for e, ses in enumerate(shape.sessions):
@@ -345,9 +364,20 @@ def make_dataset(
                 ts = base * (1 + psc / 100.0)
                 vol = np.zeros((*SHAPE, n), dtype=np.float32)
                 vol[brain] = ts.T
+                if surface_space:
+                    surf = ts[:, voxel_of] * (1 + rng.normal(0, 0.003, (n, 2 * n_v)))
+                    surf[:, wall] = 0.0
+                    stem_ = f"sub-{sub}_ses-{ses}_task-{shape.task}_run-{run}"
+                    func_ = prep / f"sub-{sub}" / f"ses-{ses}" / "func"
+                    func_.mkdir(parents=True, exist_ok=True)
+                    for h, part in (("L", surf[:, :n_v]), ("R", surf[:, n_v:])):
+                        _write_series(
+                            func_ / f"{stem_}_hemi-{h}_space-{surface_space}_bold.func.gii", part
+                        )
                 stem = f"sub-{sub}_ses-{ses}_task-{shape.task}_run-{run}"
                 func = prep / f"sub-{sub}" / f"ses-{ses}" / "func"
-                first = surfaces and sub == shape.subjects[0] and e == 0 and r == 0
+                first = surfaces and not surface_space and sub == shape.subjects[0]
+                first = first and e == 0 and r == 0
                 if legacy:
                     _write_legacy(func, stem, space, vol, brain, conf, shape.tr, rng, first)
                 else:
@@ -366,6 +396,8 @@ def make_dataset(
                 ev.to_csv(raw / f"{stem}_events.tsv", sep="\t", index=False, na_rep="n/a")
         if rois:
             _roi_files(root, sub, brain)
+    if surface_space:
+        _surface_rois(root, surface_space)
     return truth
 
 
@@ -429,6 +461,67 @@ def _surface(path: Path, n: int, rng: np.random.Generator, n_vertices: int = 102
         nib.gifti.GiftiDataArray(rng.normal(0, 1, n_vertices).astype(np.float32)) for _ in range(n)
     ]
     nib.save(nib.gifti.GiftiImage(darrays=arrays), path)
+
+
+#: Vertices per hemisphere of FreeSurfer's fsaverage5/6 (icosahedron orders 5 and 6).
+SURFACE_VERTICES = {"fsaverage5": 10242, "fsaverage6": 40962}
+#: Where the surface ROI files live (FreeSurfer's subject layout: label/{lh,rh}.NAME).
+SURFACE_LABELS = "derivatives/freesurfer/{space}/label"
+
+
+def medial_wall(n_v: int) -> np.ndarray:
+    """Indices (both hemispheres, left first) of the fixture's constant medial-wall block."""
+    block = np.arange(int(0.88 * n_v), int(0.95 * n_v))
+    return np.concatenate([block, n_v + block])
+
+
+def _write_series(path: Path, data: np.ndarray) -> None:
+    """One hemisphere's (n_scans, n_vertices) series, one data array per volume (fMRIPrep)."""
+    arrays = [
+        nib.gifti.GiftiDataArray(row.astype(np.float32), intent="NIFTI_INTENT_TIME_SERIES")
+        for row in data
+    ]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), path)
+
+
+def write_label(path: Path, vertices: np.ndarray, subject: str) -> None:
+    """A FreeSurfer ``.label`` as FreeSurfer's ``LabelWrite`` (utils/label.c) writes it:
+    a ``#!ascii label`` comment line, the vertex count, then ``vno x y z value`` rows
+    (nibabel reads labels but writes none)."""
+    rows = [f"{int(v)}  {0.0:.3f}  {0.0:.3f}  {0.0:.3f} {0.0:.10f}" for v in vertices]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"#!ascii label  , from subject {subject} vox2ras=TkReg\n{len(rows)}\n"
+    path.write_text(text + "\n".join(rows) + "\n")
+
+
+#: Parcels of the fixture's ``{lh,rh}.aparc.annot`` (Desikan-Killiany names) -> vertex share.
+ANNOT_PARCELS = ("unknown", "pericalcarine", "lateraloccipital", "superiorfrontal")
+
+
+def surface_parcels(n_v: int) -> np.ndarray:
+    """The fixture's parcel index per vertex of one hemisphere (see :func:`_surface_rois`)."""
+    parcel = np.full(n_v, 3)  # superiorfrontal
+    parcel[: n_v // 8] = 1  # pericalcarine (V1's vertices too)
+    parcel[n_v // 8 : n_v // 4] = 2  # lateraloccipital
+    parcel[int(0.88 * n_v) : int(0.95 * n_v)] = 0  # the medial wall: unknown
+    return parcel
+
+
+def _surface_rois(root: Path, space: str) -> None:
+    """``{lh,rh}.V1_exvivo.label`` and ``{lh,rh}.aparc.annot`` (names as in FreeSurfer's
+    fsaverage ``label/`` folder), the annotation written by nibabel's ``write_annot``."""
+    n_v = SURFACE_VERTICES[space]
+    folder = root / SURFACE_LABELS.format(space=space)
+    parcel = surface_parcels(n_v)
+    ctab = np.array(
+        [[25, 5, 25, 0], [120, 100, 60, 0], [20, 30, 140, 0], [20, 220, 160, 0]], dtype=np.int32
+    )
+    for hemi in ("lh", "rh"):
+        write_label(folder / f"{hemi}.V1_exvivo.label", np.flatnonzero(parcel == 1), space)
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.freesurfer.write_annot(
+            str(folder / f"{hemi}.aparc.annot"), parcel, ctab, list(ANNOT_PARCELS)
+        )
 
 
 def _roi_files(root: Path, sub: str, brain: np.ndarray) -> None:

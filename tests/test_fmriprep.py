@@ -27,7 +27,16 @@ from brainpipe.storage import open_zarr
 from brainpipe.validation import validate_subject
 
 from .conftest import ROOT, run_workflow
-from .fmriprep_fixtures import BOLD5000, SPACE, THINGS, make_dataset
+from .fmriprep_fixtures import (
+    BOLD5000,
+    SPACE,
+    SURFACE_LABELS,
+    SURFACE_VERTICES,
+    THINGS,
+    make_dataset,
+    surface_parcels,
+    write_label,
+)
 from .s3_server import serve_tree
 
 MNI = {"space": SPACE, "res": "2"}
@@ -235,8 +244,17 @@ def test_space_and_strategy_config_are_checked(bold5000, tmp_path):
     with pytest.raises(BrainpipeInputError, match="exactly one of"):
         check_confounds_config({"preset": "simple", "strategy": ["motion"]})
     assert check_confounds_config(None) is None
-    with pytest.raises(BrainpipeInputError, match=r"source.space.*surface outputs"):
-        fmriprep.FmriprepOptions.from_config({"space": "fsaverage5"}, "x.yaml")
+    with pytest.raises(BrainpipeInputError, match=r"source.space.*fsnative differs per subject"):
+        fmriprep.FmriprepOptions.from_config({"space": "fsnative"}, "x.yaml")
+    assert fmriprep.FmriprepOptions.from_config({"space": "fsaverage5"}, "x").space == "fsaverage5"
+    with pytest.raises(BrainpipeInputError, match=r"source.rois.GM.nilearn.*no fsaverage atlas"):
+        fmriprep.FmriprepOptions.from_config(
+            {"space": "fsaverage6", "rois": {"GM": {"nilearn": "mni152_gm"}}}, "x.yaml"
+        )
+    with pytest.raises(BrainpipeInputError, match=r"source.rois.V1.file.*one file per hemi"):
+        fmriprep.FmriprepOptions.from_config(
+            {"space": "fsaverage", "rois": {"V1": {"file": "lh.V1.label"}}}, "x.yaml"
+        )
     with pytest.raises(BrainpipeInputError, match=r"field 'space'.*T1w"):
         fetch_bold5000(bold5000[0], tmp_path / "d", space="T1w", res=None)
 
@@ -427,3 +445,196 @@ def test_runs_all_takes_each_sessions_own_runs(bold5000, tmp_path):
     ]  # fmt: skip
     with pytest.raises(BrainpipeInputError, match="ses-03 has no run"):
         run_keys("CSI1", ["01", "03"], "all", layout)
+
+
+# ------------------------------------------------------------------ surface (fsaverage)
+
+SURFACE = "fsaverage5"
+LABELS = SURFACE_LABELS.format(space=SURFACE)
+SURFACE_ROIS = {
+    "V1": {"file": f"{LABELS}/{{hemi}}.V1_exvivo.label"},
+    "LO": {"file": f"{LABELS}/{{hemi}}.aparc.annot", "labels": ["lateraloccipital"]},
+}
+
+
+@pytest.fixture(scope="module")
+def bold5000_surface(tmp_path_factory):
+    """BOLD5000-shaped, every run also on fsaverage5 (fMRIPrep's func.gii per hemisphere)."""
+    root = tmp_path_factory.mktemp("bold5000-surface") / "ds001499"
+    truth = make_dataset(root, BOLD5000, seed=4, surface_space=SURFACE)
+    return root, truth
+
+
+def fetch_surface(root: Path, dest: Path, **source) -> Path:
+    return fetch_dataset(
+        "bold5000", dest, subjects=["CSI1"], sessions=BOLD5000.sessions, runs=BOLD5000.runs,
+        task=BOLD5000.task, progress=False,
+        source={"path": str(root), "space": SURFACE, "rois": SURFACE_ROIS, **source},
+    )  # fmt: skip
+
+
+def _surface_accuracy(betas, truth, subject: str) -> tuple[float, float]:
+    """Pearson r and RMSE of a surface store's betas against the true amplitudes."""
+    n_v = SURFACE_VERTICES[SURFACE]
+    column = betas["vertex"].values + n_v * (betas["hemi"].values == "rh")
+    true = truth.surface[subject].loc[betas["stimulus"].values].to_numpy()[:, column]
+    est = betas["betas"].values
+    return float(np.corrcoef(est.ravel(), true.ravel())[0, 1]), float(
+        np.sqrt(np.mean((est - true) ** 2))
+    )
+
+
+def test_surface_runs_from_view_to_betas_recover_true_amplitudes(bold5000_surface, tmp_path):
+    """fsaverage5: view -> validate -> preprocess (confounds) -> LSA and GLMsingle betas."""
+    from brainpipe.betas import estimate_betas
+
+    root, truth = bold5000_surface
+    dest = fetch_surface(root, tmp_path / "data" / "bold5000")
+    layout = BidsLayout(dest, BOLD5000.task)
+    key = RunKey("CSI1", "01", "01")
+    assert layout.surface_space == SURFACE and not layout.bold(key).exists()
+    assert not layout.brain_mask("CSI1").exists()  # no NIfTI mask on a surface
+    prep = root / "derivatives/fmriprep/sub-CSI1/ses-01/func"
+    for h in ("L", "R"):
+        name = f"sub-CSI1_ses-01_task-5000scenes_run-01_hemi-{h}_space-{SURFACE}_bold.func.gii"
+        assert layout.surface_bold(key, h).resolve() == prep / name
+    assert layout.available_rois("CSI1") == ["LO", "V1", "cortex"]
+    manifest = validate_subject(dest, "CSI1", BOLD5000.sessions, BOLD5000.runs, 2.0,
+                                BOLD5000.task)  # fmt: skip
+    # the constant medial wall is exactly what the input policy drops
+    np.testing.assert_array_equal(manifest["dead_voxels"], truth.medial_wall)
+    n_v = SURFACE_VERTICES[SURFACE]
+    parcels = surface_parcels(n_v)
+    assert manifest["rois"] == {
+        "V1": 2 * int((parcels == 1).sum()), "LO": 2 * int((parcels == 2).sum()),
+        "cortex": 2 * n_v,
+    }  # fmt: skip
+    runs = run_keys("CSI1", BOLD5000.sessions, BOLD5000.runs)
+    pre_path = tmp_path / "preproc.zarr"
+    preprocess_subject(layout, "CSI1", runs, pre_path, confounds=SCRUB, manifest=manifest)
+    pre = open_zarr(pre_path)
+    assert pre.attrs["space"] == SURFACE and pre.attrs["n_vertices"] == {"lh": n_v, "rh": n_v}
+    assert pre.sizes["voxel"] == 2 * n_v - len(truth.medial_wall)
+    assert (~pre["sample_mask"].values).sum() == 3 * len(runs)  # scrubbed spikes
+    figures = {}
+    for method in ("lsa", "glmsingle"):
+        out = tmp_path / f"{method}.zarr"
+        config = {"betas": {"method": method, "types": ["A", "B"]}}
+        estimate_betas(pre_path, layout, "CSI1", runs, out, config=config)
+        betas = open_zarr(out)
+        assert set(betas["hemi"].values) == {"lh", "rh"} and betas.attrs["surface"] == SURFACE
+        assert "affine" not in betas.attrs
+        v1 = parcels[betas["vertex"].values] == 1
+        np.testing.assert_array_equal(betas["roi_V1"].values, v1)
+        assert betas["roi_cortex"].values.all()
+        figures[method] = _surface_accuracy(betas, truth, "CSI1")
+    # confound regression helps on the surface as on volumes (the same motion confounds)
+    preprocess_subject(layout, "CSI1", runs, tmp_path / "none.zarr", manifest=manifest)
+    estimate_betas(tmp_path / "none.zarr", layout, "CSI1", runs, tmp_path / "none-lsa.zarr")
+    figures["lsa, no confounds"] = _surface_accuracy(open_zarr(tmp_path / "none-lsa.zarr"), truth,
+                                                     "CSI1")  # fmt: skip
+    print("surface betas vs truth (r, rmse):", figures)
+    assert figures["lsa"][0] > 0.7 and figures["glmsingle"][0] > 0.7, figures
+    assert figures["lsa"][0] > figures["lsa, no confounds"][0] + 0.2, figures
+
+
+def _gifti_series(path: Path) -> np.ndarray:
+    return np.stack([d.data for d in nib.load(path).darrays])
+
+
+SRUN = "sub-CSI1_ses-01_task-5000scenes_run-02"
+
+
+@pytest.mark.parametrize(
+    ("case", "field", "message"),
+    [
+        ("no_right", "hemi", "no R hemisphere"),
+        ("space", "space", "surface spaces it wrote: ['fsaverage5']"),
+        ("vertices", "Dim0", "fsaverage5 has 10242 per hemisphere"),
+        ("lengths", "DataArray", "the left hemisphere"),
+        ("label", "vertex", "outside the surface"),
+        ("parcel", "source.rois.LO.labels", "not in the annotation"),
+    ],
+)
+def test_bad_surface_derivatives_stop_naming_file_and_field(
+    bold5000_surface, tmp_path, case, field, message
+):
+    root = _break(bold5000_surface[0], tmp_path)
+    func = root / FUNC
+    right = func / f"{SRUN}_hemi-R_space-{SURFACE}_bold.func.gii"
+    source: dict = {}
+    culprit = right
+    if case == "no_right":
+        right.unlink()
+    elif case == "space":
+        culprit = func / f"{SRUN.replace('run-02', 'run-01')}_hemi-L_space-fsaverage6_bold.func.gii"
+        source = {"space": "fsaverage6"}
+    elif case == "vertices":
+        data = _gifti_series(right)[:, :10000]
+        nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(r) for r in data]), right)
+    elif case == "lengths":
+        data = _gifti_series(right)[:-5]
+        nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(r) for r in data]), right)
+    elif case == "label":
+        culprit = root / LABELS / "rh.V1_exvivo.label"
+        write_label(culprit, np.array([5, 20000]), SURFACE)
+    else:
+        culprit = root / LABELS / "lh.aparc.annot"
+        source = {"rois": {"LO": {**SURFACE_ROIS["LO"], "labels": ["fusiform"]}}}
+    dest = tmp_path / "data" / "bold5000"
+    with pytest.raises(BrainpipeInputError) as err:
+        fetch_surface(root, dest, **source)
+    assert err.value.source == str(culprit) and err.value.field == field, str(err.value)
+    assert message in str(err.value)
+    assert not dest.exists()
+
+
+def test_surface_inputs_checked_before_compute(bold5000_surface, tmp_path):
+    """validate_inputs decodes every GIFTI: a damaged file, non-finite samples."""
+    root = _break(bold5000_surface[0], tmp_path)
+    right = root / FUNC / f"{SRUN}_hemi-R_space-{SURFACE}_bold.func.gii"
+    left = root / FUNC / f"{SRUN}_hemi-L_space-{SURFACE}_bold.func.gii"
+    data = _gifti_series(left)
+    data[7, :] = np.nan  # a broken volume: censored
+    data[:, 3] = np.nan  # a vertex never sampled: dropped as dead
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(r) for r in data]), left)
+    dest = fetch_surface(root, tmp_path / "data" / "bold5000")
+    manifest = validate_subject(dest, "CSI1", BOLD5000.sessions, BOLD5000.runs, 2.0,
+                                BOLD5000.task)  # fmt: skip
+    run = next(r for r in manifest["runs"] if (r["session"], r["run"]) == ("01", "02"))
+    assert run["censored_scans"] == [7] and 3 in manifest["dead_voxels"]
+    layout = BidsLayout(dest, BOLD5000.task)
+    runs = run_keys("CSI1", BOLD5000.sessions, BOLD5000.runs)
+    preprocess_subject(layout, "CSI1", runs, tmp_path / "p.zarr", manifest=manifest)
+    pre = open_zarr(tmp_path / "p.zarr")
+    assert pre["censored"].values.sum() == 1 and ["lh", 3] in pre.attrs["dropped_vertices"]
+    assert np.isfinite(pre["bold"].values[~pre["censored"].values]).all()
+    # a damaged (truncated) GIFTI stops validate_inputs naming it
+    right.write_bytes(right.read_bytes()[: right.stat().st_size // 2])
+    with pytest.raises(BrainpipeInputError) as err:
+        validate_subject(dest, "CSI1", BOLD5000.sessions, BOLD5000.runs, 2.0, BOLD5000.task)
+    assert err.value.source == str(layout.surface_bold(RunKey("CSI1", "01", "02"), "R"))
+    assert err.value.field == "<gifti>"
+
+
+@pytest.mark.parametrize(("space", "n_vertices"), [("fsaverage6", 40962), ("fsaverage", 163842)])
+def test_other_fsaverage_spaces_are_told_apart_by_vertex_count(tmp_path, space, n_vertices):
+    """fsaverage6 / fsaverage runs: accepted as spaces, checked by their vertex counts."""
+    from brainpipe.surface import expected_vertices, gifti_header, load_gifti_series
+
+    opts = fmriprep.FmriprepOptions.from_config(
+        {"space": space, "rois": {"V1": {"file": {"L": "lh.V1.label", "R": "rh.V1.label"}}}}, "x"
+    )
+    assert opts.space == space
+    path = tmp_path / f"sub-01_task-x_run-1_hemi-L_space-{space}_bold.func.gii"
+    arrays = [nib.gifti.GiftiDataArray(np.full(n_vertices, v, np.float32)) for v in (1.0, 2.0)]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), path)
+    assert gifti_header(path) == (2, n_vertices)
+    assert load_gifti_series(path, "run").shape == (2, n_vertices)
+    expected_vertices(space, path, n_vertices)
+    with pytest.raises(BrainpipeInputError, match="fsaverage5 has 10242 per hemisphere"):
+        expected_vertices("fsaverage5", path, n_vertices)
+    with pytest.raises(BrainpipeInputError, match=r"source.rois.V1.file.*for surface spaces"):
+        fmriprep.FmriprepOptions.from_config(
+            {"space": "T1w", "rois": {"V1": {"file": {"L": "a", "R": "b"}}}}, "x"
+        )

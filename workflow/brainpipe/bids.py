@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,39 @@ class BidsLayout:
         """The events.tsv of a run."""
         return self._func_stem(key).with_name(self._func_stem(key).name + "_events.tsv")
 
+    @cached_property
+    def surface_space(self) -> str | None:
+        """The fsaverage space of a surface dataset, else None (a volume dataset).
+
+        A BIDS + fMRIPrep data view made with ``source.space: fsaverage*`` records its
+        space in ``dataset_description.json`` (``brainpipe_view.space``); its runs are
+        then per-hemisphere GIFTI files (:meth:`surface_bold`), with no brain mask.
+        """
+        from brainpipe.surface import is_surface_space
+
+        path = Path(self.root, "dataset_description.json")
+        try:
+            view = json.loads(path.read_text() or "{}").get("brainpipe_view") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+        space = view.get("space")
+        return str(space) if is_surface_space(space) else None
+
+    def surface_bold(self, key: RunKey, hemi: str) -> Path:
+        """One hemisphere's (``L``/``R``) GIFTI time series of a run on a surface dataset."""
+        stem = self._func_stem(key)
+        return stem.with_name(f"{stem.name}_hemi-{hemi}_space-{self.surface_space}_bold.func.gii")
+
+    def surface_roi(self, subject: str, roi: str, hemi: str) -> Path:
+        """One hemisphere's per-vertex ROI mask (uint8 GIFTI) on a surface dataset."""
+        return Path(
+            self.root,
+            "derivatives",
+            "rois",
+            f"sub-{subject}",
+            f"sub-{subject}_hemi-{hemi}_space-{self.surface_space}_roi-{roi}_mask.func.gii",
+        )
+
     def runs(self, subject: str, session: str) -> list[str]:
         """The run labels of ``task`` that one session has (its BOLD files), in run order.
 
@@ -72,8 +106,11 @@ class BidsLayout:
         """
         folder = Path(self.root, f"sub-{subject}", f"ses-{session}", "func")
         stem = f"sub-{subject}_ses-{session}_task-{self.task}_run-"
-        tails = (p.name[len(stem) :] for p in folder.glob(f"{stem}*_bold.nii.gz"))
-        labels = [t[: -len("_bold.nii.gz")] for t in tails if "_" not in t[: -len("_bold.nii.gz")]]
+        end = "_bold.nii.gz"
+        if self.surface_space:
+            end = f"_hemi-L_space-{self.surface_space}_bold.func.gii"
+        tails = (p.name[len(stem) :] for p in folder.glob(f"{stem}*{end}"))
+        labels = [t[: -len(end)] for t in tails if "_" not in t[: -len(end)]]
         if not labels:
             raise BrainpipeInputError(
                 folder, "runs", f"sub-{subject} ses-{session} has no run of task {self.task!r} "
@@ -101,6 +138,8 @@ class BidsLayout:
         """Names of the ROI masks the dataset has for ``subject``, sorted."""
         folder = self.roi_mask(subject, "X").parent
         pattern = f"sub-{subject}_space-synth_roi-*_mask.nii.gz"
+        if self.surface_space:  # both hemispheres are written; the left one names the ROI
+            pattern = f"sub-{subject}_hemi-L_space-{self.surface_space}_roi-*_mask.func.gii"
         return sorted(p.name.split("_roi-")[1].split("_mask")[0] for p in folder.glob(pattern))
 
     @property

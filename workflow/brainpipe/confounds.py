@@ -116,13 +116,16 @@ def fmriprep_image(bold: str | Path) -> Path:
     return found[0]
 
 
-def load_run_confounds(bold: str | Path, cfg: dict[str, Any], n_scans: int) -> RunConfounds:
+def load_run_confounds(
+    bold: str | Path | list[Path], cfg: dict[str, Any], n_scans: int
+) -> RunConfounds:
     """Read a run's confounds with nilearn and the configured strategy.
 
     Parameters
     ----------
-    bold : path
-        The run's BOLD in the data folder (its fMRIPrep-named sibling is what nilearn reads).
+    bold : path or list of path
+        The run's BOLD in the data folder (its fMRIPrep-named sibling is what nilearn reads),
+        or on a surface the pair of hemisphere ``*_bold.func.gii`` files (fMRIPrep's names).
     cfg : dict
         A checked ``preprocess.confounds`` block (:func:`check_confounds_config`).
     n_scans : int
@@ -137,18 +140,28 @@ def load_run_confounds(bold: str | Path, cfg: dict[str, Any], n_scans: int) -> R
     from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
     from nilearn.interfaces.fmriprep.load_confounds_utils import MissingConfoundError
 
-    img = fmriprep_image(bold)
-    conf_file = img.parent / (
-        img.name.split("_space-")[0].split("_desc-")[0] + "_desc-confounds_timeseries.tsv"
+    if isinstance(bold, list | tuple):  # a surface run: both hemispheres' func.gii, as nilearn
+        img: Any = [str(p) for p in bold]  # takes them (a pair of paths)
+        first = Path(bold[0])
+    else:
+        img = fmriprep_image(bold)
+        first = img
+    conf_file = first.parent / (
+        first.name.split("_hemi-")[0].split("_space-")[0].split("_desc-")[0]
+        + "_desc-confounds_timeseries.tsv"
     )
     kwargs = {k: cfg[k] for k in KWARGS if k in cfg}
     try:
         if "preset" in cfg:
             frame, sample_mask = load_confounds_strategy(
-                str(img), denoise_strategy=cfg["preset"], **kwargs
+                img if isinstance(img, list) else str(img), denoise_strategy=cfg["preset"], **kwargs
             )
         else:
-            frame, sample_mask = load_confounds(str(img), strategy=tuple(cfg["strategy"]), **kwargs)
+            frame, sample_mask = load_confounds(
+                img if isinstance(img, list) else str(img),
+                strategy=tuple(cfg["strategy"]),
+                **kwargs,
+            )
     except (
         ValueError,
         FileNotFoundError,
@@ -247,4 +260,10 @@ def confounds_for_runs(
     cfg = check_confounds_config(cfg)
     if cfg is None:
         return [None] * len(runs)
-    return [load_run_confounds(layout.bold(k), cfg, n) for k, n in zip(runs, n_scans, strict=True)]
+    surface = getattr(layout, "surface_space", None)
+    return [
+        load_run_confounds(
+            [layout.surface_bold(k, h) for h in ("L", "R")] if surface else layout.bold(k), cfg, n
+        )
+        for k, n in zip(runs, n_scans, strict=True)
+    ]

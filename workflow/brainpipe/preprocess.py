@@ -4,6 +4,10 @@ The output is one store per subject, ``preproc.zarr``, holding
 ``bold(time, voxel)`` in percent signal change with every run stacked along
 ``time`` and labelled by ``session``, ``run`` and ``scan`` coords. Runs are
 processed and appended one at a time, so memory holds one run.
+
+A surface dataset (fMRIPrep's fsaverage GIFTI runs, :attr:`BidsLayout.surface_space`) is
+cleaned the same way; its ``voxel`` axis is then every vertex of both hemispheres (left
+first) with coords ``hemi`` and ``vertex`` instead of ``i, j, k, x, y, z``.
 """
 
 from __future__ import annotations
@@ -174,11 +178,13 @@ def preprocess_subject(
     the ``time`` axis with ``bold`` = NaN and coord ``censored(time)`` = True
     (attr ``n_censored_volumes``). Both are logged as warnings.
     """
-    mask_img = nib.load(layout.brain_mask(subject))
-    mask = np.asarray(mask_img.dataobj) > 0
+    geo = _surface(layout, runs) if layout.surface_space else _volume(layout, subject, runs)
+    read_run = geo["read"]
+    if layout.surface_space and smoothing_fwhm_mm:
+        log.warning("preprocess.smoothing_fwhm_mm is not applied on a surface (%s)", geo["space"])
     if manifest is None:
-        manifest = _policy_from_data(layout, runs, mask_img, mask)
-    dead = np.zeros(int(mask.sum()), dtype=bool)
+        manifest = _policy_from_data(runs, read_run, geo["n_total"])
+    dead = np.zeros(geo["n_total"], dtype=bool)
     dead[np.asarray(manifest.get("dead_voxels", []), dtype=int)] = True
     censored_by_run = {
         (str(r["session"]), str(r["run"])): r.get("censored_scans", [])
@@ -186,20 +192,19 @@ def preprocess_subject(
     }
     keep = ~dead
     n_voxels = int(keep.sum())
-    ijk_all = np.argwhere(mask)
-    coords = voxel_coords(mask, mask_img.affine)
-    coords = {name: (dim, values[keep]) for name, (dim, values) in coords.items()}
+    coords = {name: (dim, values[keep]) for name, (dim, values) in geo["coords"].items()}
     if dead.any():
         log.warning(
             "sub-%s: dropped %d of %d brain voxels as dead (constant, all zero or mostly "
-            "non-finite in some run); see attrs dropped_voxels_ijk",
+            "non-finite in some run); see attrs %s",
             subject,
             int(dead.sum()),
             dead.size,
+            ", ".join(geo["dropped"](dead)),
         )
-    # Lay the whole store out first (lengths come from the NIfTI headers), then
+    # Lay the whole store out first (lengths come from the file headers), then
     # fill it run by run, so memory never holds more than one run.
-    n_scans = [int(nib.load(layout.bold(key)).shape[3]) for key in runs]
+    n_scans = geo["n_scans"]
     # Every run's confounds are read (and checked) before any run is processed.
     run_confounds = confounds_for_runs(layout, runs, n_scans, confounds)
     starts = np.concatenate([[0], np.cumsum(n_scans)])
@@ -249,14 +254,12 @@ def preprocess_subject(
             "subject": subject,
             "tr": read_tr(layout.sidecar(runs[0])),
             "units": "percent signal change",
-            "affine": mask_img.affine.tolist(),
-            "volume_shape": list(mask.shape),
-            "space": "func",
+            **geo["attrs"],
             "stage": "preprocess",
             "input_policy": "censor non-finite volumes (NaN, left out of fits); drop dead voxels",
             "n_censored_volumes": int(censored.sum()),
             "n_dropped_voxels": int(dead.sum()),
-            "dropped_voxels_ijk": ijk_all[dead].tolist(),
+            **geo["dropped"](dead),
             **provenance_attrs(config),
         },
     )
@@ -266,9 +269,7 @@ def preprocess_subject(
         )
         for n, key in enumerate(tqdm(runs, desc=f"preprocess sub-{subject}", unit="run")):
             tr = read_tr(layout.sidecar(key))
-            data = masking.apply_mask(
-                layout.bold(key), mask_img, smoothing_fwhm=smoothing_fwhm_mm, ensure_finite=False
-            )
+            data = read_run(key, smoothing_fwhm_mm)
             conf = run_confounds[n]
             data = data[:, keep]
             if conf is not None:
@@ -280,7 +281,7 @@ def preprocess_subject(
             unexpected = ~np.isfinite(psc[~run_censored])
             if unexpected.any():
                 raise BrainpipeInputError(
-                    layout.bold(key),
+                    geo["file"](key),
                     "<data>",
                     f"{int(unexpected.any(axis=0).sum())} voxels have non-finite samples or a "
                     "non-positive mean that the subject's manifest did not report; rerun "
@@ -307,17 +308,79 @@ def preprocess_subject(
     return Path(out_path)
 
 
-def _policy_from_data(
-    layout: BidsLayout, runs: list[RunKey], mask_img: Any, mask: np.ndarray
-) -> dict[str, Any]:
+def _volume(layout: BidsLayout, subject: str, runs: list[RunKey]) -> dict[str, Any]:
+    """A volume dataset's geometry: the brain mask's voxels, their coords, run reader."""
+    mask_img = nib.load(layout.brain_mask(subject))
+    mask = np.asarray(mask_img.dataobj) > 0
+    ijk_all = np.argwhere(mask)
+
+    def read(key: RunKey, smoothing_fwhm_mm: float | None = None) -> np.ndarray:
+        return masking.apply_mask(
+            layout.bold(key), mask_img, smoothing_fwhm=smoothing_fwhm_mm, ensure_finite=False
+        )
+
+    return {
+        "n_total": int(mask.sum()),
+        "coords": voxel_coords(mask, mask_img.affine),
+        "n_scans": [int(nib.load(layout.bold(key)).shape[3]) for key in runs],
+        "read": read,
+        "file": layout.bold,
+        "space": "func",
+        "attrs": {
+            "affine": mask_img.affine.tolist(),
+            "volume_shape": list(mask.shape),
+            "space": "func",
+        },
+        "dropped": lambda dead: {"dropped_voxels_ijk": ijk_all[dead].tolist()},
+    }
+
+
+def _surface(layout: BidsLayout, runs: list[RunKey]) -> dict[str, Any]:
+    """A surface dataset's geometry: every vertex of both hemispheres (left first), their
+    ``hemi``/``vertex`` coords (as NSD's fsaverage stores), run reader (GIFTI)."""
+    from brainpipe.surface import (
+        FSAVERAGE_VERTICES,
+        HEMIS,
+        gifti_header,
+        load_gifti_series,
+        vertex_coords,
+    )
+
+    space = str(layout.surface_space)
+    n_vertices = {fs: FSAVERAGE_VERTICES[space] for fs in HEMIS.values()}
+    where = vertex_coords(n_vertices)
+
+    def read(key: RunKey, smoothing_fwhm_mm: float | None = None) -> np.ndarray:
+        return np.concatenate(
+            [load_gifti_series(layout.surface_bold(key, h), f"{h} hemisphere") for h in HEMIS],
+            axis=1,
+        )
+
+    return {
+        "n_total": int(sum(n_vertices.values())),
+        "coords": {name: ("voxel", values) for name, values in where.items()},
+        "n_scans": [gifti_header(layout.surface_bold(key, "L"))[0] for key in runs],
+        "read": read,
+        "file": lambda key: layout.surface_bold(key, "L"),
+        "space": space,
+        "attrs": {"space": space, "surface": space, "n_vertices": n_vertices},
+        "dropped": lambda dead: {
+            "dropped_vertices": [
+                [str(h), int(v)]
+                for h, v in zip(where["hemi"][dead], where["vertex"][dead], strict=True)
+            ]
+        },  # fmt: skip
+    }
+
+
+def _policy_from_data(runs: list[RunKey], read: Any, n_total: int) -> dict[str, Any]:
     """Dead voxels and censored volumes of every run (what the manifest records)."""
     from brainpipe.validation import usable_samples
 
-    dead = np.zeros(int(mask.sum()), dtype=bool)
+    dead = np.zeros(n_total, dtype=bool)
     per_run = []
     for key in runs:
-        data = np.asarray(nib.load(layout.bold(key)).dataobj, dtype=np.float32)[mask].T
-        policy = usable_samples(data)
+        policy = usable_samples(np.asarray(read(key), dtype=np.float32))
         dead |= policy["dead"]
         per_run.append(
             {

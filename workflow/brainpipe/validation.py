@@ -415,6 +415,10 @@ def check_subject(
         "rois", "runs": [{session, run, n_scans, n_trials, censored_scans}]}`` (the
         keys of the parts checked).
     """
+    if layout.surface_space:
+        return check_surface_subject(
+            layout, subject, sessions, runs, tr, images, max_censored_fraction, parts
+        )
     mask_path = layout.brain_mask(subject)
     if not mask_path.exists() and not mask_path.is_symlink():
         raise BrainpipeInputError(mask_path, "<file>", f"brain mask of sub-{subject} is missing")
@@ -507,6 +511,119 @@ def check_subject(
         "n_voxels": int(mask.sum()),
         "volume_shape": list(volume_shape),
         "affine": np.round(mask_img.affine, 6).tolist(),
+        "runs": checked_runs,
+    }
+    if "runs" in parts:
+        manifest["dead_voxels"] = [int(v) for v in np.flatnonzero(dead)]
+    if "events" in parts:
+        manifest["rois"] = rois
+    return manifest
+
+
+def check_surface_subject(
+    layout: BidsLayout,
+    subject: str,
+    sessions: list[str],
+    runs: list[str] | str,
+    tr: float,
+    images: Mapping[str, Any],
+    max_censored_fraction: float = MAX_CENSORED_FRACTION,
+    parts: tuple[str, ...] = ("runs", "events"),
+) -> dict[str, Any]:
+    """:func:`check_subject` for a surface dataset (fMRIPrep's fsaverage GIFTI runs).
+
+    Every run's two hemispheres decode (:func:`brainpipe.surface.load_gifti_series`), have
+    the space's vertex count and as many volumes as each other; the same input policy as
+    volumes applies to the vertices (``dead_voxels``: indices over both hemispheres, left
+    first; fMRIPrep leaves the medial wall constant, so it is dropped); the ROI masks of
+    the data view decode and have the space's vertex count.
+    """
+    from brainpipe.surface import (
+        FSAVERAGE_VERTICES,
+        HEMIS,
+        expected_vertices,
+        gifti_header,
+        load_gifti_series,
+        read_vertex_mask,
+    )
+
+    space = str(layout.surface_space)
+    per_hemi = FSAVERAGE_VERTICES[space]
+    n_total = 2 * per_hemi
+    rois = {}
+    for roi in layout.available_rois(subject) if "events" in parts else []:
+        inside = 0
+        for h in HEMIS:
+            path = layout.surface_roi(subject, roi, h)
+            check_file(path, f"ROI mask {roi} ({h}) of sub-{subject}")
+            mask = read_vertex_mask(path, f"ROI mask {roi} ({h}) of sub-{subject}")
+            expected_vertices(space, path, mask.size)
+            inside += int(mask.sum())
+        if inside == 0:
+            log.warning("ROI %s has no vertex for sub-%s", roi, subject)
+        rois[roi] = inside
+    dead = np.zeros(n_total, dtype=bool)
+    checked_runs = []
+    for key in run_keys(subject, sessions, runs, layout):
+        paths = {h: layout.surface_bold(key, h) for h in HEMIS}
+        for h, path in paths.items():
+            if not path.exists() and not path.is_symlink():
+                raise BrainpipeInputError(
+                    path, "<file>", f"run missing: sub-{subject} ses-{key.session} run-{key.run} "
+                    f"has no {h} hemisphere on {space} (config keys 'sessions' and 'runs')",
+                )  # fmt: skip
+            check_file(path, f"{h} hemisphere of a run of sub-{subject}")
+        if "runs" not in parts:
+            n_scans = gifti_header(paths["L"])[0]
+            events = check_events(layout.events(key), n_scans, tr, images, layout.stimuli_table)
+            checked_runs.append(
+                {"session": key.session, "run": key.run, "n_scans": n_scans,
+                 "n_trials": len(events)}
+            )  # fmt: skip
+            continue
+        check_text(layout.sidecar(key), "BOLD sidecar")
+        _check_tr(
+            layout.sidecar(key), "RepetitionTime", read_tr(layout.sidecar(key)), tr,
+            "the config key 'tr'",
+        )  # fmt: skip
+        hemis = []
+        for h, path in paths.items():
+            series = load_gifti_series(path, f"{h} hemisphere of sub-{subject}")
+            expected_vertices(space, path, series.shape[1])
+            if hemis and series.shape[0] != hemis[0].shape[0]:
+                raise BrainpipeInputError(
+                    path, "DataArray", f"{series.shape[0]} volumes; the left hemisphere has "
+                    f"{hemis[0].shape[0]}",
+                )  # fmt: skip
+            hemis.append(series)
+        data = np.concatenate(hemis, axis=1)
+        del hemis
+        n_scans = int(data.shape[0])
+        policy = usable_samples(data, max_censored_fraction)
+        censored = np.flatnonzero(policy["censored"])
+        if len(censored) > max_censored_fraction * n_scans:
+            raise BrainpipeInputError(
+                paths["L"], "<data>",
+                f"{len(censored)} of {n_scans} volumes have non-finite samples (first: scan "
+                f"{int(censored[0])}); at most {max_censored_fraction:.0%} can be censored",
+            )  # fmt: skip
+        dead |= policy["dead"]
+        del data
+        checked = {"session": key.session, "run": key.run, "n_scans": n_scans}
+        if "events" in parts:
+            events = check_events(layout.events(key), n_scans, tr, images, layout.stimuli_table)
+            checked["n_trials"] = len(events)
+        checked_runs.append({**checked, "censored_scans": [int(s) for s in censored]})
+    if "runs" in parts and dead.all():
+        raise BrainpipeInputError(
+            layout.surface_bold(run_keys(subject, sessions, runs, layout)[0], "L"), "<data>",
+            f"every one of the {n_total} vertices of sub-{subject} is dead (constant or "
+            "non-finite in a run); expected a time series that varies",
+        )  # fmt: skip
+    manifest: dict[str, Any] = {
+        "n_voxels": n_total,
+        "surface": space,
+        "n_vertices": {fs: per_hemi for fs in HEMIS.values()},
         "runs": checked_runs,
     }
     if "runs" in parts:

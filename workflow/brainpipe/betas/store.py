@@ -328,10 +328,11 @@ def layout_from_preproc(
     """The layout of betas estimated from ``preproc.zarr`` (LSA, GLMsingle).
 
     Voxel coords ``i, j, k, x, y, z`` and the ``subject, affine, volume_shape, space, tr``
-    attrs come from ``preproc``; ``roi_<name>`` from every ROI mask ``bids`` has for the
-    subject (adding an ROI to the config then needs no new betas); the per-voxel
-    variables start at zero (:func:`placeholder_vars`, set later with
-    :func:`write_per_voxel`).
+    attrs come from ``preproc`` (on a surface: ``hemi, vertex`` and ``surface,
+    n_vertices`` instead, ROIs from the per-vertex masks of the data view);
+    ``roi_<name>`` from every ROI mask ``bids`` has for the subject (adding an ROI to the
+    config then needs no new betas); the per-voxel variables start at zero
+    (:func:`placeholder_vars`, set later with :func:`write_per_voxel`).
 
     Parameters
     ----------
@@ -348,16 +349,26 @@ def layout_from_preproc(
     """
     from brainpipe.storage import provenance_attrs
 
-    roi = roi_membership(bids, subject, bids.available_rois(subject), voxel_ijk(preproc))
+    if "hemi" in preproc.coords:  # a surface (fMRIPrep fsaverage runs, brainpipe.surface)
+        from brainpipe.surface import surface_roi_membership
+
+        roi = surface_roi_membership(
+            bids, subject, bids.available_rois(subject), preproc["hemi"].values,
+            preproc["vertex"].values,
+        )  # fmt: skip
+        where, geometry = ("hemi", "vertex"), ("surface", "n_vertices")
+    else:
+        roi = roi_membership(bids, subject, bids.available_rois(subject), voxel_ijk(preproc))
+        where, geometry = ("i", "j", "k", "x", "y", "z"), ("affine", "volume_shape")
     return BetasLayout(
         data_vars=placeholder_vars(preproc.sizes["voxel"], extra_vars),
         coords={
             **{name: ("trial", np.asarray(values)) for name, values in trials.items()},
-            **{c: ("voxel", preproc[c].values) for c in ("i", "j", "k", "x", "y", "z")},
+            **{c: ("voxel", preproc[c].values) for c in where},
             **{f"roi_{name}": ("voxel", member) for name, member in roi.items()},
         },
         attrs={
-            **{k: preproc.attrs[k] for k in ("subject", "affine", "volume_shape", "space", "tr")},
+            **{k: preproc.attrs[k] for k in ("subject", *geometry, "space", "tr")},
             "units": "percent signal change",
             "stage": "betas",
             **attrs,

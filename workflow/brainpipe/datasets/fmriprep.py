@@ -54,6 +54,15 @@ import pandas as pd
 from brainpipe.bids import ALL_RUNS, BidsLayout, RunKey
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import atomic_path
+from brainpipe.surface import (
+    FSAVERAGE_VERTICES,
+    HEMIS,
+    expected_vertices,
+    gifti_header,
+    is_surface_space,
+    read_surface_roi,
+    write_vertex_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,7 @@ READ_SUFFIXES = (
     "_desc-confounds_timeseries.tsv", "_desc-confounds_timeseries.json", "_bold.func.gii",
     # fMRIPrep < 1.2 (BOLD5000's derivatives on OpenNeuro)
     "_preproc.nii.gz", "_brainmask.nii.gz", "_bold_confounds.tsv", ".func.gii",
+    "_bold.json",  # surface sidecars (_hemi-L_space-fsaverage5_bold.json), where written
 )  # fmt: skip
 #: ROIs made from the templates nilearn ships (no download): name -> loader name.
 NILEARN_MASKS = {
@@ -263,7 +273,8 @@ class FmriprepOptions:
     ----------
     space : str
         fMRIPrep output space (``source.space``): ``MNI152NLin2009cAsym`` (default),
-        ``T1w``, ``MNI152NLin6Asym``, ...
+        ``T1w``, ``MNI152NLin6Asym``, ..., or a surface, ``fsaverage5``, ``fsaverage6``,
+        ``fsaverage`` (the runs are then the ``*_hemi-{L,R}_space-<space>_bold.func.gii``).
     res : str or None
         ``res-`` entity of the space (``source.res``); None accepts a single match
         with or without one.
@@ -273,7 +284,10 @@ class FmriprepOptions:
     rois : dict
         ROI name -> spec: ``{"nilearn": "mni152_gm"}`` (templates nilearn ships) or
         ``{"file": "path/with/{subject}", "labels": [..]}`` (dataset-provided masks or an
-        atlas; path relative to the BIDS root; a list of files is their union).
+        atlas; path relative to the BIDS root; a list of files is their union). On a
+        surface: one file per hemisphere, ``{hemi}`` (``lh``/``rh``) in the path or
+        ``{"L": path, "R": path}``: FreeSurfer ``.label`` / ``.annot`` (``labels``: parcel
+        names) or a per-vertex ``.gii``/``.mgh``/``.mgz``.
     """
 
     space: str = DEFAULT_SPACE
@@ -299,13 +313,35 @@ class FmriprepOptions:
                 )  # fmt: skip
         res = merged.get("res")
         space = str(merged.get("space") or DEFAULT_SPACE)
-        if space.startswith("fs"):
+        if space.startswith("fs") and not is_surface_space(space):
             raise BrainpipeInputError(
-                where, "source.space", f"got {space!r}: fMRIPrep's surface outputs "
-                "(*_hemi-L_space-fsaverage*_bold.func.gii) are found and linked (source.surfaces) "
-                "but the preprocess and betas stages read volumes; choose a volume space "
-                f"({DEFAULT_SPACE}, T1w, ...)",
+                where, "source.space", f"got {space!r}: surface spaces are the fsaverage meshes "
+                f"({sorted(FSAVERAGE_VERTICES)}; every subject shares their vertices); "
+                "fsnative differs per subject",
             )  # fmt: skip
+        for name, spec in rois.items():
+            if isinstance(spec.get("file"), dict) and (
+                not is_surface_space(space) or set(spec["file"]) != set(HEMIS)
+            ):
+                raise BrainpipeInputError(
+                    where, f"source.rois.{name}.file",
+                    f"got {spec['file']!r}: a mapping {{L: path, R: path}} is for surface spaces "
+                    f"({sorted(FSAVERAGE_VERTICES)}); source.space is {space!r}",
+                )  # fmt: skip
+        if is_surface_space(space):
+            for name, spec in rois.items():
+                if "nilearn" in spec:
+                    raise BrainpipeInputError(
+                        where, f"source.rois.{name}.nilearn",
+                        f"space {space!r} is a surface; nilearn ships no fsaverage atlas offline: "
+                        "give one file per hemisphere (file: path with {hemi}, .label/.annot/.gii)",
+                    )  # fmt: skip
+                if isinstance(spec["file"], str) and "{hemi}" not in spec["file"]:
+                    raise BrainpipeInputError(
+                        where, f"source.rois.{name}.file",
+                        f"got {spec['file']!r}: on a surface an ROI is one file per hemisphere; "
+                        "put {hemi} (lh/rh) in the path or give {L: path, R: path}",
+                    )  # fmt: skip
         return cls(
             space=space,
             res=None if res in (None, "") else str(res),
@@ -356,7 +392,7 @@ class RunFiles:
     key: RunKey
     bold: Path
     bold_json: Path | None
-    mask: Path
+    mask: Path | None  # None on a surface (the hemispheres' GIFTI files are ``surfaces``)
     confounds: Path
     confounds_json: Path | None
     events: Path
@@ -620,10 +656,87 @@ def _legacy_surface_name(name: str) -> str:
     return f"_hemi-{m.group(2)}_space-{m.group(1)}_bold.func.gii" if m else _after_run(name)
 
 
+def _find_surface_run(
+    bids_root: Path, prep: Path, key: RunKey, task: str, opts: FmriprepOptions, rows: pd.DataFrame
+) -> RunFiles:
+    """Check the files of one run on an fsaverage surface (``opts.space``): both
+    hemispheres' GIFTI time series, equal lengths, the space's vertex count, confounds,
+    events and a TR."""
+    stem = _stem(key, task)
+    ses_dir = f"ses-{key.session}" if key.session else ""
+    func = Path(prep, f"sub-{key.subject}", ses_dir, "func")
+    gii = rows[(rows["ext"] == ".func.gii") & (rows["suffix"] == "bold")]
+    hemis: dict[str, Path] = {}
+    legacy = False
+    for h in HEMIS:
+        found = gii[(gii["space"] == opts.space) & (gii["hemi"] == h)]
+        expected = func / f"{stem}_hemi-{h}_space-{opts.space}_bold.func.gii"
+        old = _raw_file(func, key, task, f"bold_space-{opts.space}.{h}.func.gii")
+        if found.empty and old.exists():
+            hemis[h], legacy = old, True
+        elif found.empty:
+            have = sorted({str(s) for s in gii["space"].dropna()})
+            what = "hemisphere" if have and opts.space in have else "space"
+            raise BrainpipeInputError(
+                expected, "space" if what == "space" else "hemi",
+                f"fMRIPrep wrote no {h} hemisphere in space {opts.space!r} (config "
+                f"source.space) for this run; surface spaces it wrote: {have}",
+            )  # fmt: skip
+        else:
+            hemis[h] = _pick(found, f"{h} hemisphere in {opts.space}", expected, "<file>")
+    n_scans: dict[str, int] = {}
+    for h, path in hemis.items():
+        n_scans[h], n_vertices = gifti_header(path)
+        expected_vertices(opts.space, path, n_vertices)
+    if n_scans["L"] != n_scans["R"]:
+        raise BrainpipeInputError(
+            hemis["R"], "DataArray",
+            f"{n_scans['R']} volumes; the left hemisphere {hemis['L'].name} has {n_scans['L']}",
+        )  # fmt: skip
+    if legacy:
+        conf_path = _raw_file(func, key, task, "bold_confounds.tsv")
+    else:
+        conf_rows = rows[
+            (rows["desc"] == "confounds")
+            & (rows["suffix"] == "timeseries")
+            & (rows["ext"] == ".tsv")
+        ]
+        conf_path = (
+            Path(conf_rows["file"].iloc[0])
+            if len(conf_rows) == 1
+            else func / f"{stem}_desc-confounds_timeseries.tsv"
+        )
+    if not conf_path.exists():
+        raise BrainpipeInputError(conf_path, "<file>", "confounds file of this run is missing")
+    raw_func = Path(bids_root, f"sub-{key.subject}", ses_dir, "func")
+    events = _raw_file(raw_func, key, task, "events.tsv")
+    if not events.exists():
+        raise BrainpipeInputError(events, "<file>", "this run has no events file")
+    bold_json = Path(str(hemis["L"]).replace(".func.gii", ".json"))
+    tr, _ = _sidecar_tr([bold_json, *_raw_sidecars(bids_root, key, task)])
+    conf_json = conf_path.with_suffix(".json")
+    return RunFiles(
+        key=key,
+        bold=hemis["L"],
+        bold_json=bold_json if bold_json.exists() else None,
+        mask=None,
+        confounds=conf_path,
+        confounds_json=conf_json if conf_json.exists() else None,
+        events=events,
+        surfaces=(hemis["L"], hemis["R"]),
+        tr=tr,
+        n_scans=n_scans["L"],
+        space_entity=f"space-{opts.space}",
+        legacy=legacy,
+    )
+
+
 def _find_run(
     bids_root: Path, prep: Path, key: RunKey, task: str, opts: FmriprepOptions, rows: pd.DataFrame
 ) -> RunFiles:
     """Check the files of one run; ``rows`` are the index rows of that run."""
+    if is_surface_space(opts.space):
+        return _find_surface_run(bids_root, prep, key, task, opts, rows)
     stem = _stem(key, task)
     ses_dir = f"ses-{key.session}" if key.session else ""
     func = Path(prep, f"sub-{key.subject}", ses_dir, "func")
@@ -777,6 +890,35 @@ def _roi_masks(
     return out
 
 
+#: ROI of a surface view holding every vertex (the cortex sampled by fMRIPrep; the medial
+#: wall's constant vertices are dropped as dead by preprocess), so ``all`` is the cortex.
+CORTEX_ROI = "cortex"
+
+
+def _surface_rois(
+    opts: FmriprepOptions, bids_root: Path, subject: str
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each configured ROI as per-hemisphere vertex masks (plus :data:`CORTEX_ROI`)."""
+    n_vertices = FSAVERAGE_VERTICES[opts.space]
+    out = {CORTEX_ROI: {h: np.ones(n_vertices, dtype=bool) for h in HEMIS}}
+    for name, spec in opts.rois.items():
+        per_hemi = {}
+        for h, fs_hemi in HEMIS.items():
+            files = spec["file"]
+            text = str(files[h]) if isinstance(files, dict) else str(files)
+            path = Path(text.format(subject=subject, hemi=fs_hemi))
+            path = path if path.is_absolute() else bids_root / path
+            per_hemi[h] = read_surface_roi(
+                path, n_vertices, spec.get("labels"), f"source.rois.{name}.file"
+            )
+        if not any(m.any() for m in per_hemi.values()):
+            raise BrainpipeInputError(
+                f"source.rois.{name}", "file", f"ROI has no vertex on {opts.space}"
+            )
+        out[name] = per_hemi
+    return out
+
+
 def _save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(mask.astype(np.uint8), affine)
@@ -816,21 +958,27 @@ def build_view(
     table, sources = _stimulus_table(per_run, opts.adapter, bids_root, subjects)
     with atomic_path(dest) as tmp:
         tmp.mkdir(parents=True)
-        layout = BidsLayout(tmp, task)
         desc = json.loads((bids_root / "dataset_description.json").read_text() or "{}")
+        # the space tells the later stages whether the view is a surface (BidsLayout.surface_space)
         desc["brainpipe_view"] = {
             "bids_root": str(bids_root), "fmriprep": str(fmriprep_root),
             "space": opts.space, "res": opts.res, "task": task,
         }  # fmt: skip
         (tmp / "dataset_description.json").write_text(json.dumps(desc, indent=2))
+        layout = BidsLayout(tmp, task)
+        surface = is_surface_space(opts.space)
         masks: dict[str, np.ndarray] = {}
         ref: dict[str, nib.Nifti1Image] = {}
         for rf, events in per_run:
             key = rf.key
-            _link(rf.bold, layout.bold(key))
             stem = layout.bold(key).name[: -len("_bold.nii.gz")]
             func = layout.bold(key).parent
-            _link(rf.bold, func / f"{stem}_{rf.space_entity}_desc-preproc_bold.nii.gz")
+            if surface:  # the hemispheres under fMRIPrep's names: the runs of a surface view
+                for h, gii in zip(HEMIS, rf.surfaces, strict=True):
+                    _link(gii, layout.surface_bold(key, h))
+            else:
+                _link(rf.bold, layout.bold(key))
+                _link(rf.bold, func / f"{stem}_{rf.space_entity}_desc-preproc_bold.nii.gz")
             conf_dst = func / f"{stem}_desc-confounds_timeseries.tsv"
             if rf.legacy:  # today's column names, so nilearn's strategies apply
                 legacy_confounds(rf.confounds).to_csv(conf_dst, sep="\t", index=False, na_rep="n/a")
@@ -838,15 +986,18 @@ def build_view(
                 _link(rf.confounds, conf_dst)
             if rf.confounds_json is not None:
                 _link(rf.confounds_json, func / f"{stem}_desc-confounds_timeseries.json")
-            for gii in rf.surfaces:
+            for gii in rf.surfaces if not surface else ():
                 name = _legacy_surface_name(gii.name) if rf.legacy else _after_run(gii.name)
                 _link(gii, func / f"{stem}{name}")
+            read_from = [*rf.surfaces] if surface else [rf.bold, rf.mask]
             sidecar = {
                 "RepetitionTime": rf.tr,
-                "Sources": [str(rf.bold), str(rf.mask), str(rf.confounds), str(rf.events)],
+                "Sources": [str(p) for p in [*read_from, rf.confounds, rf.events]],
             }
             layout.sidecar(key).write_text(json.dumps(sidecar, indent=2))
             events.to_csv(layout.events(key), sep="\t", index=False, float_format="%.6f")
+            if surface:
+                continue
             m_img = nib.load(rf.mask)
             m = np.asarray(m_img.dataobj) > 0
             if key.subject in masks:
@@ -860,6 +1011,10 @@ def build_view(
             else:
                 masks[key.subject] = m
                 ref[key.subject] = m_img
+        for sub in subjects if surface else ():
+            for name, per_hemi in _surface_rois(opts, bids_root, sub).items():
+                for h, mask in per_hemi.items():
+                    write_vertex_mask(mask, layout.surface_roi(sub, name, h))
         for sub, m in masks.items():
             _save_mask(m, ref[sub].affine, layout.brain_mask(sub))
             for name, roi in _roi_masks(opts, bids_root, sub, ref[sub]).items():
