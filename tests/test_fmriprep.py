@@ -617,6 +617,26 @@ def test_surface_inputs_checked_before_compute(bold5000_surface, tmp_path):
     assert err.value.field == "<gifti>"
 
 
+@pytest.mark.integration
+def test_surface_bold5000_from_folder_to_models(bold5000_surface, tmp_path):
+    """One subject on fsaverage5 through the whole workflow: betas, models, report."""
+    root, truth = bold5000_surface
+    config = pipeline_config("bold5000", BOLD5000, ["V1"], path=str(root))
+    config.update(
+        subjects=["CSI1"], models=["ridge"], model_params={"ridge": {"features": ["gabor"]}}
+    )
+    config["source"] = {"path": str(root), "space": SURFACE, "rois": SURFACE_ROIS}
+    result = run_workflow(tmp_path, config, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results" / "bold5000"
+    betas = open_zarr(results / "sub-CSI1" / "betas.zarr")
+    assert betas.attrs["space"] == SURFACE and betas["roi_V1"].values.any()
+    assert _surface_accuracy(betas, truth, "CSI1")[0] > 0.7
+    metrics = json.loads((results / "models/sub-CSI1/V1/ridge-gabor/metrics.json").read_text())
+    assert metrics
+    assert (results / "report.html").stat().st_size > 0
+
+
 @pytest.mark.parametrize(("space", "n_vertices"), [("fsaverage6", 40962), ("fsaverage", 163842)])
 def test_other_fsaverage_spaces_are_told_apart_by_vertex_count(tmp_path, space, n_vertices):
     """fsaverage6 / fsaverage runs: accepted as spaces, checked by their vertex counts."""
