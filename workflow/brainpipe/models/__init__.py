@@ -2,7 +2,7 @@
 
 # M/EEG models register themselves in the same registry
 from brainpipe.meeg import decoding as _meeg_decoding  # noqa: E402, F401, I001
-from brainpipe.models import decoders, encoders  # noqa: F401  (register built-ins)
+from brainpipe.models import decoders, encoders, incontext  # noqa: F401  (register built-ins)
 from brainpipe.models.registry import (
     MODELS,
     FitResult,

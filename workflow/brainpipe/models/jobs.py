@@ -151,7 +151,8 @@ def evaluate_job(
 ) -> dict[str, Any]:
     """Score one job's test predictions; write ``metrics.json`` and per-output scores (Zarr).
 
-    Encoding: per-voxel r, R², noise ceiling, score against the averaged test responses.
+    Encoding: per-voxel r, R², noise ceiling, score against the averaged test responses
+    (every ``predicted_<name>`` of the job is summarised too, as ``<name>_*`` metrics).
     Decoding: retrieval / identification against the test stimuli's embeddings from
     ``embedding_path`` (and the same for every ``predicted_<name>`` baseline), plus sampled
     ``n_way`` retrieval over ``draws`` random draws when ``n_way`` is set.
@@ -173,6 +174,13 @@ def evaluate_job(
         )
         metrics["mean_repeats"] = float(repeats.mean())
         metrics.update(summary)
+        for var in predictions.data_vars:
+            if var.startswith("predicted_"):  # baselines / variants fitted in the same job
+                extra, _ = encoding_metrics(
+                    observed, predictions[var].values, betas["ncsnr"].values, repeats, n_boot
+                )
+                name = var[len("predicted_") :]
+                metrics.update({f"{name}_{k}": v for k, v in extra.items()})
         scores = xr.Dataset(
             {k: ("voxel", np.asarray(v, np.float32)) for k, v in per_voxel.items()},
             coords={c: ("voxel", v) for c, v in voxel_coords(betas).items()},

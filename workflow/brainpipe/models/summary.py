@@ -1,7 +1,8 @@
 """The tidy ``summary.tsv``: one row per subject × ROI × model × features.
 
-Each evaluate job writes one ``metrics.json``. A decoder that trains baselines on the same
-data inside its own job (the shared backbone's per-subject MLP and ridge decoder) stores
+Each evaluate job writes one ``metrics.json``. A model that trains baselines on the same
+data inside its own job (the shared backbone's per-subject MLP and ridge decoder, the
+in-context encoder's per-support-size predictions and ridge on each support set) stores
 their metrics under ``<baseline>_<metric>`` keys; here each baseline becomes a row of its
 own, with ``baseline_of`` naming the job it ran in, so every column means one thing on
 every row.
@@ -24,8 +25,16 @@ KEY_COLUMNS = ["dataset", "subject", "roi", "model", "baseline_of", "kind", "fea
 DECODING_METRICS = ("top1", "top5", "two_way")
 
 
+#: The key whose ``<name>_`` form marks a baseline scored in an encoding job.
+ENCODING_MARKER = "mean_r"
+
+
 def _baseline_names(metrics: dict[str, Any]) -> list[str]:
-    """Baselines scored in a decoding job: every ``<name>_top1`` key but the model's own."""
+    """Baselines scored in a job: every ``<name>_top1`` (decoding) or ``<name>_mean_r``
+    (encoding) key but the model's own."""
+    if metrics.get("kind") == "encoding":
+        suffix = f"_{ENCODING_MARKER}"
+        return sorted(key[: -len(suffix)] for key in metrics if key.endswith(suffix))
     return sorted(
         key[: -len("_top1")]
         for key in metrics
@@ -47,7 +56,7 @@ def tidy_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         The model's row first (``baseline_of`` empty), then one row per baseline with
         ``model`` set to the baseline's name and ``baseline_of`` to the job's model.
     """
-    names = _baseline_names(metrics) if metrics.get("kind") == "decoding" else []
+    names = _baseline_names(metrics)
     prefixes = tuple(f"{name}_" for name in names)
     own = {k: v for k, v in metrics.items() if not k.startswith(prefixes)}
     own.setdefault("baseline_of", "")
