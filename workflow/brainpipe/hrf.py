@@ -9,7 +9,6 @@ when the data are in percent signal change).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import gamma
 
 #: Length of every HRF kernel, in seconds.
 HRF_LENGTH_S = 32.0
@@ -45,6 +44,9 @@ def double_gamma_hrf(
         The kernel, with maximum 1.
     """
     t = np.arange(0.0, length, dt)
+    from scipy.stats import gamma  # here: scipy.stats costs ~0.5 s to import, and NSD ingest
+    # imports the betas package without fitting anything
+
     h = gamma.pdf(t, peak_delay / dispersion, scale=dispersion) - undershoot_ratio * gamma.pdf(
         t, undershoot_delay / dispersion, scale=dispersion
     )
