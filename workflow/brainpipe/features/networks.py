@@ -437,6 +437,25 @@ def _hidden_states_forward(model: Any) -> Callable[..., dict[str, Any]]:
     return forward
 
 
+def _transformers_model(
+    repo_id: str, model_class: str, config_class: str, cache: str, pretrained: bool, seed: int
+) -> Any:
+    """The model with its cached weights, or its architecture seeded at random (eval mode).
+
+    Call inside :func:`hub_offline`: both paths read only the local cache.
+    """
+    import torch
+    import transformers
+
+    if pretrained:
+        model = getattr(transformers, model_class).from_pretrained(repo_id, cache_dir=cache)
+    else:
+        torch.manual_seed(seed)
+        config = getattr(transformers, config_class).from_pretrained(repo_id, cache_dir=cache)
+        model = getattr(transformers, model_class)(config)
+    return model.eval()
+
+
 def transformers_image_builder(repo_id: str, model_class: str, config_class: str) -> Builder:
     """A transformers vision model with ``AutoImageProcessor`` preprocessing."""
 
@@ -447,15 +466,7 @@ def transformers_image_builder(repo_id: str, model_class: str, config_class: str
         cache = str(hf_cache_dir(weights_dir))
         with hub_offline():
             processor = transformers.AutoImageProcessor.from_pretrained(repo_id, cache_dir=cache)
-            if pretrained:
-                model = getattr(transformers, model_class).from_pretrained(repo_id, cache_dir=cache)
-            else:
-                torch.manual_seed(seed)
-                config = getattr(transformers, config_class).from_pretrained(
-                    repo_id, cache_dir=cache
-                )
-                model = getattr(transformers, model_class)(config)
-        model.eval()
+            model = _transformers_model(repo_id, model_class, config_class, cache, pretrained, seed)
 
         def preprocess(image: Any) -> Any:
             return processor(images=image, return_tensors="pt")["pixel_values"][0]
@@ -472,21 +483,12 @@ def transformers_text_builder(repo_id: str, model_class: str, config_class: str)
     """A transformers text model with its own tokenizer; hidden states per layer."""
 
     def build(pretrained: bool, weights_dir: Path | None, seed: int) -> Loaded:
-        import torch
         import transformers
 
         cache = str(hf_cache_dir(weights_dir))
         with hub_offline():
             tokenizer = transformers.AutoTokenizer.from_pretrained(repo_id, cache_dir=cache)
-            if pretrained:
-                model = getattr(transformers, model_class).from_pretrained(repo_id, cache_dir=cache)
-            else:
-                torch.manual_seed(seed)
-                config = getattr(transformers, config_class).from_pretrained(
-                    repo_id, cache_dir=cache
-                )
-                model = getattr(transformers, model_class)(config)
-        model.eval()
+            model = _transformers_model(repo_id, model_class, config_class, cache, pretrained, seed)
 
         def collate(items: list[str]) -> Any:
             return dict(
