@@ -184,3 +184,35 @@ def test_status_loop_stops_sleeping_at_shutdown():
     started = time.monotonic()
     asyncio.run(RemoteExecutor._sleep_unless_stopped(executor, 0.3))  # no stop: the full sleep
     assert time.monotonic() - started >= 0.3
+
+
+def test_remote_executor_removes_an_earlier_runs_logs_before_submission(tmp_path):
+    """A remote job's logs are removed in the main process before it is submitted (a local job's
+    are removed when it is prepared), so a job that never starts on the cluster (submission
+    failed, cancelled while pending, an earlier job of its group failed) has no log from an
+    earlier run for --show-failed-logs to print as its own."""
+    from types import SimpleNamespace
+
+    from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+
+    if not hasattr(RemoteExecutor, "remove_stale_logs"):
+        pytest.fail(
+            "snakemake-interface-executor-plugins "
+            f"{version('snakemake-interface-executor-plugins')} is not patched: run "
+            "`sh cluster/patches/apply.sh .venv/bin/python` (make install does)"
+        )
+    logs = {name: tmp_path / "logs" / f"{name}.log" for name in ("train", "evaluate", "other")}
+    for path in logs.values():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("written by an earlier run\n")
+
+    def job(name: str) -> SimpleNamespace:
+        return SimpleNamespace(log=[str(logs[name])], is_group=lambda: False)
+
+    group = SimpleNamespace(jobs=[job("train"), job("evaluate")], is_group=lambda: True)
+    RemoteExecutor.remove_stale_logs(None, group)  # every job of a group job
+    assert not logs["train"].exists() and not logs["evaluate"].exists()
+    assert logs["other"].exists()  # a job not being submitted keeps its log
+    RemoteExecutor.remove_stale_logs(None, job("other"))
+    RemoteExecutor.remove_stale_logs(None, job("other"))  # no log there: nothing to do
+    assert not logs["other"].exists()
