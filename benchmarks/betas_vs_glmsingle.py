@@ -357,7 +357,9 @@ def write_psc_store(sess: dict, path: Path, chunk: int = 8192) -> None:
     """The session in % signal change (per-run mean) as a Zarr array (time, voxels).
 
     Chunked like preproc.zarr (every scan, ``chunk`` voxels), so the brainpipe
-    worker reads it block by block as the betas stage does.
+    worker reads it block by block as the betas stage does; each run's mean
+    intensity goes to a second array ``<path>-mean`` (runs, voxels), as
+    preproc.zarr's ``mean_intensity``.
     """
     import zarr
 
@@ -366,24 +368,38 @@ def write_psc_store(sess: dict, path: Path, chunk: int = 8192) -> None:
     arr = zarr.create_array(
         str(path), shape=raw.shape, chunks=(raw.shape[0], chunk), dtype="float32"
     )
+    means = zarr.create_array(
+        str(path) + "-mean", shape=(len(bounds) - 1, raw.shape[1]), chunks=(1, chunk),
+        dtype="float32",
+    )  # fmt: skip
     for v in range(0, raw.shape[1], chunk):
         block = raw[:, v : v + chunk].astype(np.float64)
         for i in range(len(bounds) - 1):
             run = block[bounds[i] : bounds[i + 1]]
+            means[i, v : v + chunk] = run.mean(0).astype(np.float32)
             run[:] = 100.0 * (run / run.mean(0) - 1.0)
         arr[:, v : v + chunk] = block.astype(np.float32)
 
 
 def worker_brainpipe(
-    session: str, out: str, types: str, threads: int, backend: str, store: str | None = None
+    session: str,
+    out: str,
+    types: str,
+    threads: int,
+    backend: str,
+    store: str | None = None,
+    psc_base: str = "session",
 ) -> None:
     """brainpipe's GLMSingle on % signal change data (per-run mean), as the betas stage.
 
     With ``store`` (the default of the parent), the data are read block by block
     from a Zarr array chunked like preproc.zarr, as the betas stage reads them;
-    without, the whole session is held in memory.
+    without, the whole session is held in memory. ``psc_base = "session"``
+    rescales each run to % of the session's mean with the runs' mean
+    intensities, as the betas stage does by default (``betas.psc_base``).
     """
     from brainpipe.glmsingle import GLMSingle, GLMSingleOptions, RunSpec
+    from brainpipe.glmsingle import estimator as bp_estimator
 
     z = np.load(session)
     run_len, tr, stimdur = z["run_len"], float(z["tr"]), float(z["stimdur"])
@@ -408,11 +424,14 @@ def worker_brainpipe(
         import zarr
 
         data = zarr.open_array(store, mode="r")
+        run_means = zarr.open_array(store + "-mean", mode="r")
     else:
         raw = z["raw"]
         data = np.empty(raw.shape, dtype=np.float32)
+        run_means = np.empty((len(onsets), raw.shape[1]), dtype=np.float32)
         for i in range(len(onsets)):
             run = raw[bounds[i] : bounds[i + 1]].astype(np.float64)
+            run_means[i] = run.mean(0)
             data[bounds[i] : bounds[i + 1]] = 100.0 * (run / run.mean(0) - 1.0)
         del raw
     del z
@@ -422,6 +441,11 @@ def worker_brainpipe(
 
     def read(ts, vs):
         return np.asarray(data[ts, vs])
+
+    if psc_base == "session" and hasattr(bp_estimator, "session_psc_reader"):
+        read = bp_estimator.session_psc_reader(
+            read, specs, lambda i, vs: np.asarray(run_means[i, vs])
+        )
 
     def write(trials, vs, block):
         betas[trials, vs] = block
@@ -581,6 +605,8 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
                 "--backend",
                 args.backend,
                 *(["--store", str(store)] if args.input == "zarr" else []),
+                "--psc-base",
+                args.psc_base,
             ],
             env,
         )
@@ -612,6 +638,7 @@ def bench_session(name: str, sess: dict, args, env: dict, workdir: Path) -> dict
         import shutil
 
         shutil.rmtree(store)
+        shutil.rmtree(str(store) + "-mean", ignore_errors=True)
     return row
 
 
@@ -698,13 +725,22 @@ def main() -> None:
         action="store_true",
         help="brainpipe: only the timed A-D fit (type-D accuracy), not the A-B and A-C fits",
     )
+    ap.add_argument(
+        "--psc-base",
+        choices=["session", "run"],
+        default="session",
+        help="brainpipe's data in %% of each session's mean (the betas stage's default, "
+        "GLMsingle's units) or of each run's mean (preproc.zarr as written)",
+    )
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "glmsingle":
         worker_glmsingle(*args.worker_args)
         return
     if args.worker == "brainpipe":
-        worker_brainpipe(*args.worker_args, args.types, args.threads, args.backend, args.store)
+        worker_brainpipe(
+            *args.worker_args, args.types, args.threads, args.backend, args.store, args.psc_base
+        )
         return
     if not args.ref_python:
         print("GLMSINGLE_PYTHON / --ref-python not set: brainpipe only", file=sys.stderr)
@@ -760,6 +796,7 @@ def main() -> None:
         "glmsingle_commit": glm_commit,
         "threads": args.threads,
         "brainpipe_input": args.input,
+        "brainpipe_psc_base": args.psc_base,
         "sessions": rows,
     }
     tmp_out = out.with_suffix(".json.tmp")

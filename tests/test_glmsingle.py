@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from brainpipe.betas import estimate_betas, fit_lsa, lsa_design
+from brainpipe.betas.glmsingle import options_from_config
 from brainpipe.bids import BidsLayout, read_events, run_keys
 from brainpipe.datasets import synthetic
 from brainpipe.errors import BrainpipeInputError
@@ -17,8 +18,17 @@ from brainpipe.glmsingle import GLMSingle, GLMSingleOptions, RunSpec, check_type
 from brainpipe.glmsingle import solvers as S
 from brainpipe.glmsingle.backend import get_backend
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
-from brainpipe.glmsingle.library import DEFAULT_TABLE, library_kernels, n_hrfs, time_to_peak
-from brainpipe.hrf import hrf_library_parameters
+from brainpipe.glmsingle.estimator import session_psc_reader
+from brainpipe.glmsingle.library import (
+    ASSUMED_TABLE,
+    DEFAULT_TABLE,
+    assumed_kernel,
+    library_kernels,
+    n_hrfs,
+    read_assumed_hrf,
+    time_to_peak,
+)
+from brainpipe.hrf import canonical_hrf, hrf_library_parameters
 from brainpipe.preprocess import preprocess_subject
 from brainpipe.storage import open_zarr
 
@@ -276,6 +286,52 @@ def test_hrf_library_table(tmp_path):
     )
 
 
+def test_assumed_hrf_is_glmsingles_by_default(tmp_path):
+    # GLMsingle's assumed HRF (its basichrf, every 0.1 s; peak 4.7-4.8 s after a brief event)
+    glm = assumed_kernel("glmsingle", 0.1)
+    table = pd.read_csv(ASSUMED_TABLE, sep="\t")
+    assert list(table.columns) == ["time", "hrf_assumed"] and len(table) == 490
+    assert glm.max() == 1.0 and 4.6 <= time_to_peak(glm[None], 0.1)[0] <= 4.9
+    np.testing.assert_allclose(glm, table["hrf_assumed"] / table["hrf_assumed"].max())
+    assert GLMSingleOptions().assumed_hrf == "glmsingle"
+    np.testing.assert_array_equal(assumed_kernel("spm", 0.1), canonical_hrf(0.1))
+    # a one-HRF sampled table is accepted; anything else says what is expected
+    one = tmp_path / "one.tsv"
+    table.rename(columns={"hrf_assumed": "mine"}).to_csv(one, sep="\t", index=False)
+    np.testing.assert_allclose(assumed_kernel(read_assumed_hrf(one), 0.1), glm)
+    with pytest.raises(BrainpipeInputError, match="exactly one HRF column"):
+        read_assumed_hrf(DEFAULT_TABLE)
+    with pytest.raises(BrainpipeInputError, match="betas.assumed_hrf"):
+        options_from_config({"assumed_hrf": "nope"})
+    assert options_from_config({"assumed_hrf": str(one)}).assumed_hrf.shape == (490, 2)
+
+
+def test_session_psc_reader_gives_one_scale_per_session():
+    # Two sessions of two runs; raw = mean_r × (1 + x / 100) with run means that differ.
+    rng = np.random.default_rng(0)
+    labels = [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    none = np.zeros(0)
+    runs = [RunSpec(s, r, 10 * n, 10 * n + 10, none, none, none) for n, (s, r) in enumerate(labels)]
+    means = rng.uniform(500, 1500, (4, 6))
+    raw = np.concatenate([m * (1 + rng.normal(0, 1, (10, 6)) / 100) for m in means])
+    per_run = np.concatenate(
+        [100 * (raw[r.start : r.stop] / means[i] - 1) for i, r in enumerate(runs)]
+    ).astype(np.float32)
+    read = session_psc_reader(lambda ts, vs: per_run[ts, vs], runs, lambda i, vs: means[i, vs])
+    for ses, rows in (("1", slice(0, 20)), ("2", slice(20, 40))):
+        ses_mean = means[[2 * int(ses) - 2, 2 * int(ses) - 1]].mean(0)
+        got = read(rows, slice(1, 5))
+        for k, i in enumerate([2 * int(ses) - 2, 2 * int(ses) - 1]):
+            # % of the session mean, up to a constant per run (fitted out by the polynomials)
+            want = 100 * (raw[runs[i].start : runs[i].stop, 1:5] - means[i, 1:5]) / ses_mean[1:5]
+            np.testing.assert_allclose(got[10 * k : 10 * k + 10], want, rtol=1e-4, atol=1e-4)
+    # a non-positive mean leaves the voxel as it is
+    bad = means.copy()
+    bad[1, 0] = 0.0
+    read = session_psc_reader(lambda ts, vs: per_run[ts, vs], runs, lambda i, vs: bad[i, vs])
+    np.testing.assert_array_equal(read(slice(0, 20), slice(0, 1)), per_run[0:20, 0:1])
+
+
 def test_bad_hrf_table_and_types_are_rejected(tmp_path):
     bad = tmp_path / "lib.tsv"
     pd.DataFrame({"hrf_index": [0], "peak_delay": [6.0]}).to_csv(bad, sep="\t", index=False)
@@ -334,6 +390,27 @@ def test_subject_store_follows_the_contract(tiny_dataset, tmp_path):
     assert np.isfinite(ds["betas"].values).all()
     gt = synthetic.load_ground_truth(tiny_dataset, "01")
     assert (ds["i"].values == gt["i"].values).all()  # voxel order = ground truth order
+    # betas in % of the session mean (default, GLMsingle's units) or of each run's mean:
+    # type A betas of run r differ by that run's mean over the session's, voxel by voxel
+    one = {"betas": {"method": "glmsingle", "types": ["A"], "backend": "numpy"}}
+    by = {}
+    for base in ("session", "run"):
+        one["betas"]["psc_base"] = base
+        by[base] = open_zarr(
+            estimate_betas(preproc, layout, "01", runs, tmp_path / f"{base}.zarr", config=one)
+        )
+    pre = open_zarr(preproc)
+    m = pre["mean_intensity"].values
+    for n, key in enumerate(runs):
+        ses = [i for i, k in enumerate(runs) if k.session == key.session]
+        t_ses, t_run = pre["session"].values.astype(str), pre["run"].values.astype(str)
+        scans = np.array([((t_ses == runs[i].session) & (t_run == runs[i].run)).sum() for i in ses])
+        factor = m[n] / (scans @ m[ses] / scans.sum())
+        rows = (by["run"]["session"].values == key.session) & (by["run"]["run"].values == key.run)
+        np.testing.assert_allclose(
+            by["session"]["betas"].values[rows], by["run"]["betas"].values[rows] * factor,
+            rtol=2e-3, atol=2e-4,
+        )  # fmt: skip
     # method lsa still goes through the LSA estimator
     lsa = estimate_betas(
         preproc, layout, "01", runs, tmp_path / "lsa.zarr", config={"betas": {"method": "lsa"}}

@@ -20,8 +20,20 @@ from brainpipe.betas.store import (
 from brainpipe.bids import BidsLayout, RunKey, read_events
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
-from brainpipe.glmsingle.estimator import GLMSingle, GLMSingleOptions, RunSpec, check_types
-from brainpipe.glmsingle.library import DEFAULT_TABLE, n_hrfs, read_hrf_library
+from brainpipe.glmsingle.estimator import (
+    GLMSingle,
+    GLMSingleOptions,
+    RunSpec,
+    check_types,
+    session_psc_reader,
+)
+from brainpipe.glmsingle.library import (
+    ASSUMED_NAMES,
+    DEFAULT_TABLE,
+    n_hrfs,
+    read_assumed_hrf,
+    read_hrf_library,
+)
 from brainpipe.storage import atomic_path, open_zarr
 
 log = logging.getLogger(__name__)
@@ -33,7 +45,8 @@ def options_from_config(
     """:class:`GLMSingleOptions` from the config's ``betas`` block.
 
     ``hrf_library`` is a path (relative to ``root`` or the working directory);
-    unset means ``config/hrf_library.tsv`` shipped with brainpipe.
+    unset means ``config/hrf_library.tsv`` shipped with brainpipe. ``assumed_hrf``
+    (type A's HRF) is ``glmsingle`` (unset), ``spm`` or such a path to a one-HRF table.
     """
     cfg = dict(betas_cfg or {})
     types = check_types(cfg.get("types", ["A", "B", "C", "D"]))
@@ -48,6 +61,17 @@ def options_from_config(
             raise BrainpipeInputError(str(p), "betas.hrf_library", "file not found")
         table = read_hrf_library(p)
     kw: dict[str, Any] = {"types": types, "hrf_library": table}
+    assumed = cfg.get("assumed_hrf")
+    if assumed is not None and str(assumed) not in ASSUMED_NAMES:
+        p = Path(assumed)
+        if not p.is_absolute() and root is not None and not p.exists():
+            p = root / p
+        if not p.exists():
+            raise BrainpipeInputError(
+                str(p), "betas.assumed_hrf", f"file not found (or one of {list(ASSUMED_NAMES)})"
+            )
+        assumed = p
+    kw["assumed_hrf"] = read_assumed_hrf(assumed)
     for key in (
         "n_pcs",
         "noise_pool_quantile",
@@ -63,6 +87,30 @@ def options_from_config(
     if "fractions" in cfg:
         kw["fractions"] = tuple(float(f) for f in cfg["fractions"])
     return GLMSingleOptions(**kw)
+
+
+def _session_scaled(read, preproc, preproc_path, specs: list[RunSpec]):
+    """``read`` in % of each session's mean intensity (GLMsingle's units), not each run's.
+
+    Uses preproc.zarr's ``mean_intensity(run_index, voxel)``
+    (:func:`~brainpipe.glmsingle.estimator.session_psc_reader`); a store without
+    it (or without one of the runs) is read as it is, in % of each run's mean.
+    """
+    if "mean_intensity" not in preproc or "run_session" not in preproc.coords:
+        log.info("%s has no mean_intensity: betas in %% of each run's mean", preproc_path)
+        return read
+    index = {
+        (str(s), str(r)): n
+        for n, (s, r) in enumerate(
+            zip(preproc["run_session"].values, preproc["run_label"].values, strict=True)
+        )
+    }
+    rows = [index.get((spec.session, spec.run)) for spec in specs]
+    if any(n is None for n in rows):
+        log.info("%s lacks some runs' mean_intensity: betas in %% of each run's mean", preproc_path)
+        return read
+    means = zarr.open_group(str(preproc_path), mode="r")["mean_intensity"]
+    return session_psc_reader(read, specs, lambda i, vs: np.asarray(means[rows[i], vs]))
 
 
 def estimate_subject_betas_glmsingle(
@@ -86,6 +134,8 @@ def estimate_subject_betas_glmsingle(
     non-finite time series, whose betas are 0). attrs ``method = "glmsingle"``,
     ``glmsingle_type`` (the last type fitted), ``glmsingle_types``,
     ``n_noise_components_per_session``, ``hrf_library`` and ``notes`` (fallbacks).
+    Betas are in % of each session's mean intensity, as GLMsingle's
+    (``betas.psc_base: session``, the default), or of each run's (``run``).
 
     Parameters
     ----------
@@ -175,6 +225,14 @@ def estimate_subject_betas_glmsingle(
         # from every fit, so any finite value stands in for them
         block[censored[ts]] = 0.0
         return block
+
+    psc_base = cfg_betas.get("psc_base", "session")
+    if psc_base not in ("session", "run"):
+        raise BrainpipeInputError(
+            "config", "betas.psc_base", f"got {psc_base!r}; expected 'session' or 'run'"
+        )
+    if psc_base == "session":
+        read = _session_scaled(read, preproc, preproc_path, specs)
 
     with atomic_path(out_path) as tmp, threadpool_limits(limits=max(1, threads)):
         try:

@@ -2,8 +2,8 @@
 
 Types, each building on the previous one:
 
-- A: ON-OFF GLM with the canonical HRF (per-voxel R², noise pool) and
-  single-trial least squares with the canonical HRF;
+- A: ON-OFF GLM with the assumed HRF (GLMsingle's, ``config/hrf_assumed.tsv``;
+  per-voxel R², noise pool) and single-trial least squares with that HRF;
 - B: each voxel's HRF chosen from a library (``config/hrf_library.tsv``);
 - C: GLMdenoise noise regressors, their number chosen by leave-one-run-out CV;
 - D: per-voxel fractional ridge chosen by the same CV, rescaled.

@@ -3,9 +3,10 @@
 :class:`GLMSingle` fits one subject from a data reader and hands each block of
 betas to a writer, so memory holds one session × one voxel chunk at a time:
 
-1. Screening (every session, every chunk): type-A ON-OFF R² with the canonical
-   HRF and, for type B, the variance each library HRF's single-trial design
-   explains, summed over all runs; each voxel takes the best HRF.
+1. Screening (every session, every chunk): type-A ON-OFF R² with the assumed
+   HRF (GLMsingle's by default, ``assumed_hrf``) and, for type B, the variance
+   each library HRF's single-trial design explains, summed over all runs; each
+   voxel takes the best HRF.
 2. Noise pool and CV voxels (type C), as GLMsingle by default: the ON-OFF R²
    (one amplitude for all runs of a session) is split at its tail threshold
    (a 2-Gaussian mixture); voxels below form the noise pool, voxels above
@@ -45,8 +46,12 @@ from brainpipe.design import FINE_DT, trial_regressors
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle import solvers as S
 from brainpipe.glmsingle.backend import Backend, get_backend
-from brainpipe.glmsingle.library import library_kernels, read_hrf_library
-from brainpipe.hrf import canonical_hrf
+from brainpipe.glmsingle.library import (
+    assumed_kernel,
+    library_kernels,
+    read_assumed_hrf,
+    read_hrf_library,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,8 @@ class GLMSingleOptions:
 
     types: tuple[str, ...] = TYPES
     hrf_library: pd.DataFrame | None = None  # None: built-in 20-HRF library
+    # type A's HRF: "glmsingle" (GLMsingle's assumed HRF), "spm", or a one-HRF sampled table
+    assumed_hrf: str | pd.DataFrame = "glmsingle"
     n_pcs: int = 10
     noise_pool_quantile: float = 0.5
     max_pool_voxels: int = 20000
@@ -102,6 +109,7 @@ class GLMSingleOptions:
                 )
         if self.hrf_library is None:
             self.hrf_library = read_hrf_library(None)
+        self.assumed_hrf = read_assumed_hrf(self.assumed_hrf)
 
 
 @dataclass
@@ -122,6 +130,60 @@ class RunSpec:
     @property
     def n_scans(self) -> int:
         return self.stop - self.start
+
+
+def session_psc_reader(
+    read: Callable[[slice, slice | np.ndarray], np.ndarray],
+    runs: Sequence[RunSpec],
+    run_mean: Callable[[int, slice | np.ndarray], np.ndarray],
+) -> Callable[[slice, slice | np.ndarray], np.ndarray]:
+    """Wrap a reader of % change of each *run's* mean into one of % of the *session's* mean.
+
+    GLMsingle expresses its betas in % of the session's mean volume (one
+    ``meanvol`` over all runs); preprocessing here scales each run by its own
+    mean. Multiplying run ``r`` by ``mean_r / mean_session`` (the session mean
+    weighted by each run's scans, as a mean over every volume) undoes the
+    difference, so every run of a session shares one scale, as in GLMsingle.
+    On both benchmark simulators, whose baselines do not change between runs,
+    one scale per session recovers GLMsingle's type-B betas exactly where a
+    scale per run loses reliability to the noise in each run's mean.
+
+    Parameters
+    ----------
+    read : callable(time_slice, voxels) -> (n_rows, n_selected) float32
+        Reads % change of each run's mean; rows are the data's time axis.
+    runs : sequence of RunSpec
+        Every run in the data (its session and its rows).
+    run_mean : callable(run_position, voxels) -> (n_selected,)
+        Mean intensity of ``runs[run_position]`` over the selected voxels;
+        voxels with a non-finite or non-positive mean keep their values.
+
+    Returns
+    -------
+    callable with the signature of ``read``
+    """
+    runs = list(runs)
+
+    def scaled(ts: slice, vs: slice | np.ndarray) -> np.ndarray:
+        block = np.array(read(ts, vs), dtype=np.float32)
+        start = ts.start or 0
+        stop = start + block.shape[0]
+        hit = [i for i, r in enumerate(runs) if r.start < stop and r.stop > start]
+        for ses in dict.fromkeys(runs[i].session for i in hit):
+            members = [i for i, r in enumerate(runs) if r.session == ses]
+            means = np.stack([np.asarray(run_mean(i, vs), dtype=np.float64) for i in members])
+            scans = np.array([runs[i].n_scans for i in members], dtype=np.float64)
+            ok = np.isfinite(means).all(0) & (means > 0).all(0)
+            ses_mean = scans @ np.where(ok, means, 1.0) / scans.sum()
+            for i, m in zip(members, means, strict=True):
+                lo, hi = max(runs[i].start, start), min(runs[i].stop, stop)
+                if lo >= hi:
+                    continue
+                factor = np.where(ok, m / np.where(ok, ses_mean, 1.0), 1.0).astype(np.float32)
+                block[lo - start : hi - start] *= factor
+        return block
+
+    return scaled
 
 
 @dataclass
@@ -231,7 +293,7 @@ class GLMSingle:
         self.chunk = max(1, int(chunk))
         lib = library_kernels(self.opts.hrf_library, FINE_DT)
         n = lib.shape[1]
-        can = canonical_hrf(FINE_DT)
+        can = assumed_kernel(self.opts.assumed_hrf, FINE_DT)
         can = np.pad(can, (0, max(0, n - len(can))))[:n]
         self.kernels = np.vstack([lib, can[None, :]])
         self.n_hrfs = lib.shape[0]

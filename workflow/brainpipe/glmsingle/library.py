@@ -19,6 +19,10 @@ Two table formats (tab-separated) are accepted:
   :func:`brainpipe.hrf.hrf_library_parameters`, the family the synthetic
   dataset draws its voxel HRFs from (written to its
   ``derivatives/groundtruth/hrf_library.tsv``).
+
+The *assumed* HRF of type A (the ON-OFF model whose R² picks the noise pool,
+and the type-A betas) is read the same way (:func:`assumed_kernel`): by
+default GLMsingle's own assumed HRF (``config/hrf_assumed.tsv``, see there).
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ import pandas as pd
 from scipy.interpolate import PchipInterpolator
 
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.hrf import double_gamma_hrf, hrf_library_parameters
+from brainpipe.hrf import canonical_hrf, double_gamma_hrf, hrf_library_parameters
 
 #: Columns of a parametric HRF library table, in order.
 COLUMNS = ("hrf_index", "peak_delay", "undershoot_delay", "dispersion", "undershoot_ratio")
 #: The table shipped with brainpipe (sampled format).
 DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "config" / "hrf_library.tsv"
+#: GLMsingle's assumed HRF of type A (sampled format, one column), shipped with brainpipe.
+ASSUMED_TABLE = DEFAULT_TABLE.with_name("hrf_assumed.tsv")
+#: Names of the built-in assumed HRFs (``betas.assumed_hrf``).
+ASSUMED_NAMES = ("glmsingle", "spm")
 
 
 def is_sampled(table: pd.DataFrame) -> bool:
@@ -153,3 +161,53 @@ def library_kernels(table: pd.DataFrame, dt: float) -> np.ndarray:
 def time_to_peak(kernels: np.ndarray, dt: float) -> np.ndarray:
     """Time to peak of each kernel in seconds, shape (n_hrfs,)."""
     return np.argmax(kernels, axis=1) * dt
+
+
+def read_assumed_hrf(spec: str | Path | pd.DataFrame | None) -> str | pd.DataFrame:
+    """Validate the assumed HRF of type A: a built-in name or a one-HRF sampled table.
+
+    Parameters
+    ----------
+    spec : ``"glmsingle"`` (or None), ``"spm"``, a path to a sampled table with
+        one HRF column, or such a table already read.
+
+    Returns
+    -------
+    ``"glmsingle"``, ``"spm"`` or the table (``time`` and one HRF column).
+    """
+    if spec is None:
+        return "glmsingle"
+    if isinstance(spec, str) and spec in ASSUMED_NAMES:
+        return spec
+    if isinstance(spec, pd.DataFrame):
+        table, where = spec, "betas.assumed_hrf"
+    else:
+        table, where = read_hrf_library(spec), str(spec)
+    if not is_sampled(table) or table.shape[1] != 2:
+        raise BrainpipeInputError(
+            where,
+            "betas.assumed_hrf",
+            f"expected {' or '.join(map(repr, ASSUMED_NAMES))}, or a sampled table with a "
+            f"'time' column and exactly one HRF column (got columns {list(table.columns)})",
+        )
+    return table
+
+
+def assumed_kernel(spec: str | pd.DataFrame, dt: float) -> np.ndarray:
+    """Kernel of the assumed HRF of type A, sampled every ``dt`` s and peak-normalised.
+
+    ``"glmsingle"``: GLMsingle's assumed HRF (its ``getcanonicalhrf`` before the
+    stimulus duration is applied), read from ``config/hrf_assumed.tsv``; it is
+    the HRF of the ON-OFF model whose R² splits the noise pool from the voxels
+    that score the cross-validation, so using GLMsingle's keeps the two
+    selections GLMsingle's. ``"spm"``: SPM's double gamma
+    (:func:`brainpipe.hrf.canonical_hrf`). A table: its one HRF.
+    """
+    spec = read_assumed_hrf(spec)
+    if isinstance(spec, str) and spec == "spm":
+        return canonical_hrf(dt)
+    if isinstance(spec, str):
+        if not ASSUMED_TABLE.exists():  # pragma: no cover - the table ships with brainpipe
+            raise BrainpipeInputError(str(ASSUMED_TABLE), "table", "file not found")
+        spec = read_hrf_library(ASSUMED_TABLE)
+    return library_kernels(spec, dt)[0]

@@ -35,8 +35,12 @@ def polynomial_basis(n_scans: int, degree: int) -> np.ndarray:
 
 
 def default_poly_degree(n_scans: int, tr: float) -> int:
-    """GLMsingle's rule: round(run duration in minutes / 2), at least 1."""
-    return max(1, int(round(n_scans * tr / 60.0 / 2.0)))
+    """GLMsingle's rule: round(run duration in minutes / 2), at least 1.
+
+    Halves round up, as MATLAB's ``round`` and GLMsingle's ``alt_round`` do
+    (Python's ``round`` would send a 5-minute run, 2.5, to 2 instead of 3).
+    """
+    return max(1, int(np.floor(n_scans * tr / 60.0 / 2.0 + 0.5)))
 
 
 def orth(a: np.ndarray) -> np.ndarray:
