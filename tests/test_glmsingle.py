@@ -513,3 +513,32 @@ def test_rescaling_never_flips_the_sign():
     out = S.rescale_to(xp, shrunk, ref)
     np.testing.assert_allclose(out[:, 0], ref[:, 0], atol=1e-6)
     np.testing.assert_allclose(out[:, 1], shrunk[:, 1])
+
+
+def test_fractional_ridge_follows_fracridge():
+    # fracridge's algorithm (Rokem & Kay 2020), written out: penalties 0 and 10^k, k from
+    # floor(log10(0.01 s²_min)) in steps of 0.2 below ceil(log10(1e4 s²_max)); log(1 + α)
+    # interpolated linearly in the fraction of the OLS norm.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 12)) * np.geomspace(0.05, 3.0, 12)
+    y = rng.normal(size=(80, 5))
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    rot = (u.T @ y) / s[:, None]
+    fracs = np.array([0.05, 0.3, 0.55, 0.8, 1.0])
+    alphas = np.r_[0, 10 ** np.arange(np.floor(np.log10(1e-2 * s[-1] ** 2)),
+                                      np.ceil(np.log10(1e4 * s[0] ** 2)), 0.2)]  # fmt: skip
+    xp = get_backend("numpy")
+    grid = S.fractional_ridge_grid(xp, s**2, rot)
+    for c in range(y.shape[1]):
+        scl = (s**2)[None, :] / ((s**2)[None, :] + alphas[:, None])
+        length = np.sqrt((scl**2) @ rot[:, c] ** 2)
+        length /= length[0]
+        want = np.expm1(np.interp(fracs, length[::-1], np.log1p(alphas)[::-1]))
+        ols = S.fractional_ridge_scale(xp, grid, np.ones(y.shape[1]))  # target 1: OLS
+        np.testing.assert_allclose(ols, 1.0)
+        for f, a in zip(fracs, want, strict=True):
+            target = np.full(y.shape[1], f)
+            got = S.fractional_ridge_scale(xp, grid, target)[:, c]
+            np.testing.assert_allclose(got, s**2 / (s**2 + a), rtol=1e-5)  # float32 backend
+            norm = np.linalg.norm(got * rot[:, c]) / np.linalg.norm(rot[:, c])
+            assert abs(norm - f) < 0.02

@@ -305,17 +305,27 @@ def other_run_mean_operator(
     return op, repeated
 
 
+#: fracridge's grid of penalties (Rokem & Kay 2020, its ``fracridge.py``, the
+#: implementation GLMsingle calls): 0, then powers of 10 in steps of 0.2 decades
+#: from 10^floor(log10(SMALL * s²_min)) to below 10^ceil(log10(BIG * s²_max)).
+FRACRIDGE_SMALL_BIAS, FRACRIDGE_BIG_BIAS, FRACRIDGE_STEP = 1e-2, 1e4, 0.2
+
+
 @dataclass
 class FracRidgeGrid:
-    """Per-voxel fraction-of-norm curve on a log grid of ridge penalties."""
+    """Per-voxel fraction-of-norm curve on fracridge's grid of ridge penalties."""
 
     asc: Any  # (G, c) fraction of the OLS norm, ascending (penalty decreasing)
-    log_alpha: Any  # (G,) log penalties matching ``asc`` rows
+    log_alpha: Any  # (G,) log(1 + penalty) matching ``asc`` rows (fracridge's scale)
     s2: Any  # (N, 1) squared singular values
 
 
-def fractional_ridge_grid(xp: Backend, s2: np.ndarray, rot: Any, n_grid: int = 64) -> FracRidgeGrid:
+def fractional_ridge_grid(xp: Backend, s2: np.ndarray, rot: Any) -> FracRidgeGrid:
     """Fraction of the OLS coefficient norm reached by each ridge penalty, per voxel.
+
+    The penalties are fracridge's (:data:`FRACRIDGE_STEP` and the biases), so
+    :func:`fractional_ridge_scale` reaches the penalties GLMsingle's fracridge
+    call reaches.
 
     Parameters
     ----------
@@ -324,21 +334,25 @@ def fractional_ridge_grid(xp: Backend, s2: np.ndarray, rot: Any, n_grid: int = 6
     rot : (N, c)
         OLS coefficients in the rotated basis (the norm is rotation invariant).
     """
-    lo, hi = np.log(s2.min()) - 7.0, np.log(s2.max()) + 9.0
-    log_alpha = np.linspace(hi, lo, n_grid)  # penalty decreasing -> fraction ascending
-    shrink = s2[None, :] / (s2[None, :] + np.exp(log_alpha)[:, None])  # (G, N)
+    lo = np.floor(np.log10(FRACRIDGE_SMALL_BIAS * s2.min()))
+    hi = np.ceil(np.log10(FRACRIDGE_BIG_BIAS * s2.max()))
+    alphas = np.concatenate([[0.0], 10.0 ** np.arange(lo, hi, FRACRIDGE_STEP)])[::-1]
+    shrink = s2[None, :] / (s2[None, :] + alphas[:, None])  # (G, N), penalty decreasing
     rot2 = rot * rot
     norm0 = xp.sum(rot2, axis=0)
     safe0 = xp.where(norm0 > 0, norm0, 1.0)
     asc = xp.sqrt(xp.clip((xp.asarray(shrink**2) @ rot2) / safe0[None, :], 0.0, 1.0))
-    return FracRidgeGrid(asc=asc, log_alpha=xp.asarray(log_alpha), s2=xp.asarray(s2)[:, None])
+    return FracRidgeGrid(
+        asc=asc, log_alpha=xp.asarray(np.log1p(alphas)), s2=xp.asarray(s2)[:, None]
+    )
 
 
 def fractional_ridge_scale(xp: Backend, grid: FracRidgeGrid, target: Any) -> Any:
     """Shrinkage factors ``s² / (s² + α_v)`` reaching ``target`` fraction per voxel.
 
     Fractional ridge (Rokem & Kay 2020): for each voxel the penalty ``α_v`` with
-    ``||β_α|| = f_v ||β_OLS||`` is found by linear interpolation in ``log α``.
+    ``||β_α|| = f_v ||β_OLS||`` is found, as fracridge finds it, by linear
+    interpolation of ``log(1 + α)`` in the fraction between the grid's penalties.
 
     Parameters
     ----------
@@ -356,15 +370,15 @@ def fractional_ridge_scale(xp: Backend, grid: FracRidgeGrid, target: Any) -> Any
     a0, a1 = grid.log_alpha[j - 1], grid.log_alpha[j]
     den = f1 - f0
     w = xp.clip((target - f0) / xp.where(den > 0, den, 1.0), 0.0, 1.0)
-    alpha = _exp(xp, a0 + w * (a1 - a0))
+    alpha = _expm1(xp, a0 + w * (a1 - a0))
     alpha = xp.where(target >= 1.0, 0.0, alpha)
     return grid.s2 / (grid.s2 + alpha[None, :])
 
 
-def _exp(xp: Backend, a: Any) -> Any:
+def _expm1(xp: Backend, a: Any) -> Any:
     if xp.name == "numpy":
-        return np.exp(a)
-    return a.exp()
+        return np.expm1(a)
+    return a.expm1()
 
 
 def rescale_to(xp: Backend, shrunk: Any, reference: Any) -> Any:
