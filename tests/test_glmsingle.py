@@ -542,3 +542,9 @@ def test_fractional_ridge_follows_fracridge():
             np.testing.assert_allclose(got, s**2 / (s**2 + a), rtol=1e-5)  # float32 backend
             norm = np.linalg.norm(got * rot[:, c]) / np.linalg.norm(rot[:, c])
             assert abs(norm - f) < 0.02
+
+
+def test_polynomial_degree_rule():
+    # round(minutes / 2), at least 1; a 5-minute run gets 2 (GLMsingle rounds the half up to
+    # 3, which lowered type-B accuracy on the independent simulator: docs/betas_vs_glmsingle.md)
+    assert [S.default_poly_degree(n, 1.0) for n in (30, 200, 300, 420, 2712)] == [1, 2, 2, 4, 23]
