@@ -9,8 +9,13 @@ each), so test concepts are never seen in training — THINGS-EEG2's zero-shot d
 Model of the data
 -----------------
 Each stimulus ``s`` has a latent response ``z[s, j]`` (one value per *stimulus source*
-``j``): a random linear map of its category, superordinate, colour and size one-hots,
-each component z-scored over all stimuli. A stimulus shown at onset ``t0`` adds, on the
+``j``): a random linear map of its category, superordinate, colour and size one-hots, or,
+with ``response_network`` / ``response_layer`` set, a random rotation of the leading
+principal components of that layer of a random-initialised network (seeded with ``seed``;
+a feature job with ``weights: random`` and the same seed rebuilds it), each component
+z-scored over all stimuli. Only in the second case is the signal tied to an image
+embedding a decoder can target; the concept factors are not spanned by, e.g., a
+random-initialised CLIP embedding of the images. A stimulus shown at onset ``t0`` adds, on the
 sensors::
 
     L[:, j] * signal_uv * z[s, j] * (1 + 0.1 N(0,1)) * w_j(t - t0)     (stimulus sources)
@@ -91,6 +96,12 @@ class MeegSyntheticParams:
     sensor_noise_uv: float = 1.5
     n_meg_channels: int = 64
     image_size: int = 48
+    # A network layer behind the latent responses (random-init weights of the real
+    # architecture, seeded with ``seed``), e.g. "clipvitb32" + "embedding": decoding to that
+    # layer's features then recovers the signal. Empty: the concept factors (category,
+    # superordinate, colour, size), which no image network's embedding need span.
+    response_network: str = ""
+    response_layer: str = ""
 
     def __post_init__(self) -> None:
         if self.modality not in ("eeg", "meg"):
@@ -112,6 +123,24 @@ class MeegSyntheticParams:
                      "images_per_train_concept", "n_sources", "sequence_length"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise BrainpipeInputError("config", f"synthetic_meeg.{name}", "must be >= 1")
+        if self.response_network or self.response_layer:
+            from brainpipe.features.networks import get_network
+
+            net = get_network(self.response_network, "config", "synthetic_meeg.response_network")
+            if self.response_layer not in net.layers:
+                raise BrainpipeInputError(
+                    "config",
+                    "synthetic_meeg.response_layer",
+                    f"got {self.response_layer!r}; {net.name} layers: {', '.join(net.layers)}",
+                )
+            n_stimuli = self.n_train_concepts * self.images_per_train_concept + self.n_test_concepts
+            if self.n_sources >= n_stimuli:
+                raise BrainpipeInputError(
+                    "config",
+                    "synthetic_meeg.n_sources",
+                    f"{self.n_sources} principal components of {n_stimuli} stimuli:"
+                    f" expected fewer sources than stimuli",
+                )
 
     @classmethod
     def from_config(cls, block: dict[str, Any] | None) -> MeegSyntheticParams:
@@ -191,9 +220,34 @@ def make_stimuli(params: MeegSyntheticParams) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def latent_responses(params: MeegSyntheticParams, stimuli: pd.DataFrame) -> np.ndarray:
-    """``z[stimulus, source]``: a random linear map of the concept one-hots, z-scored."""
+def latent_responses(
+    params: MeegSyntheticParams, stimuli: pd.DataFrame, images: np.ndarray | None = None
+) -> np.ndarray:
+    """``z[stimulus, source]``, z-scored over stimuli.
+
+    A random linear map of the concept one-hots, or, with ``params.response_network``, of
+    the leading principal components of that network layer's activations to ``images``
+    (``(n_stimuli, height, width, 3)`` uint8, in the rows of ``stimuli``): the same
+    random-initialised network a feature job builds with ``weights: random`` and
+    ``seed = params.seed``, so decoding to its features can recover the signal, also for
+    test concepts never seen in training (the map is linear in the features, not in the
+    concepts).
+    """
     rng = _rng(params, _TAG_LATENT)
+    if params.response_network:
+        from brainpipe.features.extract import layer_activations
+
+        if images is None or len(images) != len(stimuli):
+            raise BrainpipeInputError(
+                "config", "synthetic_meeg.response_network", "needs one image per stimulus"
+            )
+        acts = layer_activations(
+            params.response_network, params.response_layer, images, seed=params.seed
+        ).astype(np.float64)
+        u, s, _ = np.linalg.svd(acts - acts.mean(axis=0), full_matrices=False)
+        pcs = _zscore(u[:, : params.n_sources] * s[: params.n_sources])
+        mix = np.linalg.qr(rng.standard_normal((params.n_sources, params.n_sources)))[0]
+        return _zscore(pcs @ mix)
     blocks = []
     for col, values in (
         ("category", list(stim.CATEGORIES)),
@@ -396,6 +450,7 @@ def generate(root: str | Path, params: MeegSyntheticParams) -> Path:
     stimuli = make_stimuli(params)
     images_dir = root / "stimuli" / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
+    rendered = []
     for n, row in stimuli.iterrows():
         factors = stim.StimulusFactors(
             row["category"], row["superordinate"], row["colour"], row["size"],
@@ -403,8 +458,9 @@ def generate(root: str | Path, params: MeegSyntheticParams) -> Path:
         )  # fmt: skip
         image = stim.render_image(factors, params.image_size, _rng(params, _TAG_STIM, n, 1))
         Image.fromarray(image, mode="RGB").save(root / "stimuli" / row["image"], format="PNG")
+        rendered.append(image)
     stimuli.to_csv(root / "stimuli" / "stimuli.tsv", sep="\t", index=False)
-    latent = latent_responses(params, stimuli)
+    latent = latent_responses(params, stimuli, np.stack(rendered))
     info = (
         eeg_info(params.sfreq)
         if params.modality == "eeg"
