@@ -62,7 +62,9 @@ def compare(summary: pd.DataFrame, recipe: dict[str, Any]) -> list[Comparison]:
     Returns
     -------
     list of Comparison
-        In the recipe's order; ``ours`` is NaN where no row matched.
+        In the recipe's order; ``ours`` is NaN where no row matched, ``paper`` where the
+        recipe's ``value`` is null (a number the paper reports that we could not read: its
+        ``source`` says so).
     """
     out = []
     for n, item in enumerate(recipe.get("reported", [])):
@@ -86,7 +88,7 @@ def compare(summary: pd.DataFrame, recipe: dict[str, Any]) -> list[Comparison]:
             Comparison(
                 label=item["label"],
                 definition=item["definition"],
-                paper=float(item["value"]),
+                paper=np.nan if item.get("value") is None else float(item["value"]),
                 ours=float(values.mean()) if len(values) else np.nan,
                 ci_low=ci[0],
                 ci_high=ci[1],
