@@ -42,3 +42,24 @@ rule align_scores:
         ENV
     script:
         "../workflow/scripts/align_scores.py"
+
+
+rule align_encoding:
+    input:
+        stores=align_stores(),
+        betas=expand(f"{RESULTS}/sub-{{subject}}/betas.zarr", subject=config["subjects"]),
+        features=expand(f"{RESULTS}/features/{{features}}.zarr", features=align_encoding_features()),
+    output:
+        scores=f"{RESULTS}/align/encoding.tsv",
+    params:
+        subjects=config["subjects"],
+        alphas=config.get("ridge", {}).get("alphas"),
+    resources:
+        mem_mb=per_attempt(2000),
+        runtime=20,
+    log:
+        f"{LOGS}/align/encoding.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/align_encoding.py"

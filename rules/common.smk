@@ -60,24 +60,33 @@ def model_dirs():
     return dirs
 
 
-def meeg_model_dirs():
-    """One folder per subject x M/EEG model x feature model: the M/EEG fan-out."""
-    from brainpipe.meeg.jobs import SENSORS
+def meeg_model_jobs():
+    """(subject, model, feature model) of every M/EEG model job: the M/EEG fan-out."""
     from brainpipe.models import get_model, model_params
 
-    dirs = []
+    jobs = []
     for model in config["models"]:
         if get_model(model).inputs != "epochs":
             raise ValueError(
                 f"config models: {model!r} is not an M/EEG model (dataset {DATASET} is M/EEG; "
                 "use timedecoder, nice)"
             )
-        dirs += expand(
-            f"{RESULTS}/models/sub-{{subject}}/{SENSORS}/{model}-{{features}}",
-            subject=config["subjects"],
-            features=model_params(model, config)["features"],
-        )
-    return dirs
+        jobs += [
+            (subject, model, features)
+            for subject in config["subjects"]
+            for features in model_params(model, config)["features"]
+        ]
+    return jobs
+
+
+def meeg_model_dirs():
+    """One folder per subject x M/EEG model x feature model (meeg_model_jobs' order)."""
+    from brainpipe.meeg.jobs import SENSORS
+
+    return [
+        f"{RESULTS}/models/sub-{subject}/{SENSORS}/{model}-{features}"
+        for subject, model, features in meeg_model_jobs()
+    ]
 
 
 def align_method_params(method):
@@ -92,6 +101,21 @@ def align_stores():
     return expand(
         f"{RESULTS}/align/{{method}}.zarr", method=config.get("align", {}).get("methods", [])
     )
+
+
+def align_encoding_features():
+    """Feature models of the encoding models fitted in each aligned space (align.encoding_features)."""
+    from brainpipe.errors import BrainpipeInputError
+
+    labels = list(config.get("align", {}).get("encoding_features", []) or [])
+    for label in labels:
+        if label not in config["feature_models"]:
+            raise BrainpipeInputError(
+                "config",
+                "align.encoding_features",
+                f"{label!r} is not in feature_models ({', '.join(config['feature_models'])})",
+            )
+    return labels if align_stores() else []
 
 
 # Input functions of the model-zoo rules (train.smk, evaluate.smk).

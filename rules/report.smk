@@ -9,6 +9,7 @@ rule report:
         betas=expand(f"{RESULTS}/sub-{{subject}}/betas.zarr", subject=config["subjects"]),
         data=DATA,
         align_scores=f"{RESULTS}/align/crosssubject.tsv" if align_stores() else [],
+        align_encoding=f"{RESULTS}/align/encoding.tsv" if align_encoding_features() else [],
     output:
         report=f"{RESULTS}/report.html",
         figures=report(

@@ -12,6 +12,7 @@ with log_to(snakemake.log[0]):
         stimulus_images=stimulus_image_files(snakemake.input.data),
         recipe=snakemake.params.recipe,
         align_scores=snakemake.input.align_scores or None,
+        align_encoding=snakemake.input.align_encoding or None,
         run={
             "dataset": config["dataset"],
             "subjects": snakemake.params.subjects,

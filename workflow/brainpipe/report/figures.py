@@ -222,3 +222,27 @@ def alignment_figure(scores: pd.DataFrame) -> plt.Figure:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def aligned_encoding_figure(scores: pd.DataFrame) -> plt.Figure:
+    """Grouped bars per alignment method x feature model: within- vs cross-subject test r."""
+    groups = list(dict.fromkeys(zip(scores["method"], scores["features"], strict=True)))
+    fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH_IN, 2.8 + 1.5 * len(groups)), 3.4))
+    for g, (method, feats) in enumerate(groups):
+        rows = scores[(scores["method"] == method) & (scores["features"] == feats)]
+        for k, (relation, colour) in enumerate((("within", "C0"), ("cross", "C1"))):
+            sel = rows[rows["relation"] == relation]
+            if sel.empty:
+                continue
+            x = g + (k - 0.5) * 0.38
+            ax.bar(x, sel["mean_r"].mean(), width=0.36, color=colour,
+                   label=f"{relation}-subject" if g == 0 else None)  # fmt: skip
+            xs = x + (np.linspace(-0.12, 0.12, len(sel)) if len(sel) > 1 else np.zeros(1))
+            ax.scatter(xs, sel["mean_r"], s=8, color="k", zorder=2)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{f}" for m, f in groups])
+    ax.set_ylabel("test r in the target's voxels\n(mean over voxels)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from brainpipe import __version__  # noqa: E402
 from brainpipe.report.brainmaps import score_maps_figure  # noqa: E402
 from brainpipe.report.figures import (  # noqa: E402
+    aligned_encoding_figure,
     alignment_figure,
     decoding_figure,
     encoding_accuracy_figure,
@@ -67,6 +68,9 @@ class ReportInputs:
         What this run used, for the "paper vs this run" table (dataset, split, subjects).
     align_scores : path or None
         ``align/crosssubject.tsv`` (:mod:`brainpipe.align.crosssubject`).
+    align_encoding : path or None
+        ``align/encoding.tsv`` (:mod:`brainpipe.align.encoding`): encoding models fitted in
+        each aligned space, scored on their own and on the other subjects.
     """
 
     scores: list[str | Path] = field(default_factory=list)
@@ -77,6 +81,7 @@ class ReportInputs:
     recipe: dict[str, Any] | None = None
     run: dict[str, Any] = field(default_factory=dict)
     align_scores: str | Path | None = None
+    align_encoding: str | Path | None = None
 
 
 @dataclass
@@ -222,6 +227,29 @@ def alignment_figures(inputs: ReportInputs) -> list[Figure]:
             f"responses (median {n} test stimuli per pair). Bars: mean over ordered subject "
             "pairs; dots: pairs.",
             _render(alignment_figure(scores)),
+        )
+    ] + aligned_encoding_figures(inputs)
+
+
+def aligned_encoding_figures(inputs: ReportInputs) -> list[Figure]:
+    """Encoding models fitted in an aligned space: own subject vs the other subjects."""
+    if inputs.align_encoding is None:
+        return []
+    scores = pd.read_csv(inputs.align_encoding, sep="\t", dtype={"source": str, "target": str})
+    if scores.empty:
+        return []
+    n = int(scores["n_test_stimuli"].median())
+    return [
+        Figure(
+            "alignment_encoding",
+            "Alignment",
+            "Encoding models in the aligned space: per alignment method and feature model, a "
+            "ridge model maps the features to one subject's shared-space training responses; "
+            "its test predictions are mapped into the voxels of the same subject (within) and "
+            "of every other subject (cross: fit on one subject, predict another), and "
+            f"correlated voxel by voxel with the measured test responses (median {n} test "
+            "stimuli). Bars: mean over subjects / ordered pairs; dots: each.",
+            _render(aligned_encoding_figure(scores)),
         )
     ]
 
