@@ -90,11 +90,15 @@ rule meeg_summary:
 rule meeg_report:
     input:
         summary=f"{RESULTS}/summary.tsv",
+        predictions=[f"{d}/predictions.zarr" for d in meeg_model_dirs()],
+        data=DATA,
     output:
         report=f"{RESULTS}/report.html",
     params:
         title=f"brainpipe: {DATASET} (M/EEG)",
         recipe=config.get("recipe"),
+        jobs=meeg_model_jobs(),
+        results=RESULTS,
     resources:
         mem_mb=per_attempt(1000),
         runtime=5,

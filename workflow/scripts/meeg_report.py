@@ -1,5 +1,6 @@
 from brainpipe.logs import log_to
 from brainpipe.meeg.jobs import write_meeg_report
+from brainpipe.report.retrieval import stimulus_image_files
 
 with log_to(snakemake.log[0]):
     config = snakemake.config
@@ -13,4 +14,9 @@ with log_to(snakemake.log[0]):
             "subjects": config["subjects"],
             "split": "the dataset's training and test images (zero-shot: test concepts unseen)",
         },
+        predictions={
+            key: (pred, f"{snakemake.params.results}/features/{key[2]}.zarr")
+            for key, pred in zip(snakemake.params.jobs, snakemake.input.predictions, strict=True)
+        },
+        images=stimulus_image_files(snakemake.input.data),
     )

@@ -143,17 +143,44 @@ def evaluate_job(
     return metrics
 
 
+def retrieval_ranking(
+    predictions_path: str | Path, features_path: str | Path, n_queries: int, k: int = 5
+) -> list[tuple[str, list[str]]]:
+    """``n_queries`` test images (a seeded draw) and the ``k`` test images ranked first.
+
+    Candidates are all the job's test images, ranked by the similarity of their true
+    embedding to the query's decoded one (the measure :func:`evaluate_job` scores).
+    """
+    from brainpipe.meeg.decoding import cosine_similarity
+
+    pred = open_zarr(predictions_path)
+    feats = open_zarr(features_path)
+    stimuli = np.asarray(pred["stimulus"].values).astype(str)
+    row = {s: i for i, s in enumerate(np.asarray(feats["stimulus"].values).astype(str))}
+    true = np.asarray(feats["features"].values)[[row[s] for s in stimuli]]
+    sim = cosine_similarity(np.asarray(pred["predicted"].values), true)
+    rng = np.random.default_rng(0)
+    picked = np.sort(rng.choice(len(stimuli), size=min(n_queries, len(stimuli)), replace=False))
+    order = np.argsort(-sim[picked], axis=1, kind="stable")[:, :k]
+    return [(stimuli[q], list(stimuli[o])) for q, o in zip(picked, order, strict=True)]
+
+
 def write_meeg_report(
     summary_tsv: str | Path,
     out_html: str | Path,
     title: str,
     recipe: dict | None = None,
     run: dict | None = None,
+    predictions: dict[tuple[str, str, str], tuple[str | Path, str | Path]] | None = None,
+    images: dict[str, Path] | None = None,
 ) -> Path:
-    """The M/EEG report: accuracy over time per model and the retrieval scores.
+    """The M/EEG report: accuracy over time per model, retrieval scores and retrieval grids.
 
     With a ``recipe`` (the config's ``recipe`` block) the page opens with "paper vs this
     run" (:func:`brainpipe.report.page.paper_vs_run`); ``run`` says what this run used.
+    ``predictions`` maps (subject, model, features) to the job's ``predictions.zarr`` and
+    feature store; with ``images`` (stimulus id -> image file) each model gets a grid of
+    test images beside their top-5 retrieved test images (one subject per model).
     """
     import base64
     import html
@@ -207,6 +234,27 @@ def write_meeg_report(
     caption = ("Among the test images (concepts never seen in training); dashed: chance; "
                "dots: subjects.")  # fmt: skip
     figs.append((fig, "Zero-shot retrieval", caption))
+    if predictions and images:
+        from brainpipe.report.page import GRID_QUERIES
+        from brainpipe.report.retrieval import retrieval_grid_figure
+
+        done = set()
+        for (subject, model, feats), (pred_path, feat_path) in sorted(predictions.items()):
+            if (model, feats) in done:
+                continue
+            ranked = retrieval_ranking(pred_path, feat_path, GRID_QUERIES)
+            if not all(s in images for q, c in ranked for s in [q, *c]):
+                log.warning("retrieval grid of %s skipped: some images are not files", model)
+                continue
+            done.add((model, feats))
+            n_way = len(open_zarr(pred_path)["stimulus"])
+            figs.append((
+                retrieval_grid_figure(ranked, images, "test image"),
+                f"Retrieved images: {model} · {feats}",
+                f"sub-{subject}: {GRID_QUERIES} test images (left, a seeded draw) and the 5 of "
+                f"the {n_way} test images whose true embeddings are most similar to the one "
+                "decoded from the EEG, best first; the correct image is framed green.",
+            ))  # fmt: skip
 
     def png(fig) -> str:
         buf = io.BytesIO()
