@@ -70,6 +70,10 @@ rule spatial_features:
         images=raw("stimulus_images"),
         checked=f"{RESULTS}/stimuli_manifest.json",
         splits=f"{RESULTS}/splits.tsv",
+        # a configured network: its token layer, from its feature store
+        network=lambda wc: (
+            [f"{RESULTS}/features/{wc.features}.zarr"] if wc.features in NETWORKS else []
+        ),
     output:
         features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),
     params:

@@ -3,6 +3,11 @@
 A spatial feature model returns ``(n_stimuli, n_tokens, n_channels)``: one token per grid
 position. The store ``features/spatial/{name}.zarr`` holds ``features(stimulus, token,
 channel)``, each channel z-scored with statistics of the training stimuli only.
+
+A configured network (``features.networks.<name>`` with ``tokens: [layer]``) is a spatial
+feature model too: :func:`build_spatial_store_from_network` reads the first token layer of
+its feature store (``<layer>_tokens``: transformer tokens or conv positions) and writes the
+same spatial store, so an attention readout attends over, e.g., ViT tokens.
 """
 
 from __future__ import annotations
@@ -55,6 +60,79 @@ def gabor_spatial(stimuli: pd.DataFrame, stimuli_dir: Path, grid: int = 8) -> np
     return energy.reshape(n, f * o, grid * grid).transpose(0, 2, 1).astype(np.float32)
 
 
+def _write_spatial(
+    feats_raw: np.ndarray,
+    stim: pd.DataFrame,
+    out_path: Path,
+    attrs: dict[str, Any],
+    config: dict[str, Any] | None,
+) -> Path:
+    train = (stim["split"] == "train").to_numpy()
+    mean = feats_raw[train].mean(axis=(0, 1))
+    sd = feats_raw[train].std(axis=(0, 1))
+    feats = ((feats_raw - mean) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    ds = xr.Dataset(
+        {"features": (("stimulus", "token", "channel"), feats)},
+        coords={
+            "stimulus": stim["stimulus"].to_numpy(dtype=object),
+            "split": ("stimulus", stim["split"].to_numpy(dtype=object)),
+            "token": np.arange(feats.shape[1]),
+            "channel": np.arange(feats.shape[2]),
+        },
+        attrs={**attrs, "layout": "spatial", "fitted_on": "train", **provenance_attrs(config)},
+    )
+    return write_zarr(ds, out_path)
+
+
+def build_spatial_store_from_network(
+    name: str,
+    network_store: Path,
+    stimuli_tsv: Path,
+    splits_tsv: Path,
+    out_path: Path,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """The spatial store of a network's token layer (``tokens`` in its config entry).
+
+    Parameters
+    ----------
+    name : str
+        The feature label (``features.networks.<name>``).
+    network_store : path
+        Its ``features/{name}.zarr``, which holds ``<layer>_tokens(stimulus, token, channel)``.
+
+    Raises
+    ------
+    BrainpipeInputError
+        The network was configured without ``tokens``, or a stimulus has no tokens.
+    """
+    from brainpipe.features.networks import layer_variable
+    from brainpipe.features.weights import network_settings
+    from brainpipe.storage import open_zarr
+
+    cfg = network_settings((config or {}).get("features"))[name]
+    if not cfg.get("tokens"):
+        raise BrainpipeInputError(
+            "config",
+            f"features.networks.{name}.tokens",
+            "an attention readout over this network needs a token layer, e.g. [encoder.ln]",
+        )
+    layer = cfg["tokens"][0]
+    store = open_zarr(network_store)
+    var = layer_variable(layer) + "_tokens"
+    stim = read_stimuli_and_splits(Path(stimuli_tsv), Path(splits_tsv), ("image",))
+    known = pd.Index(store["stimulus"].values.astype(str))
+    idx = known.get_indexer(stim["stimulus"].astype(str))
+    if (idx < 0).any():
+        raise BrainpipeInputError(
+            str(network_store), "stimulus", f"no tokens for {stim['stimulus'][idx < 0].iloc[0]!r}"
+        )
+    raw = np.asarray(store[var].values[idx], dtype=np.float32)
+    return _write_spatial(
+        raw, stim, Path(out_path), {"feature_model": name, "network_layer": layer}, config
+    )
+
+
 def build_spatial_feature_store(
     name: str,
     stimuli_tsv: Path,
@@ -70,24 +148,5 @@ def build_spatial_feature_store(
             f"no spatial feature model {name!r} (have {sorted(SPATIAL_FEATURE_MODELS)})",
         )
     stim = read_stimuli_and_splits(Path(stimuli_tsv), Path(splits_tsv), ("image",))
-    train = (stim["split"] == "train").to_numpy()
     raw = SPATIAL_FEATURE_MODELS[name](stim, Path(stimuli_tsv).parent)
-    mean = raw[train].mean(axis=(0, 1))
-    sd = raw[train].std(axis=(0, 1))
-    feats = ((raw - mean) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
-    ds = xr.Dataset(
-        {"features": (("stimulus", "token", "channel"), feats)},
-        coords={
-            "stimulus": stim["stimulus"].to_numpy(dtype=object),
-            "split": ("stimulus", stim["split"].to_numpy(dtype=object)),
-            "token": np.arange(feats.shape[1]),
-            "channel": np.arange(feats.shape[2]),
-        },
-        attrs={
-            "feature_model": name,
-            "layout": "spatial",
-            "fitted_on": "train",
-            **provenance_attrs(config),
-        },
-    )
-    return write_zarr(ds, out_path)
+    return _write_spatial(raw, stim, Path(out_path), {"feature_model": name}, config)
