@@ -94,6 +94,13 @@ rule meeg_report:
         data=DATA,
     output:
         report=f"{RESULTS}/report.html",
+        figures=report(
+            directory(f"{RESULTS}/report_figures"),
+            patterns=["{name}.png"],
+            caption="../workflow/report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
     params:
         title=f"brainpipe: {DATASET} (M/EEG)",
         recipe=config.get("recipe"),

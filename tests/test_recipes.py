@@ -91,7 +91,7 @@ def _paper_vs_run(html: str) -> pd.DataFrame:
     header, *body = parser.rows
     frame = pd.DataFrame(body, columns=header)
     for column in ("paper", "this run", "rows (subjects) averaged"):
-        frame[column] = pd.to_numeric(frame[column].replace("–", "nan"))
+        frame[column] = pd.to_numeric(frame[column].replace("–", np.nan))
     return frame
 
 
@@ -166,6 +166,9 @@ def test_things_eeg2_nice_standin(tmp_path):
     html = (results / "report.html").read_text()
     _check_table(html, "things-eeg2-nice", [2, 2])
     assert "Time-resolved decoding" in html and "Zero-shot retrieval" in html
+    for figure in ("meeg_time_resolved", "meeg_retrieval", "retrieval_nice-clip"):
+        assert f'id="{figure}"' in html, figure  # in the page and for snakemake --report
+        assert (results / "report_figures" / f"{figure}.png").is_file(), figure
     summary = _summary(results)
     for model in ("nice", "timedecoder"):
         rows = summary[summary["model"] == model]
@@ -188,7 +191,10 @@ def test_bold5000_visiolinguistic_standin(tmp_path):
     such. Encoding models fitted in each aligned space predict the other subjects' voxels."""
     result = _run_standin("bold5000-visiolinguistic", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = tmp_path / "results" / "synthetic"
+    _check_bold5000(tmp_path / "results" / "synthetic")
+
+
+def _check_bold5000(results: Path) -> None:
     html = (results / "report.html").read_text()
     table = _paper_vs_run(html)
     recipe = yaml.safe_load(

@@ -19,4 +19,5 @@ with log_to(snakemake.log[0]):
             for key, pred in zip(snakemake.params.jobs, snakemake.input.predictions, strict=True)
         },
         images=stimulus_image_files(snakemake.input.data),
+        figures_dir=snakemake.output.figures,
     )

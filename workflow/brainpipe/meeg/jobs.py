@@ -173,6 +173,7 @@ def write_meeg_report(
     run: dict | None = None,
     predictions: dict[tuple[str, str, str], tuple[str | Path, str | Path]] | None = None,
     images: dict[str, Path] | None = None,
+    figures_dir: str | Path | None = None,
 ) -> Path:
     """The M/EEG report: accuracy over time per model, retrieval scores and retrieval grids.
 
@@ -180,7 +181,8 @@ def write_meeg_report(
     run" (:func:`brainpipe.report.page.paper_vs_run`); ``run`` says what this run used.
     ``predictions`` maps (subject, model, features) to the job's ``predictions.zarr`` and
     feature store; with ``images`` (stimulus id -> image file) each model gets a grid of
-    test images beside their top-5 retrieved test images (one subject per model).
+    test images beside their top-5 retrieved test images (one subject per model). Each
+    figure also goes to ``figures_dir/<name>.png`` when given (for ``snakemake --report``).
     """
     import base64
     import html
@@ -216,7 +218,7 @@ def write_meeg_report(
         ax.set_title("Time-resolved decoding (thin lines: subjects)")
         caption = ("Top-1 identification of the test images from each time point (ridge on "
                    "the channels at that time), against chance.")  # fmt: skip
-        figs.append((fig, "Time-resolved decoding", caption))
+        figs.append((fig, "Time-resolved decoding", caption, "meeg_time_resolved"))
     fig, axes = plt.subplots(
         1, 2, figsize=(9, 0.9 + 0.5 * max(1, table.groupby(["model", "features"]).ngroups))
     )
@@ -233,7 +235,7 @@ def write_meeg_report(
     axes[0].invert_yaxis()
     caption = ("Among the test images (concepts never seen in training); dashed: chance; "
                "dots: subjects.")  # fmt: skip
-    figs.append((fig, "Zero-shot retrieval", caption))
+    figs.append((fig, "Zero-shot retrieval", caption, "meeg_retrieval"))
     if predictions and images:
         from brainpipe.report.page import GRID_QUERIES
         from brainpipe.report.retrieval import retrieval_grid_figure
@@ -254,22 +256,32 @@ def write_meeg_report(
                 f"sub-{subject}: {GRID_QUERIES} test images (left, a seeded draw) and the 5 of "
                 f"the {n_way} test images whose true embeddings are most similar to the one "
                 "decoded from the EEG, best first; the correct image is framed green.",
+                f"retrieval_{model}-{feats}",
             ))  # fmt: skip
 
-    def png(fig) -> str:
+    def png(fig) -> bytes:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        return base64.b64encode(buf.getvalue()).decode()
+        return buf.getvalue()
+
+    rendered = [(png(f), h, c, name) for f, h, c, name in figs]
+    if figures_dir is not None:
+        from brainpipe.storage import atomic_path
+
+        with atomic_path(Path(figures_dir)) as tmp:
+            tmp.mkdir(parents=True)
+            for data, _, _, name in rendered:
+                (tmp / f"{name}.png").write_bytes(data)
 
     cols = [c for c in ["subject", "model", "features", "n_way", "n_test_stimuli", "top1",
                         "top1_ci_low", "top1_ci_high", "top1_chance", "top5", "top5_ci_low",
                         "top5_ci_high", "top5_chance", "peak_time_s"] if c in table]  # fmt: skip
     sections = "\n".join(
         f"<h2>{html.escape(h)}</h2>\n"
-        f'<figure><img src="data:image/png;base64,{png(f)}"/><figcaption>{html.escape(c)}'
-        "</figcaption></figure>"
-        for f, h, c in figs
+        f'<figure id="{name}"><img src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for data, h, c, name in rendered
     )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
