@@ -219,4 +219,3 @@ def _check_bold5000(results: Path) -> None:
     assert (cross["mean_r"] > 0.05).all(), cross  # fit on one subject, predict another
     for figure in ("alignment_crosssubject", "alignment_encoding"):
         assert (results / "report_figures" / f"{figure}.png").is_file(), figure
-
