@@ -14,7 +14,7 @@ rule betas:
         sessions=config["sessions"],
         runs=config["runs"],
         task=config["task"],
-        voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
+        voxel_chunk=config["betas"]["voxel_chunk"],
     threads: 1
     resources:
         mem_mb=per_attempt(4000),  # also sizes the GLMsingle voxel chunk

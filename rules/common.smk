@@ -6,7 +6,12 @@ from pathlib import Path
 
 from brainpipe.config import validate_config
 
+from snakemake.utils import validate
+
 validate_config(config, source="config (config/config.yaml and --config overrides)")
+# The schema's defaults, applied once: rules read config["betas"]["voxel_chunk"] etc.
+# directly, and no default is repeated in a rule or the package.
+validate(config, "../config/schemas/config.schema.yaml", set_default=True)
 
 DATASET = config["dataset"]
 DATA = f"{config['data_dir']}/{DATASET}"

@@ -50,7 +50,7 @@ rule features:
         features=directory(f"{RESULTS}/features/{{features}}.zarr"),
     params:
         root=DATA,
-        n_components=FEATURES_CFG.get("n_components", 32),
+        n_components=config["features"]["n_components"],
     threads: 1
     resources:
         mem_mb=network_resource(FEATURES_CFG, "mem_mb", 2000, 8000),  # grows per attempt

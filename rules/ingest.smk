@@ -71,7 +71,7 @@ if INGEST_BETAS:
             dataset=DATASET,
             sessions=config["sessions"],
             source=config.get("source", {}),
-            voxel_chunk=config.get("betas", {}).get("voxel_chunk", 4096),
+            voxel_chunk=config["betas"]["voxel_chunk"],
             registry=REGISTRY,
         # with source.stream_betas (default) this job downloads its sessions: MD5 and the
         # gathering run beside the network reads

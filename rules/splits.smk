@@ -11,9 +11,7 @@ rule splits:
     params:
         root=DATA,
         # M/EEG: test concepts must stay unseen (zero-shot), so no test image moves to train
-        shared_train_fraction=0.0
-        if MEEG
-        else config.get("splits", {}).get("shared_train_fraction", 0.0),
+        shared_train_fraction=0.0 if MEEG else config["splits"]["shared_train_fraction"],
     log:
         f"{LOGS}/splits.log",
     conda:

@@ -21,6 +21,32 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
+def schema_default(key: str, schema: Mapping[str, Any] | None = None) -> Any:
+    """The schema's ``default`` of a dotted config key (e.g. ``"betas.voxel_chunk"``).
+
+    The schema is the one home of every default: Snakemake applies them to the config
+    (``snakemake.utils.validate`` in ``rules/common.smk``), and package functions called
+    without a config take theirs from here.
+
+    Raises
+    ------
+    KeyError
+        When the key has no default in the schema.
+    """
+    node: Any = load_schema() if schema is None else schema
+    for part in key.split("."):
+        node = (node.get("properties") or {}).get(part)
+        if node is None:
+            raise KeyError(f"{key}: not a key of the config schema")
+    if "default" not in node:
+        raise KeyError(f"{key}: the config schema gives no default")
+    return node["default"]
+
+
+#: Voxels per storage chunk and compute block (``betas.voxel_chunk``; from the schema).
+VOXEL_CHUNK: int = schema_default("betas.voxel_chunk")
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"

@@ -25,6 +25,7 @@ from nilearn import masking, signal
 from tqdm.auto import tqdm
 
 from brainpipe.bids import BidsLayout, RunKey, read_tr
+from brainpipe.config import VOXEL_CHUNK
 from brainpipe.confounds import (
     confounds_for_runs,
     interpolate_censored,
@@ -34,9 +35,6 @@ from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import atomic_path, portable_strings, provenance_attrs, quiet_consolidated
 
 log = logging.getLogger(__name__)
-
-#: Voxels per Zarr chunk along the voxel axis.
-VOXEL_CHUNK = 4096
 
 
 def voxel_coords(mask: np.ndarray, affine: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:

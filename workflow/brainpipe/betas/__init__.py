@@ -25,6 +25,7 @@ from brainpipe.betas.store import (
     zscore_by_session,
 )
 from brainpipe.bids import BidsLayout, RunKey
+from brainpipe.config import VOXEL_CHUNK
 from brainpipe.errors import BrainpipeInputError
 
 __all__ = [
@@ -47,7 +48,7 @@ def estimate_betas(
     subject: str,
     runs: list[RunKey],
     out_path: str | Path,
-    voxel_chunk: int = 4096,
+    voxel_chunk: int = VOXEL_CHUNK,
     config: dict[str, Any] | None = None,
     mem_mb: float = 4000,
     threads: int = 1,

@@ -18,6 +18,7 @@ from brainpipe.betas.store import (
     write_per_voxel,
 )
 from brainpipe.bids import BidsLayout, RunKey, read_events
+from brainpipe.config import VOXEL_CHUNK
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.glmsingle.chunking import bytes_per_voxel, voxel_chunk_for_memory
 from brainpipe.glmsingle.estimator import (
@@ -119,7 +120,7 @@ def estimate_subject_betas_glmsingle(
     subject: str,
     runs: list[RunKey],
     out_path: str | Path,
-    voxel_chunk: int = 4096,
+    voxel_chunk: int = VOXEL_CHUNK,
     config: dict[str, Any] | None = None,
     mem_mb: float = 4000,
     threads: int = 1,

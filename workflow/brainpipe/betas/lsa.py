@@ -24,6 +24,7 @@ from brainpipe.betas.store import (
     write_per_voxel,
 )
 from brainpipe.bids import BidsLayout, RunKey, read_events
+from brainpipe.config import VOXEL_CHUNK
 from brainpipe.design import FINE_DT, trial_regressors
 from brainpipe.hrf import canonical_hrf
 from brainpipe.storage import atomic_path, open_zarr
@@ -44,7 +45,7 @@ def lsa_design(onsets: np.ndarray, durations: np.ndarray, n_scans: int, tr: floa
 
 
 def fit_lsa(
-    data: np.ndarray, design: np.ndarray, n_trials: int, voxel_chunk: int = 4096
+    data: np.ndarray, design: np.ndarray, n_trials: int, voxel_chunk: int = VOXEL_CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares betas of every voxel for one run.
 
@@ -91,7 +92,7 @@ def estimate_subject_betas(
     subject: str,
     runs: list[RunKey],
     out_path: str | Path,
-    voxel_chunk: int = 4096,
+    voxel_chunk: int = VOXEL_CHUNK,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Estimate LSA betas for every run of a subject and write ``betas.zarr`` atomically.

@@ -54,6 +54,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from brainpipe.betas.store import BetasLayout, noise_ceiling_vars
+from brainpipe.config import VOXEL_CHUNK
 from brainpipe.datasets.nsd_chunks import read_chunked_voxels, voxel_chunk_addresses
 from brainpipe.datasets.nsd_download import (  # noqa: F401 - NSD's public API, one import
     assemble_from_cache,
@@ -152,7 +153,7 @@ def ingest_nsd_subject(
     out_path: str | Path,
     opts: NsdOptions,
     splits_tsv: str | Path | None = None,
-    voxel_chunk: int = 4096,
+    voxel_chunk: int = VOXEL_CHUNK,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Convert NSD's betas of one subject into ``betas.zarr`` (the brainpipe contract).

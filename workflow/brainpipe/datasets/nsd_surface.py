@@ -56,6 +56,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from brainpipe.betas.store import BetasLayout, close_store, noise_ceiling_vars
+from brainpipe.config import VOXEL_CHUNK
 from brainpipe.datasets.nsd_download import assemble_from_cache
 from brainpipe.datasets.nsd_layout import (
     BETA_SCALE,
@@ -310,7 +311,7 @@ def ingest_nsd_surface_subject(
     out_path: str | Path,
     opts: NsdOptions,
     splits_tsv: str | Path | None = None,
-    voxel_chunk: int = 4096,
+    voxel_chunk: int = VOXEL_CHUNK,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Convert NSD's fsaverage betas of one subject into ``betas.zarr``.
