@@ -19,6 +19,8 @@ rule align:
         runtime=30,
     log:
         f"{LOGS}/align/{{method}}.log",
+    benchmark:
+        f"{BENCH}/align/{{method}}.tsv"
     conda:
         ENV
     script:

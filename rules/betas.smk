@@ -21,6 +21,8 @@ rule betas:
         runtime=120,
     log:
         f"{LOGS}/betas/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/betas/sub-{{subject}}.tsv"
     conda:
         ENV
     script:

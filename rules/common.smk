@@ -17,6 +17,9 @@ DATASET = config["dataset"]
 DATA = f"{config['data_dir']}/{DATASET}"
 RESULTS = f"{config['results_dir']}/{DATASET}"
 LOGS = f"logs/{DATASET}"
+# Every rule's `benchmark:` (wall time, max RSS) goes here; brainpipe.jobstats compares
+# max RSS with the job's declared mem_mb.
+BENCH = f"benchmarks/{DATASET}"
 ENV = "../envs/brainpipe.yaml"
 
 # The dataset's registry entry: this workflow's config/datasets/NAME.yaml (read locally, no

@@ -12,6 +12,8 @@ checkpoint download:
         registry=REGISTRY,
     log:
         f"{LOGS}/download.log",
+    benchmark:
+        f"{BENCH}/download.tsv"
     conda:
         ENV
     script:
@@ -37,6 +39,8 @@ rule validate_inputs:
         parts=("runs",),
     log:
         f"{LOGS}/validate_inputs/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/validate_inputs/sub-{{subject}}.tsv"
     conda:
         ENV
     script:

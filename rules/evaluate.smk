@@ -22,6 +22,8 @@ rule evaluate:
         runtime=10,
     log:
         f"{LOGS}/evaluate/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.tsv"
     conda:
         ENV
     script:
@@ -38,6 +40,8 @@ rule summary:
         runtime=5,
     log:
         f"{LOGS}/summary.log",
+    benchmark:
+        f"{BENCH}/summary.tsv"
     conda:
         ENV
     script:

@@ -58,6 +58,8 @@ rule features:
         runtime=30,
     log:
         f"{LOGS}/features/{{features}}.log",
+    benchmark:
+        f"{BENCH}/features/{{features}}.tsv"
     conda:
         ENV
     script:
@@ -80,6 +82,8 @@ rule spatial_features:
         root=DATA,
     log:
         f"{LOGS}/features/spatial_{{features}}.log",
+    benchmark:
+        f"{BENCH}/features/spatial_{{features}}.tsv"
     conda:
         ENV
     script:

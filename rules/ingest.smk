@@ -35,6 +35,8 @@ if not DATASET_ENTRY.generated:
             mem_mb=per_attempt(2000),
         log:
             f"{LOGS}/fetch.log",
+        benchmark:
+            f"{BENCH}/fetch.tsv"
         conda:
             ENV
         script:
@@ -56,6 +58,8 @@ if INGEST_BETAS:
             sessions=config["sessions"],
         log:
             f"{LOGS}/ingest_splits.log",
+        benchmark:
+            f"{BENCH}/ingest_splits.tsv"
         conda:
             ENV
         script:
@@ -80,6 +84,8 @@ if INGEST_BETAS:
             mem_mb=per_attempt(3000),  # z-scored or read from files: one session of kept voxels as int16
         log:
             f"{LOGS}/ingest_betas/sub-{{subject}}.log",
+        benchmark:
+            f"{BENCH}/ingest_betas/sub-{{subject}}.tsv"
         conda:
             ENV
         script:

@@ -24,6 +24,8 @@ rule preprocess:
         runtime=60,
     log:
         f"{LOGS}/preprocess/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/preprocess/sub-{{subject}}.tsv"
     conda:
         ENV
     script:

@@ -28,6 +28,8 @@ rule report:
         runtime=10,
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
     conda:
         ENV
     script:

@@ -14,6 +14,8 @@ rule splits:
         shared_train_fraction=0.0 if MEEG else config["splits"]["shared_train_fraction"],
     log:
         f"{LOGS}/splits.log",
+    benchmark:
+        f"{BENCH}/splits.tsv"
     conda:
         ENV
     script:

@@ -21,6 +21,8 @@ rule pretrain:
         gpu=model_gpu,
     log:
         f"{LOGS}/train/shared_{{roi}}_{{model}}-{{features}}.log",
+    benchmark:
+        f"{BENCH}/train/shared_{{roi}}_{{model}}-{{features}}.tsv"
     conda:
         ENV
     script:
@@ -45,6 +47,8 @@ rule train:
         gpu=model_gpu,
     log:
         f"{LOGS}/train/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.log",
+    benchmark:
+        f"{BENCH}/train/sub-{{subject}}_{{roi}}_{{model}}-{{features}}.tsv"
     conda:
         ENV
     script:
