@@ -40,6 +40,8 @@ rule align_scores:
         runtime=10,
     log:
         f"{LOGS}/align/crosssubject.log",
+    benchmark:
+        f"{BENCH}/align/crosssubject.tsv"
     conda:
         ENV
     script:

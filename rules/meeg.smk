@@ -22,6 +22,8 @@ rule meeg_preprocess:
         runtime=120,
     log:
         f"{LOGS}/meeg_preprocess/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/meeg_preprocess/sub-{{subject}}.tsv"
     conda:
         ENV
     script:
@@ -44,6 +46,8 @@ rule meeg_train:
         gpu=model_gpu,
     log:
         f"{LOGS}/meeg_train/sub-{{subject}}_{{model}}-{{features}}.log",
+    benchmark:
+        f"{BENCH}/meeg_train/sub-{{subject}}_{{model}}-{{features}}.tsv"
     conda:
         ENV
     script:
@@ -65,6 +69,8 @@ rule meeg_evaluate:
         runtime=10,
     log:
         f"{LOGS}/meeg_evaluate/sub-{{subject}}_{{model}}-{{features}}.log",
+    benchmark:
+        f"{BENCH}/meeg_evaluate/sub-{{subject}}_{{model}}-{{features}}.tsv"
     conda:
         ENV
     script:
@@ -81,6 +87,8 @@ rule meeg_summary:
         runtime=5,
     log:
         f"{LOGS}/summary.log",
+    benchmark:
+        f"{BENCH}/summary.tsv"
     conda:
         ENV
     script:
@@ -111,6 +119,8 @@ rule meeg_report:
         runtime=5,
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
     conda:
         ENV
     script:
