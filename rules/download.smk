@@ -66,6 +66,8 @@ rule validate_events:
         parts=("events",),
     log:
         f"{LOGS}/validate_events/sub-{{subject}}.log",
+    benchmark:
+        f"{BENCH}/validate_events/sub-{{subject}}.tsv"
     conda:
         ENV
     script:
@@ -83,6 +85,8 @@ rule validate_stimuli:
         root=DATA,
     log:
         f"{LOGS}/validate_stimuli.log",
+    benchmark:
+        f"{BENCH}/validate_stimuli.tsv"
     conda:
         ENV
     script:

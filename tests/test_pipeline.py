@@ -283,6 +283,19 @@ def test_changing_test_betas_changes_no_fitted_parameter(run, tmp_path):
     assert open_zarr(features).attrs["fitted_on"] == "train"
 
 
+def test_every_job_is_benchmarked_within_its_mem_mb(run):
+    """Each job's ``benchmark:`` file (wall time, max RSS) against its declared mem_mb."""
+    from brainpipe.jobstats import declared_resources, memory_report
+
+    plan = snakemake(run, tiny_config(), "-n", "--forceall").stdout
+    report = memory_report(declared_resources(plan), root=run)
+    ran = {rule for rule, _ in planned_jobs(plan)} - {"all"}
+    assert ran <= set(report["rule"]), f"no benchmark record for {ran - set(report['rule'])}"
+    assert (report["seconds"] > 0).all()
+    over = report[report["rss_over_mem"] > 1]
+    assert over.empty, f"jobs over their mem_mb:\n{over.to_string()}"
+
+
 def test_adding_an_roi_adds_only_its_jobs(run):
     result = snakemake(run, tiny_config(rois=ROIS + ["V4"]), "-n")
     jobs = planned_jobs(result.stdout)
