@@ -1,0 +1,112 @@
+"""The package's shape: no import cycles between modules, no module importing another
+package's private names, one home for the betas store and the chunk sizer, every rule
+benchmarked, no default repeated in rules."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from .conftest import ROOT
+
+PACKAGE = ROOT / "workflow" / "brainpipe"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(top_level_only: bool) -> dict[str, set[str]]:
+    """brainpipe module -> brainpipe modules it imports (at module level, or anywhere)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        for node in nodes:
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for t in targets:
+                if t in modules and t != name and not name.startswith(t + "."):
+                    graph[name].add(t)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                found.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    # Module-level imports: a cycle here breaks imports or forces function-local imports.
+    assert cycles(import_graph(top_level_only=True)) == []
+
+
+def test_betas_package_imports_no_cycle_even_lazily():
+    # betas <-> glmsingle used to import each other (one of them inside a function).
+    graph = import_graph(top_level_only=False)
+    betas = {m: {t for t in ts if t.startswith("brainpipe.")} for m, ts in graph.items()}
+    bad = [c for c in cycles(betas) if any(m.startswith("brainpipe.betas") for m in c)]
+    assert bad == []
+
+
+def test_no_module_imports_private_names_of_another_package():
+    # A private name (``_x``) is its own package's business; nsd_stream used to import
+    # nsd's private helpers.
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        own = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else None
+        own = own or module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if not node.module.startswith("brainpipe"):
+                    continue
+                same_package = node.module == own or node.module.startswith(own + ".")
+                for alias in node.names:
+                    if (
+                        alias.name.startswith("_")
+                        and not alias.name.endswith("__")
+                        and not same_package
+                    ):
+                        bad.append(f"{module_name(path)}: {node.module}.{alias.name}")
+    assert bad == []
+
+
+def test_one_betas_template_and_one_chunk_sizer():
+    sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+    # Only the store module creates a betas array; producers go through BetasLayout.
+    creators = [p.name for p, s in sources.items() if re.search(r'create_array\(\s*"betas"', s)]
+    assert creators == ["store.py"]
+    templates = [p for p, s in sources.items() if "da.zeros((n_trials" in s]
+    assert templates == []
+    # Memory -> chunk size is computed in one place (compute.chunk_bytes_for).
+    sizers = [p.name for p, s in sources.items() if re.search(r"\* 2\s*\*\*\s*20|\* 1e6", s)]
+    assert sizers == ["compute.py"], sizers
+
+
+def test_every_rule_has_a_benchmark_and_no_repeated_default():
+    for smk in (ROOT / "rules").glob("*.smk"):
+        text = smk.read_text()
+        rules = re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, flags=re.M)
+        bodies = re.split(r"^\s*(?:rule|checkpoint) \w+:", text, flags=re.M)[1:]
+        for rule, body in zip(rules, bodies, strict=True):
+            assert "benchmark:" in body, f"{smk.name}: rule {rule} has no benchmark:"
+        assert not re.search(r"\.get\(\s*\"\w+\",\s*[\d.]+\)", text), f"{smk.name}: a default"
