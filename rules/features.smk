@@ -28,6 +28,8 @@ rule fetch_weights:
         manifest=f"{WEIGHT_MANIFESTS}/{{features}}.json",
     log:
         f"{LOGS}/weights/{{features}}.log",
+    benchmark:
+        f"{BENCH}/weights/{{features}}.tsv"
     conda:
         ENV
     script:
