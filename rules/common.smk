@@ -211,7 +211,7 @@ def check_gpu_requests():
     networks = sorted(features_cfg.get("networks") or {})
     overridden = workflow.resource_settings.overwrite_resources.get("features", {})
     if networks and "gpu" not in overridden:  # network feature jobs (rules/features.smk)
-        gpus = int(features_cfg.get("gpu", 0))
+        gpus = int(features_cfg["gpu"])  # schema default 0
         check_gpu_request("features", networks[0], gpus, slurm_cluster_gpus(), "features.gpu")
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from brainpipe.compute import chunk_bytes_for, chunk_size_for
+from brainpipe.config import schema_default
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.features.networks import Loaded, get_network, layer_variable, layer_views
 from brainpipe.features.pca import (
@@ -77,7 +79,8 @@ def batch_size_for(
     mem_mb : float
         The job's memory (``resources.mem_mb``), or free GPU memory on CUDA.
     """
-    budget = mem_mb * 1e6 / 2 - model_bytes
+    # half of what the model leaves (the other half: decoded batches and workers' queues)
+    budget = chunk_bytes_for(mem_mb, overhead_mb=model_bytes / 1e6, multiplier=2)
     return int(min(hi, max(lo, budget // max(sample_bytes, 1))))
 
 
@@ -312,7 +315,9 @@ def build_network_store(
         )
         del loaded
         raw = zarr.open_group(str(scratch), mode="r")
-        n_components = int(features_cfg.get("n_components", 32))
+        n_components = int(
+            features_cfg.get("n_components") or schema_default("features.n_components")
+        )
         data_vars: dict[str, Any] = {}
         coords: dict[str, Any] = {
             "stimulus": stim["stimulus"].to_numpy(dtype=object),
@@ -322,7 +327,8 @@ def build_network_store(
             name = layer_variable(lay)
             arr = raw[name]
             p = arr.shape[1]
-            rows = max(1, int(mem_mb * 1e6 / 8 // (p * 4)))
+            # an eighth of the job's memory per block of float32 rows
+            rows = chunk_size_for(mem_mb, p * 4, overhead_mb=0, multiplier=8, n_items=len(stim))
             blocks = _row_blocks(arr, rows)
             params = fit_pca_out_of_core(blocks, train, p, n_components, device=device)
             scores = transform_blocks(params, blocks, len(stim), device=device)
