@@ -224,6 +224,7 @@ def test_add_a_dataset(repo, tmp_path):
     config.update(
         dataset="mylab", task=THINGS.task, subjects=THINGS.subjects[:1],
         sessions=THINGS.sessions, runs=THINGS.runs, tr=THINGS.tr, rois=["GM"],
+        align={**config["align"], "roi": ["GM"]},  # every ROI named is checked at DAG build
     )  # fmt: skip
     run(repo, config, "results/mylab/sub-01/betas.zarr")
     betas = open_zarr(repo / "results/mylab/sub-01/betas.zarr")
