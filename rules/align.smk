@@ -63,6 +63,8 @@ rule align_encoding:
         runtime=20,
     log:
         f"{LOGS}/align/encoding.log",
+    benchmark:
+        f"{BENCH}/align/encoding.tsv"
     conda:
         ENV
     script:
