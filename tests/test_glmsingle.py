@@ -545,6 +545,5 @@ def test_fractional_ridge_follows_fracridge():
 
 
 def test_polynomial_degree_rule():
-    # round(minutes / 2), at least 1; a 5-minute run gets 2 (GLMsingle rounds the half up to
-    # 3, which lowered type-B accuracy on the independent simulator: docs/betas_vs_glmsingle.md)
-    assert [S.default_poly_degree(n, 1.0) for n in (30, 200, 300, 420, 2712)] == [1, 2, 2, 4, 23]
+    # GLMsingle's round(minutes / 2), at least 1, halves up: a 5-minute run gets 3
+    assert [S.default_poly_degree(n, 1.0) for n in (30, 200, 300, 420, 2712)] == [1, 2, 3, 4, 23]
