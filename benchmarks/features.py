@@ -126,11 +126,13 @@ def make_layer(path: Path, n: int, p: int, rank: int = 20, block: int = 500) -> 
 def run_pca(path: Path, mem_mb: int, n_components: int) -> None:
     import zarr
 
+    from brainpipe.compute import chunk_size_for
     from brainpipe.features.pca import fit_pca_out_of_core, transform_blocks
 
     arr = zarr.open_array(str(path), mode="r")
     n, p = arr.shape
-    rows = max(1, int(mem_mb * 1e6 / 8 // (p * 4)))  # as build_network_store sizes it
+    # as build_network_store sizes it
+    rows = chunk_size_for(mem_mb, p * 4, overhead_mb=0, multiplier=16, n_items=n)
 
     def blocks():
         for s in range(0, n, rows):

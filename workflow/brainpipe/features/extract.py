@@ -327,8 +327,9 @@ def build_network_store(
             name = layer_variable(lay)
             arr = raw[name]
             p = arr.shape[1]
-            # an eighth of the job's memory per block of float32 rows
-            rows = chunk_size_for(mem_mb, p * 4, overhead_mb=0, multiplier=8, n_items=len(stim))
+            # a sixteenth of the job's memory per block of float32 rows: a block lives as
+            # read, as float32 and as a mask while the next is read (benchmarks/features.py)
+            rows = chunk_size_for(mem_mb, p * 4, overhead_mb=0, multiplier=16, n_items=len(stim))
             blocks = _row_blocks(arr, rows)
             params = fit_pca_out_of_core(blocks, train, p, n_components, device=device)
             scores = transform_blocks(params, blocks, len(stim), device=device)

@@ -317,6 +317,9 @@ def fit_pca_out_of_core(
     """
     import torch
 
+    from brainpipe.compute import limit_allocator_growth
+
+    limit_allocator_growth()  # blocks freed go back to the OS, not to a growing heap
     train_mask = np.asarray(train_mask, dtype=bool)
     n_train = int(train_mask.sum())
     if n_train < 2:
@@ -325,20 +328,30 @@ def fit_pca_out_of_core(
     dev = torch.device(device)
     f64 = torch.float64
 
-    def train_blocks() -> Iterator[torch.Tensor]:
+    def train_blocks(center: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        # Each block is converted once to a float32 tensor and centred in place: a block
+        # costs its float32 size, never a float64 copy (the job's mem_mb sizes blocks so).
         for first, rows in blocks():
             sel = train_mask[first : first + len(rows)]
             if sel.any():
-                x = torch.as_tensor(np.asarray(rows[sel], dtype=np.float32), device=dev)
+                picked = rows if sel.all() else rows[sel]
+                x = torch.as_tensor(np.array(picked, dtype=np.float32), device=dev)
                 if not torch.isfinite(x).all():
                     raise ValueError("the layer contains NaN or infinite values")
+                if center is not None:
+                    x -= center
+                del picked, rows  # the next block is read while this one is in use
                 yield x
+                del x
 
     total = torch.zeros(n_features, dtype=f64, device=dev)
     sq = torch.zeros(n_features, dtype=f64, device=dev)
     for x in train_blocks():
-        total += x.sum(0, dtype=f64)
-        sq += (x.double() ** 2).sum(0)
+        for sub in torch.split(x, 32):  # float64 moments, 32 rows at a time
+            d = sub.double()
+            total += d.sum(0)
+            sq += (d * d).sum(0)
+        del x, sub, d
     mean = total / n_train
     total_var = float((sq - n_train * mean**2).clamp_min(0).sum())
     mean32 = mean.float()
@@ -347,9 +360,11 @@ def fit_pca_out_of_core(
     # exact too, and far cheaper than diagonalising an (n_features, n_features) covariance.
     if n_features <= exact_max_features and k + oversample < n_train:
         cov = torch.zeros((n_features, n_features), dtype=f64, device=dev)
-        for x in train_blocks():
-            xc = (x - mean32).double()
-            cov += xc.T @ xc
+        for xc in train_blocks(mean32):
+            xd = xc.double()
+            del xc
+            cov += xd.T @ xd
+            del xd
         evals, evecs = torch.linalg.eigh(cov)
         order = torch.argsort(evals, descending=True)[:k]
         components = evecs[:, order].T
@@ -360,25 +375,33 @@ def fit_pca_out_of_core(
         omega = torch.randn(n_features, ell, generator=gen, dtype=torch.float32).to(dev)
 
         def project(mat: torch.Tensor) -> torch.Tensor:  # Xc @ mat, (n_train, ell)
-            return torch.cat([(x - mean32) @ mat for x in train_blocks()]).double()
+            return torch.cat([xc @ mat for xc in train_blocks(mean32)]).double()
 
         def back(q: torch.Tensor) -> torch.Tensor:  # Xc.T @ q, (n_features, ell)
             acc = torch.zeros((n_features, q.shape[1]), dtype=f64, device=dev)
             start = 0
-            for x in train_blocks():
-                qb = q[start : start + len(x)].float()
-                acc += ((x - mean32).T @ qb).double()
-                start += len(x)
+            for xc in train_blocks(mean32):
+                qb = q[start : start + len(xc)].float()
+                acc += (xc.T @ qb).double()
+                start += len(xc)
+                del xc
             return acc
 
+        # (n_features, ell) float64 matrices are the working memory besides the block: free
+        # each as soon as it is used (118 MB apiece at 200,000 features).
         y = project(omega)
+        del omega
         for _ in range(n_iter):
             q, _ = torch.linalg.qr(y)
-            z, _ = torch.linalg.qr(back(q))
+            b = back(q)
+            z, _ = torch.linalg.qr(b)
+            del b
             y = project(z.float())
+            del z
         q, _ = torch.linalg.qr(y)
         bt = back(q)  # (Xc.T Q) = B.T, (n_features, ell)
         _, s, vt = torch.linalg.svd(bt.T, full_matrices=False)
+        del bt
         components = vt[:k]
         variances = s[:k] ** 2
     comps = _sign_fix(components.cpu().numpy().astype(np.float64))
@@ -399,6 +422,7 @@ def transform_blocks(params: PCAParams, blocks: RowBlocks, n_rows: int, device: 
     comps = torch.as_tensor(params.components.T, dtype=torch.float32, device=dev)
     out = np.empty((n_rows, params.n_components), dtype=np.float32)
     for first, rows in blocks():
-        x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=dev)
-        out[first : first + len(rows)] = ((x - mean) @ comps).cpu().numpy()
+        x = torch.as_tensor(np.array(rows, dtype=np.float32), device=dev)
+        x -= mean
+        out[first : first + len(rows)] = (x @ comps).cpu().numpy()
     return out
