@@ -101,7 +101,7 @@ def declared_mem_mb() -> int:
     """``mem_mb`` of the ``meeg_preprocess`` rule (rules/meeg.smk)."""
     text = (ROOT / "rules" / "meeg.smk").read_text()
     block = text.split("rule meeg_preprocess:")[1].split("\nrule ")[0]
-    return int(re.search(r"mem_mb=(\d+)", block).group(1))
+    return int(re.search(r"mem_mb=(?:per_attempt\()?(\d+)", block).group(1))
 
 
 def make_subject(
