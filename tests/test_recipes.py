@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from brainpipe.config import validate_config
+from brainpipe.storage import open_zarr
 
 from .conftest import ROOT
 
@@ -219,3 +220,29 @@ def _check_bold5000(results: Path) -> None:
     assert (cross["mean_r"] > 0.05).all(), cross  # fit on one subject, predict another
     for figure in ("alignment_crosssubject", "alignment_encoding"):
         assert (results / "report_figures" / f"{figure}.png").is_file(), figure
+
+
+@pytest.mark.integration
+def test_nsd_transformer_readout_standin(tmp_path):
+    """Attention over the ViT's tokens and ridge on its pooled feature both predict V1 (whose
+    responses that pooled feature generated) well above zero, ridge at least as well; the
+    verified challenge score is printed, the not-found ridge number as such."""
+    result = _run_standin("nsd-transformer-readout", tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _check_transformer_readout(tmp_path / "results" / "synthetic")
+
+
+def _check_transformer_readout(results: Path) -> None:
+    html = (results / "report.html").read_text()
+    table = _paper_vs_run(html)
+    paper = table["paper"].tolist()  # the page prints 3 decimals
+    assert abs(paper[0] - 63.5229) < 1e-3 and np.isnan(paper[1]), paper
+    assert table["this run"].notna().all() and (table["rows (subjects) averaged"] == 2).all()
+    summary = _summary(results)
+    v1 = summary[(summary["roi"] == "V1") & summary["baseline_of"].isna()]
+    r = v1.groupby("model")["mean_r"].mean()
+    assert set(r.index) == {"ridge", "attention"}, r
+    assert (v1["mean_r"] > 0.1).all(), v1[["subject", "model", "mean_r"]]
+    assert r["ridge"] >= r["attention"] - 0.02, r
+    tokens = open_zarr(results / "features" / "spatial" / "dino.zarr")
+    assert tokens.sizes["token"] == 197 and tokens.sizes["channel"] == 768  # ViT-B/16 tokens
