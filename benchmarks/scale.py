@@ -133,22 +133,9 @@ def make_subject(work: Path, n_sessions: int, n_voxels: int, n_test: int, seed: 
         close_store(tmp)
     write_s = time.perf_counter() - t0
 
-    from brainpipe.features import FEATURE_MODELS, register_feature_model
-    from brainpipe.features.pca import build_feature_store
-
-    for name, (width, n_components) in FEATURES.items():
-        mixing = rng.standard_normal((LATENT, width)).astype(np.float32)
-        if name not in FEATURE_MODELS:
-
-            @register_feature_model(name)
-            def view(stim, stimuli_dir, train_mask, mixing=mixing, width=width):
-                own = np.random.default_rng(width)
-                idx = pd.Index(stimuli).get_indexer(stim["stimulus"].astype(str))
-                raw = latent[idx] @ mixing
-                return raw + own.standard_normal(raw.shape, dtype=np.float32)
-
-        build_feature_store(
-            name, data / "stimuli.tsv", work / "splits.tsv", work / f"{name}.zarr", n_components
+    for name, (width, _) in FEATURES.items():
+        np.save(
+            work / f"mixing_{name}.npy", rng.standard_normal((LATENT, width)).astype(np.float32)
         )
     return {
         "n_sessions": n_sessions,
@@ -161,25 +148,72 @@ def make_subject(work: Path, n_sessions: int, n_voxels: int, n_test: int, seed: 
     }
 
 
-def declared_evaluate_mem_mb() -> int:
-    """The evaluate rule's mem_mb (first attempt), read from rules/evaluate.smk."""
-    text = (ROOT / "rules" / "evaluate.smk").read_text()
-    body = text.split("rule evaluate:", 1)[1].split("\nrule ", 1)[0]
-    return int(re.search(r"mem_mb=per_attempt\((\d+)\)", body).group(1))
+def build_features(work: str, name: str) -> None:
+    """The ``features`` job of feature model ``name``: a noisy linear view of the latent
+    (registered as a feature model), PCA on the training stimuli, the Zarr store."""
+    from brainpipe.features import FEATURE_MODELS, register_feature_model
+    from brainpipe.features.pca import build_feature_store
+
+    work_dir = Path(work)
+    latent = np.load(work_dir / "latent.npy")
+    mixing = np.load(work_dir / f"mixing_{name}.npy")
+    stimuli = stimulus_ids(len(latent))
+    if name not in FEATURE_MODELS:
+
+        @register_feature_model(name)
+        def view(stim, stimuli_dir, train_mask):
+            own = np.random.default_rng(mixing.shape[1])
+            idx = pd.Index(stimuli).get_indexer(stim["stimulus"].astype(str))
+            raw = latent[idx] @ mixing
+            return raw + own.standard_normal(raw.shape, dtype=np.float32)
+
+    build_feature_store(
+        name,
+        work_dir / "data" / "stimuli.tsv",
+        work_dir / "splits.tsv",
+        work_dir / f"{name}.zarr",
+        FEATURES[name][1],
+    )
+
+
+def declared_mem_mb(rule: str) -> int:
+    """A rule's mem_mb (first attempt) as its .smk file declares it."""
+    path = {"evaluate": "evaluate", "summary": "evaluate", "report": "report"}[rule]
+    text = (ROOT / "rules" / f"{path}.smk").read_text()
+    body = text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+    return int(re.search(r"mem_mb=(?:per_attempt\()?(\d+)", body).group(1))
+
+
+def features_mem_mb() -> int:
+    """The features rule's mem_mb for a feature model that is not a network."""
+    from brainpipe.features.weights import network_resource
+
+    return network_resource({}, "mem_mb", 2000, 8000)(argparse.Namespace(features="x"))
 
 
 JOB = """
 import json, sys
-sys.path.insert(0, {workflow!r})
+sys.path[:0] = [{workflow!r}, {benchmarks!r}]
 from brainpipe.models.jobs import evaluate_job, train_job
 a = json.loads({args!r})
-if a["stage"] == "train":
+if a["stage"] == "features":
+    import scale
+    scale.build_features(a["work"], a["name"])
+elif a["stage"] == "train":
     train_job(a["model"], a["subject"], a["roi"], a["betas"], a["features"], a["splits"],
               a["weights"], a["predictions"], config=a["config"])
-else:
+elif a["stage"] == "evaluate":
     evaluate_job(a["model"], a["roi"], a["betas"], a["predictions"], a["metrics"], a["scores"],
                  labels=a["labels"], embedding_path=a["embedding"], config=a["config"],
                  n_boot=a["n_boot"], n_way=a["n_way"], draws=a["draws"])
+elif a["stage"] == "summary":
+    from brainpipe.models.summary import collect_summary
+    collect_summary(a["metrics"], a["summary"])
+else:
+    from brainpipe.report import ReportInputs, write_report
+    inputs = ReportInputs(scores=a["scores"], betas={{a["subject"]: a["betas"]}},
+                          dataset="scale", run={{"dataset": "scale", "subjects": [a["subject"]]}})
+    write_report(a["summary"], a["report"], "brainpipe: scale", inputs, a["figures"])
 """
 
 
@@ -200,7 +234,9 @@ def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
     with ``killed_over_mb``; one still running after ``limit_s`` seconds is killed and
     reported with ``killed_after_s`` (its peak RSS so far is a lower bound).
     """
-    code = JOB.format(workflow=str(ROOT / "workflow"), args=json.dumps(args))
+    code = JOB.format(
+        workflow=str(ROOT / "workflow"), benchmarks=str(ROOT / "benchmarks"), args=json.dumps(args)
+    )
     env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                       "OPENBLAS_NUM_THREADS")}}  # fmt: skip
     t0 = time.perf_counter()
@@ -229,7 +265,7 @@ def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
     if not code_ok:
         err_file.seek(0)
         err = err_file.read().decode(errors="replace")
-        raise RuntimeError(f"{args['stage']} {args['model']} failed:\n{err[-3000:]}")
+        raise RuntimeError(f"{args['stage']} {args.get('model', '')} failed:\n{err[-3000:]}")
     return out
 
 
@@ -250,13 +286,30 @@ def main(argv: list[str] | None = None) -> int:
     work = a.work or Path(tempfile.mkdtemp(prefix="brainpipe-scale-"))
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     t_start = time.perf_counter()
+    jobs: list[dict] = []
+
+    def measure(rule: str, args: dict, mem_mb: int, threads: int = 1, **labels) -> dict:
+        res = run_job({**args, "stage": rule}, threads, a.limit_mb, a.limit_s)
+        jobs.append({"rule": rule, **labels, "mem_mb": int(mem_mb), **res})
+        print(json.dumps(jobs[-1]), flush=True)
+        return res
+
     try:
-        subject = make_subject(work, a.sessions, a.voxels, a.test_images, a.seed)
+        if a.work is not None and (work / "subject.json").exists():
+            subject = json.loads((work / "subject.json").read_text())  # a kept scratch folder
+        else:
+            subject = make_subject(work, a.sessions, a.voxels, a.test_images, a.seed)
+            (work / "subject.json").write_text(json.dumps(subject))
         print(json.dumps(subject), flush=True)
         from brainpipe.models import get_model, model_params
+        from brainpipe.models.data import roi_size
 
-        jobs = []
-        eval_mem = declared_evaluate_mem_mb()
+        for name in FEATURES:
+            measure("features", {"work": str(work), "name": name}, features_mem_mb(),
+                    features=name)  # fmt: skip
+        betas = str(work / "betas.zarr")
+        size = roi_size(betas, ROI)
+        metrics_paths, scores_paths = [], []
         for model in a.models:
             spec = get_model(model)
             features = "latent64" if spec.kind == "encoding" else "embed512"
@@ -264,42 +317,54 @@ def main(argv: list[str] | None = None) -> int:
             d = work / "models" / f"{model}-{features}"
             d.mkdir(parents=True, exist_ok=True)
             common = {"model": model, "subject": SUBJECT, "roi": ROI, "config": config,
-                      "betas": str(work / "betas.zarr"),
-                      "predictions": str(d / "predictions.zarr")}  # fmt: skip
-            train = run_job(
-                {**common, "stage": "train", "features": [str(work / f"{features}.zarr")],
+                      "betas": betas, "predictions": str(d / "predictions.zarr")}  # fmt: skip
+            train = measure(
+                "train",
+                {**common, "features": [str(work / f"{features}.zarr")],
                  "splits": str(work / "splits.tsv"), "weights": str(d / "weights.safetensors")},
+                spec.job_mem_mb(params, [size]),
                 params["threads"],
-                a.limit_mb,
-                a.limit_s,
+                model=model,
+                features=features,
             )  # fmt: skip
-            jobs.append({"rule": "train", "model": model, "features": features,
-                         "mem_mb": params["mem_mb"], **train})  # fmt: skip
-            print(json.dumps(jobs[-1]), flush=True)
             if any(k.startswith("killed") for k in train):
                 continue  # no predictions to evaluate
-            evaluate = run_job(
-                {**common, "stage": "evaluate", "metrics": str(d / "metrics.json"),
-                 "scores": str(d / "scores.zarr"),
+            measure(
+                "evaluate",
+                {**common, "metrics": str(d / "metrics.json"), "scores": str(d / "scores.zarr"),
                  "embedding": str(work / f"{features}.zarr") if spec.kind == "decoding" else None,
                  "labels": {"dataset": "scale", "subject": SUBJECT, "model": model,
                             "features": features},
                  **{k: config["evaluate"][k] for k in ("n_boot", "n_way", "draws")}},
-                1,
-                a.limit_mb,
-                a.limit_s,
+                declared_mem_mb("evaluate"),
+                model=model,
+                features=features,
             )  # fmt: skip
             metrics = json.loads((d / "metrics.json").read_text())
-            headline = {k: metrics[k] for k in ("mean_r", "top1", "top1_chance") if k in metrics}
-            jobs.append({"rule": "evaluate", "model": model, "features": features,
-                         "mem_mb": eval_mem, **evaluate, "metrics": headline})  # fmt: skip
-            print(json.dumps(jobs[-1]), flush=True)
+            jobs[-1]["metrics"] = {
+                k: metrics[k] for k in ("mean_r", "top1", "top1_chance") if k in metrics
+            }
+            metrics_paths.append(str(d / "metrics.json"))
+            scores_paths.append(str(d / "scores.zarr"))
+        if metrics_paths:
+            summary = str(work / "summary.tsv")
+            measure("summary", {"metrics": metrics_paths, "summary": summary},
+                    declared_mem_mb("summary"))  # fmt: skip
+            measure(
+                "report",
+                {"summary": summary, "scores": scores_paths, "betas": betas, "subject": SUBJECT,
+                 "report": str(work / "report.html"), "figures": str(work / "report_figures")},
+                declared_mem_mb("report"),
+            )  # fmt: skip
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
     for job in jobs:
         job["rss_over_mem"] = round(job["max_rss_mb"] / job["mem_mb"], 3)
-    job_s = sum(j["seconds"] for j in jobs)
+    per_subject = [j for j in jobs if j["rule"] in ("train", "evaluate")]
+    shared = [j for j in jobs if j["rule"] not in ("train", "evaluate")]
+    subject_s = sum(j["seconds"] for j in per_subject)
+    shared_s = sum(j["seconds"] for j in shared)
     result = {
         "command": "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "subject": subject,
@@ -308,10 +373,13 @@ def main(argv: list[str] | None = None) -> int:
             j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
         ),  # fmt: skip
         "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
-        "job_seconds_one_subject": round(job_s, 1),
-        # the per-subject jobs are independent: 8 subjects are 8 times the job time
-        # (serially; divided by the jobs that fit side by side on a cluster)
-        "projected_job_seconds_8_subjects_serial": round(8 * job_s, 1),
+        "job_seconds_one_subject": round(subject_s + shared_s, 1),
+        # train and evaluate run once per subject and are independent; features run once
+        # per dataset; summary and report once (they read one small file per job). So 8
+        # subjects: 8 x the per-subject jobs + the shared ones (serially; divided by the
+        # jobs that fit side by side on a cluster), each job's memory unchanged.
+        "projected_job_seconds_8_subjects_serial": round(8 * subject_s + shared_s, 1),
+        "projected_peak_job_mb_8_subjects": max((j["max_rss_mb"] for j in jobs), default=0),
         "total_wall_s": round(time.perf_counter() - t_start, 1),
         "cpu_count": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),

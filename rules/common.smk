@@ -169,9 +169,23 @@ def model_resource(key):
     return lambda wildcards: _params(wildcards.model)[key]
 
 
-def model_mem_mb(wildcards, attempt):
-    """model_params.<model>.mem_mb on the first attempt, `attempt` times that on retries."""
-    return memory_for_attempt(_params(wildcards.model)["mem_mb"], attempt)
+def model_mem_mb(wildcards, input, attempt):
+    """A model job's memory on the first attempt, `attempt` times that on retries.
+
+    model_params.<model>.mem_mb, or more for a model that holds its ROI's training betas
+    (sized from the betas stores: brainpipe.models.registry.ModelSpec.job_mem_mb). Until
+    the stores exist Snakemake leaves it to be evaluated (<TBD>), then evaluates it
+    before the job runs.
+    """
+    from brainpipe.models.data import roi_size
+
+    spec, params = _spec(wildcards.model), _params(wildcards.model)
+    betas = input.get("betas", []) if hasattr(input, "get") else []
+    paths = [betas] if isinstance(betas, str) else list(betas)
+    if spec.voxelwise or not paths:
+        return memory_for_attempt(params["mem_mb"], attempt)
+    sizes = [roi_size(p, wildcards.roi) for p in paths]
+    return memory_for_attempt(spec.job_mem_mb(params, sizes), attempt)
 
 
 def _submits_to_slurm():

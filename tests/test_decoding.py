@@ -50,6 +50,23 @@ def test_decoders_retrieve_far_above_chance(zoo, model):
     assert metrics["two_way"] >= 0.8, metrics
 
 
+def test_ridge_decoder_on_principal_axes_of_a_large_roi(zoo):
+    """Above ``max_components`` voxels the ridge decoder works on that many principal axes
+    of the training trials (exact ridge would need a voxels x voxels decomposition per
+    fold); its weights stay in voxel space and it still decodes."""
+    data = _data(zoo, zoo["subjects"][0])
+    n_vox = data.n_voxels
+    params = model_params(
+        "ridgedecoder", {"model_params": {"ridgedecoder": {"max_components": 24}}}
+    )
+    assert n_vox > 24
+    result = get_model("ridgedecoder").fit(data, params)
+    assert result.info["voxel_components"] == "24"
+    assert result.weights["coef"].shape == (n_vox, data.features_test[0].shape[1])
+    metrics = decoding_metrics(result.predicted, data.features_test[0])
+    assert metrics["top1"] >= 3 * metrics["top1_chance"], metrics
+
+
 def test_shared_backbone_beats_per_subject_decoders_with_one_session(zoo):
     """Leave-one-subject-out: pretrain on the other two subjects, adapt to one session.
 

@@ -189,6 +189,40 @@ def test_test_betas_never_change_the_fitted_model(zoo, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_ridge_fitted_in_voxel_blocks_read_from_the_store_equals_one_fit(zoo):
+    """A training job's ridge reads its betas a voxel block at a time (its memory does not
+    grow with the ROI); every block is fitted on the same folds, so the result is the
+    single fit's."""
+    s = zoo["subjects"][0]
+    args = (_betas(zoo, s), [zoo["gabor"]], zoo["splits"], "all", s)
+    eager, lazy = load_job_data(*args), load_job_data(*args, lazy=True)
+    assert lazy.betas_train is None and lazy.n_voxels == eager.n_voxels > 20
+    params = model_params("ridge", {})
+    whole = get_model("ridge").fit(eager, {**params, "voxel_block": eager.n_voxels})
+    blocks = get_model("ridge").fit(lazy, {**params, "voxel_block": 7})
+    assert lazy.betas_train is None  # never read whole
+    assert blocks.info["voxel_block"] == "7"
+    np.testing.assert_array_equal(blocks.weights["alpha"], whole.weights["alpha"])
+    np.testing.assert_allclose(blocks.weights["coef"], whole.weights["coef"], atol=1e-5)
+    np.testing.assert_allclose(blocks.predicted, whole.predicted, rtol=1e-5, atol=1e-5)
+    assert lazy.n_voxels_filled == eager.n_voxels_filled
+
+
+def test_jobs_declare_the_memory_of_the_betas_they_hold():
+    """ridge streams voxel blocks sized from its mem_mb, so it declares exactly that at any
+    size; a decoder holds every training trial x voxel, so its declaration grows with them
+    (an NSD subject's nsdgeneral: 30,000 trials x 15,000 voxels, 1.8 GB as float32)."""
+    nsd, tiny = [(30000, 15000)], [(300, 200)]
+    params = model_params("ridge", {})
+    assert get_model("ridge").job_mem_mb(params, nsd) == params["mem_mb"]
+    for name in ("ridgedecoder", "mlpdecoder"):
+        spec, params = get_model(name), model_params(name, {})
+        assert spec.job_mem_mb(params, tiny) == params["mem_mb"]
+        assert spec.job_mem_mb(params, nsd) >= 700 + spec.data_copies * 1800 > params["mem_mb"]
+        two = spec.job_mem_mb(params, nsd * 2)  # pretraining reads several subjects
+        assert two > spec.job_mem_mb(params, nsd)
+
+
 def test_encoding_metrics_perfect_and_bootstrap():
     rng = np.random.default_rng(0)
     obs = rng.standard_normal((30, 5))

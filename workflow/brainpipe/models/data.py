@@ -7,6 +7,8 @@ so nothing fitted sees a test stimulus.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,21 @@ def roi_betas(betas_path: str | Path, roi: str) -> xr.Dataset:
     if selected.sizes["voxel"] == 0:
         raise BrainpipeInputError(betas_path, f"roi_{roi}", f"ROI {roi!r} has no voxels")
     return selected
+
+
+def roi_size(betas_path: str | Path, roi: str) -> tuple[int, int]:
+    """``(n_trials, n_voxels)`` of ``roi`` in a betas store, read from its coordinates.
+
+    Raises
+    ------
+    FileNotFoundError
+        The store is not written yet (``filename`` is ``betas_path`` as given: Snakemake
+        then evaluates a resource that needs it once the store exists).
+    """
+    if not Path(betas_path).exists():
+        raise FileNotFoundError(errno.ENOENT, "betas store not written yet", betas_path)
+    betas = roi_betas(betas_path, roi)
+    return int(betas.sizes["trial"]), int(betas.sizes["voxel"])
 
 
 def features_for(features: xr.Dataset, stimuli: np.ndarray, source: str) -> np.ndarray:
@@ -229,14 +246,38 @@ def fill_missing(train: np.ndarray, *others: np.ndarray) -> int:
 
 
 @dataclass
+class LazyBetas:
+    """The betas of a job left in the store: read all at once or a voxel block at a time.
+
+    Attributes
+    ----------
+    betas : xarray.Dataset
+        The ROI's lazy betas (:func:`roi_betas`).
+    test_stimuli : ndarray of str
+    train : ndarray of bool, shape (n_trials,)
+    """
+
+    betas: xr.Dataset
+    test_stimuli: np.ndarray
+    train: np.ndarray
+
+    def read(self, voxels: slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`split_betas` of ``voxels`` (all voxels when ``None``)."""
+        betas = self.betas if voxels is None else self.betas.isel(voxel=voxels)
+        train, test, counts = split_betas(betas, self.test_stimuli, self.train)
+        return train, test, counts
+
+
+@dataclass
 class JobData:
     """Train and test arrays of one subject × ROI.
 
     Attributes
     ----------
     subject, roi : str
-    betas_train : ndarray of float32, shape (n_train_trials, n_voxels)
-        Single-trial betas (% signal change) of training trials.
+    betas_train : ndarray of float32, shape (n_train_trials, n_voxels), or None
+        Single-trial betas (% signal change) of training trials; ``None`` until
+        :meth:`load` in a lazy job (see :meth:`voxel_blocks`).
     stimuli_train : ndarray of str, shape (n_train_trials,)
     sessions_train : ndarray of str, shape (n_train_trials,)
     features_train : list of ndarray, each (n_train_trials, ...)
@@ -244,8 +285,8 @@ class JobData:
         features ``(n, n_tokens, n_channels)``).
     test_stimuli : ndarray of str, shape (n_test,)
         Test-split stimuli the subject saw, sorted.
-    betas_test : ndarray of float32, shape (n_test, n_voxels)
-        Test responses averaged over repeats.
+    betas_test : ndarray of float32, shape (n_test, n_voxels), or None
+        Test responses averaged over repeats (``None`` like ``betas_train``).
     repeats_test : ndarray of int, shape (n_test,)
     features_test : list of ndarray, each (n_test, ...)
     voxel_ijk : ndarray of int32, shape (n_voxels, 3)
@@ -255,29 +296,83 @@ class JobData:
         ``i, j, k`` or ``hemi, vertex``.
     n_voxels_filled : int
         Voxels with a missing (NaN / invalid) training value, filled by :func:`fill_missing`.
+    source : LazyBetas or None
+        Where a lazy job's betas are read from.
+    disposable : bool
+        The fitting code may overwrite ``betas_train`` / ``betas_test`` in place (a
+        training job's own copy, read for this fit alone): decoders z-score them there
+        instead of holding a second copy of every training trial.
     """
 
     subject: str
     roi: str
-    betas_train: np.ndarray
+    betas_train: np.ndarray | None
     stimuli_train: np.ndarray
     sessions_train: np.ndarray
     features_train: list[np.ndarray]
     test_stimuli: np.ndarray
-    betas_test: np.ndarray
+    betas_test: np.ndarray | None
     repeats_test: np.ndarray
     features_test: list[np.ndarray]
     voxel_ijk: np.ndarray
     feature_names: list[str]
     voxel_coords: dict[str, np.ndarray] = field(default_factory=dict)
     n_voxels_filled: int = 0
+    source: LazyBetas | None = field(default=None, repr=False)
+    disposable: bool = False
 
     @property
     def n_voxels(self) -> int:
-        return int(self.betas_train.shape[1])
+        return int(len(self.voxel_ijk))
+
+    @property
+    def n_train(self) -> int:
+        """Number of training trials."""
+        return int(len(self.stimuli_train))
+
+    def load(self) -> JobData:
+        """Read the betas a lazy job (``load_job_data(..., lazy=True)``) left in the store.
+
+        Returns ``self``, its ``betas_train`` and ``betas_test`` filled (a no-op when they
+        are already in memory).
+        """
+        if self.betas_train is None:
+            train, test, _ = self.source.read()
+            self.n_voxels_filled = fill_missing(train, test)
+            self.betas_train, self.betas_test = train, test
+        return self
+
+    def voxel_blocks(self, block: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Training betas and test responses ``block`` voxels at a time.
+
+        A lazy job reads each block from the store (one pass over the trials per block),
+        so a model that fits voxels independently never holds the ROI's training betas at
+        once; missing values are filled per block as :meth:`load` fills them (a voxel's
+        fill uses that voxel alone). An in-memory job yields slices of its arrays.
+
+        Yields
+        ------
+        voxels : slice
+            The block's voxels.
+        betas_train : ndarray of float32, shape (n_train, n_block)
+        betas_test : ndarray of float32, shape (n_test, n_block)
+        """
+        step = max(1, int(block))
+        if self.betas_train is not None:
+            for v0 in range(0, self.n_voxels, step):
+                sl = slice(v0, min(v0 + step, self.n_voxels))
+                yield sl, self.betas_train[:, sl], self.betas_test[:, sl]
+            return
+        self.n_voxels_filled = 0
+        for v0 in range(0, self.n_voxels, step):
+            sl = slice(v0, min(v0 + step, self.n_voxels))
+            train, test, _ = self.source.read(sl)
+            self.n_voxels_filled += fill_missing(train, test)
+            yield sl, train, test
 
     def restrict_sessions(self, sessions: list[str]) -> JobData:
         """The same job with training trials restricted to ``sessions`` (test unchanged)."""
+        self.load()
         keep = np.isin(self.sessions_train, [str(s) for s in sessions])
         if not keep.any():
             raise BrainpipeInputError(
@@ -311,6 +406,7 @@ def load_job_data(
     roi: str,
     subject: str = "",
     min_train: int = 2,
+    lazy: bool = False,
 ) -> JobData:
     """Load the train trials and averaged test responses of one subject × ROI.
 
@@ -328,6 +424,9 @@ def load_job_data(
         Label stored in the result.
     min_train : int
         Fewest training trials accepted.
+    lazy : bool
+        Leave the betas in the store (``betas_train`` and ``betas_test`` None): the model
+        reads them with :meth:`JobData.voxel_blocks` or :meth:`JobData.load`.
 
     Raises
     ------
@@ -349,8 +448,14 @@ def load_job_data(
             splits_path, "split", "fewer than 2 test stimuli for this subject"
         )
     stores = [open_zarr(p) for p in feature_paths]
-    betas_train, betas_test, repeats = split_betas(betas, test_stimuli, train)
-    filled = fill_missing(betas_train, betas_test)
+    source = LazyBetas(betas, test_stimuli, train)
+    codes = pd.Index(test_stimuli).get_indexer(trial_stimuli)
+    repeats = np.bincount(codes[codes >= 0], minlength=len(test_stimuli))
+    betas_train = betas_test = None
+    filled = 0
+    if not lazy:
+        betas_train, betas_test, _ = source.read()
+        filled = fill_missing(betas_train, betas_test)
     coords = voxel_coords(betas)
     return JobData(
         subject=subject or str(betas.attrs.get("subject", "")),
@@ -374,6 +479,7 @@ def load_job_data(
         ).astype(np.int32),
         voxel_coords=coords,
         n_voxels_filled=filled,
+        source=source if lazy else None,
         feature_names=[
             str(s.attrs.get("feature_model", Path(p).stem))
             for s, p in zip(stores, feature_paths, strict=True)
@@ -381,8 +487,24 @@ def load_job_data(
     )
 
 
+#: Columns per block when :func:`standardiser` walks a wide array (bounds its temporaries).
+STANDARDISER_BLOCK = 1024
+
+
 def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and sd (sd 0 -> 1) of training rows: fitted on train data only."""
-    mean = X.mean(axis=0)
-    sd = X.std(axis=0)
+    """Column mean and sd (sd 0 -> 1) of training rows: fitted on train data only.
+
+    Computed a block of columns at a time, so the temporaries are one block's, not a copy
+    of ``X`` (the numbers are those of ``X.mean(0)``, ``X.std(0)``: the same sums).
+    """
+    n_cols = X.shape[1] if X.ndim > 1 else 1
+    if X.ndim != 2 or n_cols <= STANDARDISER_BLOCK:
+        mean, sd = X.mean(axis=0), X.std(axis=0)
+    else:
+        mean = np.empty(n_cols, dtype=X.dtype)
+        sd = np.empty(n_cols, dtype=X.dtype)
+        for c0 in range(0, n_cols, STANDARDISER_BLOCK):
+            cols = slice(c0, c0 + STANDARDISER_BLOCK)
+            block = np.ascontiguousarray(X[:, cols])
+            mean[cols], sd[cols] = block.mean(axis=0), block.std(axis=0)
     return mean.astype(np.float32), np.where(sd > 1e-8, sd, 1.0).astype(np.float32)

@@ -24,23 +24,65 @@ from brainpipe.ridge import RidgeCVEncoder, make_group_folds
 RIDGE_ALPHAS = [round(float(a), 6) for a in np.logspace(-2, 6, 33)]
 
 
-@register_model("ridge", kind="encoding", defaults={"alphas": RIDGE_ALPHAS, "n_folds": 5})
+#: Peak memory of fitting one voxel block, in units of the block's training betas
+#: (the block, its validation rows, the fill mask, the read buffers).
+RIDGE_BLOCK_MULTIPLIER = 3.0
+
+
+def ridge_block_voxels(n_train: int, n_voxels: int, mem_mb: float) -> int:
+    """Voxels per block so that one block's fit stays within ``mem_mb``.
+
+    Sized by :func:`brainpipe.compute.chunk_size_for` (one float32 column of
+    ``n_train`` trials per voxel), then evened out over the blocks it takes.
+    """
+    from brainpipe.compute import chunk_size_for
+
+    most = chunk_size_for(mem_mb, n_train * 4, n_items=n_voxels, multiplier=RIDGE_BLOCK_MULTIPLIER)
+    n_blocks = -(-n_voxels // most)
+    return -(-n_voxels // n_blocks)
+
+
+@register_model(
+    "ridge",
+    kind="encoding",
+    voxelwise=True,
+    defaults={"alphas": RIDGE_ALPHAS, "n_folds": 5, "voxel_block": None},
+)
 def ridge(data: JobData, params: dict) -> FitResult:
     """Ridge with a per-voxel penalty chosen by CV (folds grouped by stimulus).
 
+    Voxels are fitted independently, in blocks of ``voxel_block`` voxels (``None``:
+    sized from the job's ``mem_mb`` by :func:`ridge_block_voxels`): a training job reads
+    one block of its ROI's betas at a time, so its memory does not grow with the ROI
+    (NSD's nsdgeneral included). Folds depend on the trials' stimuli alone, so every
+    block is fitted on the same folds and the result is the one a single fit over all
+    voxels gives.
+
     Weights: ``coef (n_features, n_voxels)``, ``intercept``, ``alpha`` (per voxel).
     """
-    X, Y = data.features_train[0], data.betas_train
-    model = RidgeCVEncoder(alphas=np.asarray(params["alphas"], float), n_folds=params["n_folds"])
-    model.fit(X, Y, groups=data.stimuli_train)
+    X, Xt = data.features_train[0], data.features_test[0]
+    n_vox = data.n_voxels
+    coef = np.empty((X.shape[1], n_vox), dtype=np.float32)
+    intercept = np.empty(n_vox, dtype=np.float32)
+    alpha = np.empty(n_vox, dtype=np.float32)
+    predicted = np.empty((len(Xt), n_vox), dtype=np.float32)
+    block = params.get("voxel_block") or ridge_block_voxels(
+        data.n_train, n_vox, float(params["mem_mb"])
+    )
+    for voxels, Y, _ in data.voxel_blocks(block):
+        model = RidgeCVEncoder(
+            alphas=np.asarray(params["alphas"], float), n_folds=params["n_folds"]
+        )
+        model.fit(X, Y, groups=data.stimuli_train)
+        coef[:, voxels] = model.coef_
+        intercept[voxels] = model.intercept_
+        alpha[voxels] = model.alpha_
+        predicted[:, voxels] = model.predict(Xt)
+        del Y, model
     return FitResult(
-        weights={
-            "coef": model.coef_.astype(np.float32),
-            "intercept": model.intercept_.astype(np.float32),
-            "alpha": model.alpha_.astype(np.float32),
-        },
-        predicted=model.predict(data.features_test[0]).astype(np.float32),
-        info={"median_alpha": f"{np.median(model.alpha_):g}"},
+        weights={"coef": coef, "intercept": intercept, "alpha": alpha},
+        predicted=predicted,
+        info={"median_alpha": f"{np.median(alpha):g}", "voxel_block": str(block)},
     )
 
 

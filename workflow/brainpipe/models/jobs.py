@@ -55,7 +55,12 @@ def train_job(
     """
     spec = get_model(model)
     params = model_params(model, config)
-    data = load_job_data(betas_path, list(feature_paths), splits_path, roi, subject)
+    # A voxelwise model streams the betas itself; any other gets this job's own copy,
+    # which it may overwrite (decoders z-score in place rather than copy every trial).
+    data = load_job_data(
+        betas_path, list(feature_paths), splits_path, roi, subject, lazy=spec.voxelwise
+    )
+    data.disposable = True
     if spec.cross_subject:
         params["pretrained"] = load_file(str(pretrained_path))
     t0 = time.perf_counter()
@@ -68,7 +73,7 @@ def train_job(
         "subject": subject,
         "roi": roi,
         "features": ",".join(data.feature_names),
-        "n_train_trials": str(len(data.betas_train)),
+        "n_train_trials": str(data.n_train),
         "n_voxels_filled": str(data.n_voxels_filled),
         "fit_seconds": f"{seconds:.2f}",
         **result.info,

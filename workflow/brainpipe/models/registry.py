@@ -16,6 +16,7 @@ and ``threads``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,6 +62,12 @@ class FitResult:
     info: dict[str, str] = field(default_factory=dict)
 
 
+#: Memory of a training job besides its arrays: interpreter, numpy/xarray/zarr, torch (MB).
+JOB_BASE_MB = 700
+#: Copies of its training betas a (non-voxelwise) model holds at its peak, by default.
+DATA_COPIES = 2.0
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A registered model.
@@ -84,6 +91,14 @@ class ModelSpec:
         Cross-subject models only: ``pretrain(datasets: dict[subject, JobData], params)
         -> dict[str, ndarray]`` (weights); ``fit`` then receives them as
         ``params["pretrained"]``.
+    data_copies : float
+        Copies of its ROI's training betas the model holds at its peak (sizes the memory
+        its jobs declare: :meth:`job_mem_mb`).
+    voxelwise : bool
+        An encoding model that fits every voxel on its own: its training job leaves the
+        betas in the store and ``fit`` reads them with ``data.voxel_blocks(n)`` (sized
+        from ``params["mem_mb"]``), so the job's memory does not grow with the ROI.
+        Otherwise ``fit`` gets the ROI's training betas in memory.
     """
 
     name: str
@@ -93,10 +108,35 @@ class ModelSpec:
     torch: bool = False
     inputs: Inputs = "features"
     pretrain: Callable[..., dict[str, np.ndarray]] | None = None
+    voxelwise: bool = False
+    data_copies: float = DATA_COPIES
 
     @property
     def cross_subject(self) -> bool:
         return self.pretrain is not None
+
+    def job_mem_mb(self, params: Mapping[str, Any], sizes: list[tuple[int, int]]) -> int:
+        """The memory (MB) a training job of this model declares on its first attempt.
+
+        A voxelwise model reads its betas in blocks sized from ``params["mem_mb"]``, so it
+        declares exactly that. Any other model holds the training betas of its ROI (every
+        trial x every voxel, float32: 1.6 GB for an NSD subject's nsdgeneral) ``data_copies``
+        times while it fits, on top of :data:`JOB_BASE_MB`; it declares that or
+        ``params["mem_mb"]``, whichever is more.
+
+        Parameters
+        ----------
+        params : mapping
+            The model's parameters (:func:`model_params`).
+        sizes : list of (n_trials, n_voxels)
+            Of each subject whose betas the job reads (the store's trials bound the
+            training trials from above).
+        """
+        declared = int(params["mem_mb"])
+        if self.voxelwise:
+            return declared
+        data_mb = sum(t * v for t, v in sizes) * 4 / 1e6
+        return max(declared, int(math.ceil(JOB_BASE_MB + self.data_copies * data_mb)))
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -110,6 +150,8 @@ def register_model(
     torch: bool = False,
     inputs: Inputs = "features",
     pretrain: Callable[..., dict[str, np.ndarray]] | None = None,
+    voxelwise: bool = False,
+    data_copies: float = DATA_COPIES,
 ) -> Callable[[Callable[..., FitResult]], Callable[..., FitResult]]:
     """Decorator registering ``fit`` as model ``name``.
 
@@ -126,6 +168,11 @@ def register_model(
         See :class:`ModelSpec`.
     pretrain : callable, optional
         Cross-subject pretraining function (see :class:`ModelSpec`).
+    voxelwise : bool
+        The model fits voxels independently and reads them in blocks (see :class:`ModelSpec`).
+    data_copies : float
+        Copies of its training betas the model holds at its peak (sizes its jobs' memory:
+        :meth:`ModelSpec.job_mem_mb`).
     """
     if not name.isalnum() or name.lower() != name:
         raise ValueError(f"model name must be lowercase letters and digits, got {name!r}")
@@ -145,6 +192,8 @@ def register_model(
             torch=torch,
             inputs=inputs,
             pretrain=pretrain,
+            voxelwise=voxelwise,
+            data_copies=float(data_copies),
         )
         return func
 
