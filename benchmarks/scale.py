@@ -13,21 +13,23 @@ feature stores (an "encoding" store of 64 PCA components and a 512-dimensional
 here. So the models have something real to find, and the stores are what the workflow's
 own stages write.
 
-Each job then runs in its own process exactly as the rule's script calls it
-(:func:`brainpipe.models.jobs.train_job`, :func:`brainpipe.models.jobs.evaluate_job`,
-with the config's ``model_params`` and ``evaluate`` blocks), and ``os.wait4`` gives its
-wall time and peak RSS. The declared ``mem_mb`` is what the rule asks for on the first
-attempt: ``model_params.<model>.mem_mb`` for train (``rules/train.smk``) and the
-``evaluate`` rule's own figure (``rules/evaluate.smk``).
+Each job then runs in its own process exactly as the rule's script calls it: the
+``features`` job of each store (:func:`brainpipe.features.pca.build_feature_store`),
+``train`` and ``evaluate`` per model (:func:`brainpipe.models.jobs.train_job`,
+:func:`brainpipe.models.jobs.evaluate_job`, with the config's ``model_params`` and
+``evaluate`` blocks), then ``summary`` and ``report``. Its wall time is measured around
+the process, its peak RSS is the process's own high-water mark (``VmHWM``). The declared
+``mem_mb`` is what the rule asks for on the first attempt: for train, the model's
+:meth:`~brainpipe.models.registry.ModelSpec.job_mem_mb` for this store (what
+``rules/common.smk`` declares), for the others the figure in their ``.smk`` file.
 
 What this leaves out: preprocess, betas and align (they have their own benchmarks:
 ``benchmarks/betas.py``, ``benchmarks/betas_vs_glmsingle.py``, ``benchmarks/align.py``),
 feature extraction from images (``benchmarks/features.py``) and Snakemake's own overhead.
 
-Run it under the shared lock (the betas are 1.8 GB on disk; a train job holds the
-training trials of its ROI)::
+Run it under the shared lock, with a time limit (the betas are 1.8 GB on disk)::
 
-    flock /work/wt/bench.lock .venv/bin/python benchmarks/scale.py
+    flock /work/wt/heavy.lock timeout 3600 .venv/bin/python benchmarks/scale.py
 
 Results: ``benchmarks/results/scale.json`` (``--sessions 4 --voxels 2000``: a smoke test of
 the script itself, written to ``scale_small.json``).
@@ -214,6 +216,10 @@ else:
     inputs = ReportInputs(scores=a["scores"], betas={{a["subject"]: a["betas"]}},
                           dataset="scale", run={{"dataset": "scale", "subjects": [a["subject"]]}})
     write_report(a["summary"], a["report"], "brainpipe: scale", inputs, a["figures"])
+# this process's own peak RSS: ru_maxrss of a child also counts the parent's pages it had
+# between fork and exec (the benchmark's ~300 MB), VmHWM is the exec'd process's alone
+with open(a["hwm"], "w") as f:
+    f.write([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
 """
 
 
@@ -228,12 +234,14 @@ def _rss_mb(pid: int) -> float:
 
 
 def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
-    """One job in its own process: wall seconds and peak RSS (MB) from ``os.wait4``.
+    """One job in its own process: wall seconds and peak RSS (MiB, the process's VmHWM).
 
     A job whose RSS passes ``limit_mb`` is killed (the machine is shared) and reported
     with ``killed_over_mb``; one still running after ``limit_s`` seconds is killed and
     reported with ``killed_after_s`` (its peak RSS so far is a lower bound).
     """
+    hwm = Path(tempfile.mkdtemp(prefix="brainpipe-hwm-")) / "kb"
+    args = {**args, "hwm": str(hwm)}
     code = JOB.format(
         workflow=str(ROOT / "workflow"), benchmarks=str(ROOT / "benchmarks"), args=json.dumps(args)
     )
@@ -260,8 +268,10 @@ def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
     wall = time.perf_counter() - t0
     code_ok = proc.returncode == 0
     out = {"seconds": round(wall, 1), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-    if killed:
+    if killed:  # ru_maxrss: an upper bound on the job's own peak so far
         return {**out, **killed}
+    out["max_rss_mb"] = round(int(hwm.read_text()) / 1024, 1)
+    shutil.rmtree(hwm.parent, ignore_errors=True)
     if not code_ok:
         err_file.seek(0)
         err = err_file.read().decode(errors="replace")

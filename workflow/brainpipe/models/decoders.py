@@ -39,7 +39,24 @@ _MLP_DEFAULTS = {
     "temperature": 0.1,
     "seed": 0,
     "device": "auto",
+    "max_steps": 3000,
 }
+
+
+def _capped_epochs(n_rows: list[int], params: dict, epochs: int) -> int:
+    """``epochs``, or fewer when they would take more than ``params["max_steps"]`` steps.
+
+    ``epochs`` is tuned on small datasets, where an epoch is a few mini-batches; an NSD
+    subject's 27,000 training trials make an epoch ~100 mini-batches, and 100 epochs on
+    a CPU most of an hour. The cap keeps the number of optimizer steps (what training
+    length means for convergence) whatever the dataset size; at least one epoch runs.
+    """
+    cap = params.get("max_steps")
+    if not cap:
+        return int(epochs)
+    bs = int(params["batch_size"])
+    per_epoch = sum(sum(1 for i in range(0, n, bs) if min(bs, n - i) > 1) for n in n_rows)
+    return int(min(epochs, max(1, int(cap) // max(per_epoch, 1))))
 
 
 def _inputs(data: JobData) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +99,7 @@ def _principal_axes(X: np.ndarray, k: int, seed: int) -> np.ndarray:
     "ridgedecoder",
     kind="decoding",
     defaults={"alphas": DECODER_ALPHAS, "n_folds": 5, "max_components": DECODER_MAX_COMPONENTS},
+    data_copies=1.5,  # its z-scored betas once, projections and SVD work (benchmarks/scale.py)
 )
 def ridgedecoder(data: JobData, params: dict) -> FitResult:
     """Ridge from z-scored voxels to the embedding; one penalty per dimension by grouped CV.
@@ -153,15 +171,17 @@ def _train_decoder(
     """Train adapters + backbone with MSE + clip_weight * InfoNCE; mini-batches per subject.
 
     Each epoch visits every subject's shuffled training trials in mini-batches (subjects
-    interleaved). With ``val`` (voxels, embedding of validation trials of the single
-    subject), the validation loss is recorded before training and after every epoch.
+    interleaved); the epochs are capped at ``params["max_steps"]`` optimizer steps
+    (:func:`_capped_epochs`). With ``val`` (voxels, embedding of validation trials of
+    the single subject), the validation loss is recorded before training and after
+    every epoch.
 
     Returns
     -------
     loss : float
         The last training loss.
     val_losses : list of float
-        ``epochs + 1`` validation losses (empty without ``val``).
+        One validation loss before training and one per epoch run (empty without ``val``).
     """
     import torch
 
@@ -187,7 +207,7 @@ def _train_decoder(
                 val_losses.append(_loss(pred, tensor(val[1], device), params).item())
 
     validate()
-    for _ in range(epochs):
+    for _ in range(_capped_epochs([len(x) for x, _ in batches.values()], params, epochs)):
         for a in adapters.values():
             a.train()
         backbone.train()
@@ -289,7 +309,11 @@ def mlpdecoder(data: JobData, params: dict) -> FitResult:
             "y_scale": y_scale,
         },
         predicted=pred,
-        info={"device": str(device), "final_train_loss": f"{loss:.4f}"},
+        info={
+            "device": str(device),
+            "final_train_loss": f"{loss:.4f}",
+            "epochs_run": str(_capped_epochs([data.n_train], params, int(params["epochs"]))),
+        },
     )
 
 
@@ -446,9 +470,11 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
     curve = np.zeros(max_epochs + 1)
     if max_epochs > 0:
         for val in _group_folds(groups, int(params["n_folds"]), int(params["seed"])):
-            curve += _adapt(
+            losses = _adapt(
                 X[~val], Y[~val], groups[~val], params, device, gen, max_epochs, (X[val], Y[val])
             )[4]
+            # a max_steps cap ends a fold's curve early: its last loss holds after that
+            curve += np.pad(losses, (0, len(curve) - len(losses)), mode="edge")
     epochs = int(np.argmin(curve))
     adapter, backbone, alpha, loss, _ = _adapt(X, Y, groups, params, device, gen, epochs)
     pred = _predict(adapter, backbone, Xt, device) * y_scale + y_mean
