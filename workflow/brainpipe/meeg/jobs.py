@@ -292,7 +292,9 @@ figcaption{{font-size:0.85em;color:#555}}</style></head><body>
 {paper_vs_run(table, ReportInputs(recipe=recipe, run=run or {}))}
 {sections}
 <h2>Per subject</h2>
-{table[cols].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)}
+<div style="overflow-x:auto">
+{table[cols].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")}
+</div>
 </body></html>
 """
     return write_text_atomic(page, out_html)
