@@ -162,7 +162,10 @@ def test_things_eeg2_nice_standin(tmp_path):
     Both decoders clearly above chance for every subject; the report holds the time course."""
     result = _run_standin("things-eeg2-nice", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = tmp_path / "results" / "synthetic_meeg"
+    _check_nice(tmp_path / "results" / "synthetic_meeg")
+
+
+def _check_nice(results: Path) -> None:
     html = (results / "report.html").read_text()
     _check_table(html, "things-eeg2-nice", [2, 2])
     assert "Time-resolved decoding" in html and "Zero-shot retrieval" in html
@@ -177,6 +180,7 @@ def test_things_eeg2_nice_standin(tmp_path):
         assert (rows["top1"] > rows["top1_chance"]).all(), rows[["subject", "top1"]]
         assert rows["top1"].mean() > 2 * rows["top1_chance"].mean(), rows[["subject", "top1"]]
         assert (rows["top5"] > rows["top5_chance"] + 0.15).all(), rows[["subject", "top5"]]
+    assert "the generator's truth" in unescape(html)  # the true information window, shaded
     timed = summary[summary["model"] == "timedecoder"]
     assert timed["top1"].mean() > 5 * timed["top1_chance"].mean(), timed["top1"]
     # the information window of the world is 0.15-0.35 s: the peak falls in or near it

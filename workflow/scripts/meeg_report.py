@@ -1,5 +1,6 @@
 from brainpipe.logs import log_to
 from brainpipe.meeg.jobs import write_meeg_report
+from brainpipe.meeg.synthetic import information_window
 from brainpipe.report.retrieval import stimulus_image_files
 
 with log_to(snakemake.log[0]):
@@ -20,4 +21,5 @@ with log_to(snakemake.log[0]):
         },
         images=stimulus_image_files(snakemake.input.data),
         figures_dir=snakemake.output.figures,
+        truth_window=information_window(snakemake.input.data),
     )

@@ -174,6 +174,7 @@ def write_meeg_report(
     predictions: dict[tuple[str, str, str], tuple[str | Path, str | Path]] | None = None,
     images: dict[str, Path] | None = None,
     figures_dir: str | Path | None = None,
+    truth_window: tuple[float, float] | None = None,
 ) -> Path:
     """The M/EEG report: accuracy over time per model, retrieval scores and retrieval grids.
 
@@ -183,6 +184,8 @@ def write_meeg_report(
     feature store; with ``images`` (stimulus id -> image file) each model gets a grid of
     test images beside their top-5 retrieved test images (one subject per model). Each
     figure also goes to ``figures_dir/<name>.png`` when given (for ``snakemake --report``).
+    ``truth_window`` (a synthetic world's true information window, s) is shaded on the
+    time-resolved curves, and the peaks are compared with it.
     """
     import base64
     import html
@@ -211,13 +214,24 @@ def write_meeg_report(
                 ax.plot(times, c, color=f"C{n}", alpha=0.25, lw=0.7)
         ax.axhline(timed["top1_chance"].mean(), color="k", ls="--", lw=1, label="chance")
         ax.axvline(0, color="0.6", lw=0.8)
+        if truth_window is not None:
+            ax.axvspan(*truth_window, color="tab:green", alpha=0.12, lw=0,
+                       label="true information window")  # fmt: skip
         ax.set_xlabel("time from image onset (s)")
-        ax.set_ylabel("zero-shot top-1")
+        ax.set_ylabel(f"zero-shot top-1 ({int(timed['n_way'].iloc[0])}-way)")
         ax.legend(frameon=False, fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
         ax.set_title("Time-resolved decoding (thin lines: subjects)")
         caption = ("Top-1 identification of the test images from each time point (ridge on "
                    "the channels at that time), against chance.")  # fmt: skip
+        if truth_window is not None and "peak_time_s" in timed:
+            peaks = timed["peak_time_s"].dropna()
+            inside = peaks.between(*truth_window).sum()
+            caption += (
+                f" Synthetic world: the stimulus information lies in {truth_window[0]:.2f}-"
+                f"{truth_window[1]:.2f} s (shaded, the generator's truth); {inside} of "
+                f"{len(peaks)} subjects' accuracy peaks fall inside it."
+            )
         figs.append((fig, "Time-resolved decoding", caption, "meeg_time_resolved"))
     fig, axes = plt.subplots(
         1, 2, figsize=(9, 0.9 + 0.5 * max(1, table.groupby(["model", "features"]).ngroups))

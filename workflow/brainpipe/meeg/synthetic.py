@@ -553,6 +553,17 @@ def _write_truth(
     write_zarr(ds, truth_path(root, subject))
 
 
+def information_window(root: str | Path) -> tuple[float, float] | None:
+    """The world's true information window (s), or None if ``root`` is no synthetic world."""
+    path = Path(root, "derivatives", "groundtruth", "dataset_description.json")
+    if not path.is_file():
+        return None
+    params = json.loads(path.read_text()).get("SyntheticMeegParams") or {}
+    if "window_start_s" not in params:
+        return None
+    return float(params["window_start_s"]), float(params["window_end_s"])
+
+
 def load_truth(root: str | Path, subject: str):
     """The truth store of ``subject`` (see the module docstring)."""
     from brainpipe.storage import open_zarr
