@@ -30,6 +30,7 @@ else:
     include: "rules/preprocess.smk"
     include: "rules/betas.smk"
     include: "rules/align.smk"
+    include: "rules/timeseries.smk"
     include: "rules/train.smk"
     include: "rules/evaluate.smk"
     include: "rules/report.smk"
@@ -45,4 +46,5 @@ rule all:
         f"{RESULTS}/summary.tsv",
         f"{RESULTS}/report.html",
         [] if MEEG else align_stores(),
+        [] if MEEG else timeseries_targets(),
     default_target: True

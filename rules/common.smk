@@ -124,6 +124,40 @@ def align_encoding_features():
                 f"{label!r} is not in feature_models ({', '.join(config['feature_models'])})",
             )
     return labels if align_stores() else []
+# Shared response over time (rules/timeseries.smk): the `timeseries` block over its defaults.
+from brainpipe.align.timeseries_jobs import (
+    check_timeseries_config,
+    timeseries_enabled,
+    timeseries_params,
+)
+
+check_timeseries_config(config, source="config (config/config.yaml and --config overrides)")
+TIMESERIES = timeseries_params(config)
+
+
+def timeseries_metric_files():
+    """One metrics file per time-series method x held-out subject: the fan-out."""
+    if not timeseries_enabled(config):
+        return []
+    return expand(
+        f"{RESULTS}/timeseries/{{method}}/sub-{{subject}}.json",
+        method=TIMESERIES["methods"],
+        subject=config["subjects"],
+    )
+
+
+def timeseries_targets():
+    """The time-series stage's outputs, when the config asks for it."""
+    if not timeseries_enabled(config):
+        return []
+    return [f"{RESULTS}/timeseries/matching.tsv", f"{RESULTS}/timeseries/matching.json"]
+
+
+def timeseries_preproc_input(wildcards):
+    """Source `preprocess`: the subject's preprocessed runs; the synthetic movie needs none."""
+    if TIMESERIES["source"] == "preprocess":
+        return f"{RESULTS}/sub-{wildcards.subject}/preproc.zarr"
+    return []
 
 
 # Input functions of the model-zoo rules (train.smk, evaluate.smk).

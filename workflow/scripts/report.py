@@ -13,6 +13,7 @@ with log_to(snakemake.log[0]):
         recipe=snakemake.params.recipe,
         align_scores=snakemake.input.align_scores or None,
         align_encoding=snakemake.input.align_encoding or None,
+        timeseries_scores=snakemake.input.timeseries_scores or None,
         run={
             "dataset": config["dataset"],
             "subjects": snakemake.params.subjects,

@@ -26,10 +26,16 @@ the BrainIAK SRM tutorial). Chance is one over the number of candidates.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 METHODS = ("srm", "detsrm")
+#: Every shared-response-over-time method the workflow fans out over (``timeseries.methods``).
+TIMESERIES_METHODS = ("srm", "detsrm", "sgpfa")
+#: Default candidate GP length scales of S-GPFA (TRs).
+LENGTH_SCALES = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0)
 
 
 def fit_srm(
@@ -99,7 +105,7 @@ class SharedGPFA:
         self,
         n_components: int,
         n_iter: int = 10,
-        length_scales: Sequence[float] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
+        length_scales: Sequence[float] = LENGTH_SCALES,
         seed: int = 0,
     ) -> None:
         self.n_components = int(n_components)
@@ -144,9 +150,11 @@ class SharedGPFA:
         return out
 
 
+@lru_cache(maxsize=8)
 def _se_kernel(n: int, length_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition ``(eigenvalues, eigenvectors)`` of the squared-exponential
-    kernel on ``n`` equally spaced samples."""
+    kernel on ``n`` equally spaced samples (cached: every subject's projection of a
+    held-out part uses the same one; callers never modify it)."""
     t = np.arange(n, dtype=np.float64)
     lam, U = np.linalg.eigh(np.exp(-((t[:, None] - t[None, :]) ** 2) / (2.0 * length_scale**2)))
     return np.clip(lam, 0.0, None), U
@@ -175,6 +183,143 @@ def _gp_log_evidence(kernel: tuple[np.ndarray, np.ndarray], obs: np.ndarray, noi
     return float(-0.5 * np.sum(proj**2 / ev) - 0.5 * np.sum(np.log(ev)))
 
 
+@dataclass
+class SharedSpace:
+    """A shared response fitted on some subjects' training time series (any method).
+
+    Attributes
+    ----------
+    method : str
+        One of :data:`TIMESERIES_METHODS`.
+    w : list of ndarray, each (n_voxels_s, n_components)
+        Orthonormal maps of the fitted subjects (``shared = X_s @ W_s``).
+    s : ndarray, shape (n_train_timepoints, n_components)
+        The shared response on the training time points.
+    sigma2 : ndarray, shape (n_subjects,)
+        Each fitted subject's residual variance per voxel and time point.
+    length_scale : float or None
+        S-GPFA's GP length scale (TRs); None for SRM / DetSRM.
+    """
+
+    method: str
+    w: list[np.ndarray]
+    s: np.ndarray
+    sigma2: np.ndarray
+    length_scale: float | None = None
+
+    def add_subject(self, x_train: np.ndarray) -> tuple[np.ndarray, float]:
+        """Map a subject that was not fitted onto the shared space from its training series.
+
+        The map is the orthogonal Procrustes solution of ``X W ≈ S`` (``U Vᵀ`` of
+        ``Xᵀ S``), as BrainIAK's ``SRM.transform_subject``; only the training time points
+        ``x_train`` (n_train_timepoints, n_voxels) are read.
+
+        Returns
+        -------
+        w : ndarray, shape (n_voxels, n_components)
+        sigma2 : float
+            Residual variance of ``x_train - S Wᵀ``.
+        """
+        x = np.asarray(x_train, np.float64)
+        if x.shape[0] != self.s.shape[0]:
+            raise ValueError(
+                f"x_train has {x.shape[0]} time points; the shared response has {self.s.shape[0]}"
+            )
+        u, _, vt = np.linalg.svd(x.T @ self.s, full_matrices=False)
+        w = u @ vt
+        return w, max(float(np.mean((x - self.s @ w.T) ** 2)), 1e-8)
+
+    def to_shared(self, x: np.ndarray, w: np.ndarray, sigma2: float) -> np.ndarray:
+        """A subject's time series (n_timepoints, n_voxels) in the shared space; S-GPFA
+        also smooths it by the GP posterior with the subject's noise variance ``sigma2``."""
+        z = np.asarray(x, np.float64) @ w
+        if self.method == "sgpfa":
+            z = _gp_posterior_mean(_se_kernel(len(z), float(self.length_scale)), z, sigma2)
+        return z
+
+
+def fit_shared_space(
+    train: Sequence[np.ndarray],
+    method: str,
+    n_components: int,
+    n_iter: int = 10,
+    seed: int = 0,
+    length_scales: Sequence[float] = LENGTH_SCALES,
+) -> SharedSpace:
+    """Fit one shared-response-over-time method on the subjects' training time series.
+
+    Parameters
+    ----------
+    train : sequence of ndarray, each (n_train_timepoints, n_voxels_s)
+        One clock for all subjects; columns z-scored by the caller.
+    method : {"srm", "detsrm", "sgpfa"}
+        BrainIAK's probabilistic or deterministic SRM, or :class:`SharedGPFA`.
+    n_components, n_iter, seed : int
+    length_scales : sequence of float
+        S-GPFA's candidate GP length scales (TRs).
+
+    Returns
+    -------
+    SharedSpace
+    """
+    if method not in TIMESERIES_METHODS:
+        raise ValueError(f"method must be one of {TIMESERIES_METHODS}, got {method!r}")
+    xs = [np.asarray(x, np.float64) for x in train]
+    if method == "sgpfa":
+        model = SharedGPFA(n_components, n_iter=n_iter, length_scales=length_scales, seed=seed)
+        model.fit(xs)
+        return SharedSpace(method, model.w_, model.s_, model.sigma2_, model.length_scale_)
+    from brainiak.funcalign.srm import SRM, DetSRM
+
+    cls = SRM if method == "srm" else DetSRM
+    model = cls(n_iter=int(n_iter), features=int(n_components), rand_seed=int(seed))
+    model.fit([x.T for x in xs])
+    w = [np.asarray(m) for m in model.w_]
+    s = np.asarray(model.s_).T
+    sigma2 = np.array(
+        [max(float(np.mean((x - s @ m.T) ** 2)), 1e-8) for x, m in zip(xs, w, strict=True)]
+    )
+    return SharedSpace(method, w, s, sigma2)
+
+
+def match_segments(query: np.ndarray, reference: np.ndarray, window: int) -> dict[str, float]:
+    """Time-segment matching of one subject's shared response against a reference.
+
+    Each segment of ``window`` time points of ``query`` is identified among the segments
+    of ``reference`` (the other subjects' average) that do not overlap it, by correlation.
+
+    Parameters
+    ----------
+    query, reference : ndarray, shape (n_timepoints, n_components)
+    window : int
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``chance`` (mean of one over each query's candidates) and
+        ``n_segments``.
+    """
+    n_seg = query.shape[0] - window + 1
+    if n_seg < 2 or reference.shape != query.shape:
+        raise ValueError(
+            f"need >= 2 segments of {window} time points and equal shapes "
+            f"(query {query.shape}, reference {reference.shape})"
+        )
+    starts = np.arange(n_seg)
+    overlap = (np.abs(starts[:, None] - starts[None, :]) < window) & (
+        starts[:, None] != starts[None, :]
+    )
+    corr = _row_corr(
+        _segments(zscore_time(query), window), _segments(zscore_time(reference), window)
+    )
+    corr[overlap] = -np.inf
+    return {
+        "accuracy": float(np.mean(np.argmax(corr, axis=1) == starts)),
+        "chance": float(np.mean(1.0 / (n_seg - overlap.sum(axis=1)))),
+        "n_segments": int(n_seg),
+    }
+
+
 def zscore_time(x: np.ndarray) -> np.ndarray:
     """Each column z-scored over time (sd 0 -> 1)."""
     x = np.asarray(x, np.float64)
@@ -199,29 +344,15 @@ def time_segment_matching(shared: Sequence[np.ndarray], window: int) -> dict[str
         candidates of each query), ``per_subject`` accuracies (list) and ``n_segments``.
     """
     n_sub = len(shared)
-    T = shared[0].shape[0]
-    n_seg = T - window + 1
-    if n_sub < 2 or n_seg < 2:
-        raise ValueError(f"need >= 2 subjects and >= 2 segments (got {n_sub}, {n_seg})")
-    starts = np.arange(n_seg)
-    overlap = (np.abs(starts[:, None] - starts[None, :]) < window) & (
-        starts[:, None] != starts[None, :]
-    )
-    candidates = n_seg - overlap.sum(axis=1)
-    per_subject = []
+    if n_sub < 2:
+        raise ValueError(f"need >= 2 subjects (got {n_sub})")
     total = np.sum(shared, axis=0)
-    for z in shared:
-        others = (total - z) / (n_sub - 1)
-        a = _segments(zscore_time(z), window)
-        b = _segments(zscore_time(others), window)
-        corr = _row_corr(a, b)
-        corr[overlap] = -np.inf
-        per_subject.append(float(np.mean(np.argmax(corr, axis=1) == starts)))
+    results = [match_segments(z, (total - z) / (n_sub - 1), window) for z in shared]
     return {
-        "accuracy": float(np.mean(per_subject)),
-        "chance": float(np.mean(1.0 / candidates)),
-        "per_subject": per_subject,
-        "n_segments": int(n_seg),
+        "accuracy": float(np.mean([r["accuracy"] for r in results])),
+        "chance": results[0]["chance"],
+        "per_subject": [r["accuracy"] for r in results],
+        "n_segments": results[0]["n_segments"],
     }
 
 

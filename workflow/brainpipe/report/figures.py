@@ -246,3 +246,23 @@ def aligned_encoding_figure(scores: pd.DataFrame) -> plt.Figure:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def timeseries_matching_figure(table: pd.DataFrame) -> plt.Figure:
+    """Bars per shared-response-over-time method: time-segment matching accuracy of the
+    held-out subjects (dots), with chance as a dashed line."""
+    methods = list(dict.fromkeys(table.sort_values("accuracy", ascending=False)["method"]))
+    fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH_IN, 2.5 + 1.1 * len(methods)), 3.4))
+    for n, method in enumerate(methods):
+        rows = table[table["method"] == method]
+        ax.bar(n, rows["accuracy"].mean(), color=f"C{n % 10}", width=0.7)
+        xs = n + (np.linspace(-0.2, 0.2, len(rows)) if len(rows) > 1 else np.zeros(1))
+        ax.scatter(xs, rows["accuracy"], s=10, color="k", zorder=2)
+    ax.axhline(float(table["chance"].mean()), color="k", lw=0.8, ls="--", label="chance")
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("time-segment matching\n(held-out subject, test time)")
+    ax.legend(frameon=False, loc="upper right")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

@@ -31,6 +31,7 @@ from brainpipe.report.figures import (  # noqa: E402
     encoding_accuracy_figure,
     roi_order,
     score_heatmap_figure,
+    timeseries_matching_figure,
 )
 from brainpipe.report.recipe import compare  # noqa: E402
 from brainpipe.report.retrieval import retrieval_grid_figure, top_k  # noqa: E402
@@ -71,6 +72,8 @@ class ReportInputs:
     align_encoding : path or None
         ``align/encoding.tsv`` (:mod:`brainpipe.align.encoding`): encoding models fitted in
         each aligned space, scored on their own and on the other subjects.
+    timeseries_scores : path or None
+        ``timeseries/matching.tsv`` (:mod:`brainpipe.align.timeseries_jobs`).
     """
 
     scores: list[str | Path] = field(default_factory=list)
@@ -82,6 +85,7 @@ class ReportInputs:
     run: dict[str, Any] = field(default_factory=dict)
     align_scores: str | Path | None = None
     align_encoding: str | Path | None = None
+    timeseries_scores: str | Path | None = None
 
 
 @dataclass
@@ -254,6 +258,37 @@ def aligned_encoding_figures(inputs: ReportInputs) -> list[Figure]:
     ]
 
 
+def timeseries_figures(inputs: ReportInputs) -> list[Figure]:
+    """Time-segment matching per shared-response-over-time method (held-out subjects)."""
+    if inputs.timeseries_scores is None:
+        return []
+    table = pd.read_csv(inputs.timeseries_scores, sep="\t", dtype={"subject": str})
+    if table.empty:
+        return []
+    first = table.iloc[0]
+    recovery = ""
+    if "latent_cc_mean" in table:
+        per_method = table.groupby("method")["latent_cc_mean"].mean()
+        recovery = (
+            " Synthetic movie: mean canonical correlation of the test shared response with "
+            "the true latents " + ", ".join(f"{m} {v:.2f}" for m, v in per_method.items()) + "."
+        )
+    return [
+        Figure(
+            "timeseries_matching",
+            "Alignment",
+            "Shared response over time: each subject held out in turn, the method fitted on "
+            f"the others' first {int(first['n_train'])} time points, the held-out subject "
+            "mapped in from its own training time points; each of its "
+            f"{int(first['n_segments'])} test segments of {int(first['window'])} time points "
+            "identified among the non-overlapping segments of the others' average shared "
+            f"response. Dashed: chance ({float(table['chance'].mean()):.4f}). Bars: mean "
+            "over held-out subjects; dots: subjects." + recovery,
+            _render(timeseries_matching_figure(table)),
+        )
+    ]
+
+
 def paper_vs_run(summary: pd.DataFrame, inputs: ReportInputs) -> str:
     """The "paper vs this run" section of a recipe ('' when the config is no recipe)."""
     recipe = inputs.recipe
@@ -340,6 +375,7 @@ def write_report(
         encoding_figures(encoding, inputs)
         + decoding_figures(decoding, inputs)
         + alignment_figures(inputs)
+        + timeseries_figures(inputs)
     )
     rois = roi_order(summary["roi"])
     sections = "\n".join(
