@@ -31,7 +31,7 @@ from .conftest import ROOT, run_workflow
 
 SUBJECTS = ["01", "02", "03"]
 METHODS = ["srm", "detsrm", "sgpfa"]
-MOVIE = {"seed": 2, "n_timepoints": 400, "min_voxels": 120, "max_voxels": 180}
+MOVIE = {"seed": 2, "n_timepoints": 400, "min_voxels": 120, "max_voxels": 180, "noise_sd": 3.0}
 
 
 def movie_config(**timeseries) -> dict:
@@ -48,9 +48,11 @@ def movie_config(**timeseries) -> dict:
 
 @pytest.mark.integration
 def test_workflow_matches_heldout_segments_far_above_chance(tmp_path):
-    """Measured (seed 2, 3 subjects, 200 + 200 TRs, noise sd 4 x signal, window 10): mean
-    matching accuracy SRM 0.50, DetSRM 0.50, S-GPFA 0.73 against chance 0.0058 (86x, 86x,
-    126x); mean canonical correlation with the true latents 0.64 / 0.64 / 0.78."""
+    """Measured (seed 2, 3 subjects, 200 + 200 TRs, 120-180 voxels, noise sd 3 x signal,
+    window 10; each held-out subject's group fit has the 2 others): mean matching accuracy
+    SRM 0.686, DetSRM 0.684, S-GPFA 0.843 against chance 0.0058 (119x, 119x, 146x);
+    held-out subjects 0.61-0.75 (SRM), 0.81-0.87 (S-GPFA); mean canonical correlation of
+    the test shared response with the true latents 0.74 / 0.74 / 0.85."""
     result = run_workflow(tmp_path, movie_config(), "results/synthetic/timeseries/matching.json")
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "results" / "synthetic" / "timeseries"
@@ -58,10 +60,10 @@ def test_workflow_matches_heldout_segments_far_above_chance(tmp_path):
     assert sorted(summary) == sorted(METHODS)
     for method, entry in summary.items():
         assert entry["chance"] < 0.01, entry
-        assert entry["accuracy"] >= 40 * entry["chance"], (method, entry)
-        assert min(entry["per_subject"].values()) >= 20 * entry["chance"], (method, entry)
-        assert entry["latent_cc_mean"] >= 0.55, (method, entry)
-    assert summary["sgpfa"]["accuracy"] >= summary["srm"]["accuracy"] + 0.1, summary
+        assert entry["accuracy"] >= 50 * entry["chance"], (method, entry)
+        assert min(entry["per_subject"].values()) >= 30 * entry["chance"], (method, entry)
+        assert entry["latent_cc_mean"] >= 0.65, (method, entry)
+    assert summary["sgpfa"]["accuracy"] >= summary["srm"]["accuracy"] + 0.08, summary
     assert summary["sgpfa"]["latent_cc_mean"] > summary["srm"]["latent_cc_mean"], summary
     # one job per method x held-out subject; the held-out subject's map is orthonormal
     table = pd.read_csv(out / "matching.tsv", sep="\t", dtype={"subject": str})
