@@ -15,6 +15,8 @@ rule timeseries:
     resources:
         mem_mb=per_attempt(2000),
         runtime=10,
+    benchmark:
+        f"{BENCH}/timeseries/sub-{{subject}}.tsv"
     log:
         f"{LOGS}/timeseries/sub-{{subject}}.log",
     conda:
@@ -37,6 +39,8 @@ rule timeseries_fit:
     resources:
         mem_mb=per_attempt(4000),
         runtime=30,
+    benchmark:
+        f"{BENCH}/timeseries/{{method}}/sub-{{subject}}.tsv"
     log:
         f"{LOGS}/timeseries/{{method}}/sub-{{subject}}.log",
     conda:
@@ -54,6 +58,8 @@ rule timeseries_scores:
     resources:
         mem_mb=1000,
         runtime=5,
+    benchmark:
+        f"{BENCH}/timeseries/matching.tsv"
     log:
         f"{LOGS}/timeseries/matching.log",
     conda:
