@@ -366,6 +366,38 @@ def test_roi_tuning(noise_free: Path) -> None:
         assert np.all(loc.values[block == "lowlevel"] == 0)
 
 
+def _template_tuning_r(root: Path, params: S.SyntheticParams) -> float:
+    """Correlation of two subjects' tuning weights at the same template voxels (per ROI,
+    the components it loads on, pooled)."""
+    a, b = (S.load_ground_truth(root, s) for s in S.subject_ids(params)[:2])
+    keys = [pd.MultiIndex.from_arrays([g[c].values for c in "ijk"]) for g in (a, b)]
+    common = keys[0].intersection(keys[1])
+    ia, ib = keys[0].get_indexer(common), keys[1].get_indexer(common)
+    pairs = []
+    for roi in S.ROI_NAMES:
+        both = (a.roi.values[ia] == roi) & (b.roi.values[ib] == roi)
+        assert both.sum() >= 10
+        ma, mb = a.mapping.values[:, ia[both]], b.mapping.values[:, ib[both]]
+        loads = ma.any(axis=1)  # the components the ROI loads on
+        pairs.append([m[loads].ravel() for m in (ma, mb)])
+    x, y = (np.concatenate(v) for v in zip(*pairs, strict=True))
+    assert len(x) > 300
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def test_subjects_can_share_a_template_space_topography(
+    small: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With ``tuning_shared`` voxels at the same template position are tuned alike across
+    subjects (a shared topography plus each subject's own deviation), so anatomical
+    alignment has something to align; at 0 (the default) subjects' maps are unrelated.
+    Measured: 0.26 at 0.8 (0.34 with seed 1), -0.07 at 0 (0.06 with seed 1)."""
+    params = replace(SMALL, tuning_shared=0.8)
+    shared = _generate(tmp_path_factory, "shared_topography", params)
+    assert 0.15 < _template_tuning_r(shared, params) < 0.6  # shared, yet each subject its own
+    assert abs(_template_tuning_r(small, SMALL)) < 0.1
+
+
 def test_stimuli_are_deterministic_and_captions_skip_position() -> None:
     f1, im1, c1 = synthetic_stimuli.make_stimulus(3, 7, 48)
     f2, im2, c2 = synthetic_stimuli.make_stimulus(3, 7, 48)

@@ -27,6 +27,11 @@ For each subject, voxel ``v`` and trial ``t`` showing stimulus ``s``::
 one-hots), each component z-scored across all stimuli. V1 voxels load on lowlevel
 only, V4 on lowlevel and colour, LOC on category and a little colour; voxels outside
 the ROIs have zero mapping and zero offset (noise only). Each ROI voxel's mapping is
+a smooth field plus independent noise (equal variances); with ``tuning_shared > 0`` the
+smooth field is a topography shared by all subjects at the same template-space position
+(that share of its variance) plus the subject's own smooth deviation, so anatomical
+alignment carries signal and functional alignment can add to it (0, the default: each
+subject's own field, unrelated maps). The mapping is then
 scaled so that the sd of its stimulus response across the subject's stimuli is
 ``signal_sd`` times a smooth gain ``exp(0.2 z)``; ROI voxels also carry a positive mean
 evoked response ``offset`` of about ``signal_sd``, stored as ``response_offset(voxel)``.
@@ -101,6 +106,7 @@ _ROI_ELLIPSOIDS: dict[str, tuple[tuple[float, float, float], tuple[float, float,
 
 # Tags separating the random streams (np.random.default_rng([seed, tag, ...])).
 _TAG_REPEATS, _TAG_RESPONSE, _TAG_ANAT, _TAG_TUNING, _TAG_TRIALS, _TAG_RUN = range(1, 7)
+_TAG_TOPOGRAPHY = 7
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,11 @@ class SyntheticParams:
     # has a known best layer. Empty: pooled edge energy.
     response_network: str = ""
     response_layer: str = ""
+    # Share of the spatially smooth part of every voxel's tuning that is common to all
+    # subjects at the same template-space position (the rest is the subject's own smooth
+    # deviation): > 0, subjects share a topography and anatomical alignment carries
+    # signal; 0, their maps are unrelated (the world the recipes' stand-ins are tuned on).
+    tuning_shared: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -178,6 +189,7 @@ class SyntheticParams:
         _check_range("voxel_size_mm", self.voxel_size_mm, 2.0, 12.0)
         for name in ("signal_sd", "trial_noise_sd", "noise_sd", "drift_sd", "structured_noise_sd"):
             _check_range(name, getattr(self, name), 0.0, None)
+        _check_range("tuning_shared", self.tuning_shared, 0.0, 1.0)
         if not 0.0 <= self.blank_fraction < 1.0:
             raise BrainpipeInputError(
                 _SOURCE, "blank_fraction", f"got {self.blank_fraction!r}; expected 0 <= value < 1"
@@ -298,6 +310,13 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     """A z-scored, spatially smooth Gaussian random field on the grid."""
     z = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=sigma)
     return (z - z.mean()) / (z.std() + 1e-12)
+
+
+def _shared_topography(params: SyntheticParams, shape: tuple[int, ...], n_comp: int) -> np.ndarray:
+    """Smooth tuning fields ``(n_comp, *shape)`` on the template grid, the same for every
+    subject of a dataset (drawn from the dataset seed alone)."""
+    rng = _rng(params, _TAG_TOPOGRAPHY)
+    return np.stack([_smooth_field(rng, shape, 1.5) for _ in range(n_comp)])
 
 
 def _zscore(a: np.ndarray) -> np.ndarray:
@@ -734,7 +753,15 @@ def _generate_subject(
     # Tuning: mapping(component, voxel), smooth in space, scaled to signal_sd * gain.
     tune_rng = _rng(params, _TAG_TUNING, s)
     n_comp = response.shape[1]
+    # The smooth part: a topography every subject shares at the same template position
+    # (all subjects are on the template grid) mixed with the subject's own deviation.
     smooth = np.stack([_smooth_field(tune_rng, shape, 1.5)[mask] for _ in range(n_comp)])
+    if params.tuning_shared > 0:
+        shared = _shared_topography(params, shape, n_comp)[:, mask]
+        smooth = (
+            math.sqrt(params.tuning_shared) * shared
+            + math.sqrt(1.0 - params.tuning_shared) * smooth
+        )
     mapping = math.sqrt(0.5) * smooth + math.sqrt(0.5) * tune_rng.standard_normal((n_comp, n_vox))
     block_arr = np.asarray(blocks)
     weights = {
