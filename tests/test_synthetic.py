@@ -405,5 +405,17 @@ def test_stimuli_are_deterministic_and_captions_skip_position() -> None:
     assert im1.shape == (48, 48, 3) and im1.dtype == np.uint8
     for word in ("left", "right", "top", "bottom", "centre", "center"):
         assert word not in c1
+    # caption_place: NSD-sized (1,000 test candidates), captions name the place too and
+    # take thousands of values (432 without: top-1 among 1,000 could not pass ~0.1)
+    f3, im3, c3 = synthetic_stimuli.make_stimulus(3, 7, 48, place=True)
+    assert f3 == f1 and np.array_equal(im3, im1) and c3.startswith(c1.split(",")[0])
+    assert synthetic_stimuli.place_for(f1) in c3
+    for place in (False, True):
+        captions = [synthetic_stimuli.make_stimulus(0, i, 16, place)[2] for i in range(1, 1001)]
+        counts = pd.Series(captions).value_counts()
+        if place:
+            assert len(counts) > 800 and (counts == 1).mean() > 0.7, len(counts)
+        else:
+            assert len(counts) <= 432
     energy = synthetic_stimuli.edge_energy(im1)
     assert energy.shape == (64,) and np.all(energy >= 0)

@@ -146,6 +146,9 @@ class SyntheticParams:
     # deviation): > 0, subjects share a topography and anatomical alignment carries
     # signal; 0, their maps are unrelated (the world the recipes' stand-ins are tuned on).
     tuning_shared: float = 0.0
+    # 1: captions also name the shape's place (3,888 distinct captions, image-level, as
+    # NSD's COCO captions; 0: 432, size, colour and category alone).
+    caption_place: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -190,6 +193,7 @@ class SyntheticParams:
         for name in ("signal_sd", "trial_noise_sd", "noise_sd", "drift_sd", "structured_noise_sd"):
             _check_range(name, getattr(self, name), 0.0, None)
         _check_range("tuning_shared", self.tuning_shared, 0.0, 1.0)
+        _check_range("caption_place", self.caption_place, 0, 1)
         if not 0.0 <= self.blank_fraction < 1.0:
             raise BrainpipeInputError(
                 _SOURCE, "blank_fraction", f"got {self.blank_fraction!r}; expected 0 <= value < 1"
@@ -570,7 +574,9 @@ def _generate(root: Path, params: SyntheticParams) -> None:
     all_ids = [stimulus_id(i) for i in range(1, next_index)]
     factors, images, rows = [], [], []
     for index, sid in enumerate(all_ids, start=1):
-        f, image, caption = synthetic_stimuli.make_stimulus(params.seed, index, params.image_size)
+        f, image, caption = synthetic_stimuli.make_stimulus(
+            params.seed, index, params.image_size, bool(params.caption_place)
+        )
         factors.append(f)
         images.append(image)
         rel = f"images/{sid}.png"
