@@ -307,10 +307,21 @@ def zscore_with_train_stats(block: np.ndarray, train: np.ndarray, source: Path) 
         raise BrainpipeInputError(
             source, "betas", "z-scoring needs >= 2 training trials per session"
         )
-    with warnings.catch_warnings():  # NaN vertices (NSD fsaverage) stay NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(block[train], axis=0, dtype=np.float64).astype(np.float32)
-        sd = np.nanstd(block[train], axis=0, dtype=np.float64).astype(np.float32)
+    rows = block[train]  # a copy: the statistics' scratch
+    n = len(rows)
+    # float64 sums of the training rows, as np.nanmean / np.nanstd take them (the same
+    # operations in the same order, so the same bits) without their NaN masks and copies
+    mean64 = np.add.reduce(rows, axis=0, dtype=np.float64) / n
+    if np.isfinite(mean64).all():
+        np.subtract(rows, mean64, out=rows, casting="unsafe")  # float32, as nanvar does
+        np.multiply(rows, rows, out=rows)
+        var = np.add.reduce(rows, axis=0, dtype=np.float64) / n
+        mean, sd = mean64.astype(np.float32), np.sqrt(var).astype(np.float32)
+    else:  # NaN vertices (NSD fsaverage) stay NaN; each voxel's statistics skip them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(block[train], axis=0, dtype=np.float64).astype(np.float32)
+            sd = np.nanstd(block[train], axis=0, dtype=np.float64).astype(np.float32)
     sd[(sd == 0) | ~np.isfinite(sd)] = 1.0
     block -= mean
     block /= sd
