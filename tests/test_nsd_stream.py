@@ -1,9 +1,10 @@
 """NSD betas gathered while they download (nsd_stream), against a loopback S3 server.
 
 The streamed session must equal the file the server holds, whatever happens to the
-transfer: dropped connections, a corrupted byte, a process killed mid-file; layouts the
-stream cannot gather (chunked ``/betas``, a header past the buffered bytes) fall back to
-ingesting the downloaded file.
+transfer: dropped connections, a corrupted byte, a process killed mid-file; NSD's own
+layout (one chunk per voxel) is gathered as it arrives too, its chunk index walked on the
+stream; layouts the stream cannot gather (a header past the buffered bytes, no session
+buffer free) fall back to ingesting the downloaded file.
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ def test_ingest_streams_and_equals_ingest_from_files(
 
 
 def test_chunked_betas_are_ingested_after_download(contiguous_server, tmp_path):
-    """A layout the stream cannot gather (chunked /betas, as in the default fixture) is
-    fetched whole and read from the cached file: same values."""
+    """NSD's chunked /betas with no session buffer to gather it into (another session
+    holds it, or the caller gives none) is fetched whole and read from the cached file:
+    same values."""
     endpoint, _, _ = contiguous_server
     tree = tmp_path / "bucket"
     truth = write_nsd_tree(tree, sessions=["01"], shape=SHAPE, betas_layout="published")
@@ -339,3 +341,157 @@ def test_store_layout_error_stops_the_streams_and_names_the_field(
     assert not out.exists() and not list(tmp_path.glob(".betas.zarr*"))
     cache = nsd.object_cache(dest)
     assert not any((cache / nsd.betas_key("01", s, options(endpoint))).exists() for s in SESSIONS)
+
+
+def _chunked_file(path, volume, seed, order, fill=0):
+    """``/betas`` (750, K, J, I) chunked one voxel per chunk, written in ``order``: all at
+    once (as NSD's export), plane by plane backwards, or a few planes left unwritten (fill)."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-3000, 3000, (750, *volume), dtype=np.int16)
+    with h5py.File(path, "w") as h5:
+        dset = h5.create_dataset(
+            "betas", shape=data.shape, dtype=np.int16, chunks=(750, 1, 1, 1), fillvalue=fill
+        )
+        if order == "whole":
+            dset[...] = data
+        else:
+            planes = (
+                range(volume[0] - 1, -1, -1) if order == "backwards" else range(0, volume[0], 2)
+            )
+            for k in planes:
+                dset[:, k] = data[:, k]
+            if order == "holes":
+                data[:, 1::2] = fill
+    return data
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    volume=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 7)),
+    seed=st.integers(0, 2**16),
+    fraction=st.floats(0.05, 1.0),
+    order=st.sampled_from(["whole", "backwards", "holes"]),
+    window=st.sampled_from([4096, 20_000, 1 << 20]),
+    piece=st.integers(1, 300_000),
+)
+def test_streamed_chunks_equal_the_file_whatever_the_window(
+    tmp_path_factory, volume, seed, fraction, order, window, piece
+):
+    """The chunk walk on the stream places every kept voxel's chunk as reading the file
+    does: any piece sizes, any window (a small one leaves nodes and chunks to be read from
+    the file at the end), nodes after their chunks, chunks never written (fill value)."""
+    from brainpipe.datasets.nsd_chunks import StreamedChunks, streamable_index
+
+    path = tmp_path_factory.mktemp("chunks") / "betas.hdf5"
+    data = _chunked_file(path, volume, seed, order, fill=-7)
+    rng = np.random.default_rng(seed + 1)
+    flat = np.flatnonzero(rng.random(int(np.prod(volume))) < fraction)
+    rng.shuffle(flat)  # the store's order is not the file's
+    raw = path.read_bytes()
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        index = streamable_index(h5["betas"], lambda at, n: raw[at : at + n])
+    assert index is not None
+    kept = np.full(int(np.prod(volume)), -1, np.int64)
+    kept[flat] = np.arange(len(flat))
+    out = np.zeros((len(flat), 750), np.int16)
+    chunks = StreamedChunks(*index, volume, kept, out, window=window)
+    for at in range(0, len(raw), piece):
+        chunks.feed(memoryview(raw)[at : at + piece])
+    chunks.finish(path, fill=-7)
+    np.testing.assert_array_equal(out, data.reshape(750, -1)[:, flat].T)
+    if window >= len(raw):
+        assert chunks.from_file == 0  # all of it from the stream
+
+
+@pytest.fixture(scope="module")
+def published_server(tmp_path_factory):
+    """A tiny NSD in NSD's own chunk layout; yields (endpoint, truth, tree)."""
+    tree = tmp_path_factory.mktemp("nsd-published")
+    truth = write_nsd_tree(tree, sessions=SESSIONS, shape=SHAPE, betas_layout="published")
+    with serve_tree(tree, BUCKET) as endpoint:
+        yield endpoint, truth, tree
+
+
+def stream_voxels(endpoint, cache, truth, ses="01"):
+    """Fetch a published-layout session, gathering it voxel-major as it arrives."""
+    mask, flat = kept_voxels(truth)
+    out = np.zeros((len(flat), 750), np.int16)
+    key = nsd.betas_key("01", ses, options(endpoint))
+    rows = nsd_stream.gather_into(np.zeros((750, len(flat)), np.int16), flat)
+    path = nsd_stream.fetch_session_betas(
+        options(endpoint), key, cache, SHAPE, rows, flat=flat, voxel_buffer=lambda: out
+    )
+    return path, out, key
+
+
+def test_published_chunks_stream_equal_the_file(published_server, small_header, tmp_path):
+    endpoint, truth, tree = published_server
+    path, out, key = stream_voxels(endpoint, tmp_path / "cache", truth)
+    assert path is None  # gathered from the network bytes
+    mask, _ = kept_voxels(truth)
+    np.testing.assert_array_equal(out, expected_int16(truth, mask, "01").T)
+    assert (tmp_path / "cache" / key).read_bytes() == (tree / key).read_bytes()
+    assert read_manifest(tmp_path / "cache")[key]["verified"] == "md5"
+
+
+def test_published_chunks_stream_survives_drops_and_a_corrupted_byte(
+    published_server, small_header, monkeypatch, tmp_path
+):
+    endpoint, truth, _ = published_server
+    monkeypatch.setattr(fetch, "_DIRECT_MIN", 0)
+    with FlakyProxy(endpoint, drop_after=300_000, drops=3, corrupt_at=100_000, corruptions=1) as px:
+        path, out, key = stream_voxels(px.url, tmp_path / "cache", truth, ses="02")
+    assert px.dropped == 3 and px.corrupted == 1
+    assert path is None
+    mask, _ = kept_voxels(truth)
+    np.testing.assert_array_equal(out, expected_int16(truth, mask, "02").T)
+
+
+@pytest.mark.parametrize("zscore", [False, True])
+def test_published_ingest_streams_and_equals_ingest_from_files(
+    published_server, monkeypatch, tmp_path, zscore
+):
+    """NSD's layout through ingest_nsd_subject: streamed (the default) and from the
+    fetched files, the same store; the streamed sessions never read their files back
+    but for what the (here tiny) window had passed."""
+    from brainpipe.datasets import nsd_chunks
+
+    endpoint, truth, _ = published_server
+    monkeypatch.setattr(nsd_chunks, "STREAM_WINDOW", 4096)
+    walked = []
+    real_finish = nsd_chunks.StreamedChunks.finish
+    monkeypatch.setattr(
+        nsd_chunks.StreamedChunks,
+        "finish",
+        lambda self, *a: walked.append(self) or real_finish(self, *a),
+    )
+    stores = {}
+    for stream_betas in (True, False):
+        dest = tmp_path / f"stream-{stream_betas}" / "nsd"
+        source = {"endpoint_url": endpoint, "stream_betas": stream_betas, "zscore": zscore}
+        fetch_dataset("nsd", dest, subjects=["01"], sessions=SESSIONS, source=source,
+                      progress=False)  # fmt: skip
+        opts = options(endpoint, stream_betas=stream_betas, zscore=zscore)
+        splits = dest.parent / "splits.tsv"
+        nsd.make_nsd_splits(dest / nsd.EXPDESIGN_KEY, ["01"], SESSIONS, splits)
+        out = nsd.ingest_nsd_subject(
+            dest, "01", SESSIONS, dest.parent / "b.zarr", opts, splits, voxel_chunk=100
+        )
+        stores[stream_betas] = open_zarr(out).load()
+    import xarray as xr
+
+    xr.testing.assert_identical(stores[True], stores[False])
+    # sessions streamed one at a time (one session buffer), the others from their files
+    assert 1 <= len(walked) <= len(SESSIONS)
+    assert all(0 < w.from_file < w.placed for w in walked)
+    if not zscore:
+        mask, _ = kept_voxels(truth)
+        for n, ses in enumerate(SESSIONS):
+            want = np.divide(expected_int16(truth, mask, ses), 300, dtype=np.float32)
+            np.testing.assert_array_equal(
+                stores[True]["betas"].values[n * 750 : (n + 1) * 750], want
+            )

@@ -44,6 +44,7 @@ module: ingest, which ties them together and re-exports their public names.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,46 @@ def _subject_layout(
     return store, None if split is None else split == "train", valid
 
 
+#: One session at a time per process is gathered voxel-major from NSD's per-voxel chunked
+#: layout (its buffer is a session of kept voxels); sessions streaming alongside it are
+#: read from their files after their download, as are sessions whose buffer would
+#: exceed :data:`CHUNKED_STREAM_MAX_BYTES` (1 mm: read in voxel groups instead).
+_CHUNKED_STREAM = threading.Lock()
+CHUNKED_STREAM_MAX_BYTES = 1 << 30
+
+
+class _VoxelBuffer:
+    """The voxel-major session buffer a per-voxel chunked session streams into.
+
+    Called (by the stream, once it has parsed the file's header) it returns the buffer,
+    or None when another session holds it or it would be too big; :meth:`release` gives
+    it back. Calling it again returns the same buffer (a transfer that starts over).
+    """
+
+    def __init__(self, n_voxels: int, scratch: dict[str, np.ndarray]) -> None:
+        self.n_voxels, self.scratch = n_voxels, scratch
+        self.buffer: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray | None:
+        if self.buffer is not None:
+            return self.buffer
+        nbytes = self.n_voxels * TRIALS_PER_SESSION * 2
+        if nbytes > CHUNKED_STREAM_MAX_BYTES or not _CHUNKED_STREAM.acquire(blocking=False):
+            return None
+        buf = self.scratch.get("voxel_stream")
+        if buf is None or buf.shape[0] != self.n_voxels:
+            buf = self.scratch["voxel_stream"] = scratch_array(
+                (self.n_voxels, TRIALS_PER_SESSION), np.int16
+            )
+        self.buffer = buf
+        return buf
+
+    def release(self) -> None:
+        if self.buffer is not None:
+            self.buffer = None
+            _CHUNKED_STREAM.release()
+
+
 def _stream_session(
     target: Future,
     opts: NsdOptions,
@@ -371,32 +412,54 @@ def _stream_session(
     out; the trials wait for it (and stop if laying it out failed). Into an int16
     store the gathered trials are appended straight to the session's chunk files (no
     session buffer, nothing left to write once the download ends); z-scored, they
-    are gathered into a session buffer, then written. Returns None when done, or the
-    downloaded file to ingest from (see
+    are gathered into a session buffer, then written. A session chunked one voxel per
+    chunk (as NSD publishes them) is gathered into a voxel-major session buffer as it
+    arrives, then written block by block (z-scored or int16). Returns None when done,
+    or the downloaded file to ingest from (see
     :func:`~brainpipe.datasets.nsd_stream.fetch_session_betas`).
     """
     from brainpipe.datasets.nsd_stream import fetch_session_betas, gather_into
 
-    if not opts.zscore:
-        with ChunkRowWriter(target, rows, flat, voxel_chunk) as writer:
-            return fetch_session_betas(opts, key, cache, shape, writer)
-    session = scratch.get("session")
-    if session is None:
-        session = scratch["session"] = scratch_array((TRIALS_PER_SESSION, len(flat)), np.int16)
-    gather = gather_into(session, flat)
+    voxels = _VoxelBuffer(len(flat), scratch)
+    try:
+        if not opts.zscore:
+            with ChunkRowWriter(target, rows, flat, voxel_chunk) as writer:
+                path = fetch_session_betas(
+                    opts, key, cache, shape, writer, flat=flat, voxel_buffer=voxels
+                )
+        else:
+            session = scratch.get("session")
+            if session is None:
+                session = scratch["session"] = scratch_array(
+                    (TRIALS_PER_SESSION, len(flat)), np.int16
+                )
+            gather = gather_into(session, flat)
 
-    def once_laid_out(t0: int, slab: np.ndarray) -> None:
-        target.result()  # no download goes on past a store that could not be laid out
-        gather(t0, slab)
+            def once_laid_out(t0: int, slab: np.ndarray) -> None:
+                target.result()  # no download goes on past a store that could not be laid out
+                gather(t0, slab)
 
-    path = fetch_session_betas(opts, key, cache, shape, once_laid_out)
-    if path is None:
+            path = fetch_session_betas(
+                opts, key, cache, shape, once_laid_out, flat=flat, voxel_buffer=voxels
+            )
+        if path is not None:
+            return path
         betas, train, valid = target.result()
-        write_session_blocks(
-            betas, session, rows, voxel_chunk, train[rows], cache / key,
-            invalid=~valid[rows.start // TRIALS_PER_SESSION],
-        )  # fmt: skip
-    return path
+        invalid = ~valid[rows.start // TRIALS_PER_SESSION]
+        if voxels.buffer is not None:  # gathered voxel-major: its blocks, transposed
+            with BlockWriter(
+                betas, rows, voxel_chunk, train[rows] if opts.zscore else None, cache / key,
+                invalid=invalid,
+            ) as writer:  # fmt: skip
+                for fut in writer.submit(voxels.buffer.T, 0):
+                    fut.result()
+        elif opts.zscore:
+            write_session_blocks(
+                betas, session, rows, voxel_chunk, train[rows], cache / key, invalid=invalid
+            )
+        return None
+    finally:
+        voxels.release()
 
 
 def ingest_session(

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -53,6 +54,11 @@ def gather_into(out: np.ndarray, flat: np.ndarray) -> RowsSink:
     return take
 
 
+#: Provides the voxel-major buffer ``(n_voxels, 750)`` int16 a per-voxel chunked session is
+#: gathered into, or None (then the session is read from its file after the download).
+VoxelBuffer = Callable[[], "np.ndarray | None"]
+
+
 def fetch_session_betas(
     opts,
     key: str,
@@ -60,6 +66,8 @@ def fetch_session_betas(
     shape: tuple[int, int, int],
     rows: RowsSink,
     trial_batch: int = 16,
+    flat: np.ndarray | None = None,
+    voxel_buffer: VoxelBuffer | None = None,
 ) -> Path | None:
     """Fetch one session's betas into ``cache``, handing its trials to ``rows`` on the way.
 
@@ -76,6 +84,10 @@ def fetch_session_betas(
     rows : RowsSink
         Called with every batch of trials, in order, from a background thread (e.g.
         :func:`gather_into`); called again from trial 0 if the transfer starts over.
+    flat, voxel_buffer : optional
+        The kept voxels (:func:`~brainpipe.datasets.nsd_hdf5.hdf5_voxel_index`) and a
+        :data:`VoxelBuffer`: with both, ``/betas`` chunked one voxel per chunk is gathered
+        into the buffer's rows (row ``v``: voxel ``flat[v]``) instead of going to ``rows``.
 
     Returns
     -------
@@ -86,7 +98,9 @@ def fetch_session_betas(
     dest = _safe_local_path(cache, key)
     trusted = read_manifest(cache).get(key)
     info = source.head(key)
-    gather = None if dest.exists() else SessionGather(info, shape, rows, trial_batch)
+    gather = None
+    if not dest.exists():
+        gather = SessionGather(info, shape, rows, trial_batch, flat, voxel_buffer)
     bar = tqdm(
         total=info.size, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
         desc=f"fetch {Path(key).name}", mininterval=1.0,
@@ -102,7 +116,7 @@ def fetch_session_betas(
         if gather is not None and gather.reason:
             log.info("%s: ingesting after download (%s)", source.url(key), gather.reason)
         return dest
-    gather.check_complete(source.url(key))
+    gather.check_complete(source.url(key), dest)
     return None
 
 
@@ -123,10 +137,15 @@ class SessionGather:
         shape: tuple[int, int, int],
         rows: RowsSink,
         trial_batch: int = 16,
+        flat: np.ndarray | None = None,
+        voxel_buffer: VoxelBuffer | None = None,
     ) -> None:
         from brainpipe.datasets.nsd_hdf5 import TRIALS_PER_SESSION, scratch_array
 
         self.info, self.shape, self.rows = info, shape, rows
+        self.flat, self.voxel_buffer = flat, voxel_buffer
+        self.chunks: Any = None  # StreamedChunks, for /betas chunked one voxel per chunk
+        self._fed: list[Future] = []  # pieces queued for the chunk walk
         self.volume = int(np.prod(shape))
         self.trials = TRIALS_PER_SESSION
         self.batch = max(1, min(trial_batch, self.trials))
@@ -140,6 +159,8 @@ class SessionGather:
     def reset(self) -> None:
         """Start over from byte 0."""
         self._wait_all()
+        self._drain(check=False)
+        self.chunks = None
         self.pos = 0  # bytes of the object seen
         self.header = bytearray()
         self.start: int | None = None  # file offset of /betas once known
@@ -150,12 +171,16 @@ class SessionGather:
     @property
     def streamed(self) -> bool:
         """Whether the sink gathered (or is gathering) the session."""
-        return self.start is not None and not self.reason
+        return (self.start is not None or self.chunks is not None) and not self.reason
 
     def write(self, chunk: memoryview) -> None:
         """Take the next bytes of the file."""
         view = chunk.cast("B")
         if self.reason:
+            self.pos += len(view)
+            return
+        if self.chunks is not None:
+            self._feed_chunks(view)
             self.pos += len(view)
             return
         if self.start is None:
@@ -168,6 +193,12 @@ class SessionGather:
             if self.reason:
                 self.pos += len(view)
                 return
+            if self.chunks is not None:  # the chunk walk starts from byte 0
+                self._feed_chunks(memoryview(bytes(self.header)))
+                self.header = bytearray()
+                self._feed_chunks(view[need:])
+                self.pos += len(view)
+                return
             # the buffered header bytes may already hold the first trials
             self._take(memoryview(bytes(self.header)), 0)
             self.header = bytearray()
@@ -178,21 +209,76 @@ class SessionGather:
         self.pos += len(view)
 
     def _parse_header(self) -> None:
+        from brainpipe.datasets.nsd_chunks import streamable_index
         from brainpipe.datasets.nsd_hdf5 import check_betas, contiguous_offset
 
+        prefix = bytes(self.header)
+
+        def read(at: int, n: int) -> bytes:
+            if at + n > len(prefix):
+                raise OSError(f"bytes {at}-{at + n} are past the buffered header")
+            return prefix[at : at + n]
+
         try:
-            with h5py.File(_PrefixFile(bytes(self.header), self.info.size), "r") as h5:
+            with h5py.File(_PrefixFile(prefix, self.info.size), "r") as h5:
                 dset = check_betas(h5, self.info.key, self.shape)
                 offset = contiguous_offset(dset)
+                index = None if offset is not None else streamable_index(dset, read)
+                fill = int(dset.fillvalue)
         except BrainpipeInputError:
             raise
         except Exception as err:  # noqa: BLE001 - any parse failure: ingest from the file
             self.reason = f"HDF5 header not within the first {HEADER_BYTES} bytes ({err})"
             return
-        if offset is None:
-            self.reason = "/betas is chunked or compressed"
+        if offset is not None:
+            self.start = offset
             return
-        self.start = offset
+        if index is None:
+            self.reason = "/betas is chunked other than one voxel per chunk, or compressed"
+            return
+        out = None
+        if self.flat is not None and self.voxel_buffer is not None:
+            out = self.voxel_buffer()
+        if out is None:
+            self.reason = "/betas is chunked one voxel per chunk and no session buffer is free"
+            return
+        from brainpipe.datasets.nsd_chunks import StreamedChunks
+
+        kept = np.full(self.volume, -1, np.int64)
+        kept[self.flat] = np.arange(len(self.flat))
+        volume = self.shape[::-1]
+        self.chunks = StreamedChunks(*index, volume, kept, out)
+        self.fill = fill
+
+    def _feed_chunks(self, view: memoryview) -> None:
+        """Queue bytes for the chunk walk (on the background thread; the read loop goes on).
+
+        The views are held until walked (the fetch passes views of immutable bytes).
+        """
+        if not len(view):
+            return
+        if len(self._fed) >= 32:  # bounded: the oldest pieces are walked first
+            self._fed.pop(0).result()
+        self._fed.append(self._pool.submit(self._walk_piece, view))
+
+    def _walk_piece(self, view: memoryview) -> None:
+        from brainpipe.datasets.nsd_chunks import ChunkLayoutError
+
+        if self.reason or self.chunks is None:
+            return
+        try:
+            self.chunks.feed(view)
+        except ChunkLayoutError as err:  # read from the file after the download instead
+            self.reason = f"/betas chunk index not walkable while streaming ({err})"
+
+    def _drain(self, check: bool = True) -> None:
+        """Wait for the queued chunk walk (raising its errors when ``check``)."""
+        fed, self._fed = self._fed, []
+        for future in fed:
+            if check:
+                future.result()
+            else:
+                future.exception()
 
     def _take(self, view: memoryview, at: int) -> None:
         """Copy the part of ``view`` (file bytes from ``at``) inside ``/betas`` into batches."""
@@ -231,12 +317,32 @@ class SessionGather:
         """Wait for the gathers under way and stop the gathering thread."""
         try:
             self._wait_all()
+            self._drain(check=False)
         finally:
             self._pool.shutdown(wait=True)
 
-    def check_complete(self, where: str) -> None:
-        """Raise unless every trial was gathered (waits for the gathers under way)."""
+    def check_complete(self, where: str, path: Path | None = None) -> None:
+        """Raise unless every trial was gathered (waits for the gathers under way).
+
+        For a per-voxel chunked session, completes the gather from the verified file
+        ``path`` (the chunks the stream had passed before the index reached them).
+        """
         self._wait_all()
+        if self.chunks is not None:
+            from brainpipe.datasets.nsd_chunks import ChunkLayoutError
+
+            self._drain()
+            if path is None:
+                raise ValueError("a chunked session completes from its file: pass its path")
+            try:
+                self.chunks.finish(path, self.fill)
+            except ChunkLayoutError as err:
+                raise BrainpipeInputError(where, "betas", str(err)) from err
+            log.info(
+                "%s: %d voxels' chunks gathered as they arrived, %d read from the file",
+                where, self.chunks.placed - self.chunks.from_file, self.chunks.from_file,
+            )  # fmt: skip
+            return
         if self.t0 != self.trials:
             raise BrainpipeInputError(
                 where, "betas", f"stream ended after {self.t0} of {self.trials} trials"
