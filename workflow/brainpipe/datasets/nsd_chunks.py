@@ -353,8 +353,10 @@ class StreamedChunks:
         self.row_bytes = out.shape[1] * out.dtype.itemsize
         self.rows = out.view(np.uint8).reshape(len(out), self.row_bytes)
         self.window = max(int(STREAM_WINDOW if window is None else window), 1 << 12)
+        # a ring: file byte p at p % len(buf), the last 2 × window bytes
         self.buf = np.frombuffer(mmap.mmap(-1, 2 * self.window), np.uint8)
-        self.wbase = self.wlen = self.pos = 0
+        self.ring = memoryview(self.buf)
+        self.pos = 0
         self.nodes: list[tuple[int, int, int]] = [(root + 8, root, 0)]  # (need, address, stage)
         self.pending = (np.empty(0, np.int64), np.empty(0, np.int64))  # chunks ahead
         self.missed_nodes: list[int] = []
@@ -366,21 +368,30 @@ class StreamedChunks:
     def feed(self, data: memoryview) -> None:
         """The next bytes of the file (from offset 0 on, in order)."""
         view = memoryview(data).cast("B")
+        ring = len(self.buf)
         for at in range(0, len(view), self.window):
             piece = view[at : at + self.window]
-            if self.wlen + len(piece) > len(self.buf):  # keep the last `window` bytes
-                shift = self.wlen - self.window
-                self.buf[: self.window] = self.buf[shift : self.wlen]
-                self.wbase += shift
-                self.wlen = self.window
-            self.buf[self.wlen : self.wlen + len(piece)] = piece
-            self.wlen += len(piece)
-            self.pos += len(piece)
+            o, n = self.pos % ring, len(piece)
+            first = min(n, ring - o)
+            self.ring[o : o + first] = piece[:first]
+            if first < n:  # wraps around
+                self.ring[: n - first] = piece[first:]
+            self.pos += n
             self._walk()
             self._take_pending()
 
+    @property
+    def wbase(self) -> int:
+        """File offset of the oldest byte the ring still holds."""
+        return max(0, self.pos - len(self.buf))
+
     def _bytes(self, at: int, n: int) -> np.ndarray:
-        return self.buf[at - self.wbase : at - self.wbase + n]
+        """File bytes ``[at, at + n)`` from the ring (a copy where they wrap around)."""
+        ring = len(self.buf)
+        o = at % ring
+        if o + n <= ring:
+            return self.buf[o : o + n]
+        return np.concatenate([self.buf[o:], self.buf[: o + n - ring]])
 
     def _want_node(self, address: int) -> None:
         if address + 8 > self.pos or address >= self.wbase:
@@ -404,14 +415,15 @@ class StreamedChunks:
             if stage == 0:
                 heapq.heappush(self.nodes, (end, at, 1))  # the whole node next
                 continue
-            entries = np.frombuffer(self.buf, self.key, count=used, offset=at + 24 - self.wbase)
+            entries = self._bytes(at + 24, used * self.key.itemsize)
             if head[5] == 0:
-                leaves.append(entries.copy())
+                leaves.append(entries.copy())  # bytes: viewed as entries all at once below
             else:
-                for child in (entries["child"].astype(np.int64) + self.base).tolist():
+                children = entries.copy().view(self.key)["child"].astype(np.int64) + self.base
+                for child in children.tolist():
                     self._want_node(child)
         if leaves:
-            self._leaf_entries(np.concatenate(leaves), from_window=True)
+            self._leaf_entries(np.concatenate(leaves).view(self.key), from_window=True)
 
     def _leaf_entries(self, entries: np.ndarray, from_window: bool) -> None:
         """Place the kept voxels' chunks listed in leaf ``entries``."""
@@ -460,10 +472,13 @@ class StreamedChunks:
             return
         from numpy.lib.stride_tricks import as_strided
 
-        window = as_strided(
-            self.buf, shape=(self.wlen - self.row_bytes + 1, self.row_bytes), strides=(1, 1)
-        )
-        self.rows[rows] = window[address - self.wbase]
+        ring, rb = len(self.buf), self.row_bytes
+        o = address % ring
+        whole = o + rb <= ring
+        chunks = as_strided(self.buf, shape=(ring - rb + 1, rb), strides=(1, 1))
+        self.rows[rows[whole]] = chunks[o[whole]]
+        for at, row in zip(address[~whole].tolist(), rows[~whole].tolist(), strict=True):
+            self.rows[row] = self._bytes(at, rb)  # one that wraps around the ring
 
     def finish(self, path: str | Path, fill: int = 0) -> np.ndarray:
         """Complete ``out`` from the verified file ``path``: what the window had passed.
