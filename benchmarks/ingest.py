@@ -24,9 +24,9 @@ with other work (the load average is recorded): rerun before trusting a small di
     .venv/bin/python benchmarks/ingest.py --quick   # 750 × 40×48×40 (~110 MB)
 
 ``--layout published`` (default) writes ``/betas`` as NSD's export does: one chunk per
-voxel (h5py chunks (750, 1, 1, 1)), unfiltered; streaming cannot gather that as it
-arrives (the chunk index lies between the chunks), so the session is fetched, then its
-chunks are read in file order (:mod:`brainpipe.datasets.nsd_chunks`).
+voxel (h5py chunks (750, 1, 1, 1)), unfiltered; the stream gathers it as it arrives,
+walking the chunk index as the bytes reach it
+(:class:`brainpipe.datasets.nsd_chunks.StreamedChunks`).
 """
 
 from __future__ import annotations
