@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from zarr.codecs import BloscCodec
 
-from brainpipe.datasets.nsd_hdf5 import KeptVoxels
+from brainpipe.datasets.nsd_hdf5 import KeptVoxels, scratch_array
 from brainpipe.datasets.nsd_layout import BETA_SCALE, TRIALS_PER_SESSION
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.storage import (
@@ -182,7 +182,10 @@ class BlockWriter:
     with no float conversion. Otherwise the block is divided by 300 into a per-thread
     float32 buffer, z-scored with ``train``'s statistics if given (each voxel's
     statistics are its own, so block by block equals the whole session) and written
-    through zarr. The division and file writes release the GIL.
+    as its chunk file directly too where the store's chunks are plain little-endian
+    float32 (:func:`raw_float32_root`: the bytes zarr would write, without zarr's encoding
+    and its fresh buffers per chunk), else through zarr. The division and file writes
+    release the GIL.
     """
 
     def __init__(
@@ -199,8 +202,12 @@ class BlockWriter:
         self.invalid = invalid if invalid is not None and invalid.any() else None
         self.train, self.source = train, source
         self.raw_root = raw_int16_root(betas) if train is None else None
+        self.float_root = raw_float32_root(betas) if self.raw_root is None else None
         self.local = threading.local()
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers or min(2, os.cpu_count() or 1)))
+        if workers is None:  # threads writing chunk files themselves wait for the disk: more
+            workers = min(2, os.cpu_count() or 1)
+            workers *= 2 if self.raw_root is not None or self.float_root is not None else 1
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
 
     def __enter__(self) -> BlockWriter:
         return self
@@ -214,16 +221,35 @@ class BlockWriter:
             self._one_raw(src, c0, first_voxel, w)
             return
         buf = getattr(self.local, "buf", None)
-        if buf is None:
-            buf = self.local.buf = np.empty((src.shape[0], self.voxel_chunk), np.float32)
-        block = buf if w == self.voxel_chunk else np.empty((src.shape[0], w), np.float32)
+        if buf is None:  # page-aligned, reused: no fresh memory per block
+            buf = self.local.buf = scratch_array((src.shape[0], self.voxel_chunk), np.float32)
+        if self.float_root is not None:
+            block = buf[:, :w]  # the chunk's valid columns; the edge chunk's rest: fill
+            buf[:, w:] = np.nan
+        else:
+            block = buf if w == self.voxel_chunk else np.empty((src.shape[0], w), np.float32)
         np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
         if self.train is not None:
             zscore_with_train_stats(block, self.train, self.source)
             if self.invalid is not None:  # NSD's calczscore: invalid voxels become NaN
                 v0 = first_voxel + c0
                 block[:, self.invalid[v0 : v0 + w]] = np.nan
+        if self.float_root is not None:
+            self._write_chunk(self.float_root, buf, first_voxel + c0)
+            return
         self.betas[self.rows, first_voxel + c0 : first_voxel + c0 + w] = block
+
+    def _write_chunk(self, root: Path, buf: np.ndarray, first: int) -> None:
+        """Write ``buf`` (a whole chunk, little-endian) as the chunk file of voxels ``first`` on."""
+        from brainpipe.directio import write_file_direct
+
+        n_rows = buf.shape[0]
+        if self.rows.start % n_rows or first % self.voxel_chunk:
+            raise ValueError("raw chunk writes need session- and chunk-aligned blocks")
+        coords = (self.rows.start // n_rows, first // self.voxel_chunk)
+        path = root / self.betas.metadata.encode_chunk_key(coords)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_direct(path, buf)
 
     def _one_raw(self, src: np.ndarray, c0: int, first_voxel: int, w: int) -> None:
         """Write the int16 block as its chunk file (the edge chunk padded, as zarr does)."""
@@ -270,6 +296,31 @@ def raw_int16_root(betas: Any) -> Path | None:
         or codecs[0].codec_config != betas_int16_filter().codec_config
         or not isinstance(codecs[1], BytesCodec)
         or str(getattr(codecs[1].endian, "value", codecs[1].endian)) != "little"
+    ):
+        return None
+    return Path(store.root) / betas.store_path.path
+
+
+def raw_float32_root(betas: Any) -> Path | None:
+    """Folder of ``betas``' chunk files if a chunk's bytes are its float32 values as they
+    are (a local store, chunks of whole sessions, codecs exactly ``[bytes little-endian]``,
+    fill NaN, every chunk written), else None: then the chunk files are written directly,
+    as zarr would write them (the same bytes), without its encoding and fresh buffers."""
+    from zarr.codecs import BytesCodec
+    from zarr.storage import LocalStore
+
+    codecs = betas.metadata.codecs
+    store = betas.store_path.store
+    fill = betas.metadata.fill_value
+    if (
+        not isinstance(store, LocalStore)
+        or betas.dtype != np.float32
+        or betas.chunks[0] != TRIALS_PER_SESSION
+        or len(codecs) != 1
+        or not isinstance(codecs[0], BytesCodec)
+        or str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little"
+        or not np.isnan(fill)
+        or not betas._async_array.config.write_empty_chunks
     ):
         return None
     return Path(store.root) / betas.store_path.path
