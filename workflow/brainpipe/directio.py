@@ -18,10 +18,9 @@ import os
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
-
-from zarr.core.buffer import Buffer
-from zarr.storage import LocalStore
+from typing import Any
 
 #: Offset, length and buffer alignment O_DIRECT needs (the largest common block size).
 ALIGN = 4096
@@ -187,21 +186,36 @@ def write_file_direct(path: Path, data: bytes | memoryview) -> None:
         raise
 
 
-class DirectWriteStore(LocalStore):
-    """A Zarr :class:`~zarr.storage.LocalStore` that writes big values around the page cache.
+def __getattr__(name: str) -> Any:
+    # DirectWriteStore is made on first use: importing zarr (~0.2 s) is no cost of the
+    # downloads (Appender), which import this module without writing any store
+    if name == "DirectWriteStore":
+        return _direct_write_store()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Values of at least :data:`DIRECT_STORE_MIN` bytes (uncompressed chunks of a large
-    array) go through :func:`write_file_direct`; metadata and small values are written
-    as LocalStore writes them. Reading is LocalStore's. Use it for stores written once
-    and read by later jobs, e.g. ``zarr.open_group(DirectWriteStore(path), mode="w")``.
-    """
 
-    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
-        if exclusive or len(value) < DIRECT_STORE_MIN:
-            return await super()._set(key, value, exclusive=exclusive)
-        if not self._is_open:
-            await self._open()
-        self._check_writable()
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(write_file_direct, path, value.as_buffer_like())
+@cache
+def _direct_write_store() -> type:
+    from zarr.core.buffer import Buffer
+    from zarr.storage import LocalStore
+
+    class DirectWriteStore(LocalStore):
+        """A Zarr :class:`~zarr.storage.LocalStore` that writes big values around the page cache.
+
+        Values of at least :data:`DIRECT_STORE_MIN` bytes (uncompressed chunks of a large
+        array) go through :func:`write_file_direct`; metadata and small values are written
+        as LocalStore writes them. Reading is LocalStore's. Use it for stores written once
+        and read by later jobs, e.g. ``zarr.open_group(DirectWriteStore(path), mode="w")``.
+        """
+
+        async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+            if exclusive or len(value) < DIRECT_STORE_MIN:
+                return await super()._set(key, value, exclusive=exclusive)
+            if not self._is_open:
+                await self._open()
+            self._check_writable()
+            path = self.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(write_file_direct, path, value.as_buffer_like())
+
+    return DirectWriteStore

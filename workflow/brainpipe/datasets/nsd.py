@@ -102,7 +102,6 @@ from brainpipe.datasets.nsd_layout import (  # noqa: F401
     valid_key,
 )
 from brainpipe.datasets.nsd_store import (  # noqa: F401
-    BETAS_CODEC,
     BETAS_COMPRESSORS,
     BlockWriter,
     ChunkRowWriter,

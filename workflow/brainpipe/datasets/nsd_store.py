@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zarr.codecs import BloscCodec
 
 from brainpipe.datasets.nsd_hdf5 import KeptVoxels, scratch_array
 from brainpipe.datasets.nsd_layout import BETA_SCALE, TRIALS_PER_SESSION
@@ -30,9 +29,23 @@ from brainpipe.storage import (
 log = logging.getLogger(__name__)
 
 
-#: A fast compressor for betas arrays: Blosc-LZ4 with bit shuffle compresses float32 betas
-#: as well as byte shuffle at ~2x its speed, ~5x zstd's; any reader decodes it.
-BETAS_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+def __getattr__(name: str) -> Any:
+    # made on first use: zarr is imported where a store is written (in an ingest, while
+    # the sessions already stream), not by importing the NSD modules
+    if name == "BETAS_CODEC":
+        return betas_codec()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def betas_codec() -> Any:
+    """A fast compressor for betas arrays (``BETAS_CODEC``): Blosc-LZ4 with bit shuffle
+    compresses float32 betas as well as byte shuffle at ~2x its speed, ~5x zstd's; any
+    reader decodes it."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
 #: Compressors of the volume betas in betas.zarr: none. NSD's betas (int16 / 300 as
 #: float32) are high-entropy; Blosc saved 8 % of the bytes (0.92 ratio on a session) but
 #: cost ~40 % of the ingest's write time (and every later read's decode).

@@ -71,7 +71,7 @@ from brainpipe.datasets.nsd_layout import (
     stimulus_name,
     subject_label,
 )
-from brainpipe.datasets.nsd_store import BETAS_CODEC, zscore_with_train_stats
+from brainpipe.datasets.nsd_store import betas_codec, zscore_with_train_stats
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import RemoteAccessError, fetch_objects, safe_local_path
 from brainpipe.splits import read_splits
@@ -396,7 +396,7 @@ def ingest_nsd_surface_subject(
     n_trials = TRIALS_PER_SESSION * len(sessions)
     chunks = (TRIALS_PER_SESSION, min(voxel_chunk, max(n_vox, 1)))
     store = BetasLayout(
-        compressors=(BETAS_CODEC,),
+        compressors=(betas_codec(),),
         data_vars={
             "r2": ("voxel", np.full(n_vox, np.nan, np.float32)),
             "hrf_index": ("voxel", np.full(n_vox, -1, np.int16)),
