@@ -332,3 +332,85 @@ def test_betas_stored_as_the_int16_nsd_ships_and_read_as_float32(fetched, nsd_se
                 want = np.divide(ints, 300, dtype=np.float32)
                 np.testing.assert_array_equal(values[n * 750 : (n + 1) * 750], want)
             assert values.shape == (1500, n_vox)
+
+
+def _zscore_as_numpy_nanfunctions(block, train):
+    """The z-scoring the ingest did before its fast path: np.nanmean / np.nanstd."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(block[train], axis=0, dtype=np.float64).astype(np.float32)
+        sd = np.nanstd(block[train], axis=0, dtype=np.float64).astype(np.float32)
+    sd[(sd == 0) | ~np.isfinite(sd)] = 1.0
+    return (block - mean) / sd
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_zscore_is_bit_identical_to_nanmean_and_nanstd(seed):
+    """The fast z-score (no NaN masks) gives the same bits as np.nanmean/np.nanstd did,
+    on NSD-like int16 / 300 betas, with constant voxels, and with NaN vertices (fsaverage)."""
+    rng = np.random.default_rng(seed)
+    n_trials, n_vox = int(rng.integers(3, 800)), int(rng.integers(1, 300))
+    block = np.divide(rng.integers(-32768, 32767, (n_trials, n_vox), dtype=np.int16), 300,
+                      dtype=np.float32)  # fmt: skip
+    block[:, 0] = 1.5  # a constant voxel: SD 0 -> 1
+    train = rng.random(n_trials) < 0.8
+    train[:2] = True
+    if seed % 2:
+        block[rng.random(block.shape) < 0.01] = np.nan
+    want = _zscore_as_numpy_nanfunctions(block.copy(), train)
+    got = nsd.zscore_with_train_stats(block.copy(), train, Path("x"))
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("zscore", [False, True])
+def test_block_writer_chunk_files_equal_zarr_writes(tmp_path, monkeypatch, zscore):
+    """Chunk files the writer makes itself (int16, or plain float32 z-scored) hold the
+    bytes zarr writes for the same blocks, edge chunk included."""
+    from brainpipe.betas.store import BetasLayout, noise_ceiling_vars
+    from brainpipe.datasets import nsd_store
+
+    rng = np.random.default_rng(3)
+    n_vox = 1000
+    session = rng.integers(-3000, 3000, (750, n_vox), dtype=np.int16)
+    train = rng.random(750) < 0.85
+    invalid = rng.random(n_vox) < 0.05
+    stores = []
+    for raw in (True, False):
+        if not raw:
+            monkeypatch.setattr(nsd_store, "raw_int16_root", lambda betas: None)
+            monkeypatch.setattr(nsd_store, "raw_float32_root", lambda betas: None)
+        layout = BetasLayout(
+            filters=None if zscore else [nsd.betas_int16_filter()],
+            compressors=nsd.BETAS_COMPRESSORS,
+            data_vars={
+                "r2": ("voxel", np.zeros(n_vox, np.float32)),
+                "hrf_index": ("voxel", np.zeros(n_vox, np.int16)),
+                **noise_ceiling_vars(np.ones(n_vox, np.float32)),
+            },
+            coords={
+                "stimulus": ("trial", np.array([f"s{t}" for t in range(1500)])),
+                "session": ("trial", np.repeat(["01", "02"], 750)),
+                "run": ("trial", np.full(1500, "01")),
+                "onset": ("trial", np.zeros(1500)),
+            },
+            attrs={a: "x" for a in ("subject", "space", "units", "method", "stage")} | {"tr": 1.0},
+        )
+        path = tmp_path / f"{raw}.zarr"
+        with quiet_consolidated():
+            betas = layout.write(path, (1500, n_vox), (750, 256), direct=True)
+            root = (nsd_store.raw_float32_root if zscore else nsd_store.raw_int16_root)(betas)
+            assert (root is not None) == raw  # the writer's own chunk files, or zarr's
+            for n in range(2):
+                nsd.write_session_blocks(
+                    betas, session, slice(750 * n, 750 * (n + 1)), 256,
+                    train if zscore else None, Path("x"), invalid=invalid,
+                )  # fmt: skip
+            layout.finish()
+        files = sorted(
+            p.relative_to(path / "betas") for p in (path / "betas").rglob("*") if p.is_file()
+        )
+        stores.append({f: (path / "betas" / f).read_bytes() for f in files})
+    assert len(stores[0]) == 2 * 4 + 1  # 2 sessions x 4 chunks (one an edge) + zarr.json
+    assert stores[0] == stores[1]
