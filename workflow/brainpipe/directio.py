@@ -153,6 +153,13 @@ class Appender:
             self.fh = None
 
 
+def _address(view: memoryview) -> int:
+    """Memory address of a buffer's first byte."""
+    import numpy as np
+
+    return int(np.frombuffer(view, np.uint8).ctypes.data) if len(view) else 0
+
+
 def write_file_direct(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` as the whole of ``path`` (atomically: temporary name, then rename).
 
@@ -166,11 +173,14 @@ def write_file_direct(path: Path, data: bytes | memoryview) -> None:
         fd = _open_direct(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         if fd is not None:
             try:
-                buf = getattr(_local, "buf", None)
-                if buf is None or len(buf) < _aligned(len(view)):
-                    buf = _local.buf = mmap.mmap(-1, max(_aligned(len(view)), ALIGN))
-                buf[: len(view)] = view
-                os.pwrite(fd, memoryview(buf)[: _aligned(len(view))], 0)
+                if len(view) % ALIGN == 0 and _address(view) % ALIGN == 0:
+                    os.pwrite(fd, view, 0)  # aligned already (e.g. a mapped buffer): no copy
+                else:
+                    buf = getattr(_local, "buf", None)
+                    if buf is None or len(buf) < _aligned(len(view)):
+                        buf = _local.buf = mmap.mmap(-1, max(_aligned(len(view)), ALIGN))
+                    buf[: len(view)] = view
+                    os.pwrite(fd, memoryview(buf)[: _aligned(len(view))], 0)
                 os.ftruncate(fd, len(view))
                 wrote = True
             except OSError:

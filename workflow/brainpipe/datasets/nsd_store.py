@@ -272,8 +272,8 @@ class BlockWriter:
         if self.rows.start % n_rows or (first_voxel + c0) % self.voxel_chunk:
             raise ValueError("int16 chunk writes need session- and chunk-aligned blocks")
         buf = getattr(self.local, "buf16", None)
-        if buf is None:
-            buf = self.local.buf16 = np.zeros((n_rows, self.voxel_chunk), "<i2")
+        if buf is None:  # page-aligned: written as it is (O_DIRECT)
+            buf = self.local.buf16 = scratch_array((n_rows, self.voxel_chunk), "<i2")
         buf[:, :w] = src[:, c0 : c0 + w]
         buf[:, w:] = 0
         coords = (self.rows.start // n_rows, (first_voxel + c0) // self.voxel_chunk)
