@@ -128,6 +128,10 @@ class SessionGather:
     (``(750, K, J, I)`` int16, trial-major) fill a batch of ``trial_batch`` trials,
     and each full batch goes to ``rows`` on a background thread while the next batch
     fills (the network read loop never waits for it). Memory: two batches of volumes.
+    ``/betas`` chunked one voxel per chunk (NSD's layout) goes, with ``flat`` and a
+    ``voxel_buffer``, to a :class:`~brainpipe.datasets.nsd_chunks.StreamedChunks` on
+    that thread instead (the pieces queued by reference, at most 32 at once), which
+    fills the buffer's rows; :meth:`check_complete` finishes it from the verified file.
     Call :meth:`close` when done.
     """
 
