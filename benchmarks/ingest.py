@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -247,6 +248,13 @@ def main() -> None:
                     f"brainpipe {ours_runs[-1].returncode}"
                 )
             phase_runs.append(json.loads((runs / "phases.json").read_text()))
+            # how the session went in: gathered as it arrived, or read from the file after
+            found = re.search(
+                r"(\d+) voxels' chunks gathered as they arrived, (\d+) read from the file",
+                (runs / "ingest.log").read_text(errors="replace"),
+            )
+            phase_runs[-1]["voxels_gathered_streaming"] = int(found[1]) if found else 0
+            phase_runs[-1]["voxels_read_from_file_after"] = int(found[2]) if found else None
             import xarray as xr
 
             store = xr.open_zarr(runs / "betas.zarr", consolidated=True)
@@ -273,7 +281,10 @@ def main() -> None:
     print(f"{'median run':48s} {'wall s':>8s} {'peak tree RSS MB':>17s}")
     for name, m in rows:
         print(f"{name:48s} {m.wall_s:8.2f} {m.peak_tree_rss_mb:17.0f}")
-    print("brainpipe phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    print("brainpipe phases (s): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in phases.items() if k.endswith("_s")))  # fmt: skip
+    print(f"voxels gathered while streaming: {phases['voxels_gathered_streaming']}, "
+          f"read from the file after: {phases['voxels_read_from_file_after']}")  # fmt: skip
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (2 cores)")
     print(f"ratio brainpipe / reference: {ratio:.2f}x (target <= 3x); "
           f"peak RSS {ours.peak_tree_rss_mb:.0f} MB (target <= 2048 MB)")  # fmt: skip
