@@ -108,7 +108,9 @@ def _render(fig: plt.Figure) -> bytes:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
+    # wide tables (the per-subject ones) scroll inside the page instead of running past it
+    html = frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
+    return f'<div style="overflow-x:auto">\n{html}\n</div>'
 
 
 def _score_stores(paths: list[str | Path]) -> pd.DataFrame:
