@@ -48,8 +48,9 @@ PARTITION = "brainpipe_test"
 ACCOUNT = "brainpipe_test"
 #: Bound on one snakemake run on the test cluster (the whole default DAG on 2 loaded cores).
 RUN_TIMEOUT = 1800
-#: Bound on the fault run (one model chain and one pretraining, their faults and retries).
-FAULT_TIMEOUT = 900
+#: Bound on the fault run (one model chain and one pretraining, their faults and retries;
+#: then two more chains, one of them failing).
+FAULT_TIMEOUT = 1200
 
 # Distinctive per-model resources: the sbatch requests must show exactly these.
 RIDGE = {"mem_mb": 2100, "runtime": 17, "threads": 2}
@@ -63,6 +64,11 @@ PRETRAIN = "models/shared/all/sharedbackbone-caption"
 PRETRAIN_MEM_MB = 350
 #: Seconds snakemake may take to exit after one Ctrl-C (its next status check is 300 s away).
 CTRL_C_BOUND = 120
+#: The fault run's last phase reruns two chains of other subjects and models, one group job at a
+#: time: the first to run fails (its script killed, no retries); the other must still complete.
+OTHER_CHAINS = ("models/sub-02/V1/ridge-gabor", "models/sub-01/all/ridgedecoder-caption")
+#: Appended to those chains' logs from the local run: no failed-job report may print it.
+STALE = "STALE LOG: written by an earlier run, not by this one"
 
 
 def tiny_config() -> dict:
@@ -357,7 +363,11 @@ class FaultRun:
     node_state_while_down: str = ""
     #: last job id before phase 2 (the Ctrl-C phase's jobs are older)
     before_phase2: int = 0
+    #: last job id before phase 3 (one of two chains fails): phase 2's jobs are older
+    before_phase3: int = 0
     left: list[str] = field(default_factory=list)
+    #: phase 3: returncode, output, seconds, the chain that failed and its job, the other chain
+    keep_going: dict = field(default_factory=dict)
 
 
 def _start(workdir: Path, env: dict, targets: list[str], log: Path, *args: str):
@@ -511,6 +521,8 @@ def fault_run(gpu_cluster, local_run, tmp_path_factory) -> FaultRun:
     run.returncode = proc.returncode
     run.output = log.read_text()
     run.seconds = time.monotonic() - started
+    run.before_phase3 = last_job_id(env)
+    run.keep_going = _one_model_fails(workdir, env, deadline)
     run.jobs = sacct(env, after=first)
     run.left = _leftovers(env, workdir)
     elapsed = dict(
@@ -525,13 +537,59 @@ def fault_run(gpu_cluster, local_run, tmp_path_factory) -> FaultRun:
         f"{r.job} {r.comment.split('_wildcards')[0]} {r.state} {elapsed.get(str(r.job))}"
         for r in run.jobs.itertuples()
     )
-    print(f"fault run: {run.seconds:.0f} s (Ctrl-C phase included); hit {run.hit}; {states}")
+    print(
+        f"fault run: {run.seconds:.0f} s (Ctrl-C phase included), then "
+        f"{run.keep_going['seconds']:.0f} s for one failing chain of two; hit {run.hit}; {states}"
+    )
     return run
 
 
+def _chain_logs(chain: str) -> list[Path]:
+    """The train and evaluate logs of a chain ``models/sub-S/ROI/MODEL-FEATURES``."""
+    _, subject, roi, name = chain.split("/")
+    return [Path("logs", "synthetic", stage, f"{subject}_{roi}_{name}.log")
+            for stage in ("train", "evaluate")]  # fmt: skip
+
+
+def _one_model_fails(workdir: Path, env: dict, deadline: float) -> dict:
+    """Phase 3: rerun OTHER_CHAINS, one group job at a time (``--jobs 1``), without retries and
+    with ``--show-failed-logs``; SIGKILL the script of the first to run. The other chain is
+    submitted only after that failure, so it completes only because the profile keeps going.
+    Their logs from the local run are marked STALE first: the report of the failed chain must
+    show this run's logs (or say there are none), never those."""
+    results = workdir / "results" / "synthetic"
+    for chain in OTHER_CHAINS:
+        shutil.rmtree(results / chain)
+        for path in _chain_logs(chain):
+            assert (workdir / path).exists(), path  # written by the local run
+            with (workdir / path).open("a") as f:
+                f.write(f"{STALE}\n")
+    log = workdir / "one-model-fails.out"
+    targets = [f"results/synthetic/{chain}/metrics.json" for chain in OTHER_CHAINS]
+    started = time.monotonic()
+    proc = _start(workdir, env, targets, log, "--jobs", "1", "--retries", "0",
+                  "--show-failed-logs")  # fmt: skip
+    try:
+        job = _wait_running(env, proc, "rule_models", set(), deadline)
+        _kill_script_of(job, workdir, deadline)
+        proc.wait(timeout=max(1, deadline - time.monotonic()))
+    except BaseException:
+        _stop(proc, env)
+        raise
+    done = [c for c in OTHER_CHAINS if (results / c / "metrics.json").exists()]
+    return dict(
+        returncode=proc.returncode,
+        output=log.read_text(),
+        seconds=time.monotonic() - started,
+        killed_job=job,
+        failed=[c for c in OTHER_CHAINS if c not in done],
+        completed=done,
+    )
+
+
 def _phase2(run: FaultRun, rule: str) -> pd.DataFrame:
-    """The jobs of ``rule`` (``models``: the group) after the Ctrl-C phase, oldest first."""
-    jobs = run.jobs[run.jobs["job"] > run.before_phase2]
+    """The jobs of ``rule`` (``models``: the group) in phase 2 (the faults), oldest first."""
+    jobs = run.jobs[(run.jobs["job"] > run.before_phase2) & (run.jobs["job"] <= run.before_phase3)]
     return jobs[jobs["comment"].str.startswith(f"rule_{rule}")]
 
 
@@ -640,6 +698,42 @@ def test_fault_run_ends_with_the_local_results(fault_run, local_run, gpu_cluster
         for name, array in load_file(path).items():
             np.testing.assert_allclose(ours[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
     assert fault_run.left == [], fault_run.left
+
+
+def test_a_failing_model_leaves_the_other_chains_running(fault_run, local_run):
+    """One model chain fails (its job killed, no retries left); the other subject's chain of
+    another model, submitted only after that failure (one job at a time), still runs to the
+    local results: the profile sets keep-going. The failure is reported, with its SLURM log."""
+    run = fault_run.keep_going
+    assert run["returncode"] != 0, run["output"][-6000:]  # the run says a job failed
+    assert len(run["failed"]) == 1 and len(run["completed"]) == 1, run
+    phase3 = fault_run.jobs[fault_run.jobs["job"] > fault_run.before_phase3]
+    assert phase3["comment"].str.startswith("rule_models").all(), phase3.to_string()
+    assert list(phase3["state"]) == ["FAILED", "COMPLETED"], phase3.to_string()
+    assert str(phase3.iloc[0]["job"]) == run["killed_job"], phase3.to_string()
+    metrics = f"{run['completed'][0]}/metrics.json"
+    local, here = local_run / "results" / "synthetic", fault_run.workdir / "results" / "synthetic"
+    _same_numbers(
+        json.loads((local / metrics).read_text()), json.loads((here / metrics).read_text()), metrics
+    )
+    output = run["output"]
+    assert "Error in group models" in output, output[-6000:]
+    # --show-failed-logs printed the failed job's own SLURM log (the group's rule scripts' output)
+    assert re.search(rf"^Logfile \S+/{run['killed_job']}\.log:$", output, re.M), output[-6000:]
+
+
+def test_failed_logs_shown_are_this_runs(fault_run):
+    """--show-failed-logs shows no log an earlier run left: the failed chain's evaluate job never
+    started in this run, so its log from the local run must not be printed as if it were its
+    own; the report says that it wrote none."""
+    run = fault_run.keep_going
+    output = run["output"]
+    assert STALE not in output, output[-6000:]
+    evaluate_log = _chain_logs(run["failed"][0])[1]
+    assert (
+        f"No log was written in this run for rule evaluate (the job did not start, or stopped "
+        f"before writing it): {evaluate_log}"
+    ) in output, output[-6000:]
 
 
 # --- the default models on the cluster ----------------------------------------------------------
