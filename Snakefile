@@ -31,6 +31,7 @@ else:
     include: "rules/betas.smk"
     include: "rules/align.smk"
     include: "rules/timeseries.smk"
+    include: "rules/generate.smk"
     include: "rules/train.smk"
     include: "rules/evaluate.smk"
     include: "rules/report.smk"
@@ -47,4 +48,5 @@ rule all:
         f"{RESULTS}/report.html",
         [] if MEEG else align_stores(),
         [] if MEEG else timeseries_targets(),
+        [] if MEEG else generate_targets(),
     default_target: True

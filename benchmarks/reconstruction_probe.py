@@ -28,12 +28,15 @@ from brainpipe.ridge import fit_ridge, solve_ridge_cv
 torch.set_num_threads(1)
 root = Path(sys.argv[1]) / "synthetic"
 size, steps, variable = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+network = sys.argv[5] if len(sys.argv) > 5 else ""  # e.g. alexnet:features.5
 if not root.exists():
     synthetic.generate(
         root,
         synthetic.SyntheticParams.from_config(
             {"seed": 5, "n_subjects": 1, "n_sessions": 2, "n_runs": 3, "trials_per_run": 30,
-             "voxel_size_mm": 8.0, "n_shared": 10}
+             "voxel_size_mm": 8.0, "n_shared": 10,
+             **({"response_network": network.split(":")[0], "response_layer": network.split(":")[1]}
+                if network else {})}
         ),
     )  # fmt: skip
 gt = synthetic.load_ground_truth(root, "01")
@@ -74,3 +77,13 @@ print(
 )
 perm = np.random.default_rng(1).permutation(len(recon))
 print("shuffled", reconstruction_metrics(recon[perm], truth))
+if network:  # two-way identification in the network layer that drives the world's V1/V4
+    from brainpipe.features.extract import layer_activations
+    from brainpipe.generate.metrics import two_way_identification
+
+    net, layer = network.split(":")
+    big = lambda ims: resize_images(ims, 64)  # noqa: E731
+    true_f = layer_activations(net, layer, np.stack([images[s] for s in order]), seed=5)
+    for name, ims in [("brain", recon), ("shuffled", recon[perm])]:
+        f = layer_activations(net, layer, big(ims), seed=5)
+        print(name, "two-way", network, two_way_identification(f, true_f))

@@ -160,6 +160,26 @@ def timeseries_preproc_input(wildcards):
     return []
 
 
+# Generation from decoded latents (rules/generate.smk): the `generate` block over its defaults.
+from brainpipe.generate.jobs import generate_params
+
+GENERATE = generate_params(config)
+
+
+def generate_metric_files():
+    """One metrics file per subject x `generate.rois` entry: the generation fan-out."""
+    return expand(
+        f"{RESULTS}/generate/sub-{{subject}}/{{roi}}/metrics.json",
+        subject=config["subjects"],
+        roi=GENERATE["rois"],
+    )
+
+
+def generate_targets():
+    """The generation stage's table, when `generate.rois` is set."""
+    return [f"{RESULTS}/generate/metrics.tsv"] if GENERATE["rois"] else []
+
+
 # Input functions of the model-zoo rules (train.smk, evaluate.smk).
 
 

@@ -1,0 +1,64 @@
+# Generation from decoded latents (config `generate`): an image generator fitted on the
+# training stimuli (or loaded from `generate.weights`), then one job per subject x ROI that
+# decodes its latents from the betas and generates the test images (brainpipe.generate).
+
+
+rule generator:
+    input:
+        stimuli=raw("stimuli_table"),
+        images=raw("stimulus_images"),
+        splits=f"{RESULTS}/splits.tsv",
+    output:
+        weights=directory(f"{RESULTS}/generate/autoencoder"),
+        latents=directory(f"{RESULTS}/generate/latents.zarr"),
+    params:
+        root=DATA,
+    threads: 1
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=60,
+        gpu=GENERATE["gpu"],
+    log:
+        f"{LOGS}/generate/generator.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/generator.py"
+
+
+rule generate:
+    input:
+        betas=f"{RESULTS}/sub-{{subject}}/betas.zarr",
+        splits=f"{RESULTS}/splits.tsv",
+        latents=f"{RESULTS}/generate/latents.zarr",
+        weights=f"{RESULTS}/generate/autoencoder",
+    output:
+        store=directory(f"{RESULTS}/generate/sub-{{subject}}/{{roi}}/reconstructions.zarr"),
+        metrics=f"{RESULTS}/generate/sub-{{subject}}/{{roi}}/metrics.json",
+    threads: 1
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=30,
+        gpu=GENERATE["gpu"],
+    log:
+        f"{LOGS}/generate/sub-{{subject}}_{{roi}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/generate.py"
+
+
+rule generate_scores:
+    input:
+        metrics=generate_metric_files(),
+    output:
+        table=f"{RESULTS}/generate/metrics.tsv",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    log:
+        f"{LOGS}/generate/metrics.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/generate_scores.py"
