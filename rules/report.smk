@@ -10,6 +10,9 @@ rule report:
         data=DATA,
         align_scores=f"{RESULTS}/align/crosssubject.tsv" if align_stores() else [],
         align_encoding=f"{RESULTS}/align/encoding.tsv" if align_encoding_features() else [],
+        reconstructions=[
+            f.replace("metrics.json", "reconstructions.zarr") for f in generate_metric_files()
+        ],
         timeseries_scores=(
             f"{RESULTS}/timeseries/matching.tsv" if timeseries_enabled(config) else []
         ),

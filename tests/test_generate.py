@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from brainpipe.generate.metrics import reconstruction_metrics, two_way_identification
+from brainpipe.report.page import ReportInputs, generation_figures
 from brainpipe.storage import open_zarr
 
 from .conftest import ROOT, run_workflow
@@ -63,6 +64,11 @@ def test_generated_images_are_identified_far_above_chance(tmp_path):
     latents = open_zarr(out / "latents.zarr")
     test = set(latents["stimulus"].values[latents["split"].values == "test"])
     assert set(store["stimulus"].values) <= test
+    # the report draws the stimuli above the generated images, with the metrics
+    (figure,) = generation_figures(
+        ReportInputs(reconstructions=[out / "sub-01" / "all" / "reconstructions.zarr"])
+    )
+    assert figure.png.startswith(b"\x89PNG") and "two-way pixel" in figure.caption
 
 
 def test_metrics_chance_and_perfect_cases():

@@ -14,6 +14,7 @@ with log_to(snakemake.log[0]):
         align_scores=snakemake.input.align_scores or None,
         align_encoding=snakemake.input.align_encoding or None,
         timeseries_scores=snakemake.input.timeseries_scores or None,
+        reconstructions=list(snakemake.input.reconstructions),
         run={
             "dataset": config["dataset"],
             "subjects": snakemake.params.subjects,

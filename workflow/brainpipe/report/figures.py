@@ -266,3 +266,20 @@ def timeseries_matching_figure(table: pd.DataFrame) -> plt.Figure:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def reconstruction_grid_figure(true: np.ndarray, generated: np.ndarray, n: int = 8) -> plt.Figure:
+    """Test stimuli (top row) above the images generated from brain responses (bottom)."""
+    n = min(n, len(true))
+    fig, axes = plt.subplots(2, n, figsize=(min(PAGE_WIDTH_IN, 1.1 * n), 2.4), squeeze=False)
+    for col in range(n):
+        for row, images in enumerate((true, generated)):
+            ax = axes[row, col]
+            ax.imshow(images[col], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title(f"{col + 1}", fontsize=8)
+    axes[0, 0].set_ylabel("stimulus", fontsize=8)
+    axes[1, 0].set_ylabel("generated", fontsize=8)
+    fig.tight_layout()
+    return fig

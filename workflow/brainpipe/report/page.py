@@ -29,6 +29,7 @@ from brainpipe.report.figures import (  # noqa: E402
     alignment_figure,
     decoding_figure,
     encoding_accuracy_figure,
+    reconstruction_grid_figure,
     roi_order,
     score_heatmap_figure,
     timeseries_matching_figure,
@@ -74,6 +75,8 @@ class ReportInputs:
         each aligned space, scored on their own and on the other subjects.
     timeseries_scores : path or None
         ``timeseries/matching.tsv`` (:mod:`brainpipe.align.timeseries_jobs`).
+    reconstructions : list of path
+        ``generate/sub-*/*/reconstructions.zarr`` (:mod:`brainpipe.generate.jobs`).
     """
 
     scores: list[str | Path] = field(default_factory=list)
@@ -86,6 +89,7 @@ class ReportInputs:
     align_scores: str | Path | None = None
     align_encoding: str | Path | None = None
     timeseries_scores: str | Path | None = None
+    reconstructions: list[str | Path] = field(default_factory=list)
 
 
 @dataclass
@@ -291,6 +295,37 @@ def timeseries_figures(inputs: ReportInputs) -> list[Figure]:
     ]
 
 
+def generation_figures(inputs: ReportInputs) -> list[Figure]:
+    """Test stimuli and the images generated from each subject × ROI's decoded latents."""
+    import json
+
+    figures = []
+    for path in inputs.reconstructions:
+        store = open_zarr(path)
+        metrics = json.loads((Path(path).parent / "metrics.json").read_text())
+        subject, roi = store.attrs.get("subject", "?"), store.attrs.get("roi", "?")
+        extra = "".join(
+            f", two-way {k[len('two_way_') :]} {v:.2f}"
+            for k, v in metrics.items()
+            if k.startswith("two_way_") and k not in ("two_way_pixel", "two_way_chance")
+        )
+        figures.append(
+            Figure(
+                f"generated_sub-{subject}_{roi}",
+                "Generation",
+                f"sub-{subject}, {roi}: test stimuli (top) and the images the generator "
+                "made from latents decoded from the brain responses (bottom). Over all "
+                f"{metrics['n_test']} test stimuli: PixCorr {metrics['pixcorr']:.2f} "
+                f"(other stimuli {metrics['pixcorr_other']:.2f}), SSIM {metrics['ssim']:.2f}, "
+                f"two-way pixel {metrics['two_way_pixel']:.2f}{extra} (chance 0.5).",
+                _render(
+                    reconstruction_grid_figure(store["true_image"].values, store["image"].values)
+                ),
+            )
+        )
+    return figures
+
+
 def paper_vs_run(summary: pd.DataFrame, inputs: ReportInputs) -> str:
     """The "paper vs this run" section of a recipe ('' when the config is no recipe)."""
     recipe = inputs.recipe
@@ -378,6 +413,7 @@ def write_report(
         + decoding_figures(decoding, inputs)
         + alignment_figures(inputs)
         + timeseries_figures(inputs)
+        + generation_figures(inputs)
     )
     rois = roi_order(summary["roi"])
     sections = "\n".join(
