@@ -18,6 +18,8 @@ rule generator:
         mem_mb=per_attempt(4000),
         runtime=60,
         gpu=GENERATE["gpu"],
+    benchmark:
+        f"{BENCH}/generate/generator.tsv"
     log:
         f"{LOGS}/generate/generator.log",
     conda:
@@ -40,6 +42,8 @@ rule generate:
         mem_mb=per_attempt(4000),
         runtime=30,
         gpu=GENERATE["gpu"],
+    benchmark:
+        f"{BENCH}/generate/sub-{{subject}}_{{roi}}.tsv"
     log:
         f"{LOGS}/generate/sub-{{subject}}_{{roi}}.log",
     conda:
@@ -56,6 +60,8 @@ rule generate_scores:
     resources:
         mem_mb=1000,
         runtime=5,
+    benchmark:
+        f"{BENCH}/generate/metrics.tsv"
     log:
         f"{LOGS}/generate/metrics.log",
     conda:
