@@ -6,7 +6,8 @@
   ``generate.image_size``) and its latent go to ``generate/latents.zarr``
   (``image(stimulus, y, x, channel)`` uint8, ``latent(stimulus, dim)``, ``split(stimulus)``).
 - :func:`reconstruct` — one subject × ROI: ridge from training trials' betas to the
-  latents of their stimuli (penalty by grouped CV: repeats of a stimulus share a fold),
+  latents of their stimuli (a penalty per latent dimension by grouped CV: repeats of a
+  stimulus share a fold),
   latents predicted for the test stimuli (responses averaged over repeats), decoded into
   images; writes ``generate/sub-{subject}/{roi}/reconstructions.zarr`` and
   ``metrics.json`` (:func:`brainpipe.generate.metrics.reconstruction_metrics`, plus
@@ -159,9 +160,8 @@ def reconstruct(
     groups = pd.factorize(data.stimuli_train)[0]
     folds = make_group_folds(len(X), min(int(p["n_folds"]), len(set(groups))), groups)
     alphas = np.asarray(p["alphas"], np.float64)
-    _, cv = solve_ridge_cv(X, Y, alphas, folds)
-    alpha = float(alphas[int(np.argmax(cv.mean(axis=1)))])  # one penalty for the latent
-    W, b = fit_ridge(X, Y, alpha)
+    best, _ = solve_ridge_cv(X, Y, alphas, folds)  # a penalty per latent dimension
+    W, b = fit_ridge(X, Y, best)
     predicted = (((data.betas_test - mean) / sd) @ W + b).astype(np.float32)
     vae = ae.load_autoencoder(weights)
     size = int(store.attrs["image_size"])
@@ -170,7 +170,7 @@ def reconstruct(
     metrics: dict[str, Any] = {
         "subject": subject,
         "roi": roi,
-        "alpha": alpha,
+        "median_alpha": float(np.median(best)),
         "n_train_trials": int(len(X)),
         "n_voxels": int(data.n_voxels),
         **reconstruction_metrics(images, truth),
