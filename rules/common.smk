@@ -28,8 +28,12 @@ from brainpipe.datasets.registry import load_entry
 
 REGISTRY = str(Path(workflow.basedir) / "config" / "datasets")
 DATASET_ENTRY = load_entry(DATASET, REGISTRY)
-# True when the dataset ships betas (NSD): rules/ingest.smk makes betas.zarr from them.
-INGEST_BETAS = DATASET_ENTRY.betas_mode(config) == "ingest"
+# What the dataset's kind does in the config's betas mode (brainpipe.datasets.adapters):
+# fetch or generate, and for datasets that ship betas (NSD) ingest them; its checks of the
+# config run here, at DAG build.
+DATASET_ADAPTER = DATASET_ENTRY.adapter_for_config(config)
+# True when the dataset ships betas: rules/ingest.smk makes betas.zarr and splits from them.
+INGEST_BETAS = DATASET_ADAPTER.ingest_betas is not None
 # True for M/EEG datasets: rules/meeg.smk replaces preprocess/betas/align/train/evaluate.
 MEEG = DATASET_ENTRY.modality == "meeg"
 
@@ -295,7 +299,7 @@ def embedding_input(wildcards):
 # `download` checkpoint; its files are listed once it exists. Fetched datasets (NSD,
 # OpenNeuro, local BIDS) are one unit written atomically by `fetch`: rules depend on that
 # folder, whose files do not exist while the DAG is first built.
-FILE_INPUTS = DATASET_ENTRY.kind == "synthetic"
+FILE_INPUTS = DATASET_ADAPTER.file_inputs
 
 
 def raw(kind):
@@ -333,29 +337,8 @@ def check_config_against_dataset():
     """Config values checked against the dataset and the model registry, at DAG build."""
     from brainpipe.validation import check_config_against_dataset as check
 
-    rois, n_shared = None, None  # None: not known before the download; checked later
-    roi_files = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}.get("roi_files")
-    if isinstance(roi_files, dict):  # NSD: {file: {ROI name: label values}}
-        rois = sorted({name for names in roi_files.values() for name in (names or {})})
-    if DATASET_ENTRY.kind == "bids":  # BIDS + fMRIPrep: the entry's (or config's) `rois` block
-        merged = {**DATASET_ENTRY.info, **DATASET_ENTRY.merged_source(config)}
-        bids_rois = merged.get("rois")
-        rois = sorted(bids_rois) if isinstance(bids_rois, dict) else None
-        from brainpipe.surface import is_surface_space
-
-        if rois is not None and is_surface_space(merged.get("space")):
-            from brainpipe.datasets.fmriprep import CORTEX_ROI
-
-            rois.append(CORTEX_ROI)  # a surface view's whole-cortex ROI
-    if DATASET_ENTRY.kind == "synthetic":
-        from brainpipe.datasets.synthetic import ROI_NAMES, SyntheticParams
-
-        from brainpipe.dataset_index import n_shared as shared_in
-
-        rois = list(ROI_NAMES)
-        n_shared = shared_in(DATA)  # the dataset's own table once it exists
-        if n_shared is None:
-            n_shared = SyntheticParams.from_config(config.get("synthetic") or {}).n_shared
+    # None: not known before the download; checked later
+    rois, n_shared = DATASET_ADAPTER.known_facts(DATASET_ENTRY, config, DATA)
     check(config, rois, n_shared)
 
 

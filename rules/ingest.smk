@@ -7,14 +7,10 @@
 # ordinary preprocess/betas/splits rules take over.
 # Only registry files are read while the DAG is built: `snakemake -n` touches no network.
 
-if DATASET_ENTRY.kind == "nsd":
-    # NSD ships no captions: a caption feature model needs source.captions (COCO files)
-    from brainpipe.datasets.nsd_captions import check_captions_configured
+# The dataset's own config checks (NSD: caption features need source.captions) ran when
+# rules/common.smk looked up DATASET_ADAPTER.
 
-    check_captions_configured(config, DATASET_ENTRY.merged_source(config))
-
-
-if not DATASET_ENTRY.generated:
+if not DATASET_ADAPTER.generated:
 
     ruleorder: fetch > download
 
@@ -54,8 +50,10 @@ if INGEST_BETAS:
         output:
             splits=f"{RESULTS}/splits.tsv",
         params:
+            dataset=DATASET,
             subjects=config["subjects"],
             sessions=config["sessions"],
+            registry=REGISTRY,
         log:
             f"{LOGS}/ingest_splits.log",
         benchmark:

@@ -112,3 +112,16 @@ def test_every_rule_has_a_benchmark_and_no_repeated_default():
             if runs:  # target-only rules (inputs alone) run no job to measure
                 assert "benchmark:" in body, f"{smk.name}: rule {rule} has no benchmark:"
         assert not re.search(r"\.get\(\s*\"\w+\",\s*[\d.]+\)", text), f"{smk.name}: a default"
+
+
+def test_dataset_kinds_dispatch_through_their_adapters():
+    # No if-chain on the dataset's kind, space or betas mode outside the adapters module
+    # (brainpipe.datasets.adapters): the downloader, the ingest scripts and the rules look
+    # the kind's adapter up.
+    scripts = ROOT / "workflow" / "scripts"
+    files = [PACKAGE / "download.py", *scripts.glob("*.py"), *(ROOT / "rules").glob("*.smk")]
+    branch = re.compile(
+        r"(?:DATASET_ENTRY|entry)\.kind\b|\.space\s*[!=]=|betas_mode\([^)]*\)\s*[!=]="
+    )
+    bad = [f"{p.name}: {m.group(0)}" for p in files for m in branch.finditer(p.read_text())]
+    assert bad == []

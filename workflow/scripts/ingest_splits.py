@@ -1,11 +1,16 @@
-from brainpipe.datasets.nsd import EXPDESIGN_KEY, make_nsd_splits
+from brainpipe.datasets.adapters import IngestRequest
+from brainpipe.datasets.registry import load_entry
 from brainpipe.logs import log_to
-from brainpipe.remote import safe_local_path
 
 with log_to(snakemake.log[0]):
-    make_nsd_splits(
-        safe_local_path(snakemake.input.data, EXPDESIGN_KEY),
-        snakemake.params.subjects,
-        snakemake.params.sessions,
-        snakemake.output.splits,
+    entry = load_entry(snakemake.params.dataset, snakemake.params.registry)
+    entry.adapter_for_config(snakemake.config).ingest_splits(
+        IngestRequest(
+            entry=entry,
+            source=entry.merged_source(snakemake.config),
+            data=snakemake.input.data,
+            subjects=snakemake.params.subjects,
+            sessions=snakemake.params.sessions,
+            out=snakemake.output.splits,
+        )
     )

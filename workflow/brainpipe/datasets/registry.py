@@ -19,16 +19,13 @@ from typing import Any
 
 import yaml
 
+from brainpipe.datasets import adapters
 from brainpipe.errors import BrainpipeInputError
 
 #: Where the registry entries of a source checkout live. The workflow passes its own
 #: ``config/datasets`` (``registry_dir``), so this default only serves the package used
 #: from a checkout without Snakemake (tests, benchmarks).
 REGISTRY_DIR = Path(__file__).resolve().parents[3] / "config" / "datasets"
-#: Kinds of dataset the downloader understands.
-KINDS = ("synthetic", "synthetic-meeg", "nsd", "openneuro", "bids", "osf")
-#: Kinds generated locally (no fetch).
-GENERATED_KINDS = ("synthetic", "synthetic-meeg")
 #: Modalities: fMRI datasets go through preprocess/betas; M/EEG ones through rules/meeg.smk.
 MODALITIES = ("fmri", "meeg")
 
@@ -42,7 +39,7 @@ class DatasetEntry:
     name : str
         Registry name (the config's ``dataset``).
     kind : str
-        One of :data:`KINDS`.
+        A kind with adapters (:mod:`brainpipe.datasets.adapters`).
     betas : str
         ``"ingest"`` (betas come with the dataset) or ``"estimate"``.
     source : dict
@@ -63,7 +60,7 @@ class DatasetEntry:
     @property
     def generated(self) -> bool:
         """Whether the dataset is generated locally instead of fetched."""
-        return self.kind in GENERATED_KINDS
+        return self.adapter(self.betas).generated
 
     @property
     def modality(self) -> str:
@@ -79,24 +76,32 @@ class DatasetEntry:
     def betas_mode(self, config: dict[str, Any] | None) -> str:
         """``ingest`` or ``estimate``: the config's ``source.betas`` wins over the registry."""
         mode = ((config or {}).get("source") or {}).get("betas", self.betas)
-        if mode not in ("ingest", "estimate"):
+        if mode not in adapters.MODES:
             raise BrainpipeInputError(
-                "config", "source.betas", f"expected 'ingest' or 'estimate', got {mode!r}"
+                "config", "source.betas", f"expected one of {list(adapters.MODES)}, got {mode!r}"
             )
-        space = self.merged_source(config).get("space")
-        if mode == "estimate" and self.kind == "nsd" and space == "fsaverage":
-            raise BrainpipeInputError(
-                "config",
-                "source.space",
-                "NSD publishes preprocessed time series only in volume spaces (func1pt8mm, "
-                "func1mm); 'estimate' (our betas stage on them) needs one of those, or use "
-                "source.betas: ingest for fsaverage betas",
-            )
-        if mode == "ingest" and self.kind != "nsd":
-            raise BrainpipeInputError(
-                "config", "source.betas", f"dataset {self.name!r} ({self.kind}) ships no betas"
-            )
+        adapter = self.adapter(mode)  # raises when the kind has no such mode
+        if adapter.check_source is not None:
+            adapter.check_source(self.merged_source(config))
         return mode
+
+    def adapter(self, mode: str) -> adapters.Adapter:
+        """This kind's adapter (fetch, ingest, splits) in betas mode ``mode``."""
+        return adapters.adapter_for(self, mode)
+
+    def adapter_for_config(self, config: dict[str, Any] | None) -> adapters.Adapter:
+        """The adapter the workflow ``config`` selects, after the kind's checks of it.
+
+        Raises
+        ------
+        BrainpipeInputError
+            A betas mode or ``source`` the kind cannot serve, or (``check_config``) a
+            config the dataset cannot serve, naming the key.
+        """
+        adapter = self.adapter(self.betas_mode(config))
+        if adapter.check_config is not None:
+            adapter.check_config(config or {}, self.merged_source(config))
+        return adapter
 
 
 def available_datasets(registry_dir: str | Path | None = None) -> list[str]:
@@ -128,11 +133,15 @@ def load_entry(name: str, registry_dir: str | Path | None = None) -> DatasetEntr
     except yaml.YAMLError as err:
         raise BrainpipeInputError(path, "<file>", f"not valid YAML ({err})") from err
     kind = raw.pop("kind", None)
-    if kind not in KINDS:
-        raise BrainpipeInputError(path, "kind", f"expected one of {list(KINDS)}, got {kind!r}")
+    if kind not in adapters.kinds():
+        raise BrainpipeInputError(
+            path, "kind", f"expected one of {list(adapters.kinds())}, got {kind!r}"
+        )
     betas = raw.pop("betas", "estimate")
-    if betas not in ("ingest", "estimate"):
-        raise BrainpipeInputError(path, "betas", f"expected ingest or estimate, got {betas!r}")
+    if betas not in adapters.modes(kind):
+        raise BrainpipeInputError(
+            path, "betas", f"kind {kind!r} supports {list(adapters.modes(kind))}, got {betas!r}"
+        )
     modality = raw.get("modality", "fmri")
     if modality not in MODALITIES:
         raise BrainpipeInputError(
