@@ -125,3 +125,13 @@ def test_dataset_kinds_dispatch_through_their_adapters():
     )
     bad = [f"{p.name}: {m.group(0)}" for p in files for m in branch.finditer(p.read_text())]
     assert bad == []
+
+
+def test_one_array_backend_and_device_switch():
+    # brainpipe.backend is the one backend (align, glmsingle, models, features use it): no
+    # other module asks torch for CUDA or defines a numpy/torch array class of its own.
+    sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+    cuda_checks = [p.name for p, s in sources.items() if "cuda.is_available" in s]
+    assert cuda_checks == ["backend.py"]
+    backends = [p.name for p, s in sources.items() if re.search(r"def to_numpy\(self", s)]
+    assert backends == ["backend.py"]

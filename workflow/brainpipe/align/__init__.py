@@ -2,8 +2,8 @@
 
 Layers (himalaya style):
 
-- :mod:`._backend` — numpy / torch switch used by the solvers;
-- :mod:`._solvers` — pure functions: scaled Procrustes, hyperalignment, deterministic SRM,
+- :mod:`._solvers` — on the package's array backend (:mod:`brainpipe.backend`, float64),
+  pure functions: scaled Procrustes, hyperalignment, deterministic SRM,
   ridge maps with leave-one-out penalty choice;
 - :mod:`.anatomical` — MNI template grid (nilearn) and sparse trilinear resampling for
   volume betas; matching by ``(hemi, vertex)`` for surface betas (e.g. fsaverage);
@@ -15,7 +15,6 @@ Layers (himalaya style):
   ``align/{method}.zarr`` (layout in its docstring).
 """
 
-from brainpipe.align._backend import get_backend
 from brainpipe.align._sklearn_api import (
     AnatomicalAlignment,
     PiecewiseAlignment,
@@ -24,6 +23,7 @@ from brainpipe.align._sklearn_api import (
     SRMAlignment,
     SurfaceAnatomicalAlignment,
 )
+from brainpipe.align._solvers import get_backend
 from brainpipe.align.metrics import cross_subject_r
 from brainpipe.align.store import (
     METHODS,

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from brainpipe.align import _solvers
-from brainpipe.align._backend import get_backend
+from brainpipe.align._solvers import get_backend
 from brainpipe.align.anatomical import (
     match_vertices,
     template_grid,

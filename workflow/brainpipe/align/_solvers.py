@@ -7,8 +7,10 @@ space as ``X @ W``; the template ``T`` has shape ``(n_samples, n_components)``. 
 solver ever forms an ``n_voxels × n_voxels`` matrix: the largest temporaries are
 ``n_voxels × n_components`` and ``n_samples × n_voxels``.
 
-Every solver takes a backend from :func:`brainpipe.align._backend.get_backend`, so the
-same code runs on numpy or torch (CPU or CUDA).
+Every solver takes a backend from :func:`get_backend` (the package's one backend,
+:mod:`brainpipe.backend`, in float64), so the same code runs on numpy or torch (CPU or
+CUDA). Float64: alignment is fitted on a few hundred to a few thousand averaged stimuli,
+so precision is cheap and the fitted transforms are reproducible to the bit on one machine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,23 @@ from typing import Any
 
 import numpy as np
 
-from brainpipe.align._backend import AlignBackend
+from brainpipe.backend import Backend as AlignBackend
+from brainpipe.backend import get_backend as _package_backend
+
+#: The dtype the alignment solvers compute in.
+DTYPE = "float64"
+
+
+def get_backend(name: str = "numpy") -> AlignBackend:
+    """The package backend called ``name`` (``numpy``, ``torch``, ``torch_cuda``, ``auto``)
+    in the alignment's :data:`DTYPE`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or ``torch_cuda`` without a CUDA device.
+    """
+    return _package_backend(name, dtype=DTYPE)
 
 
 def standardize_stats(X: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:

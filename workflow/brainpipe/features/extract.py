@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from brainpipe.backend import device_name
 from brainpipe.compute import chunk_bytes_for, chunk_size_for
 from brainpipe.config import schema_default
 from brainpipe.errors import BrainpipeInputError
@@ -56,14 +57,9 @@ FP16_SAFE = 1e4
 
 
 def pick_device(requested: str = "auto") -> str:
-    """``"cuda"`` when requested or (``auto``) available, else ``"cpu"``."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BrainpipeInputError("config", "features.device", "cuda requested, none available")
-    return requested
+    """``"cuda"`` when requested or (``auto``) available, else ``"cpu"``; ``cuda`` without
+    a GPU is an error naming ``features.device`` (:func:`brainpipe.backend.device_name`)."""
+    return device_name(requested, key="features.device")
 
 
 def batch_size_for(

@@ -344,16 +344,16 @@ def nice(job: EpochsJob, params: dict[str, Any]) -> FitResult:
     """Train the NICE-style encoder with the CLIP loss; embed the averaged test epochs."""
     import torch
 
+    from brainpipe.backend import torch_device
     from brainpipe.models.torch_utils import (
         clip_loss,
-        get_device,
         seed_everything,
         state_to_numpy,
         tensor,
     )
 
     gen = seed_everything(int(params["seed"]), int(params.get("threads") or 1))
-    device = get_device()
+    device = torch_device()
     scale = float(job.X_train.std()) or 1.0
     y_mu, y_sd = job.Y_train.mean(0), job.Y_train.std(0) + 1e-8
     X = tensor(job.X_train / scale, device)

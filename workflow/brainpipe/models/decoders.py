@@ -273,10 +273,11 @@ def _mlp_fit(data: JobData, params: dict, epochs: int | None = None):
     """Per-subject MLP decoder (adapter = first layer); returns (FitResult pieces)."""
     from torch import nn
 
-    from brainpipe.models.torch_utils import get_device, seed_everything
+    from brainpipe.backend import torch_device
+    from brainpipe.models.torch_utils import seed_everything
 
     gen = seed_everything(int(params["seed"]), params.get("threads"))
-    device = get_device(params["device"])
+    device = torch_device(params["device"])
     X, Xt = _inputs(data)
     y_mean, y_scale = standardiser(data.features_train[0])
     Y = (data.features_train[0] - y_mean) / y_scale
@@ -339,10 +340,11 @@ def pretrain_shared_backbone(datasets: dict[str, JobData], params: dict) -> dict
     """
     from torch import nn
 
-    from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy
+    from brainpipe.backend import torch_device
+    from brainpipe.models.torch_utils import seed_everything, state_to_numpy
 
     gen = seed_everything(int(params["seed"]), params.get("threads"))
-    device = get_device(params["device"])
+    device = torch_device(params["device"])
     y_mean, y_scale = standardiser(np.concatenate([d.features_train[0] for d in datasets.values()]))
     hidden = int(params["hidden"])
     adapters, batches = {}, {}
@@ -456,12 +458,13 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
     per-subject MLP (from scratch) and the ridge decoder are trained on the same trials
     and returned as extra predictions ``mlpdecoder`` and ``ridgedecoder``.
     """
-    from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy
+    from brainpipe.backend import torch_device
+    from brainpipe.models.torch_utils import seed_everything, state_to_numpy
 
     pretrained = params["pretrained"]
     limited = data.restrict_sessions(list(params["finetune_sessions"]))
     gen = seed_everything(int(params["seed"]), params.get("threads"))
-    device = get_device(params["device"])
+    device = torch_device(params["device"])
     y_mean, y_scale = pretrained["y_mean"], pretrained["y_scale"]
     X, Xt = _inputs(limited)
     Y = (limited.features_train[0] - y_mean) / y_scale

@@ -216,10 +216,11 @@ def attention(data: JobData, params: dict) -> FitResult:
     """
     import torch
 
-    from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy, tensor
+    from brainpipe.backend import torch_device
+    from brainpipe.models.torch_utils import seed_everything, state_to_numpy, tensor
 
     gen = seed_everything(int(params["seed"]), params.get("threads"))
-    device = get_device(params["device"])
+    device = torch_device(params["device"])
     X, Xt = data.features_train[0], data.features_test[0]
     if X.ndim != 3:
         raise ValueError(f"attention needs spatial features (n, tokens, channels), got {X.shape}")

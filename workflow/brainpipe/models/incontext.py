@@ -163,10 +163,11 @@ def meta_train(datasets: dict[str, JobData], params: dict) -> dict[str, np.ndarr
     """
     import torch
 
-    from brainpipe.models.torch_utils import get_device, seed_everything, state_to_numpy, tensor
+    from brainpipe.backend import torch_device
+    from brainpipe.models.torch_utils import seed_everything, state_to_numpy, tensor
 
     gen = seed_everything(int(params["seed"]), params.get("threads"))
-    device = get_device(params["device"])
+    device = torch_device(params["device"])
     subjects = sorted(datasets)
     x_all = np.concatenate([datasets[s].features_train[0] for s in subjects])
     # Centre, and scale by one number (the RMS column sd): z-scoring every column would
@@ -226,9 +227,10 @@ def predict_in_context(
     """
     import torch
 
-    from brainpipe.models.torch_utils import get_device, load_numpy_state, tensor
+    from brainpipe.backend import torch_device
+    from brainpipe.models.torch_utils import load_numpy_state, tensor
 
-    device = get_device(params["device"])
+    device = torch_device(params["device"])
     x_mean, x_scale = weights["x_mean"], weights["x_scale"]
     net = _network(len(x_mean), params).to(device)
     load_numpy_state(net, weights, "net.")

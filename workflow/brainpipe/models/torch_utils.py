@@ -1,7 +1,8 @@
-"""One device switch and deterministic seeding for the torch models.
+"""Deterministic seeding and tensor helpers for the torch models.
 
-The same code runs on CUDA when the job has a GPU and on the CPU otherwise; seeds fix the
-initialisation and the data order, so a CPU run is bit-for-bit repeatable.
+The device comes from the package's one switch, :func:`brainpipe.backend.torch_device`:
+CUDA when the job has a GPU, the CPU otherwise; seeds fix the initialisation and the data
+order, so a CPU run is bit-for-bit repeatable.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def get_device(prefer: str = "auto") -> torch.device:
-    """``cuda`` when available (and ``prefer`` is "auto" or "cuda"), else ``cpu``."""
-    if prefer in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+from brainpipe.backend import cuda_available
 
 
 def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
@@ -26,7 +22,7 @@ def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002  (libraries that use the global state)
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
+    if cuda_available():
         torch.cuda.manual_seed_all(seed)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
