@@ -5,8 +5,8 @@ session, repeated stimuli) of ``--store-gb`` GB, then processes it in a fresh pr
 ``dask_resources(threads, mem_mb)``: per-voxel z-scoring statistics (mean, std), the per-voxel
 noise-ceiling SNR from repeats (``brainpipe.metrics.ncsnr_from_repeats``) and a
 10-component PCA over trials of the z-scored betas (the trial x trial Gram matrix,
-``brainpipe.compute.GramAccumulator``), in one pass over voxel slabs from
-``brainpipe.compute.iter_slabs`` (whole storage chunks where the budget allows, width from
+``benchmarks/slabs.py``'s ``GramAccumulator``), in one pass over voxel slabs from
+``iter_slabs`` (``benchmarks/slabs.py``) (whole storage chunks where the budget allows, width from
 ``chunk_size_for``, read by Dask with the job's threads). The reference is the same
 computation with the whole array loaded into memory (numpy). A third process only imports
 the same modules: the interpreter's floor.
@@ -79,12 +79,14 @@ def write_store(path: Path, store_gb: float, seed: int = 0) -> tuple[int, int]:
 
 #: What the measured side imports (the floor process imports exactly these).
 MODULES = ("dask.array", "xarray", "zarr", "scipy.sparse.linalg", "brainpipe.compute",
-           "brainpipe.metrics", "brainpipe.storage")  # fmt: skip
+           "brainpipe.metrics", "brainpipe.storage", "slabs")  # fmt: skip
 
 
 def process(path: Path, mem_mb: float, threads: int, mode: str) -> dict:
     """The stage: z-score statistics, ncsnr from repeats, PCA. Returns small summaries."""
-    from brainpipe.compute import GramAccumulator, dask_resources, iter_slabs
+    from slabs import GramAccumulator, iter_slabs  # beside this script
+
+    from brainpipe.compute import dask_resources
     from brainpipe.metrics import ncsnr_from_repeats
     from brainpipe.storage import open_zarr
 

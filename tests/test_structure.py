@@ -135,3 +135,34 @@ def test_one_array_backend_and_device_switch():
     assert cuda_checks == ["backend.py"]
     backends = [p.name for p, s in sources.items() if re.search(r"def to_numpy\(self", s)]
     assert backends == ["backend.py"]
+
+
+def test_no_part_of_compute_serves_only_benchmarks():
+    # brainpipe.compute holds what the workflow's jobs use; what only a benchmark calls
+    # lives beside it in benchmarks/ (benchmarks/slabs.py).
+    workflow = " ".join(
+        p.read_text()
+        for p in [
+            *PACKAGE.rglob("*.py"),
+            *(ROOT / "workflow" / "scripts").glob("*.py"),
+            *(ROOT / "rules").glob("*.smk"),
+        ]
+        if p.name != "compute.py"
+    )
+    compute = PACKAGE / "compute.py"
+    tree = ast.parse(compute.read_text())
+    public = [
+        n.name
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef | ast.ClassDef) and not n.name.startswith("_")
+    ]
+    own = compute.read_text()
+    documented = (ROOT / "cluster" / "README.md").read_text()  # slurm_cluster: a user API
+    unused = [
+        name
+        for name in public
+        if not re.search(rf"\b{name}\b", workflow)
+        and len(re.findall(rf"\b{name}\(", own)) <= 1  # only its own definition
+        and f"brainpipe.compute.{name}" not in documented
+    ]
+    assert unused == []
