@@ -68,25 +68,42 @@ def test_betas_package_imports_no_cycle_even_lazily():
     assert bad == []
 
 
-def test_no_module_imports_private_names_of_another_package():
-    # A private name (``_x``) is its own package's business; nsd_stream used to import
-    # nsd's private helpers.
+def test_no_module_imports_private_names_of_another_module():
+    # A private name (``_x``) is its own module's business, also within a package
+    # (nsd_stream used to import nsd's private helpers). A package's own private
+    # submodules (``from brainpipe.align import _solvers``) are modules, not names.
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     bad = []
-    for path in PACKAGE.rglob("*.py"):
-        own = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else None
-        own = own or module_name(path)
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "workflow" / "scripts").glob("*.py")]:
+        me = module_name(path) if path.is_relative_to(PACKAGE) else path.stem
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if not node.module.startswith("brainpipe"):
-                    continue
-                same_package = node.module == own or node.module.startswith(own + ".")
-                for alias in node.names:
-                    if (
-                        alias.name.startswith("_")
-                        and not alias.name.endswith("__")
-                        and not same_package
-                    ):
-                        bad.append(f"{module_name(path)}: {node.module}.{alias.name}")
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            if not node.module.startswith("brainpipe") or node.module == me:
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.endswith("__")
+                submodule = f"{node.module}.{alias.name}" in modules and me.startswith(
+                    node.module + "."
+                )
+                if private and not submodule:
+                    bad.append(f"{me}: {node.module}.{alias.name}")
+        aliases = {
+            a.asname or a.name
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("brainpipe")
+            for a in n.names
+            if f"{n.module}.{a.name}" in modules
+        }
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.endswith("__")
+            ):
+                bad.append(f"{me}: {node.value.id}.{node.attr}")
     assert bad == []
 
 
@@ -166,3 +183,31 @@ def test_no_part_of_compute_serves_only_benchmarks():
         and f"brainpipe.compute.{name}" not in documented
     ]
     assert unused == []
+
+
+def test_no_schema_default_is_repeated_in_code():
+    # Each default lives in the schema (applied once by Snakemake's validate); code that
+    # runs without a config reads it with brainpipe.config.schema_default, never a literal.
+    from brainpipe.config import load_schema
+
+    def defaults(node: dict, path: tuple[str, ...] = ()):
+        for key, sub in (node.get("properties") or {}).items():
+            if isinstance(sub, dict):
+                if "default" in sub and not isinstance(sub["default"], dict):
+                    yield (*path, key)
+                yield from defaults(sub, (*path, key))
+
+    keys = list(defaults(load_schema()))
+    assert ("betas", "voxel_chunk") in keys
+    files = [
+        *PACKAGE.rglob("*.py"),
+        *(ROOT / "workflow" / "scripts").glob("*.py"),
+        *(ROOT / "rules").glob("*.smk"),
+    ]
+    bad = [
+        f"{path.name}: {'.'.join(key)}"
+        for key in keys
+        for path in files
+        if re.search(rf'\.get\(\s*"{key[-1]}"\s*,\s*(?!None\b)[^)\s]', path.read_text())
+    ]
+    assert bad == []

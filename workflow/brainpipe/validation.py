@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from brainpipe.bids import BidsLayout, read_events, read_stimuli, read_tr, run_keys
+from brainpipe.config import schema_default
 from brainpipe.errors import BrainpipeInputError
 
 log = logging.getLogger(__name__)
@@ -787,7 +788,9 @@ def check_config_against_dataset(
     ridge = config.get("ridge") or {}
     if "alphas" in ridge:
         _check_positive_list("ridge.alphas", ridge["alphas"])
-    fraction = (config.get("splits") or {}).get("shared_train_fraction", 0.0)
+    fraction = (config.get("splits") or {}).get("shared_train_fraction")
+    if fraction is None:
+        fraction = schema_default("splits.shared_train_fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float):
         raise BrainpipeInputError(
             "config", "splits.shared_train_fraction", f"got {_show(fraction)}; expected a number"

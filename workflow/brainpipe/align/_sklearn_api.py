@@ -70,7 +70,7 @@ def _check_n_components(n_components: int, Xs: Sequence[np.ndarray]) -> int:
     return int(n_components)
 
 
-class _LinearAlignment:
+class LinearAlignment:
     """Common base: standardise, fit ``transforms_``, map blocks of trials."""
 
     backend: str = "numpy"
@@ -82,7 +82,7 @@ class _LinearAlignment:
             stats = [(m, np.ones_like(sc)) for m, sc in stats]
         return stats
 
-    def fit(self, Xs: Sequence[np.ndarray]) -> _LinearAlignment:
+    def fit(self, Xs: Sequence[np.ndarray]) -> LinearAlignment:
         Xs = _check_subjects(Xs)
         stats = self._stats(Xs)
         self.means_ = [m for m, _ in stats]
@@ -137,7 +137,7 @@ class _LinearAlignment:
         return np.asarray(Z, dtype=np.float64) @ back * self.scales_[s] + self.means_[s]
 
 
-class ProcrustesAlignment(_LinearAlignment):
+class ProcrustesAlignment(LinearAlignment):
     """Hyperalignment: scaled orthogonal maps into an iteratively built template.
 
     Parameters
@@ -175,7 +175,7 @@ class ProcrustesAlignment(_LinearAlignment):
         return transforms, template
 
 
-class SRMAlignment(_LinearAlignment):
+class SRMAlignment(LinearAlignment):
     """Deterministic shared response model; ``template_`` is the shared response.
 
     Parameters
@@ -215,7 +215,7 @@ class SRMAlignment(_LinearAlignment):
         return Ws, S
 
 
-class RidgeAlignment(_LinearAlignment):
+class RidgeAlignment(LinearAlignment):
     """Ridge maps from every subject to a common ``n_components``-dimensional target.
 
     Parameters
@@ -270,7 +270,7 @@ class RidgeAlignment(_LinearAlignment):
         return Ws, T
 
 
-class PiecewiseAlignment(_LinearAlignment):
+class PiecewiseAlignment(LinearAlignment):
     """A functional alignment fitted parcel by parcel: no ``voxels × voxels`` matrix ever.
 
     In parcel ``p`` the base method is fitted with ``k_p = min(n_components, n_samples,
@@ -281,7 +281,7 @@ class PiecewiseAlignment(_LinearAlignment):
 
     Parameters
     ----------
-    make_base : callable (k) -> _LinearAlignment
+    make_base : callable (k) -> LinearAlignment
         Builds the per-parcel estimator for ``k`` components.
     labels : sequence of ndarray of int, shape (n_voxels_s,)
         Parcel of every voxel of every subject (-1: none).
@@ -291,7 +291,7 @@ class PiecewiseAlignment(_LinearAlignment):
 
     def __init__(
         self,
-        make_base: Callable[[int], _LinearAlignment],
+        make_base: Callable[[int], LinearAlignment],
         labels: Sequence[np.ndarray],
         n_components: int,
     ) -> None:
@@ -367,7 +367,7 @@ class PiecewiseAlignment(_LinearAlignment):
         return out
 
 
-class AnatomicalAlignment(_LinearAlignment):
+class AnatomicalAlignment(LinearAlignment):
     """Resample every subject onto a common MNI template grid (trilinear, sparse).
 
     The shared space is the set of template voxels (inside nilearn's MNI152 brain mask)
@@ -442,7 +442,7 @@ class AnatomicalAlignment(_LinearAlignment):
         return np.asarray(op @ np.asarray(Z, np.float64).T).T * self.scales_[s] + self.means_[s]
 
 
-class SurfaceAnatomicalAlignment(_LinearAlignment):
+class SurfaceAnatomicalAlignment(LinearAlignment):
     """Anatomical alignment on a shared surface mesh (e.g. fsaverage): match by vertex.
 
     Every subject's betas sit on the same template vertices, so the shared space is the

@@ -58,12 +58,12 @@ import xarray as xr
 
 from brainpipe.align._sklearn_api import (
     AnatomicalAlignment,
+    LinearAlignment,
     PiecewiseAlignment,
     ProcrustesAlignment,
     RidgeAlignment,
     SRMAlignment,
     SurfaceAnatomicalAlignment,
-    _LinearAlignment,
 )
 from brainpipe.align.parcels import (
     HEMI_FIELD,
@@ -139,7 +139,7 @@ def build_estimator(
     params: Mapping[str, Any],
     subjects: Sequence[str],
     geometry: Sequence[Mapping[str, Any]],
-) -> _LinearAlignment:
+) -> LinearAlignment:
     """The estimator for ``method``.
 
     Parameters
@@ -178,7 +178,7 @@ def build_estimator(
         )
     base = method.removeprefix("piecewise_")
 
-    def make(k: int) -> _LinearAlignment:
+    def make(k: int) -> LinearAlignment:
         if base == "procrustes":
             return ProcrustesAlignment(k, n_iter=params["n_iter"], backend=params["backend"])
         if base == "srm":
@@ -564,7 +564,7 @@ def _pad(values: list[np.ndarray], n: int, fill: Any, dtype: Any) -> np.ndarray:
 
 
 def _assemble(
-    est: _LinearAlignment,
+    est: LinearAlignment,
     method: str,
     params: Mapping[str, Any],
     subjects: list[str],

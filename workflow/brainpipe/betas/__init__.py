@@ -25,7 +25,7 @@ from brainpipe.betas.store import (
     zscore_by_session,
 )
 from brainpipe.bids import BidsLayout, RunKey
-from brainpipe.config import VOXEL_CHUNK
+from brainpipe.config import VOXEL_CHUNK, schema_default
 from brainpipe.errors import BrainpipeInputError
 
 __all__ = [
@@ -59,7 +59,7 @@ def estimate_betas(
     ``glmsingle``: :func:`brainpipe.betas.glmsingle.estimate_subject_betas_glmsingle`
     with the types of ``betas.types``, its voxel chunk sized from ``mem_mb``.
     """
-    method = (config or {}).get("betas", {}).get("method", "lsa")
+    method = (config or {}).get("betas", {}).get("method") or schema_default("betas.method")
     if method == "lsa":
         return estimate_subject_betas(
             preproc_path, layout, subject, runs, out_path, voxel_chunk=voxel_chunk, config=config

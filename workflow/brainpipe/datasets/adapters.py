@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brainpipe.errors import BrainpipeInputError
+from brainpipe.remote.fetch import WORKERS
 
 if TYPE_CHECKING:
     from brainpipe.datasets.registry import DatasetEntry
@@ -372,7 +373,7 @@ def _openneuro_fetch(req: FetchRequest) -> Path:
         sessions=req.source.get("sessions") or req.sessions,
         derivatives=bool(req.source.get("derivatives", False)),
         cache=req.source.get("cache_dir"),
-        workers=int(req.source.get("workers", 4)),
+        workers=int(req.source.get("workers") or WORKERS),
         progress=req.progress,
     )
 
@@ -405,7 +406,7 @@ def _bids_fetch(req: FetchRequest) -> Path:
             sessions=merged.get("sessions") or req.sessions,
             derivatives=True,
             cache=merged.get("cache_dir"),
-            workers=int(merged.get("workers", 4)),
+            workers=int(merged.get("workers") or WORKERS),
             progress=req.progress,
             keep_derivative=fmriprep.derivative_filter(opts),
         )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.remote import S3Source, fetch_objects, safe_local_path
+from brainpipe.remote import WORKERS, S3Source, fetch_objects, safe_local_path
 from brainpipe.remote.source import ObjectInfo
 from brainpipe.storage import atomic_path
 
@@ -84,7 +84,7 @@ def download_openneuro(
     sessions: list[str] | None = None,
     derivatives: bool = False,
     cache: str | Path | None = None,
-    workers: int = 4,
+    workers: int = WORKERS,
     progress: bool = True,
     keep_derivative: Callable[[str], bool] | None = None,
 ) -> Path:

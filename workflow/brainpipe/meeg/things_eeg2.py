@@ -408,7 +408,7 @@ def download_things_eeg2(
     import os
     import shutil
 
-    from brainpipe.remote import fetch_objects, safe_local_path
+    from brainpipe.remote import WORKERS, fetch_objects, safe_local_path
     from brainpipe.remote.osf import OsfSource
     from brainpipe.storage import atomic_path
 
@@ -417,7 +417,7 @@ def download_things_eeg2(
     dest = Path(dest)
     cache = Path(cache) if cache else dest.with_name(f".{dest.name}-objects")
     api = source.get("api_url", "https://api.osf.io/v2")
-    workers = int(source.get("workers", 4))
+    workers = int(source.get("workers") or WORKERS)
     raw_src = OsfSource(node=source["node"], api_url=api, provider=source.get("provider"))
     listing = raw_src.list("")
     keys = select_raw_files([o.key for o in listing], subjects, sessions)

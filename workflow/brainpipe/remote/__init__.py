@@ -12,6 +12,7 @@ that can never leave the destination folder.
 
 from brainpipe.remote.errors import RemoteAccessError, RemoteIntegrityError, UnsafeKeyError
 from brainpipe.remote.fetch import (
+    WORKERS,
     ByteSink,
     FetchResult,
     fetch_object,
@@ -24,6 +25,7 @@ from brainpipe.remote.rangefile import RangeFile
 from brainpipe.remote.source import ObjectInfo, S3Source
 
 __all__ = [
+    "WORKERS",
     "ByteSink",
     "FetchResult",
     "ObjectInfo",

@@ -482,13 +482,17 @@ def read_manifest(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
         return {}
 
 
+#: Parallel transfers when the caller (``source.workers``) gives none.
+WORKERS = 4
+
+
 def fetch_objects(
     source: S3Source,
     objects: Iterable[str | ObjectInfo],
     root: str | os.PathLike,
     *,
     strip_prefix: str = "",
-    workers: int = 4,
+    workers: int = WORKERS,
     retries: int = 6,
     backoff_s: float = 0.5,
     progress: bool = True,
