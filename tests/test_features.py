@@ -242,3 +242,14 @@ def test_bad_split_value_and_missing_image(tmp_path):
     with pytest.raises(BrainpipeInputError, match="stim-0003.png") as err:
         build_feature_store("gabor", stim_tsv, splits_tsv, tmp_path / "f.zarr", 3)
     assert err.value.field == "image"
+
+
+def test_spatial_maps_live_on_the_feature_registry(tmp_path):
+    from brainpipe.features import FEATURE_MODELS, get_spatial_map, register_spatial_map
+    from brainpipe.features.spatial import gabor_spatial
+
+    assert get_spatial_map("gabor") is gabor_spatial is FEATURE_MODELS["gabor"].spatial
+    with pytest.raises(BrainpipeInputError, match=r"no spatial feature model 'caption'.*gabor"):
+        get_spatial_map("caption")
+    with pytest.raises(BrainpipeInputError, match="unknown feature model 'nothing'"):
+        register_spatial_map("nothing")(gabor_spatial)

@@ -211,3 +211,13 @@ def test_no_schema_default_is_repeated_in_code():
         if re.search(rf'\.get\(\s*"{key[-1]}"\s*,\s*(?!None\b)[^)\s]', path.read_text())
     ]
     assert bad == []
+
+
+def test_one_feature_registry():
+    # Feature models, with their spatial maps, are registered in brainpipe.features only.
+    registries = [
+        p.name
+        for p in (PACKAGE / "features").glob("*.py")
+        if re.search(r"^[A-Z_]*FEATURE_MODELS\b.*=", p.read_text(), flags=re.M)
+    ]
+    assert registries == ["__init__.py"]

@@ -15,8 +15,15 @@ Adding a model is one function plus the decorator::
     def my_model(stimuli, stimuli_dir, train_mask):
         ...
 
+A model may also give its spatial map (before spatial pooling, for readouts that attend
+over positions), registered on the same entry::
+
+    @register_spatial_map("my_model")
+    def my_model_map(stimuli, stimuli_dir):  # -> (n_stimuli, n_tokens, n_channels)
+        ...
+
 PCA fitted on training stimuli and the Zarr feature store live in
-:mod:`brainpipe.features.pca`.
+:mod:`brainpipe.features.pca`; the spatial store in :mod:`brainpipe.features.spatial`.
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ from brainpipe.errors import BrainpipeInputError
 FeatureModel = Callable[[pd.DataFrame, Path, np.ndarray], np.ndarray]
 """Signature of a feature model: ``(stimuli, stimuli_dir, train_mask) -> (n, n_raw) float32``."""
 
+SpatialModel = Callable[[pd.DataFrame, Path], np.ndarray]
+"""Signature of a spatial map: ``(stimuli, stimuli_dir) -> (n, n_tokens, n_channels)``."""
+
 FEATURE_MODELS: dict[str, FeatureModel] = {}
-"""Registered feature models by name."""
+"""Registered feature models by name (the one feature registry; a model's spatial map is
+its ``spatial`` attribute, :func:`register_spatial_map`)."""
 
 
 def register_feature_model(
@@ -83,6 +94,39 @@ def get_feature_model(name: str) -> FeatureModel:
         ) from None
 
 
+def register_spatial_map(name: str) -> Callable[[SpatialModel], SpatialModel]:
+    """Decorator registering the spatial map of the feature model ``name`` (registered first).
+
+    Raises
+    ------
+    BrainpipeInputError
+        If no feature model ``name`` is registered.
+    """
+
+    def decorator(func: SpatialModel) -> SpatialModel:
+        get_feature_model(name).spatial = func  # type: ignore[attr-defined]
+        return func
+
+    return decorator
+
+
+def get_spatial_map(name: str) -> SpatialModel:
+    """The spatial map of feature model ``name``.
+
+    Raises
+    ------
+    BrainpipeInputError
+        If ``name`` is unknown or has no spatial map; the message lists those that do.
+    """
+    spatial = getattr(FEATURE_MODELS.get(name), "spatial", None)
+    if spatial is None:
+        have = sorted(n for n, m in FEATURE_MODELS.items() if getattr(m, "spatial", None))
+        raise BrainpipeInputError(
+            "config", "features", f"no spatial feature model {name!r} (have {have})"
+        )
+    return spatial
+
+
 def required_columns(name: str) -> tuple[str, ...]:
     """Columns of the stimuli table that feature model ``name`` reads."""
     return tuple(getattr(get_feature_model(name), "required_columns", ()))
@@ -110,9 +154,12 @@ from brainpipe.features import caption, gabor  # noqa: E402, F401
 __all__ = [
     "FEATURE_MODELS",
     "FeatureModel",
+    "SpatialModel",
     "check_columns",
     "get_feature_model",
+    "get_spatial_map",
     "register_feature_model",
+    "register_spatial_map",
     "required_columns",
     "table_source",
 ]

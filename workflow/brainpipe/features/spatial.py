@@ -1,6 +1,8 @@
 """Spatial feature maps (before spatial pooling) for readouts that attend over positions.
 
-A spatial feature model returns ``(n_stimuli, n_tokens, n_channels)``: one token per grid
+A map is registered on its feature model's entry in the one feature registry
+(:func:`brainpipe.features.register_spatial_map`); it returns ``(n_stimuli, n_tokens,
+n_channels)``: one token per grid
 position. The store ``features/spatial/{name}.zarr`` holds ``features(stimulus, token,
 channel)``, each channel z-scored with statistics of the training stimuli only.
 
@@ -12,7 +14,6 @@ same spatial store, so an attention readout attends over, e.g., ViT tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +22,13 @@ import pandas as pd
 import xarray as xr
 
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.features import check_columns, table_source
+from brainpipe.features import check_columns, get_spatial_map, register_spatial_map, table_source
 from brainpipe.features.gabor import gabor_energy, load_grayscale_images
 from brainpipe.features.pca import read_stimuli_and_splits
 from brainpipe.storage import provenance_attrs, write_zarr
 
-SpatialModel = Callable[[pd.DataFrame, Path], np.ndarray]
-SPATIAL_FEATURE_MODELS: dict[str, SpatialModel] = {}
-"""Registered spatial feature models by name."""
 
-
-def register_spatial_feature_model(name: str) -> Callable[[SpatialModel], SpatialModel]:
-    """Decorator registering ``model(stimuli, stimuli_dir) -> (n, tokens, channels)``."""
-
-    def decorator(func: SpatialModel) -> SpatialModel:
-        SPATIAL_FEATURE_MODELS[name] = func
-        return func
-
-    return decorator
-
-
-@register_spatial_feature_model("gabor")
+@register_spatial_map("gabor")
 def gabor_spatial(stimuli: pd.DataFrame, stimuli_dir: Path, grid: int = 8) -> np.ndarray:
     """Gabor energy on a ``grid`` × ``grid`` map: tokens = positions, channels = filters.
 
@@ -141,12 +128,7 @@ def build_spatial_feature_store(
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Extract a spatial feature map, z-score channels on training stimuli, write the store."""
-    if name not in SPATIAL_FEATURE_MODELS:
-        raise BrainpipeInputError(
-            "config",
-            "features",
-            f"no spatial feature model {name!r} (have {sorted(SPATIAL_FEATURE_MODELS)})",
-        )
+    spatial_map = get_spatial_map(name)
     stim = read_stimuli_and_splits(Path(stimuli_tsv), Path(splits_tsv), ("image",))
-    raw = SPATIAL_FEATURE_MODELS[name](stim, Path(stimuli_tsv).parent)
+    raw = spatial_map(stim, Path(stimuli_tsv).parent)
     return _write_spatial(raw, stim, Path(out_path), {"feature_model": name}, config)
