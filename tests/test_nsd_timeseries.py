@@ -173,7 +173,8 @@ def test_snakemake_from_fetch_to_betas_recovers_amplitudes(ts_server, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rule preprocess:" in result.stderr and "rule betas:" in result.stderr
     ds = open_zarr(tmp_path / targets[0])
-    # The contract (DESIGN.md): betas(trial, voxel) float32 % signal change, labelled coords.
+    # The contract (docs/architecture.md): betas(trial, voxel) float32 % signal change,
+    # labelled coords.
     assert ds["betas"].dims == ("trial", "voxel") and ds["betas"].dtype == np.float32
     for name in ("stimulus", "session", "run"):
         assert ds[name].dims == ("trial",) and ds[name].dtype.kind == "U", name

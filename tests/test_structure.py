@@ -76,7 +76,8 @@ def test_no_module_imports_private_names_of_another_module():
     bad = []
     for path in [*PACKAGE.rglob("*.py"), *(ROOT / "workflow" / "scripts").glob("*.py")]:
         me = module_name(path) if path.is_relative_to(PACKAGE) else path.stem
-        for node in ast.walk(ast.parse(path.read_text())):
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        for node in nodes:
             if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
                 continue
             if not node.module.startswith("brainpipe") or node.module == me:
@@ -90,12 +91,12 @@ def test_no_module_imports_private_names_of_another_module():
                     bad.append(f"{me}: {node.module}.{alias.name}")
         aliases = {
             a.asname or a.name
-            for n in ast.walk(ast.parse(path.read_text()))
+            for n in nodes
             if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("brainpipe")
             for a in n.names
             if f"{n.module}.{a.name}" in modules
         }
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in nodes:
             if (
                 isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name)
@@ -221,3 +222,17 @@ def test_one_feature_registry():
         if re.search(r"^[A-Z_]*FEATURE_MODELS\b.*=", p.read_text(), flags=re.M)
     ]
     assert registries == ["__init__.py"]
+
+
+def test_no_file_cites_one_outside_the_repository():
+    # The architecture document is docs/architecture.md; nothing points out of the checkout.
+    outside = re.compile("DESIGN" + r"\.md|\.\./" + "shared/")
+    folders = ["workflow", "rules", "tests", "docs", "config", "benchmarks", "cluster"]
+    files = [
+        p
+        for f in folders
+        for p in (ROOT / f).rglob("*")
+        if p.suffix in {".py", ".smk", ".md", ".yaml"}
+    ]
+    bad = [str(p.relative_to(ROOT)) for p in files if outside.search(p.read_text(errors="replace"))]
+    assert bad == []
