@@ -236,3 +236,10 @@ def test_no_file_cites_one_outside_the_repository():
     ]
     bad = [str(p.relative_to(ROOT)) for p in files if outside.search(p.read_text(errors="replace"))]
     assert bad == []
+
+
+def test_meeg_formats_have_readers():
+    from brainpipe.datasets.registry import MEEG_FORMATS
+    from brainpipe.meeg.jobs import FORMATS
+
+    assert set(MEEG_FORMATS) == set(FORMATS)

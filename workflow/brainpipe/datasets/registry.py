@@ -28,6 +28,8 @@ from brainpipe.errors import BrainpipeInputError
 REGISTRY_DIR = Path(__file__).resolve().parents[3] / "config" / "datasets"
 #: Modalities: fMRI datasets go through preprocess/betas; M/EEG ones through rules/meeg.smk.
 MODALITIES = ("fmri", "meeg")
+#: M/EEG file formats (an entry's ``format``; the readers: ``brainpipe.meeg.jobs.FORMATS``).
+MEEG_FORMATS = ("things-eeg2", "bids-meg")
 
 
 @dataclass(frozen=True)
@@ -147,11 +149,11 @@ def load_entry(name: str, registry_dir: str | Path | None = None) -> DatasetEntr
         raise BrainpipeInputError(
             path, "modality", f"expected one of {list(MODALITIES)}, got {modality!r}"
         )
-    if modality == "meeg" and raw.get("format") not in ("things-eeg2", "bids-meg"):
+    if modality == "meeg" and raw.get("format") not in MEEG_FORMATS:
         raise BrainpipeInputError(
             path,
             "format",
-            f"an M/EEG entry needs format things-eeg2 or bids-meg, got {raw.get('format')!r}",
+            f"an M/EEG entry needs format {' or '.join(MEEG_FORMATS)}, got {raw.get('format')!r}",
         )
     source = raw.pop("source", {}) or {}
     if not isinstance(source, dict):

@@ -22,19 +22,31 @@ log = logging.getLogger(__name__)
 SENSORS = "sensors"
 
 
+def _things_eeg2(data: str | Path, subject: str, sessions: list[str] | None, task: str):
+    from brainpipe.meeg.preprocess import things_eeg2_recordings
+
+    if not sessions:
+        raise BrainpipeInputError("config", "sessions", "THINGS-EEG2 needs its session list")
+    return things_eeg2_recordings(data, subject, sessions)
+
+
+def _bids_meg(data: str | Path, subject: str, sessions: list[str] | None, task: str):
+    from brainpipe.meeg.preprocess import bids_meg_recordings
+
+    return bids_meg_recordings(data, subject, sessions, task)
+
+
+#: The reader of each M/EEG format (a registry entry's ``format``).
+FORMATS = {"things-eeg2": _things_eeg2, "bids-meg": _bids_meg}
+
+
 def recordings_for(
     kind: str, data: str | Path, subject: str, sessions: list[str] | None, task: str
 ):
-    """The recordings of a subject for a dataset of adapter ``kind``."""
-    from brainpipe.meeg import preprocess
-
-    if kind == "things-eeg2":
-        if not sessions:
-            raise BrainpipeInputError("config", "sessions", "THINGS-EEG2 needs its session list")
-        return preprocess.things_eeg2_recordings(data, subject, sessions)
-    if kind == "bids-meg":
-        return preprocess.bids_meg_recordings(data, subject, sessions, task)
-    raise BrainpipeInputError("config", "dataset", f"no M/EEG reader for format {kind!r}")
+    """The recordings of a subject for a dataset of M/EEG format ``kind`` (:data:`FORMATS`)."""
+    if kind not in FORMATS:
+        raise BrainpipeInputError("config", "dataset", f"no M/EEG reader for format {kind!r}")
+    return FORMATS[kind](data, subject, sessions, task)
 
 
 def preprocess_job(
