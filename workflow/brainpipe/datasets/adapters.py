@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.remote.fetch import WORKERS
 
 if TYPE_CHECKING:
     from brainpipe.datasets.registry import DatasetEntry
@@ -362,6 +361,7 @@ def _s3(source: dict[str, Any]) -> Any:
 def _openneuro_fetch(req: FetchRequest) -> Path:
     _need_subjects(req)
     from brainpipe.datasets.openneuro import download_openneuro
+    from brainpipe.remote import WORKERS
 
     if "accession" not in req.source:
         raise BrainpipeInputError(req.entry.path, "source.accession", "is missing")
@@ -387,6 +387,7 @@ def _bids_fetch(req: FetchRequest) -> Path:
     """
     _need_subjects(req)
     from brainpipe.datasets import fmriprep, openneuro
+    from brainpipe.remote import WORKERS
 
     merged, entry, dest = req.source, req.entry, Path(req.dest)
     opts = fmriprep.FmriprepOptions.from_config({**entry.info, **merged}, entry.path)
