@@ -64,8 +64,8 @@ def fetch_dataset(
         source=entry.merged_source(config),
         dest=Path(dest),
         subjects=list(subjects or []),
-        sessions=list(sessions or []),
-        runs=list(runs or []),
+        sessions=sessions or [],  # a list, or a keyword such as "all", as configured
+        runs=runs or [],
         task=task,
         params=dict(params or {}),
         progress=progress,

@@ -44,7 +44,8 @@ class FetchRequest:
     dest : Path
         The folder the dataset's root becomes (written atomically by the adapter).
     subjects, sessions, runs : list of str
-        Config keys ``subjects``, ``sessions``, ``runs``.
+        Config keys ``subjects``, ``sessions``, ``runs`` (``runs`` may be the keyword
+        ``"all"``: every run of each session).
     task : str or None
         Config key ``task``.
     params : dict
@@ -57,8 +58,8 @@ class FetchRequest:
     source: dict[str, Any]
     dest: Path
     subjects: list[str] = field(default_factory=list)
-    sessions: list[str] = field(default_factory=list)
-    runs: list[str] = field(default_factory=list)
+    sessions: list[str] | str = field(default_factory=list)
+    runs: list[str] | str = field(default_factory=list)
     task: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
