@@ -2,8 +2,9 @@
 
 A map is registered on its feature model's entry in the one feature registry
 (:func:`brainpipe.features.register_spatial_map`); it returns ``(n_stimuli, n_tokens,
-n_channels)``: one token per grid position. The store ``features/spatial/{name}.zarr`` holds ``features(stimulus, token,
-channel)``, each channel z-scored with statistics of the training stimuli only.
+n_channels)``: one token per grid position. The store ``features/spatial/{name}.zarr``
+holds ``features(stimulus, token, channel)``, each channel z-scored with statistics of the
+training stimuli only.
 
 A configured network (``features.networks.<name>`` with ``tokens: [layer]``) is a spatial
 feature model too: :func:`build_spatial_store_from_network` reads the first token layer of
