@@ -26,7 +26,7 @@ from brainpipe.storage import open_zarr, write_text_atomic
 log = logging.getLogger(__name__)
 
 
-def _back_map(store, s: str, betas, voxels: np.ndarray):
+def back_map(store, s: str, betas, voxels: np.ndarray):
     """Shared space -> subject ``s``'s standardised voxels, as the estimator maps back.
 
     Functional methods: the pseudo-inverse of the stored transform. Anatomical on a volume:
@@ -51,7 +51,9 @@ def _back_map(store, s: str, betas, voxels: np.ndarray):
     return sp.csr_matrix((weights, (rows, cols)), shape=shape).T
 
 
-def _test_means(stimuli: np.ndarray, split: np.ndarray, values: np.ndarray, keep: list[str]):
+def test_means(stimuli: np.ndarray, split: np.ndarray, values: np.ndarray, keep: list[str]):
+    """Per-stimulus means of ``values`` over the test trials of the stimuli in ``keep``, in
+    that order: ``(len(keep), n_columns)`` float64."""
     frame = pd.DataFrame(values)
     frame["stimulus"] = stimuli
     test = frame[(split == "test") & np.isin(stimuli, keep)]
@@ -93,14 +95,14 @@ def cross_subject_scores(
             if len(shared) < 3:
                 continue
             valid = store["valid"].sel(subject=source).values
-            Z = _test_means(
+            Z = test_means(
                 stim[source][valid],
                 split[source][valid],
                 store["responses"].sel(subject=source).values[valid],
                 shared,
             )
             if back is None:
-                back = _back_map(store, target, betas, voxels)
+                back = back_map(store, target, betas, voxels)
                 n_t = betas.sizes["trial"]
                 observed_trials = betas["betas"].isel(voxel=voxels).values
                 mean = store[f"mean_sub-{target}"].values
@@ -108,7 +110,7 @@ def cross_subject_scores(
                 observed_std = (observed_trials - mean) / scale
                 t_stim = betas["stimulus"].values.astype(str)
                 t_split = split[target][:n_t]
-            observed = _test_means(t_stim, t_split, observed_std, shared)
+            observed = test_means(t_stim, t_split, observed_std, shared)
             r = pearson_r(observed, np.asarray(back.T @ Z.T).T if sp.issparse(back) else Z @ back)
             rows.append(
                 {

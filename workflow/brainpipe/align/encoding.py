@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from brainpipe.align.crosssubject import _back_map, _test_means
+from brainpipe.align.crosssubject import back_map, test_means
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.metrics import pearson_r
 from brainpipe.storage import open_zarr, write_text_atomic
@@ -106,7 +106,7 @@ def aligned_encoding_scores(
     for target in subjects:
         betas = open_zarr(betas_paths[target])
         voxels = store[f"voxel_sub-{target}"].values
-        back = _back_map(store, target, betas, voxels)
+        back = back_map(store, target, betas, voxels)
         observed_trials = betas["betas"].isel(voxel=voxels).values
         mean = store[f"mean_sub-{target}"].values
         scale = store[f"scale_sub-{target}"].values
@@ -116,7 +116,7 @@ def aligned_encoding_scores(
         test = sorted(set(stim[target][split[target] == "test"]))
         if len(test) < 3:
             continue
-        observed = _test_means(t_stim, t_split, observed_std, test)
+        observed = test_means(t_stim, t_split, observed_std, test)
         X_test = _feature_rows(features, np.asarray(test), str(features_path))
         for source in subjects:
             model, n_train = fitted[source]
