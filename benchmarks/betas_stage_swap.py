@@ -15,7 +15,7 @@ replace brainpipe functions for the duration of this script only (a
 diagnostic, not an option of the estimator)::
 
     .venv/bin/python benchmarks/betas_stage_swap.py --seed 0 \\
-        --glmsingle /work/ref/cache/glmsingle-680553a4c76a2769.npz
+        --glmsingle ~/ref/cache/glmsingle-680553a4c76a2769.npz
 
 (``glmsingle_cache`` in ``benchmarks/results/betas_vs_glmsingle.json`` names
 the file of each session; default sizes as that script's defaults.)

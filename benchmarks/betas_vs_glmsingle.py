@@ -4,14 +4,14 @@ GLMsingle (Prince et al., eLife 2022) is the reference. It is *not* a brainpipe
 dependency: it is installed from its public repository in a separate,
 benchmark-only virtual environment, and this script runs it there::
 
-    git clone https://github.com/cvnlab/GLMsingle /work/ref/GLMsingle
-    python3 -m venv /work/ref/glmsingle-venv
-    /work/ref/glmsingle-venv/bin/pip install numpy scipy scikit-learn nibabel \\
+    git clone https://github.com/cvnlab/GLMsingle ~/ref/GLMsingle
+    python3 -m venv ~/ref/glmsingle-venv
+    ~/ref/glmsingle-venv/bin/pip install numpy scipy scikit-learn nibabel \\
         matplotlib tqdm h5py fracridge pandas
-    /work/ref/glmsingle-venv/bin/pip install --no-deps -e /work/ref/GLMsingle
+    ~/ref/glmsingle-venv/bin/pip install --no-deps -e ~/ref/GLMsingle
 
-    export GLMSINGLE_PYTHON=/work/ref/glmsingle-venv/bin/python
-    flock /work/wt/bench.lock .venv/bin/python benchmarks/betas_vs_glmsingle.py
+    export GLMSINGLE_PYTHON=~/ref/glmsingle-venv/bin/python
+    .venv/bin/python benchmarks/betas_vs_glmsingle.py
 
 Sessions (one session each, at least two seeds per simulator):
 

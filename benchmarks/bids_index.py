@@ -15,7 +15,7 @@ ratios against pybids (the usual reference) from the same run. pybids takes minu
 this tree, so it is timed once (``--pybids-repeats``) and stopped after
 ``--worker-timeout`` seconds (then its time is a lower bound):
 
-    flock /work/wt/bench.lock .venv/bin/python benchmarks/bids_index.py
+    .venv/bin/python benchmarks/bids_index.py
 
 Libraries not installed in the venv can be put on ``--extra-path`` (a ``pip install
 --target`` folder), so candidates are measured before one is chosen.

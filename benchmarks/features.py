@@ -12,7 +12,7 @@
    job writes it (planted rank-20 signal plus noise), fitted on the training rows
    (90 %) with ``fit_pca_out_of_core`` within ``--mem-mb``, every row projected.
 
-Run heavy (``flock /work/wt/bench.lock python benchmarks/features.py``); results go to
+Run heavy (``python benchmarks/features.py``); results go to
 ``benchmarks/results/features.json``.
 """
 

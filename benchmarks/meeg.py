@@ -23,7 +23,7 @@ full size), more than this machine lets one process use; when its estimated peak
 (``--compare-fraction`` of the training images, every other shape the same) with both
 contenders, and ours alone on the full-size subject. Outputs of the two are compared.
 
-    flock /work/wt/bench.lock .venv/bin/python benchmarks/meeg.py
+    .venv/bin/python benchmarks/meeg.py
     .venv/bin/python benchmarks/meeg.py --train-fraction 0.02 --compare-fraction 0.02 \
         --sessions 1 --test-reps 2 --quick      # light: both contenders under 1 GB
 """

@@ -29,7 +29,7 @@ feature extraction from images (``benchmarks/features.py``) and Snakemake's own 
 
 Run it under the shared lock, with a time limit (the betas are 1.8 GB on disk)::
 
-    flock /work/wt/heavy.lock timeout 3600 .venv/bin/python benchmarks/scale.py
+    .venv/bin/python benchmarks/scale.py
 
 Results: ``benchmarks/results/scale.json`` (``--sessions 4 --voxels 2000``: a smoke test of
 the script itself, written to ``scale_small.json``).
