@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from brainpipe.align.crosssubject import back_map, test_means
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.metrics import pearson_r
+from brainpipe.models.data import features_for
 from brainpipe.storage import open_zarr, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,6 @@ log = logging.getLogger(__name__)
 COLUMNS = ["method", "features", "source", "target", "relation", "alpha", "n_train_trials",
            "n_test_stimuli", "n_voxels", "mean_r", "median_r"]  # fmt: skip
 DEFAULT_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
-
-
-def _feature_rows(features, stimuli: np.ndarray, source: str) -> np.ndarray:
-    known = pd.Index(features["stimulus"].values.astype(str))
-    idx = known.get_indexer(np.asarray(stimuli).astype(str))
-    if (idx < 0).any():
-        raise BrainpipeInputError(
-            source, "stimulus", f"stimulus {np.asarray(stimuli)[idx < 0][0]!r} has no features"
-        )
-    return np.asarray(features["features"].values[idx], dtype=np.float64)
 
 
 def _fit_source(store, source: str, features, features_path: str, alphas: Sequence[float]):
@@ -63,7 +54,7 @@ def _fit_source(store, source: str, features, features_path: str, alphas: Sequen
             f"subject {source} has {int(train.sum())} training trials in the store",
         )
     stimuli = store["stimulus"].sel(subject=source).values.astype(str)[train]
-    X = _feature_rows(features, stimuli, features_path)
+    X = features_for(features, stimuli, features_path, dtype=np.float64)
     Z = store["responses"].sel(subject=source).values[train].astype(np.float64)
     model = RidgeCV(alphas=list(alphas), fit_intercept=True).fit(X, Z)
     return model, int(train.sum())
@@ -117,7 +108,7 @@ def aligned_encoding_scores(
         if len(test) < 3:
             continue
         observed = test_means(t_stim, t_split, observed_std, test)
-        X_test = _feature_rows(features, np.asarray(test), str(features_path))
+        X_test = features_for(features, np.asarray(test), str(features_path), dtype=np.float64)
         for source in subjects:
             model, n_train = fitted[source]
             Z = model.predict(X_test)

@@ -64,15 +64,17 @@ def roi_size(betas_path: str | Path, roi: str) -> tuple[int, int]:
     return int(betas.sizes["trial"]), int(betas.sizes["voxel"])
 
 
-def features_for(features: xr.Dataset, stimuli: np.ndarray, source: str) -> np.ndarray:
-    """Rows of ``features["features"]`` for ``stimuli`` (any trailing dims kept)."""
+def features_for(
+    features: xr.Dataset, stimuli: np.ndarray, source: str, dtype: type = np.float32
+) -> np.ndarray:
+    """Rows of ``features["features"]`` for ``stimuli`` (any trailing dims kept), as ``dtype``."""
     known = pd.Index(features["stimulus"].values.astype(str))
     idx = known.get_indexer(np.asarray(stimuli).astype(str))
     if (idx < 0).any():
         raise BrainpipeInputError(
             source, "stimulus", f"stimulus {np.asarray(stimuli)[idx < 0][0]!r} has no features"
         )
-    return np.asarray(features["features"].values[idx], dtype=np.float32)
+    return np.asarray(features["features"].values[idx], dtype=dtype)
 
 
 def betas_values(betas: xr.Dataset) -> np.ndarray:
