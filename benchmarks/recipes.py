@@ -417,7 +417,8 @@ class Refs:
         self.ingest_gb = ingest["object_bytes"] / 1e9
         meeg = load_result("meeg.json")
         self.meeg_s = meeg["full"]["ours"]["wall_s"]
-        self.meeg_samples = meeg["full"]["data"]["raw_samples"]
+        self.meeg_sessions = meeg["full"]["data"]["sessions"]
+        self.meeg_samples = meeg["full"]["data"]["raw_samples"]  # all its sessions
         self.meeg_peak_mb = meeg["full"]["ours"]["peak_tree_rss_mb"]
         betas = load_result("betas.json")
         self.betas_voxel_scans = (
@@ -732,7 +733,7 @@ def eeg_costs(config: dict, counts: dict, refs: Refs, nets: dict, steps: dict) -
         ds["train_images"] * ds["train_repetitions"] // 4
         + ds["test_images"] * ds["test_repetitions"] // 4
     )
-    raw_samples_session = refs.meeg_samples  # one session of the benchmark's full run
+    raw_samples_session = refs.meeg_samples / refs.meeg_sessions
     n_images = ds["train_images"] + ds["test_images"]
     stores = [
         store(
@@ -745,10 +746,10 @@ def eeg_costs(config: dict, counts: dict, refs: Refs, nets: dict, steps: dict) -
         ),
         store(
             "raw EEG (read)",
-            (raw_samples_session * n_ses, ds["channels"] + 1),
+            (round(raw_samples_session * n_ses), ds["channels"] + 1),
             "float64",
             n_sub,
-            "meeg.json's full session (raw_samples) x sessions, as "
+            "meeg.json's whole-subject run (raw_samples per session) x sessions, as "
             "read (float64); OSF's compressed files are smaller",
         ),
     ]
@@ -756,9 +757,9 @@ def eeg_costs(config: dict, counts: dict, refs: Refs, nets: dict, steps: dict) -
         row(
             "meeg_preprocess",
             counts["meeg_preprocess"],
-            refs.meeg_s * n_ses,
-            f"meeg.json: {refs.meeg_s:.0f} s for one full session (peak "
-            f"{refs.meeg_peak_mb:.0f} MB) x {n_ses} sessions per subject job; the "
+            refs.meeg_s * n_ses / refs.meeg_sessions,
+            f"meeg.json: {refs.meeg_s:.0f} s for a whole {refs.meeg_sessions}-session subject "
+            f"(peak {refs.meeg_peak_mb:.0f} MB) x {n_ses}/{refs.meeg_sessions} sessions; the "
             f"benchmark resamples to 100 Hz, the recipe to {meeg['sfreq']:.0f} Hz "
             "(assumed: the raw read and filter dominate)",
         )
