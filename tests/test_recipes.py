@@ -9,6 +9,8 @@ recipe's models are expected to come in.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -47,6 +49,24 @@ def test_recipe_is_valid_and_has_a_standin(recipe):
         assert item["definition"].strip() and item["metric"], item
     assert recipe.stem in STANDINS, f"{recipe.name} has no stand-in in config/recipes/standins/"
     validate_config(_merged(recipe, STANDINS[recipe.stem]), source=str(STANDINS[recipe.stem]))
+
+
+def test_full_scale_costs_cover_every_recipe_and_the_docs_show_them():
+    """``benchmarks/recipes.py`` costed every recipe at full scale (jobs from its DAG), and
+    docs/recipes.md holds the table it generates from ``recipes.json``, not a hand edit."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_recipes", ROOT / "benchmarks" / "recipes.py"
+    )
+    costs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(costs)
+    results = json.loads((ROOT / "benchmarks" / "results" / "recipes.json").read_text())
+    assert set(results["recipes"]) == {p.stem for p in RECIPES} == set(costs.RECIPES)
+    for name, cost in results["recipes"].items():
+        assert cost["jobs"]["total"] == sum(v for k, v in cost["jobs"].items() if k != "total")
+        models = yaml.safe_load((ROOT / "config" / "recipes" / f"{name}.yaml").read_text())
+        assert set(cost["train_jobs_per_model"]) == set(models["models"]), name
+    doc = (ROOT / "docs" / "recipes.md").read_text()
+    assert costs.table(results) in doc and costs.detail(results) in doc
 
 
 def _run_standin(name: str, workdir: Path) -> subprocess.CompletedProcess:
