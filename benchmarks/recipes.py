@@ -397,16 +397,12 @@ class Refs:
         self.eval_decoder = jobs["evaluate", "mlpdecoder"]["seconds"]
         # scale.py trains mlpdecoder with the default config's block (batch 256, epochs
         # capped at max_steps) on the subject's training trials: whole-job s per step
-        from brainpipe.models.decoders import _capped_epochs
-
         mlp = get_params(
             "mlpdecoder", yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
         )
         n_train = sub["n_trials"] - 3 * sub["n_test_images"]
         bs = int(mlp["batch_size"])
-        self.mlp_steps = _capped_epochs([n_train], mlp, int(mlp["epochs"])) * math.ceil(
-            n_train / bs
-        )
+        self.mlp_steps = capped_epochs([n_train], mlp, int(mlp["epochs"])) * math.ceil(n_train / bs)
         self.mlp_s_per_step = jobs["train", "mlpdecoder"]["seconds"] / self.mlp_steps
         feats = load_result("features.json")
         self.pca_gb = feats["pca"]["gigabytes"]
@@ -600,7 +596,8 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
         p = steps["attention"]
         n_train = trials - ds["test_images"] * 3
         att = {**get_params("attention", config)}
-        n_steps = att["epochs"] * math.ceil(n_train / p["batch_size"])
+        epochs = capped_epochs([n_train], att, int(att["epochs"]))
+        n_steps = epochs * math.ceil(n_train / p["batch_size"])
         n = counts["per_model"]["attention"]
         rows.append(
             row(
@@ -610,7 +607,7 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
                 f"{step_basis(p, refs)} (batch {p['batch_size']}, "
                 f"{tok['tokens']} tokens x {tok['channels']} channels -> "
                 f"{p['shape']['voxels']:,.0f} voxels) x "
-                f"{att['epochs']} epochs x {math.ceil(n_train / p['batch_size'])} batches",
+                f"{epochs} epochs x {math.ceil(n_train / p['batch_size'])} batches",
                 gpu_flops=n_steps * p["flops_per_step"],
                 gpu_steps=n_steps,
             )
@@ -624,17 +621,15 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
             )
         )
     if "mlpdecoder" in models or "sharedbackbone" in models:
-        from brainpipe.models.decoders import _capped_epochs
-
         p = steps["mlp"]
         mlp = get_params("mlpdecoder", config)
         n_train = trials - ds["test_images"] * 3
-        ep = _capped_epochs([n_train], mlp, int(mlp["epochs"]))
+        ep = capped_epochs([n_train], mlp, int(mlp["epochs"]))
         n_steps = ep * math.ceil(n_train / p["batch_size"])
         basis = (
             f"{step_basis(p, refs)} (batch {p['batch_size']}, "
             f"{p['shape']['voxels']:,} voxels -> {p['shape']['dim']}) x steps "
-            f"(epochs capped at max_steps by decoders._capped_epochs)"
+            f"(epochs capped at max_steps as the models cap them)"
         )
         rows.append(
             row(
@@ -649,7 +644,7 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
         if "sharedbackbone" in models:
             sb = get_params("sharedbackbone", config)
             n_pre = [n_train] * (n_sub - 1)
-            ep_pre = _capped_epochs(n_pre, sb, int(sb["epochs"]))
+            ep_pre = capped_epochs(n_pre, sb, int(sb["epochs"]))
             pre_steps = ep_pre * sum(math.ceil(n / p["batch_size"]) for n in n_pre)
             # one job per ROI trains every leave-one-subject-out backbone (rules/train.smk)
             rows.append(
@@ -670,7 +665,7 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
             # and the from-scratch MLP baseline (sharedbackbone's own epochs, capped)
             cv = k * ft_epochs * math.ceil(one_ses * (k - 1) / k / bs)
             final = ft_epochs * math.ceil(one_ses / bs)
-            base = _capped_epochs([one_ses], sb, int(sb["epochs"])) * math.ceil(one_ses / bs)
+            base = capped_epochs([one_ses], sb, int(sb["epochs"])) * math.ceil(one_ses / bs)
             total = cv + final + base
             rows.append(
                 row(
@@ -716,6 +711,18 @@ def step_basis(p: dict, refs: Refs) -> str:
         f"(this step over scale.json's mlpdecoder step, both measured here) x scale.json's "
         f"whole-job mlpdecoder s/step ({refs.mlp_s_per_step:.3f})"
     )
+
+
+def capped_epochs(n_rows: list[int], params: dict, epochs: int) -> int:
+    """The epochs a torch model runs: ``epochs``, cut to ``max_steps`` optimizer steps
+    where the model has that cap (the models' own function)."""
+    if not params.get("max_steps"):
+        return int(epochs)
+    try:
+        from brainpipe.models.torch_utils import capped_epochs as cap
+    except ImportError:
+        from brainpipe.models.decoders import _capped_epochs as cap
+    return int(cap(n_rows, params, epochs))
 
 
 def get_params(model: str, config: dict) -> dict:
