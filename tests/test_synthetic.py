@@ -419,3 +419,70 @@ def test_stimuli_are_deterministic_and_captions_skip_position() -> None:
             assert len(counts) <= 432
     energy = synthetic_stimuli.edge_energy(im1)
     assert energy.shape == (64,) and np.all(energy >= 0)
+
+
+def test_prf_tuning_is_spatially_local(
+    noise_free: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With ``response_prf`` each V1/V4 voxel responds to the image inside its own
+    population receptive field: retinotopic centres (each hemisphere the opposite half of
+    the image), V4's pRFs larger than V1's, the tuning weights confined to the pRF, and the
+    responses no longer explained by the image's globally pooled channels. The colour and
+    category blocks are those of the pooled world."""
+    from brainpipe.datasets import synthetic_prf
+
+    params = replace(NOISE_FREE_PARAMS, response_prf=0.1)
+    root = _generate(tmp_path_factory, "prf", params)
+    gt_dir = Path("derivatives") / "groundtruth" / "shared_responses.zarr"
+    shared = xr.open_zarr(root / gt_dir).load()
+    pooled_world = xr.open_zarr(noise_free / gt_dir).load()
+    block = shared.component_block.values
+    for name in ("colour", "category"):
+        np.testing.assert_array_equal(
+            shared.response.values[:, block == name],
+            pooled_world.response.values[:, pooled_world.component_block.values == name],
+        )
+    n_ch = synthetic_prf.N_CHANNELS
+    low = shared.response.values[:, block == "lowlevel"]
+    side = int(round(np.sqrt(low.shape[1] / n_ch)))
+    assert side * side * n_ch == low.shape[1] == 8 * 8 * 4  # the image map without a network
+    centres = (np.arange(side) + 0.5) / side
+    py, px = (a.ravel() for a in np.meshgrid(centres, centres, indexing="ij"))
+    global_channels = low.reshape(len(low), side * side, n_ch).mean(axis=1)
+    for sub in S.subject_ids(params):
+        gt = S.load_ground_truth(root, sub)
+        roi = gt.roi.values
+        has = np.isfinite(gt.prf_size.values)
+        np.testing.assert_array_equal(has, np.isin(roi, ["V1", "V4"]))
+        for hemi, half in ((gt.x.values > 0, gt.prf_x.values < 0.5), (gt.x.values < 0, None)):
+            v1 = (roi == "V1") & hemi
+            assert v1.sum() >= 5
+            if half is not None:  # the right hemisphere sees the left half
+                assert half[v1].all()
+            else:
+                assert (gt.prf_x.values[v1] > 0.5).all()
+        size = {r: np.median(gt.prf_size.values[roi == r]) for r in ("V1", "V4")}
+        assert 1.6 < size["V4"] / size["V1"] < 2.5, size
+        # each V1 voxel's weights sit inside its pRF: > 95 % of their mass within 3 sd (98.9 %
+        # for a continuous 2-D Gaussian)
+        m = np.abs(gt.mapping.values[block == "lowlevel"][:, roi == "V1"])
+        mass = m.reshape(side * side, n_ch, -1).sum(axis=1)
+        dist = np.hypot(
+            px[:, None] - gt.prf_x.values[roi == "V1"], py[:, None] - gt.prf_y.values[roi == "V1"]
+        )
+        inside = (mass * (dist <= 3 * gt.prf_size.values[roi == "V1"])).sum(0) / mass.sum(0)
+        assert np.median(inside) > 0.95, np.median(inside)
+        # responses: the 4 channels pooled over the voxel's own pRF explain them exactly,
+        # the same channels pooled over the whole image far less (the background's grey level is
+        # global: measured median 0.59 and 0.62)
+        _, first = np.unique(gt.stimulus.values, return_index=True)
+        rows = [list(shared.stimulus.values).index(s) for s in gt.stimulus.values[first]]
+        y = gt.stimulus_response.values[first][:, roi == "V1"].astype(np.float64)
+        prfs = {
+            k: gt[k].values[roi == "V1"].astype(np.float64) for k in ("prf_x", "prf_y", "prf_size")
+        }
+        g = synthetic_prf.prf_weights(prfs, np.column_stack([px, py]))
+        maps = low[rows].reshape(len(rows), side * side, n_ch)
+        own = [_r2(y[:, [v]], maps.transpose(0, 2, 1) @ g[:, v])[0] for v in range(y.shape[1])]
+        assert np.median(own) > 0.999, np.median(own)
+        assert np.median(_r2(y, global_channels[rows])) < 0.75, _r2(y, global_channels[rows])

@@ -71,7 +71,7 @@ from scipy.signal import lfilter
 from threadpoolctl import threadpool_limits
 
 from brainpipe import __version__
-from brainpipe.datasets import synthetic_stimuli
+from brainpipe.datasets import synthetic_prf, synthetic_stimuli
 from brainpipe.design import FINE_DT, trial_regressors
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.hrf import hrf_library, hrf_library_parameters
@@ -107,6 +107,7 @@ _ROI_ELLIPSOIDS: dict[str, tuple[tuple[float, float, float], tuple[float, float,
 # Tags separating the random streams (np.random.default_rng([seed, tag, ...])).
 _TAG_REPEATS, _TAG_RESPONSE, _TAG_ANAT, _TAG_TUNING, _TAG_TRIALS, _TAG_RUN = range(1, 7)
 _TAG_TOPOGRAPHY = 7
+_TAG_PRF = 8
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,11 @@ class SyntheticParams:
     # 1: captions also name the shape's place (3,888 distinct captions, image-level, as
     # NSD's COCO captions; 0: 432, size, colour and category alone).
     caption_place: int = 0
+    # > 0: V1 and V4 voxels have spatially local tuning, a population receptive field of
+    # this size (Gaussian sd, fraction of the image side; twice as large in V4) on a
+    # spatial map of the stimulus (:mod:`brainpipe.datasets.synthetic_prf`); 0: the
+    # low-level block pools the whole image.
+    response_prf: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -194,6 +200,7 @@ class SyntheticParams:
             _check_range(name, getattr(self, name), 0.0, None)
         _check_range("tuning_shared", self.tuning_shared, 0.0, 1.0)
         _check_range("caption_place", self.caption_place, 0, 1)
+        _check_range("response_prf", self.response_prf, 0.0, 1.0)
         if not 0.0 <= self.blank_fraction < 1.0:
             raise BrainpipeInputError(
                 _SOURCE, "blank_fraction", f"got {self.blank_fraction!r}; expected 0 <= value < 1"
@@ -446,10 +453,18 @@ def _unique_repeat_counts(n_trials: int, max_repeats: int, rng: np.random.Genera
 
 def _response_space(
     params: SyntheticParams, images: np.ndarray, factors: list[synthetic_stimuli.StimulusFactors]
-) -> tuple[np.ndarray, list[str]]:
-    """The shared response space, shape (n_stimuli, n_components), and each component's block."""
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """The shared response space, shape (n_stimuli, n_components), each component's block
+    and, with ``response_prf``, the image positions of the spatially local lowlevel block."""
     rng = _rng(params, _TAG_RESPONSE)
-    if params.response_network:  # a network layer drives V1 / V4: a known best layer
+    positions = None
+    if params.response_prf > 0:  # pRFs: one component per grid position and channel
+        low, positions = synthetic_prf.local_response(
+            params.response_network, params.response_layer, images, params.seed
+        )
+        # the draw the pooled block takes, so the colour and category blocks stay the same
+        rng.standard_normal((12 if params.response_network else 16, COMPONENT_BLOCKS["lowlevel"]))
+    elif params.response_network:  # a network layer drives V1 / V4: a known best layer
         from brainpipe.features.extract import layer_activations
 
         # the layer's leading principal components (of the centred activations, as the
@@ -462,7 +477,8 @@ def _response_space(
         energy = _zscore(u[:, :n_low] * s[:n_low])
     else:  # V1-like voxels pool edge energy over a coarse 4x4 retinotopic lattice.
         energy = _zscore(np.stack([synthetic_stimuli.edge_energy(im, grid=4) for im in images]))
-    low = _zscore(energy @ rng.standard_normal((energy.shape[1], COMPONENT_BLOCKS["lowlevel"])))
+    if positions is None:
+        low = _zscore(energy @ rng.standard_normal((energy.shape[1], COMPONENT_BLOCKS["lowlevel"])))
     colours = list(synthetic_stimuli.COLOURS)
     colour_onehot = np.eye(len(colours))[[colours.index(f.colour) for f in factors]]
     colour = _zscore(
@@ -480,8 +496,9 @@ def _response_space(
     category = _zscore(
         cat_onehot @ rng.standard_normal((cat_onehot.shape[1], COMPONENT_BLOCKS["category"]))
     )
-    blocks = [b for b, n in COMPONENT_BLOCKS.items() for _ in range(n)]
-    return np.concatenate([low, colour, category], axis=1), blocks
+    sizes = {**COMPONENT_BLOCKS, "lowlevel": low.shape[1]}
+    blocks = [b for b, n in sizes.items() for _ in range(n)]
+    return np.concatenate([low, colour, category], axis=1), blocks, positions
 
 
 # --------------------------------------------------------------------------- writing helpers
@@ -600,8 +617,11 @@ def _generate(root: Path, params: SyntheticParams) -> None:
         )
     _write_tsv(pd.DataFrame(rows), root / "stimuli" / "stimuli.tsv")
 
-    response, blocks = _response_space(params, np.stack(images), factors)
-    components = [f"{b}_{i:02d}" for b in COMPONENT_BLOCKS for i in range(COMPONENT_BLOCKS[b])]
+    response, blocks, positions = _response_space(params, np.stack(images), factors)
+    counts = {b: blocks.count(b) for b in COMPONENT_BLOCKS}
+    components = [
+        f"{b}_{i:0{max(2, len(str(n - 1)))}d}" for b, n in counts.items() for i in range(n)
+    ]
     gt_dir = root / "derivatives" / "groundtruth"
     shared_ds = xr.Dataset(
         {"response": (("stimulus", "component"), response.astype(np.float32))},
@@ -648,6 +668,7 @@ def _generate(root: Path, params: SyntheticParams) -> None:
                 unique[sub],
                 stim_row,
                 writer,
+                positions,
             )
     finally:
         writer.close()
@@ -733,6 +754,7 @@ def _generate_subject(
     unique: list[tuple[str, int]],
     stim_row: dict[str, int],
     writer: _BackgroundWriter,
+    positions: np.ndarray | None = None,
 ) -> None:
     anat_rng = _rng(params, _TAG_ANAT, s)
     mask = _subject_mask(template, anat_rng)
@@ -759,6 +781,9 @@ def _generate_subject(
     # Tuning: mapping(component, voxel), smooth in space, scaled to signal_sd * gain.
     tune_rng = _rng(params, _TAG_TUNING, s)
     n_comp = response.shape[1]
+    if positions is not None:  # pRFs: one weight per channel, spread in space by the pRF
+        n_low = blocks.count("lowlevel")
+        n_comp -= n_low - n_low // len(positions)
     # The smooth part: a topography every subject shares at the same template position
     # (all subjects are on the template grid) mixed with the subject's own deviation.
     smooth = np.stack([_smooth_field(tune_rng, shape, 1.5)[mask] for _ in range(n_comp)])
@@ -769,13 +794,23 @@ def _generate_subject(
             + math.sqrt(1.0 - params.tuning_shared) * smooth
         )
     mapping = math.sqrt(0.5) * smooth + math.sqrt(0.5) * tune_rng.standard_normal((n_comp, n_vox))
+    if positions is not None:
+        prfs = synthetic_prf.draw_prfs(
+            roi,
+            nib.affines.apply_affine(affine, ijk),
+            params.response_prf,
+            _rng(params, _TAG_PRF, s),
+        )
+        n_ch = blocks.count("lowlevel") // len(positions)
+        g = synthetic_prf.prf_weights(prfs, positions)
+        mapping = np.concatenate([synthetic_prf.expand(mapping[:n_ch], g), mapping[n_ch:]])
     block_arr = np.asarray(blocks)
     weights = {
         "V1": {"lowlevel": 1.0},
         "V4": {"lowlevel": 0.6, "colour": 1.0},
         "LOC": {"category": 1.0, "colour": 0.25},
     }
-    scale = np.zeros((n_comp, n_vox))
+    scale = np.zeros(mapping.shape)
     for name, w in weights.items():
         for block, value in w.items():
             scale[np.ix_(block_arr == block, roi == name)] = value
@@ -905,6 +940,14 @@ def _generate_subject(
             "ncsnr": ("voxel", ncsnr.astype(np.float32)),
             "ncsnr_amplitude": ("voxel", ncsnr_amplitude.astype(np.float32)),
             "noise_ceiling": ("voxel", ceiling.astype(np.float32), {"units": "percent"}),
+            **(
+                {}
+                if positions is None
+                else {
+                    k: ("voxel", v.astype(np.float32), {"units": "fraction of the image side"})
+                    for k, v in prfs.items()
+                }
+            ),
         },
         coords={
             "stimulus": ("trial", _strings(trials["stimulus"])),

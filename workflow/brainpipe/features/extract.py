@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -387,9 +387,15 @@ def build_network_store(
 
 
 def layer_activations(
-    network: str, layer: str, images: np.ndarray, seed: int = 0, batch: int = 32
+    network: str,
+    layer: str,
+    images: np.ndarray,
+    seed: int = 0,
+    batch: int = 32,
+    tokens: bool = False,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Flat activations of one layer of a random-initialised network, in memory.
+    """Flat activations (or the token view) of one layer of a random-initialised network.
 
     For the synthetic world: the same builder, preprocessing and readout as
     :func:`build_network_store` with ``weights: random`` and the same ``seed``, so the
@@ -398,10 +404,17 @@ def layer_activations(
     Parameters
     ----------
     images : ndarray of uint8, shape (n, height, width, 3)
+    tokens : bool
+        Return the layer's token view ``(n, n_tokens, n_channels)`` (every token of a
+        transformer layer, every position of a conv map), the array the feature job stores
+        as ``L_tokens``, instead of the flat readout.
+    transform : callable, optional
+        Applied to each batch's float32 array before it is kept (e.g. a projection that
+        keeps a large token view small).
 
     Returns
     -------
-    ndarray of float32, shape (n, n_features)
+    ndarray of float32, shape (n, n_features), or (n, n_tokens, n_channels) with ``tokens``
     """
     import torch
     from PIL import Image
@@ -414,8 +427,13 @@ def layer_activations(
         for s in range(0, len(images), batch):
             items = [loaded.preprocess(Image.fromarray(im)) for im in images[s : s + batch]]
             out = loaded.forward(loaded.collate(items), [layer], "cpu")[layer]
-            flat, _ = layer_views(out, loaded.readouts.get(kind, net.default_readout))
-            rows.append(flat.float().numpy())
+            flat, tok = layer_views(out, loaded.readouts.get(kind, net.default_readout))
+            if tokens and tok is None:
+                raise BrainpipeInputError(
+                    "synthetic config", "response_layer", f"{layer!r} has no token view"
+                )
+            arr = (tok if tokens else flat).float().numpy()
+            rows.append(arr if transform is None else transform(arr))
     return np.concatenate(rows)
 
 
