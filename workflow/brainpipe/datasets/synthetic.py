@@ -24,7 +24,10 @@ For each subject, voxel ``v`` and trial ``t`` showing stimulus ``s``::
 ``response(stimulus, component)`` (``shared_responses.zarr``) has three blocks:
 ``lowlevel`` (a random projection of pooled edge energy of the image), ``colour``
 (from the colour name) and ``category`` (from the category and superordinate
-one-hots), each component z-scored across all stimuli. V1 voxels load on lowlevel
+one-hots), each component z-scored across all stimuli. With ``response_prf > 0`` the
+lowlevel block is spatially local instead: one component per position and channel of a
+spatial map of the image, and each V1/V4 voxel's mapping confined to its own population
+receptive field (:mod:`brainpipe.datasets.synthetic_prf`). V1 voxels load on lowlevel
 only, V4 on lowlevel and colour, LOC on category and a little colour; voxels outside
 the ROIs have zero mapping and zero offset (noise only). Each ROI voxel's mapping is
 a smooth field plus independent noise (equal variances); with ``tuning_shared > 0`` the
