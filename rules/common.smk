@@ -179,6 +179,32 @@ def generate_metric_files():
     )
 
 
+def generate_diffusion_inputs(name):
+    """`generate/<name>` of the second stage when `generate.diffusion` is set, else none."""
+    return [f"{RESULTS}/generate/{name}"] if GENERATE["diffusion"] else []
+
+
+def generate_weight_manifests(*prefixes):
+    """Input function: manifests of the verified weights a generation rule reads (labels by
+    prefix). Evaluated while the DAG is built: a missing file stops the run, before any job,
+    naming it and the command that fetches it (`snakemake weights`, whose DAG has no
+    generation job, is not stopped; brainpipe.generate.weights)."""
+    from brainpipe.generate.weights import check_present, requests
+
+    labels = [
+        label
+        for label in requests(GENERATE, config.get("features"))
+        if label.startswith(prefixes)
+    ]
+
+    def get(wildcards):
+        if labels:
+            check_present(GENERATE, config.get("features"))
+        return [f"{config['results_dir']}/weights/{label}.json" for label in labels]
+
+    return get
+
+
 def generate_targets():
     """The generation stage's table, when `generate.rois` is set."""
     return [f"{RESULTS}/generate/metrics.tsv"] if GENERATE["rois"] else []

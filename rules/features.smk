@@ -15,6 +15,11 @@ FEATURES_CFG = config.get("features", {})
 NETWORKS = network_settings(FEATURES_CFG)
 # networks with files to fetch (weights, or only config / tokenizer files for `random`)
 FETCHED = [label for label in NETWORKS if needs_files(FEATURES_CFG, label)]
+# and the generation stage's published files (brainpipe.generate.weights), when it is on
+if GENERATE["rois"]:
+    from brainpipe.generate.weights import requests as generate_weight_requests
+
+    FETCHED += list(generate_weight_requests(GENERATE, FEATURES_CFG))
 WEIGHT_MANIFESTS = f"{config['results_dir']}/weights"
 
 

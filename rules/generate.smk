@@ -1,6 +1,10 @@
 # Generation from decoded latents (config `generate`): an image generator fitted on the
 # training stimuli (or loaded from `generate.weights`), then one job per subject x ROI that
 # decodes its latents from the betas and generates the test images (brainpipe.generate).
+# With `generate.diffusion`, a second stage: CLIP embeddings of the stimuli and a diffusion
+# UNet conditioned on them (fitted on training stimuli or loaded from
+# `generate.diffusion.weights`); each job also decodes the embeddings and generates from
+# them. Published weights come from the cache the `weights` rule fills and verifies.
 
 
 rule generator:
@@ -8,6 +12,7 @@ rule generator:
         stimuli=raw("stimuli_table"),
         images=raw("stimulus_images"),
         splits=f"{RESULTS}/splits.tsv",
+        manifests=generate_weight_manifests("generatevae"),
     output:
         weights=directory(f"{RESULTS}/generate/autoencoder"),
         latents=directory(f"{RESULTS}/generate/latents.zarr"),
@@ -28,12 +33,38 @@ rule generator:
         "../workflow/scripts/generator.py"
 
 
+rule diffusion_generator:
+    input:
+        latents=f"{RESULTS}/generate/latents.zarr",
+        weights=f"{RESULTS}/generate/autoencoder",
+        manifests=generate_weight_manifests("generateunet", "generatenet"),
+    output:
+        unet=directory(f"{RESULTS}/generate/diffusion"),
+        embeddings=directory(f"{RESULTS}/generate/embeddings.zarr"),
+    threads: 1
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=60,
+        gpu=GENERATE["gpu"],
+    benchmark:
+        f"{BENCH}/generate/diffusion_generator.tsv"
+    log:
+        f"{LOGS}/generate/diffusion_generator.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/diffusion_generator.py"
+
+
 rule generate:
     input:
         betas=f"{RESULTS}/sub-{{subject}}/betas.zarr",
         splits=f"{RESULTS}/splits.tsv",
         latents=f"{RESULTS}/generate/latents.zarr",
         weights=f"{RESULTS}/generate/autoencoder",
+        diffusion=generate_diffusion_inputs("diffusion"),
+        embeddings=generate_diffusion_inputs("embeddings.zarr"),
+        manifests=generate_weight_manifests("generatenet"),
     output:
         store=directory(f"{RESULTS}/generate/sub-{{subject}}/{{roi}}/reconstructions.zarr"),
         metrics=f"{RESULTS}/generate/sub-{{subject}}/{{roi}}/metrics.json",

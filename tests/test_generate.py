@@ -41,7 +41,17 @@ def generate_config() -> dict:
     config["generate"] = {
         "rois": ["all"],
         "steps": 120,
-        "network": {"network": "alexnet", "layer": "features.5", "seed": 5},
+        "networks": [
+            {"network": "alexnet", "layer": "features.5", "seed": 5},
+            {"network": "inceptionv3", "layer": "avgpool", "seed": 5},
+            {"network": "clipvitb32", "layer": "embedding", "seed": 5},
+        ],
+        "diffusion": {
+            "embedding": {"network": "clipvitb32", "layer": "embedding", "seed": 5},
+            "fit_steps": 150,
+            "strength": 0.5,
+            "steps": 10,
+        },
     }
     return config
 
@@ -84,3 +94,86 @@ def test_metrics_chance_and_perfect_cases():
     assert abs(reconstruction_metrics(noise, true)["two_way_pixel"] - 0.5) < 0.2
     feats = rng.standard_normal((30, 5))
     assert two_way_identification(feats[::-1], feats) < 0.6
+
+
+def test_diffusion_pipeline_from_config_classes_is_seeded_and_starts_from_the_init():
+    """The second stage's real code path with tiny random-initialised components: diffusers'
+    StableDiffusionImg2ImgPipeline over a UNet2DConditionModel, DDIMScheduler and the first
+    stage's AutoencoderKL, conditioned on (n, tokens, channels) embeddings."""
+    from brainpipe.generate import autoencoder as ae
+    from brainpipe.generate import diffusion as df
+
+    rng = np.random.default_rng(0)
+    vae = ae.build_autoencoder(16, seed=1)
+    unet = df.build_unet(8, 12, seed=1)
+    pipe = df.make_pipeline(vae, unet, df.build_scheduler())
+    embeds = rng.standard_normal((3, 1, 12)).astype(np.float32)
+    init = rng.standard_normal((3, 4 * 8 * 8)).astype(np.float32)
+    kw = dict(steps=4, guidance=2.0, seed=3)
+    first = df.generate(pipe, embeds, init.reshape(3, 4, 8, 8), strength=0.5, **kw)
+    assert first.dtype == np.uint8 and first.shape == (3, 16, 16, 3)
+    again = df.generate(pipe, embeds, init.reshape(3, 4, 8, 8), strength=0.5, **kw)
+    assert np.array_equal(first, again)
+    other = df.generate(pipe, embeds[::-1].copy(), init.reshape(3, 4, 8, 8), strength=0.5, **kw)
+    assert not np.array_equal(first, other)  # the embeddings condition the UNet
+    noise = df.generate(pipe, embeds, None, **kw)  # from pure noise
+    assert noise.shape == first.shape
+    # a fitting step runs (the denoising objective on training latents) and changes weights
+    before = [p.detach().clone() for p in unet.parameters()]
+    df.fit_unet(unet, df.build_scheduler(), init.reshape(3, 4, 8, 8), embeds, steps=2)
+    after = list(unet.parameters())
+    assert any(not np.allclose(b, a.detach()) for b, a in zip(before, after, strict=True))
+
+
+def test_generation_weights_are_requests_of_the_weights_rule(tmp_path):
+    """Hub-repo weights and pretrained metric networks become manifests the `weights` rule
+    fetches into the shared cache; a missing file stops the run naming it."""
+    from brainpipe.errors import BrainpipeInputError
+    from brainpipe.generate.jobs import generate_params
+    from brainpipe.generate.weights import check_present, requests
+
+    config = {
+        "generate": {
+            "rois": ["all"],
+            "weights": "stabilityai/sd-vae-ft-mse",
+            "networks": [{"network": "inceptionv3", "layer": "avgpool", "weights": "pretrained"}],
+            "diffusion": {
+                "weights": "lambdalabs/sd-image-variations-diffusers",
+                "embedding": {"network": "clipvitl14", "weights": "pretrained"},
+            },
+        }
+    }
+    features = {"weights_dir": str(tmp_path)}
+    p = generate_params(config)
+    req = requests(p, features)
+    assert set(req) == {
+        "generatevae",
+        "generateunet",
+        "generatenetinceptionv3",
+        "generatenetclipvitl14",
+    }
+    unet_files = [str(f.path) for f in req["generateunet"][1]]
+    assert any(f.endswith("unet/diffusion_pytorch_model.safetensors") for f in unet_files)
+    assert all(f.startswith(str(tmp_path)) for f in unet_files)
+    with pytest.raises(BrainpipeInputError, match="snakemake --cores 1 weights"):
+        check_present(p, features)
+    # a local folder is used as is: nothing to fetch
+    (tmp_path / "vae").mkdir()
+    config["generate"]["weights"] = str(tmp_path / "vae")
+    assert "generatevae" not in requests(generate_params(config), features)
+
+
+def test_generation_weights_go_through_the_weights_rule(tmp_path):
+    """Dry runs: with hub weights configured and the cache empty, the generation DAG stops
+    before any job naming the missing file and the fetch command, while `snakemake weights`
+    plans the fetch of the generation stage's files (manifest `weights/generateunet.json`)."""
+    config = generate_config()
+    config["generate"]["diffusion"]["weights"] = "lambdalabs/sd-image-variations-diffusers"
+    config["features"]["weights_dir"] = str(tmp_path / "cache")
+    result = run_workflow(tmp_path, config, "-n", "results/synthetic/generate/metrics.tsv")
+    assert result.returncode != 0
+    assert "unet/config.json" in result.stdout + result.stderr
+    assert "snakemake --cores 1 weights" in result.stdout + result.stderr
+    result = run_workflow(tmp_path, config, "-n", "weights")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "results/weights/generateunet.json" in result.stdout

@@ -13,4 +13,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.metrics,
         snakemake.config,
         threads=snakemake.threads,
+        diffusion=(snakemake.input.diffusion or [None])[0],
+        embeddings=(snakemake.input.embeddings or [None])[0],
     )

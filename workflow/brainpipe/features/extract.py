@@ -394,12 +394,17 @@ def layer_activations(
     batch: int = 32,
     tokens: bool = False,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    pretrained: bool = False,
+    weights_dir: Path | None = None,
+    vector_token: bool = False,
 ) -> np.ndarray:
-    """Flat activations (or the token view) of one layer of a random-initialised network.
+    """Flat activations (or the token view) of one layer of a network, in memory.
 
     For the synthetic world: the same builder, preprocessing and readout as
     :func:`build_network_store` with ``weights: random`` and the same ``seed``, so the
-    feature job recovers exactly the layer that generated the responses.
+    feature job recovers exactly the layer that generated the responses. With
+    ``pretrained`` the builder reads the published weights from the local cache
+    (``weights_dir``, as the ``weights`` rule filled it; never downloaded).
 
     Parameters
     ----------
@@ -411,6 +416,12 @@ def layer_activations(
     transform : callable, optional
         Applied to each batch's float32 array before it is kept (e.g. a projection that
         keeps a large token view small).
+    pretrained : bool
+        Read the published weights from the local cache (``weights_dir``, as the
+        ``weights`` rule filled it; never downloaded) instead of seeded random ones.
+    vector_token : bool
+        With ``tokens``: a layer with no token view (a vector, e.g. CLIP's ``embedding``)
+        is returned as one token ``(n, 1, n_features)`` instead of raising.
 
     Returns
     -------
@@ -420,7 +431,7 @@ def layer_activations(
     from PIL import Image
 
     net = get_network(network)
-    loaded = net.builder(False, None, seed)
+    loaded = net.builder(bool(pretrained), weights_dir, seed)
     kind = layer.rstrip("0123456789")
     rows = []
     with torch.inference_mode():
@@ -428,6 +439,8 @@ def layer_activations(
             items = [loaded.preprocess(Image.fromarray(im)) for im in images[s : s + batch]]
             out = loaded.forward(loaded.collate(items), [layer], "cpu")[layer]
             flat, tok = layer_views(out, loaded.readouts.get(kind, net.default_readout))
+            if tokens and tok is None and vector_token:
+                tok = flat[:, None, :]
             if tokens and tok is None:
                 raise BrainpipeInputError(
                     "synthetic config", "response_layer", f"{layer!r} has no token view"

@@ -318,33 +318,47 @@ def torchvision_builder(arch: str, enum_path: str) -> Builder:
 
 CLIP_HF_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 CLIP_FILE = "open_clip_model.safetensors"
+#: open_clip ViT-L/14 with OpenAI's weights: the image encoder Stable Diffusion image
+#: variations and Versatile Diffusion condition on (open_clip's ``openai`` tag, served
+#: from the hub repo below).
+CLIP_L14_HF_REPO = "timm/vit_large_patch14_clip_224.openai"
 
 
-def _clip_weight_files(weights_dir: Path | None) -> list[WeightFile]:
-    cache = hf_cache_dir(weights_dir)
-    return [
-        WeightFile(
-            hf_cached_file(cache, CLIP_HF_REPO, CLIP_FILE),
-            f"https://huggingface.co/{CLIP_HF_REPO}/resolve/main/{CLIP_FILE}",
-            "hf-etag",
-        )
-    ]
+def _open_clip_weight_files(repo: str) -> Callable[[Path | None], list[WeightFile]]:
+    def files(weights_dir: Path | None) -> list[WeightFile]:
+        cache = hf_cache_dir(weights_dir)
+        return [
+            WeightFile(
+                hf_cached_file(cache, repo, CLIP_FILE),
+                f"https://huggingface.co/{repo}/resolve/main/{CLIP_FILE}",
+                "hf-etag",
+            )
+        ]
+
+    return files
 
 
-def _clip_model(pretrained: bool, weights_dir: Path | None, seed: int) -> tuple[Any, Any]:
+_clip_weight_files = _open_clip_weight_files(CLIP_HF_REPO)
+
+
+def _clip_model(
+    pretrained: bool,
+    weights_dir: Path | None,
+    seed: int,
+    arch: str = "ViT-B-32",
+    tag: str = "laion2b_s34b_b79k",
+) -> tuple[Any, Any]:
     import open_clip
     import torch
 
     if pretrained:
         with hub_offline():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                "ViT-B-32",
-                pretrained="laion2b_s34b_b79k",
-                cache_dir=str(hf_cache_dir(weights_dir)),
+                arch, pretrained=tag, cache_dir=str(hf_cache_dir(weights_dir))
             )
     else:
         torch.manual_seed(seed)
-        model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
     return model.eval(), preprocess
 
 
@@ -362,8 +376,14 @@ def _block_hooks(blocks: Any, layers: Sequence[str], prefix: str) -> tuple[dict,
     return outs, handles
 
 
-def _clip_image_builder(pretrained: bool, weights_dir: Path | None, seed: int) -> Loaded:
-    model, preprocess = _clip_model(pretrained, weights_dir, seed)
+def _clip_image_builder(
+    pretrained: bool,
+    weights_dir: Path | None,
+    seed: int,
+    arch: str = "ViT-B-32",
+    tag: str = "laion2b_s34b_b79k",
+) -> Loaded:
+    model, preprocess = _clip_model(pretrained, weights_dir, seed, arch, tag)
 
     def forward(batch: Any, layers: Sequence[str], device: Any) -> dict[str, Any]:
         outs, handles = _block_hooks(model.visual.transformer.resblocks, layers, "block")
@@ -646,5 +666,30 @@ register_network(
         default_layers=("energy",),
         builder=_moten_builder,
         weight_files=lambda weights_dir: [],
+    )
+)
+register_network(
+    Network(
+        name="clipvitl14",
+        library="open_clip",
+        modality="image",
+        layers=tuple(f"block{i}" for i in range(24)) + ("embedding",),
+        default_layers=("block11", "block23", "embedding"),
+        builder=lambda pretrained, weights_dir, seed: _clip_image_builder(
+            pretrained, weights_dir, seed, "ViT-L-14", "openai"
+        ),
+        weight_files=_open_clip_weight_files(CLIP_L14_HF_REPO),
+        default_readout="cls",
+    )
+)
+register_network(
+    Network(
+        name="inceptionv3",
+        library="torchvision",
+        modality="image",
+        layers=("Mixed_5d", "Mixed_6e", "Mixed_7c", "avgpool", "fc"),
+        default_layers=("avgpool",),
+        builder=torchvision_builder("inception_v3", "Inception_V3_Weights.IMAGENET1K_V1"),
+        weight_files=torchvision_weight_files("Inception_V3_Weights.IMAGENET1K_V1"),
     )
 )

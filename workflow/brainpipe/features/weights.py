@@ -219,7 +219,9 @@ def fetch_file(wf: WeightFile) -> None:
         repo_dir = next(p for p in parts if p.startswith("models--"))
         repo_id = repo_dir.removeprefix("models--").replace("--", "/")
         cache = Path(*parts[: parts.index(repo_dir)])
-        hf_hub_download(repo_id, Path(wf.path).name, cache_dir=str(cache))
+        # the file's path inside the repo (``unet/config.json``): after snapshots/<commit>/
+        inside = parts[parts.index("snapshots") + 2 :] if "snapshots" in parts else parts[-1:]
+        hf_hub_download(repo_id, "/".join(inside), cache_dir=str(cache))
     else:
         download(wf.url, Path(wf.path))
 

@@ -137,11 +137,22 @@ def save_autoencoder(vae, folder: str | Path) -> Path:
     return Path(folder)
 
 
-def load_autoencoder(folder: str | Path):
-    """An ``AutoencoderKL`` from a ``save_pretrained`` folder (weight cache or our own fit)."""
+def load_autoencoder(folder: str | Path, cache_dir: str | Path | None = None):
+    """An ``AutoencoderKL`` from a ``save_pretrained`` folder (weight cache or our own fit).
+
+    ``folder`` may also be a hub repo id in Stable Diffusion's layout (``vae/``) whose
+    files the ``weights`` rule put in ``cache_dir``; it is never downloaded here.
+    """
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
+    if Path(str(folder)).expanduser().is_dir():
+        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
+    return AutoencoderKL.from_pretrained(
+        str(folder),
+        subfolder="vae",
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        local_files_only=True,
+    ).eval()
 
 
 def resize_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
