@@ -277,18 +277,24 @@ def _decode_ridge(
 
 def _network_metrics(
     nets: Sequence[Mapping[str, Any]],
-    images: np.ndarray,
+    stages: Mapping[str, np.ndarray],
     truth: np.ndarray,
     config: Mapping[str, Any],
-    prefix: str = "",
 ) -> dict[str, float]:
-    """Two-way identification of ``images`` against ``truth`` in each network's layer."""
+    """Two-way identification of each stage's images against ``truth`` in each network.
+
+    ``stages`` maps a metric prefix (``""`` for stage 1, ``"diffusion_"``) to its images;
+    each network is built once and reads the stimuli and every stage in one pass.
+    """
     out = {}
+    names = list(stages)
     for net in nets:
-        f_true = network_features(net, truth, config)
-        f_rec = network_features(net, images, config)
-        key = f"{prefix}two_way_{net['network']}_{net['layer']}"
-        out[key] = two_way_identification(f_rec, f_true)
+        feats = network_features(net, np.concatenate([truth, *stages.values()]), config)
+        f_true, *f_stages = np.split(feats, len(names) + 1)
+        for prefix, f_rec in zip(names, f_stages, strict=True):
+            out[f"{prefix}two_way_{net['network']}_{net['layer']}"] = two_way_identification(
+                f_rec, f_true
+            )
     return out
 
 
@@ -349,16 +355,16 @@ def reconstruct(
         "n_voxels": int(data.n_voxels),
         **reconstruction_metrics(images, truth),
     }
-    nets = metric_networks(p)
-    metrics.update(_network_metrics(nets, images, truth, config))
     stage2: dict[str, Any] = {}
     if diffusion and p["diffusion"]:
         stage2 = _diffusion_stage(
             p, X, X_test, groups, data, embeddings, diffusion, vae, predicted, truth, config
         )
         metrics.update(stage2.pop("metrics"))
-        generated = stage2["diffusion_image"]
-        metrics.update(_network_metrics(nets, generated, truth, config, "diffusion_"))
+    stages = {"": images}
+    if stage2:
+        stages["diffusion_"] = stage2["diffusion_image"]
+    metrics.update(_network_metrics(metric_networks(p), stages, truth, config))
     write_zarr(
         xr.Dataset(
             {
@@ -369,7 +375,7 @@ def reconstruct(
                     k: (("stimulus", *dims), v)
                     for k, (dims, v) in (
                         ("diffusion_image", (("y", "x", "channel"), stage2.get("diffusion_image"))),
-                        ("embedding", (("token", "channel"), stage2.get("embedding"))),
+                        ("embedding", (("token", "embedding_channel"), stage2.get("embedding"))),
                     )
                     if v is not None
                 },
