@@ -206,8 +206,41 @@ def generate_weight_manifests(*prefixes):
 
 
 def generate_targets():
-    """The generation stage's table, when `generate.rois` is set."""
-    return [f"{RESULTS}/generate/metrics.tsv"] if GENERATE["rois"] else []
+    """The generation stage's tables, when `generate.rois` / `generate.captions.rois` is set."""
+    return ([f"{RESULTS}/generate/metrics.tsv"] if GENERATE["rois"] else []) + caption_targets()
+
+
+# Brain captioning (rules/generate.smk): the `generate.captions` block over its defaults.
+from brainpipe.generate.caption_jobs import caption_params, captions_enabled, check_caption_config
+
+CAPTIONS = caption_params(config)
+check_caption_config(config)
+
+
+def caption_files():
+    """One captions table per subject x `generate.captions.rois` entry: the fan-out."""
+    return expand(
+        f"{RESULTS}/generate/captions/sub-{{subject}}/{{roi}}/captions.tsv",
+        subject=config["subjects"],
+        roi=CAPTIONS["rois"],
+    )
+
+
+def caption_targets():
+    """The captions' scores table, when `generate.captions.rois` is set."""
+    return [f"{RESULTS}/generate/captions/scores.tsv"] if captions_enabled(config) else []
+
+
+def caption_weights_input(wildcards):
+    """The verified-weights manifest of `generate.captions.language_model` (a
+    `features.networks` label), checked present while the DAG is built."""
+    label = CAPTIONS["language_model"]
+    if not label:
+        return []
+    from brainpipe.features.weights import check_weights_present
+
+    check_weights_present(config.get("features"), [label])
+    return [f"{config['results_dir']}/weights/{label}.json"]
 
 
 # Input functions of the model-zoo rules (train.smk, evaluate.smk).

@@ -99,3 +99,74 @@ rule generate_scores:
         ENV
     script:
         "../workflow/scripts/generate_scores.py"
+
+
+# Brain captioning (config `generate.captions`, brainpipe.generate.caption_jobs): a caption
+# decoder trained on the training stimuli's (embedding, caption) pairs; one job per
+# subject x ROI captions the decoder's predicted embeddings of the test stimuli; one
+# scoring job (METEOR, CIDEr against the shuffled-reference baseline) for all of them.
+
+
+rule captioner:
+    input:
+        stimuli=raw("stimuli_table"),
+        features=f"{RESULTS}/features/{CAPTIONS['features']}.zarr",
+        splits=f"{RESULTS}/splits.tsv",
+        weights=caption_weights_input,
+    output:
+        captioner=directory(f"{RESULTS}/generate/captions/captioner"),
+    threads: 1
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=60,
+        gpu=CAPTIONS["gpu"],
+    benchmark:
+        f"{BENCH}/generate/captioner.tsv"
+    log:
+        f"{LOGS}/generate/captioner.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/captioner.py"
+
+
+rule caption:
+    input:
+        predictions=f"{RESULTS}/models/sub-{{subject}}/{{roi}}/{CAPTIONS['decoder']}-{CAPTIONS['features']}/predictions.zarr",
+        features=f"{RESULTS}/features/{CAPTIONS['features']}.zarr",
+        stimuli=raw("stimuli_table"),
+        splits=f"{RESULTS}/splits.tsv",
+        captioner=f"{RESULTS}/generate/captions/captioner",
+    output:
+        captions=f"{RESULTS}/generate/captions/sub-{{subject}}/{{roi}}/captions.tsv",
+    threads: 1
+    resources:
+        mem_mb=per_attempt(3000),
+        runtime=30,
+        gpu=CAPTIONS["gpu"],
+    benchmark:
+        f"{BENCH}/generate/captions_sub-{{subject}}_{{roi}}.tsv"
+    log:
+        f"{LOGS}/generate/captions_sub-{{subject}}_{{roi}}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/caption.py"
+
+
+rule caption_scores:
+    input:
+        captions=caption_files(),
+    output:
+        table=f"{RESULTS}/generate/captions/scores.tsv",
+    resources:
+        mem_mb=3000,  # the METEOR jar runs with -Xmx2G
+        runtime=15,
+    benchmark:
+        f"{BENCH}/generate/caption_scores.tsv"
+    log:
+        f"{LOGS}/generate/caption_scores.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/caption_scores.py"

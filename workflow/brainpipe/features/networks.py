@@ -509,6 +509,8 @@ def transformers_text_builder(repo_id: str, model_class: str, config_class: str)
         with hub_offline():
             tokenizer = transformers.AutoTokenizer.from_pretrained(repo_id, cache_dir=cache)
             model = _transformers_model(repo_id, model_class, config_class, cache, pretrained, seed)
+        if tokenizer.pad_token is None:  # GPT-2 has none: pad with its end-of-text token
+            tokenizer.pad_token = tokenizer.eos_token
 
         def collate(items: list[str]) -> Any:
             return dict(
@@ -639,6 +641,30 @@ register_network(
         weight_files=hf_weight_files(
             "google-bert/bert-base-uncased",
             ("config.json", "tokenizer_config.json", "vocab.txt", "model.safetensors"),
+        ),
+        default_readout="mean",
+    )
+)
+register_network(
+    Network(
+        name="gpt2",
+        library="transformers",
+        modality="text",
+        layers=tuple(f"hidden{i}" for i in range(13)),
+        default_layers=("hidden6", "hidden12"),
+        builder=transformers_text_builder("openai-community/gpt2", "GPT2Model", "GPT2Config"),
+        # also the language model of the caption decoder (brainpipe.generate.captioner)
+        weight_files=hf_weight_files(
+            "openai-community/gpt2",
+            (
+                "config.json",
+                "generation_config.json",
+                "tokenizer_config.json",
+                "vocab.json",
+                "merges.txt",
+                "tokenizer.json",
+                "model.safetensors",
+            ),
         ),
         default_readout="mean",
     )
