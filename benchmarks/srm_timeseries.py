@@ -8,6 +8,9 @@ DetSRM measured in the same run.
 
     python benchmarks/srm_timeseries.py                    # 8 subjects x 2000 TRs x 5000 voxels
     python benchmarks/srm_timeseries.py --voxels 1000 --out benchmarks/results/srm_quick.json
+    # Sherlock-like: 16 subjects x 2,000 TRs, a tenth of ~20,000 voxels (memory), then scaled
+    python benchmarks/srm_timeseries.py --subjects 16 --voxels 2000 \
+        --out benchmarks/results/srm_timeseries_sherlock_2k.json
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--child", choices=IMPLEMENTATIONS)
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "srm_timeseries.json")
     args = parser.parse_args()
     if args.child:
@@ -99,7 +103,8 @@ def main() -> None:
     import subprocess
 
     results = {"params": {k: v for k, v in vars(args).items() if k not in ("child", "out")}}
-    for impl in IMPLEMENTATIONS:
+    chosen = args.implementations.split(",")
+    for impl in chosen:
         cmd = [sys.executable, __file__, "--child", impl]
         for key in ("subjects", "timepoints", "voxels", "components", "iterations", "window"):
             cmd += [f"--{key}", str(getattr(args, key))]
@@ -110,8 +115,8 @@ def main() -> None:
         out_file.unlink()
         results[impl] = {**m.as_dict(), **(json.loads(lines[-1]) if lines else {})}
         print(impl, results[impl], flush=True)
-    ref = results["brainiak_detsrm"]
-    for impl in IMPLEMENTATIONS:
+    ref = results.get("brainiak_detsrm") or results[chosen[0]]
+    for impl in chosen:
         results[impl]["wall_ratio_to_brainiak_detsrm"] = results[impl]["wall_s"] / ref["wall_s"]
         if "fit_s" in results[impl]:
             results[impl]["fit_ratio_to_brainiak_detsrm"] = results[impl]["fit_s"] / ref["fit_s"]

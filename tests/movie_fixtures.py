@@ -8,7 +8,7 @@ subject's voxels plus noise) as such a folder, in the fMRIPrep layout of
 movie's clock cut into ``runs`` consecutive runs of session ``01``, each run's BOLD in
 % signal change over a per-voxel baseline, inside a ball-shaped brain mask. The events
 mark the movie's clips (one every ``clip_trs`` TRs, a ``stimulus`` column naming the
-clip's frame image under ``stimuli/``), as a movie dataset's events do.
+clip's frame image under ``stimuli/``, a JPEG), as a movie dataset's events do.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def make_movie_dataset(
     n_clips = n_scans // clip_trs
     for r in range(len(shape.runs)):
         for c in range(n_clips):
-            _save_image(root / "stimuli" / f"clip-r{r + 1}c{c + 1:02d}.png", rng)
+            # no extension: with the registry's defaults (column `stimulus`, image
+            # "{value}") the bids view reads the file named by the stimulus id
+            _save_image(root / "stimuli" / f"clip-r{r + 1}c{c + 1:02d}", rng)
     conf_meta = confounds_json()
     for s, sub in enumerate(shape.subjects):
         base = rng.uniform(800, 1200, n_vox)
@@ -107,7 +109,7 @@ def make_movie_dataset(
                 {
                     "onset": onsets,
                     "duration": shape.trial_duration_s,
-                    "stimulus": [f"clip-r{r + 1}c{c + 1:02d}.png" for c in range(n_clips)],
+                    "stimulus": [f"clip-r{r + 1}c{c + 1:02d}" for c in range(n_clips)],
                 }
             ).to_csv(raw / f"{stem}_events.tsv", sep="\t", index=False)
     return world

@@ -5,7 +5,7 @@ with log_to(snakemake.log[0]):
     caption_job(
         snakemake.input.predictions,
         snakemake.input.features,
-        snakemake.input.stimuli,
+        snakemake.input.stimuli[0],
         snakemake.input.splits,
         snakemake.input.captioner,
         snakemake.wildcards.subject,

@@ -3,7 +3,7 @@ from brainpipe.logs import log_to
 
 with log_to(snakemake.log[0]):
     fit_captioner_job(
-        snakemake.input.stimuli,
+        snakemake.input.stimuli[0],
         snakemake.input.features,
         snakemake.input.splits,
         snakemake.output.captioner,
