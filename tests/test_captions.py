@@ -66,7 +66,9 @@ def test_captions_of_decoded_embeddings_beat_the_shuffled_baseline(tmp_path):
     vocab = set(Captioner.load(out / "captioner").tokenizer.get_vocab())
     train_words = {
         w
-        for c in pd.read_csv(tmp_path / "data" / "synthetic" / "stimuli.tsv", sep="\t", dtype=str)
+        for c in pd.read_csv(
+            tmp_path / "data" / "synthetic" / "stimuli" / "stimuli.tsv", sep="\t", dtype=str
+        )
         .set_index("stimulus")
         .loc[sorted(set(splits.loc[splits["split"] == "train", "stimulus"]))]["caption"]
         for w in word_tokenizer([c]).get_vocab()
@@ -134,3 +136,68 @@ def test_config_checks_name_the_key():
     config["features"]["networks"] = {"gpt": {"network": "bert"}}
     with pytest.raises(BrainpipeInputError, match="not a causal language model"):
         check_caption_config(config)
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (every byte one token, as in its vocab.json) + end-of-text."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = sorted(bytes_to_unicode().values())
+    return {**{c: i for i, c in enumerate(chars)}, "<|endoftext|>": len(chars)}
+
+
+def test_pretrained_gpt2_is_read_from_the_hub_cache(tmp_path):
+    """The real-run path: `language_model` names a `features.networks` label of network
+    gpt2; the caption decoder loads it and its tokenizer from the hub cache, offline (a
+    small GPT-2 with GPT-2's file layout: config.json, vocab.json, merges.txt)."""
+    import json
+
+    import transformers
+
+    from brainpipe.features.networks import get_network, hf_cache_dir
+    from brainpipe.generate.caption_jobs import language_model_source
+    from brainpipe.generate.captioner import pretrained_language_model
+
+    from .test_features_networks import _safetensors_bytes, put_in_hub_cache
+
+    vocab = _byte_level_vocab()
+    cfg = transformers.GPT2Config(
+        vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+        bos_token_id=len(vocab) - 1, eos_token_id=len(vocab) - 1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = transformers.GPT2LMHeadModel(cfg)
+    state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied
+    put_in_hub_cache(
+        hf_cache_dir(tmp_path),
+        "openai-community/gpt2",
+        {
+            "config.json": cfg.to_json_string().encode(),
+            "generation_config.json": b"{}",
+            "tokenizer_config.json": json.dumps({"model_max_length": 64}).encode(),
+            "vocab.json": json.dumps(vocab).encode(),
+            "merges.txt": b"#version: 0.2\n",
+            "model.safetensors": _safetensors_bytes(state),
+        },
+    )
+    config = caption_config()
+    config["features"] = {"weights_dir": str(tmp_path), "networks": {"lm": {"network": "gpt2"}}}
+    config["generate"]["captions"]["language_model"] = "lm"
+    check_caption_config(config)
+    repo, cache = language_model_source(config)
+    model, tokenizer = pretrained_language_model(repo, cache)
+    key = "transformer.h.1.mlp.c_fc.weight"
+    assert torch.equal(model.state_dict()[key], lm.state_dict()[key])
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"
+    torch.set_num_threads(1)
+    emb = np.eye(4, dtype=np.float32)
+    captions = ["a red star", "a blue ring", "a green cross", "a red ring"]
+    cap, loss = fit_captioner(emb, captions, lm=model, tokenizer=tokenizer, steps=150, seed=2)
+    cap.save(tmp_path / "captioner")
+    again = Captioner.load(tmp_path / "captioner")
+    assert again.caption(emb, max_new_tokens=16) == cap.caption(emb, max_new_tokens=16)
+    assert cap.caption(emb[:1], max_new_tokens=16) == ["a red star"], loss
+    # the same files serve the gpt2 feature network (hidden states, padded with end-of-text)
+    net = get_network("gpt2").builder(True, tmp_path, 0)
+    outs = net.forward(net.collate(["a red star", "a ring"]), ["hidden2"], "cpu")
+    assert outs["hidden2"].shape[0] == 2 and outs["hidden2"].shape[2] == 32

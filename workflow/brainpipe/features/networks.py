@@ -468,10 +468,14 @@ def _transformers_model(
     import transformers
 
     if pretrained:
-        model = getattr(transformers, model_class).from_pretrained(repo_id, cache_dir=cache)
+        model = getattr(transformers, model_class).from_pretrained(
+            repo_id, cache_dir=cache, local_files_only=True
+        )
     else:
         torch.manual_seed(seed)
-        config = getattr(transformers, config_class).from_pretrained(repo_id, cache_dir=cache)
+        config = getattr(transformers, config_class).from_pretrained(
+            repo_id, cache_dir=cache, local_files_only=True
+        )
         model = getattr(transformers, model_class)(config)
     return model.eval()
 
@@ -485,7 +489,9 @@ def transformers_image_builder(repo_id: str, model_class: str, config_class: str
 
         cache = str(hf_cache_dir(weights_dir))
         with hub_offline():
-            processor = transformers.AutoImageProcessor.from_pretrained(repo_id, cache_dir=cache)
+            processor = transformers.AutoImageProcessor.from_pretrained(
+                repo_id, cache_dir=cache, local_files_only=True
+            )
             model = _transformers_model(repo_id, model_class, config_class, cache, pretrained, seed)
 
         def preprocess(image: Any) -> Any:
@@ -507,7 +513,9 @@ def transformers_text_builder(repo_id: str, model_class: str, config_class: str)
 
         cache = str(hf_cache_dir(weights_dir))
         with hub_offline():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(repo_id, cache_dir=cache)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                repo_id, cache_dir=cache, local_files_only=True
+            )
             model = _transformers_model(repo_id, model_class, config_class, cache, pretrained, seed)
         if tokenizer.pad_token is None:  # GPT-2 has none: pad with its end-of-text token
             tokenizer.pad_token = tokenizer.eos_token

@@ -89,9 +89,10 @@ def pretrained_language_model(repo_id: str, cache_dir: str | Path):
 
     from brainpipe.features.networks import hub_offline
 
+    kw = {"cache_dir": str(cache_dir), "local_files_only": True}
     with hub_offline():
-        tokenizer = AutoTokenizer.from_pretrained(repo_id, cache_dir=str(cache_dir))
-        model = GPT2LMHeadModel.from_pretrained(repo_id, cache_dir=str(cache_dir))
+        tokenizer = AutoTokenizer.from_pretrained(repo_id, **kw)
+        model = GPT2LMHeadModel.from_pretrained(repo_id, **kw)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
