@@ -151,8 +151,8 @@ def main() -> None:
             log.unlink()
         results[stage] = {**m.as_dict(), **(json.loads(lines[-1]) if lines else {})}
         print(stage, results[stage], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))  # after each stage
 
 
 if __name__ == "__main__":
