@@ -32,8 +32,7 @@ IMPLEMENTATIONS = ("brainiak_srm", "brainiak_detsrm", "brainpipe_detsrm", "brain
 def child(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from brainpipe.align._backend import get_backend
-    from brainpipe.align._solvers import deterministic_srm
+    from brainpipe.align._solvers import deterministic_srm, get_backend
     from brainpipe.align.timeseries import (
         SharedGPFA,
         fit_srm,
