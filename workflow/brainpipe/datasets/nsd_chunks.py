@@ -24,10 +24,12 @@ The caller transposes the buffer's voxel blocks into Zarr chunks
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import mmap
 import os
 import struct
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ import numpy as np
 
 #: ``preadv`` takes at most this many buffers at once (IOV_MAX on Linux).
 IOV_MAX = 1024
-#: Bytes of the stream :class:`StreamedChunks` keeps at least (it holds up to twice this).
+#: Bytes of the stream :class:`StreamedChunks` keeps at least (it holds up to twice this,
+#: by reference).
 STREAM_WINDOW = 64 << 20
 
 
@@ -317,7 +320,10 @@ class StreamedChunks:
     placed by the index itself, so the result equals reading the finished file whatever
     the order of nodes and chunks in it; locality only decides how much :meth:`finish`
     still reads (on an NSD-shaped session written by HDF5, ~2 % of the kept voxels with a
-    64 MB window). Memory: ``out`` and the window (2 × ``window`` bytes).
+    64 MB window). The window is the pieces of the stream themselves, held by reference
+    (a download's ``bytes``; nothing is copied into a ring), and each kept voxel's chunk
+    is copied once, straight into its row. Memory: ``out`` and the window (2 ×
+    ``window`` bytes).
 
     Parameters
     ----------
@@ -353,9 +359,13 @@ class StreamedChunks:
         self.row_bytes = out.shape[1] * out.dtype.itemsize
         self.rows = out.view(np.uint8).reshape(len(out), self.row_bytes)
         self.window = max(int(STREAM_WINDOW if window is None else window), 1 << 12)
-        # a ring: file byte p at p % len(buf), the last 2 × window bytes
-        self.buf = np.frombuffer(mmap.mmap(-1, 2 * self.window), np.uint8)
-        self.ring = memoryview(self.buf)
+        # the last 2 × window bytes of the stream, as the pieces that brought them (held,
+        # not copied): file offset each piece starts at, and the piece
+        self.starts: deque[int] = deque()
+        self.pieces: deque[np.ndarray] = deque()
+        self.held = 0  # bytes in self.pieces
+        self.void = np.dtype((np.void, self.row_bytes))  # a chunk as one element
+        self.out_rows = out.view(np.uint8).reshape(len(out), self.row_bytes).view(self.void)[:, 0]
         self.pos = 0
         self.nodes: list[tuple[int, int, int]] = [(root + 8, root, 0)]  # (need, address, stage)
         self.pending = (np.empty(0, np.int64), np.empty(0, np.int64))  # chunks ahead
@@ -366,32 +376,47 @@ class StreamedChunks:
         self.from_file = 0  # of them, read from the file by finish()
 
     def feed(self, data: memoryview) -> None:
-        """The next bytes of the file (from offset 0 on, in order)."""
+        """The next bytes of the file (from offset 0 on, in order).
+
+        Bytes of an immutable ``bytes`` object (what a download hands on) are held as
+        they are until the window has passed them; anything else is copied first.
+        """
         view = memoryview(data).cast("B")
-        ring = len(self.buf)
-        for at in range(0, len(view), self.window):
-            piece = view[at : at + self.window]
-            o, n = self.pos % ring, len(piece)
-            first = min(n, ring - o)
-            self.ring[o : o + first] = piece[:first]
-            if first < n:  # wraps around
-                self.ring[: n - first] = piece[first:]
-            self.pos += n
+        if not len(view):
+            return
+        if not (view.readonly and isinstance(view.obj, bytes)):
+            view = memoryview(bytes(view))
+        data_u8 = np.frombuffer(view, np.uint8)
+        for at in range(0, len(data_u8), self.window):  # walked every window at least
+            piece = data_u8[at : at + self.window]
+            self.starts.append(self.pos)
+            self.pieces.append(piece)
+            self.pos += len(piece)
+            self.held += len(piece)
+            while len(self.pieces) > 1 and self.held - len(self.pieces[0]) >= 2 * self.window:
+                self.held -= len(self.pieces.popleft())
+                self.starts.popleft()
             self._walk()
             self._take_pending()
 
     @property
     def wbase(self) -> int:
-        """File offset of the oldest byte the ring still holds."""
-        return max(0, self.pos - len(self.buf))
+        """File offset of the oldest byte of the window (the last 2 × ``window`` bytes)."""
+        return max(self.starts[0] if self.starts else 0, self.pos - 2 * self.window)
 
     def _bytes(self, at: int, n: int) -> np.ndarray:
-        """File bytes ``[at, at + n)`` from the ring (a copy where they wrap around)."""
-        ring = len(self.buf)
-        o = at % ring
-        if o + n <= ring:
-            return self.buf[o : o + n]
-        return np.concatenate([self.buf[o:], self.buf[: o + n - ring]])
+        """File bytes ``[at, at + n)`` from the window (a copy where they span pieces)."""
+        k = bisect.bisect_right(self.starts, at) - 1
+        o = at - self.starts[k]
+        piece = self.pieces[k]
+        if o + n <= len(piece):
+            return piece[o : o + n]
+        parts, left = [piece[o:]], n - (len(piece) - o)
+        while left > 0:
+            k += 1
+            parts.append(self.pieces[k][:left])
+            left -= len(parts[-1])
+        return np.concatenate(parts)
 
     def _want_node(self, address: int) -> None:
         if address + 8 > self.pos or address >= self.wbase:
@@ -468,17 +493,23 @@ class StreamedChunks:
             self.pending = (address[~ready], rows[~ready])
 
     def _copy(self, address: np.ndarray, rows: np.ndarray) -> None:
+        """Copy the chunks at file offsets ``address`` (all in the window) to ``rows``."""
         if not len(address):
             return
-        from numpy.lib.stride_tricks import as_strided
-
-        ring, rb = len(self.buf), self.row_bytes
-        o = address % ring
-        whole = o + rb <= ring
-        chunks = as_strided(self.buf, shape=(ring - rb + 1, rb), strides=(1, 1))
-        self.rows[rows[whole]] = chunks[o[whole]]
-        for at, row in zip(address[~whole].tolist(), rows[~whole].tolist(), strict=True):
-            self.rows[row] = self._bytes(at, rb)  # one that wraps around the ring
+        rb = self.row_bytes
+        starts = np.fromiter(self.starts, np.int64, len(self.starts))
+        k = np.searchsorted(starts, address, side="right") - 1
+        for piece_no in np.unique(k).tolist():
+            mine = k == piece_no
+            piece, first = self.pieces[piece_no], int(starts[piece_no])
+            o, r = address[mine] - first, rows[mine]
+            whole = o + rb <= len(piece)
+            if whole.any():
+                # each chunk one element of a view of the piece: a memcpy per chunk
+                chunks = np.ndarray((len(piece) - rb + 1,), self.void, piece, 0, (1,))
+                self.out_rows[r[whole]] = chunks[o[whole]]
+            for at, row in zip(o[~whole].tolist(), r[~whole].tolist(), strict=True):
+                self.rows[row] = self._bytes(first + at, rb)  # one spanning two pieces
 
     def finish(self, path: str | Path, fill: int = 0) -> np.ndarray:
         """Complete ``out`` from the verified file ``path``: what the window had passed.
