@@ -151,6 +151,8 @@ def main() -> None:
             log.unlink()
         results[stage] = {**m.as_dict(), **(json.loads(lines[-1]) if lines else {})}
         print(stage, results[stage], flush=True)
+        if m.returncode != 0:  # no figures from a failed child: stop before writing any
+            sys.exit(f"{stage} failed (exit {m.returncode}); run it alone with --stage {stage}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))  # after each stage
 

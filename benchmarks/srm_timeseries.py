@@ -114,6 +114,8 @@ def main() -> None:
         out_file.unlink()
         results[impl] = {**m.as_dict(), **(json.loads(lines[-1]) if lines else {})}
         print(impl, results[impl], flush=True)
+        if m.returncode != 0:  # no figures from a failed child: stop before writing any
+            sys.exit(f"{impl} failed (exit {m.returncode}); run it alone with --child {impl}")
     ref = results.get("brainiak_detsrm") or results[chosen[0]]
     for impl in chosen:
         results[impl]["wall_ratio_to_brainiak_detsrm"] = results[impl]["wall_s"] / ref["wall_s"]
