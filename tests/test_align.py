@@ -324,8 +324,10 @@ def test_functional_alignment_beats_anatomical_across_subjects(dataset):
         scores[method] = np.mean(
             [cross_subject_r(est, X_test[a], a, X_test[b], b).mean() for a, b in pairs]
         )
-    # Subjects' true maps are independent random fields: anatomy alone carries ~nothing.
-    assert abs(scores["anatomical"]) < 0.1, scores
+    # Subjects share a template-space topography (synthetic tuning_shared, default 0.8)
+    # with their own deviations: anatomy carries some signal (-0.01 with independent maps),
+    # functional alignment much more.
+    assert scores["anatomical"] > 0.06, scores
     for method in ("procrustes", "srm", "ridge", "piecewise_procrustes"):
         assert scores[method] > 0.3 and scores[method] > scores["anatomical"] + 0.25, scores
 

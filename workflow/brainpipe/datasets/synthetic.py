@@ -30,11 +30,11 @@ spatial map of the image, and each V1/V4 voxel's mapping confined to its own pop
 receptive field (:mod:`brainpipe.datasets.synthetic_prf`). V1 voxels load on lowlevel
 only, V4 on lowlevel and colour, LOC on category and a little colour; voxels outside
 the ROIs have zero mapping and zero offset (noise only). Each ROI voxel's mapping is
-a smooth field plus independent noise (equal variances); with ``tuning_shared > 0`` the
-smooth field is a topography shared by all subjects at the same template-space position
-(that share of its variance) plus the subject's own smooth deviation, so anatomical
-alignment carries signal and functional alignment can add to it (0, the default: each
-subject's own field, unrelated maps). The mapping is then
+a smooth field plus independent noise (equal variances); the smooth field is a
+topography shared by all subjects at the same template-space position (``tuning_shared``
+of its variance, default 0.8) plus the subject's own smooth deviation, so anatomical
+alignment carries signal and functional alignment can add to it (``tuning_shared`` 0:
+each subject's own field, unrelated maps). The mapping is then
 scaled so that the sd of its stimulus response across the subject's stimuli is
 ``signal_sd`` times a smooth gain ``exp(0.2 z)``; ROI voxels also carry a positive mean
 evoked response ``offset`` of about ``signal_sd``, stored as ``response_offset(voxel)``.
@@ -148,11 +148,13 @@ class SyntheticParams:
     # Share of the spatially smooth part of every voxel's tuning that is common to all
     # subjects at the same template-space position (the rest is the subject's own smooth
     # deviation): > 0, subjects share a topography and anatomical alignment carries
-    # signal; 0, their maps are unrelated (the world the recipes' stand-ins are tuned on).
-    tuning_shared: float = 0.0
+    # signal (as in NSD, whose subjects share a coarse topography); 0, their maps are
+    # unrelated.
+    tuning_shared: float = 0.8
     # 1: captions also name the shape's place (3,888 distinct captions, image-level, as
-    # NSD's COCO captions; 0: 432, size, colour and category alone).
-    caption_place: int = 0
+    # NSD's COCO captions; 0: 432, size, colour and category alone, so top-1 caption
+    # retrieval among NSD's 1,000 test images could not pass ~0.1).
+    caption_place: int = 1
     # > 0: V1 and V4 voxels have spatially local tuning, a population receptive field of
     # this size (Gaussian sd, fraction of the image side; twice as large in V4) on a
     # spatial map of the stimulus (:mod:`brainpipe.datasets.synthetic_prf`); 0: the
