@@ -26,7 +26,7 @@ if not DATASET_ADAPTER.generated:
             task=config["task"],
             source=config.get("source", {}),
             registry=REGISTRY,
-        threads: 1
+        threads: config["source"]["workers"]  # parallel transfers (schema default)
         resources:
             mem_mb=per_attempt(2000),
         log:
@@ -75,9 +75,9 @@ if INGEST_BETAS:
             source=config.get("source", {}),
             voxel_chunk=config["betas"]["voxel_chunk"],
             registry=REGISTRY,
-        # with source.stream_betas (default) this job downloads its sessions: MD5 and the
-        # gathering run beside the network reads
-        threads: 2
+        # with source.stream_betas (default) this job downloads its sessions, source.workers
+        # at once (schema default); MD5 and the gathering run beside the network reads
+        threads: config["source"]["workers"]
         resources:
             mem_mb=per_attempt(3000),  # z-scored or read from files: one session of kept voxels as int16
         log:

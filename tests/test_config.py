@@ -85,3 +85,31 @@ def test_snakemake_stops_on_a_bad_config_before_any_job(tmp_path):
     )
     assert result.returncode != 0
     assert "field 'tr': expected number, got 'fast' (str)" in result.stdout + result.stderr
+
+
+def test_source_workers_has_one_home(config):
+    """Parallel transfers (``source.workers``): the schema's default is the one home. The
+    workflow's config gets it from Snakemake's validate (the ``fetch`` and ``ingest_betas``
+    jobs' threads), package functions called without a config through
+    ``brainpipe.remote.WORKERS``; no registry entry repeats it."""
+    import inspect
+
+    from snakemake.utils import validate
+
+    from brainpipe.config import SCHEMA_PATH, schema_default
+    from brainpipe.datasets.nsd_captions import fetch_caption_files
+    from brainpipe.datasets.nsd_layout import NsdOptions
+    from brainpipe.remote import WORKERS, fetch_objects
+
+    default = schema_default("source.workers")
+    assert isinstance(default, int) and default >= 1
+    assert WORKERS == default and NsdOptions().workers == default
+    for func in (fetch_caption_files, fetch_objects):
+        assert inspect.signature(func).parameters["workers"].default == default
+    config.pop("source", None)
+    validate(config, str(SCHEMA_PATH), set_default=True)
+    assert config["source"]["workers"] == default
+    for path in sorted((ROOT / "config" / "datasets").glob("*.yaml")):
+        assert "workers" not in (yaml.safe_load(path.read_text()).get("source") or {}), path
+    rules = (ROOT / "rules" / "ingest.smk").read_text()
+    assert rules.count('threads: config["source"]["workers"]') == 2  # fetch, ingest_betas

@@ -7,7 +7,8 @@ with log_to(snakemake.log[0]):
         snakemake.output.data,
         subjects=snakemake.params.subjects,
         sessions=snakemake.params.sessions,
-        source=snakemake.params.source,
+        # source.workers is the job's threads (as granted: --cores may scale them down)
+        source={**snakemake.params.source, "workers": snakemake.threads},
         runs=snakemake.params.runs,
         task=snakemake.params.task,
         registry_dir=snakemake.params.registry,

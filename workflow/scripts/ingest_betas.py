@@ -8,7 +8,8 @@ with log_to(snakemake.log[0]), dask_resources(snakemake.threads, snakemake.resou
     entry.adapter_for_config(snakemake.config).ingest_betas(
         IngestRequest(
             entry=entry,
-            source=entry.merged_source(snakemake.config),
+            # source.workers is the job's threads (as granted: --cores may scale them down)
+            source={**entry.merged_source(snakemake.config), "workers": snakemake.threads},
             data=snakemake.input.data,
             subjects=[snakemake.wildcards.subject],
             sessions=snakemake.params.sessions,

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.remote import S3Source, fetch_objects, safe_local_path
+from brainpipe.remote import WORKERS, S3Source, fetch_objects, safe_local_path
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_captions_configured(config: dict[str, Any], source: dict[str, Any]) ->
         )
 
 
-def fetch_caption_files(block: dict[str, Any], cache: Path, workers: int = 4) -> list[Path]:
+def fetch_caption_files(block: dict[str, Any], cache: Path, workers: int = WORKERS) -> list[Path]:
     """The local caption files of ``source.captions`` (fetched into ``cache`` if remote)."""
     if not isinstance(block, dict):
         raise BrainpipeInputError("config", OPTION, f"expected a mapping, got {block!r}")

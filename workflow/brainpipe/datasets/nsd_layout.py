@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.io
 
 from brainpipe.errors import BrainpipeInputError
-from brainpipe.remote import S3Source
+from brainpipe.remote import WORKERS, S3Source
 from brainpipe.storage import (
     write_text_atomic,
 )
@@ -78,7 +78,7 @@ class NsdOptions:
     zscore: bool = False  # per-session z-scoring, statistics from training trials only
     stimuli: bool = True  # extract the images the trials use (range reads of the HDF5)
     stimuli_file: str | None = None  # a local copy of nsd_stimuli.hdf5 instead of range reads
-    workers: int = 4
+    workers: int = WORKERS  # source.workers: in a workflow run, the job's threads
     stream_betas: bool = True  # fetch each session's betas during ingest, gathering as it arrives
     cache_dir: str | None = None  # fetched objects (None: beside the data folder)
     trial_batch: int = 50  # trials read from HDF5 at once (memory: batch × volume × 2 bytes)

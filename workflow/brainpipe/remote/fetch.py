@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from brainpipe.config import schema_default
 from brainpipe.directio import Appender
 from brainpipe.remote.errors import RemoteAccessError, RemoteIntegrityError
 from brainpipe.remote.keys import safe_local_path
@@ -482,8 +483,10 @@ def read_manifest(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
         return {}
 
 
-#: Parallel transfers when the caller (``source.workers``) gives none.
-WORKERS = 4
+#: Parallel transfers when the caller gives none: the config schema's ``source.workers``
+#: default, the one home of that setting (in a workflow run the ``fetch`` and
+#: ``ingest_betas`` jobs' threads, which the rules take from ``source.workers``).
+WORKERS: int = schema_default("source.workers")
 
 
 def fetch_objects(
