@@ -63,12 +63,79 @@ REPEATS = 3
 LATENT = 32
 ROI = "nsdgeneral"
 SUBJECT = "01"
-#: Feature stores: name -> (raw width, PCA components kept).
-FEATURES = {"latent64": (64, 64), "embed512": (512, 512)}
+#: Feature stores: name -> (raw width, PCA components kept). ``text64`` is banded ridge's
+#: second band (another noisy view of the latent).
+FEATURES = {"latent64": (64, 64), "embed512": (512, 512), "text64": (64, 64)}
+#: The spatial store of the attention readout: (tokens, channels) per image.
+SPATIAL = "tokens"
+#: The feature stores each model reads (the first is its store in the results).
+MODEL_FEATURES = {
+    "ridge": ["latent64"],
+    "bandedridge": ["latent64", "text64"],
+    "attention": [SPATIAL],
+    "ridgedecoder": ["embed512"],
+    "mlpdecoder": ["embed512"],
+    "sharedbackbone": ["embed512"],
+}
 
 
 def stimulus_ids(n_images: int) -> np.ndarray:
     return np.array([f"nsd{i:05d}" for i in range(n_images)])
+
+
+def write_betas(
+    out: Path,
+    subject: str,
+    latent: np.ndarray,
+    order: np.ndarray,
+    weights: np.ndarray,
+    gain: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """A subject's ``betas.zarr``: trial ``t`` shows image ``order[t]``, its betas are
+    ``latent @ weights * gain`` plus unit noise, a session of trials at a time."""
+    n_trials, n_voxels = len(order), weights.shape[1]
+    n_sessions = n_trials // TRIALS_PER_SESSION
+    stimuli = stimulus_ids(len(latent))
+    sessions = np.repeat([f"{s + 1:02d}" for s in range(n_sessions)], TRIALS_PER_SESSION)
+    ijk = np.stack(np.unravel_index(np.arange(n_voxels), (81, 104, 83)), axis=1)
+    layout = BetasLayout(
+        data_vars=placeholder_vars(n_voxels),
+        coords={
+            "stimulus": ("trial", stimuli[order]),
+            "session": ("trial", sessions),
+            "run": (
+                "trial",
+                np.tile(np.repeat([f"{r:02d}" for r in range(1, 13)], 63)[:750], n_sessions),
+            ),  # fmt: skip
+            "onset": ("trial", np.tile(np.arange(TRIALS_PER_SESSION) * 4.0, n_sessions)),
+            # voxel positions in NSD's 1.8 mm grid (81 x 104 x 83), 1.8 mm apart
+            **{c: ("voxel", v) for c, v in zip("ijk", ijk.T, strict=True)},
+            **{c: ("voxel", v * 1.8) for c, v in zip("xyz", ijk.T, strict=True)},
+            f"roi_{ROI}": ("voxel", np.ones(n_voxels, dtype=bool)),
+        },
+        attrs={
+            "subject": subject,
+            "space": "nsd-func1pt8mm",
+            "tr": 1.6,
+            "units": "z-score",
+            "method": "synthetic (benchmarks/scale.py)",
+            "stage": "betas",
+            **provenance_attrs(None),
+        },
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        betas = layout.write(tmp, (n_trials, n_voxels), (TRIALS_PER_SESSION, 4096))
+        try:
+            for s in range(n_sessions):
+                rows = slice(s * TRIALS_PER_SESSION, (s + 1) * TRIALS_PER_SESSION)
+                signal = latent[order[rows]] @ weights * gain
+                noise = rng.standard_normal(signal.shape, dtype=np.float32)
+                betas[rows, :] = signal + noise
+        finally:
+            layout.finish()
+        close_store(tmp)
 
 
 def make_subject(work: Path, n_sessions: int, n_voxels: int, n_test: int, seed: int) -> dict:
@@ -93,46 +160,8 @@ def make_subject(work: Path, n_sessions: int, n_voxels: int, n_test: int, seed: 
     order = rng.permutation(np.repeat(np.arange(n_images), REPEATS))
     weights = (rng.standard_normal((LATENT, n_voxels)) / np.sqrt(LATENT)).astype(np.float32)
     gain = rng.uniform(0.2, 1.0, n_voxels).astype(np.float32)  # per-voxel SNR
-    sessions = np.repeat([f"{s + 1:02d}" for s in range(n_sessions)], TRIALS_PER_SESSION)
-    ijk = np.stack(np.unravel_index(np.arange(n_voxels), (81, 104, 83)), axis=1)
-    layout = BetasLayout(
-        data_vars=placeholder_vars(n_voxels),
-        coords={
-            "stimulus": ("trial", stimuli[order]),
-            "session": ("trial", sessions),
-            "run": (
-                "trial",
-                np.tile(np.repeat([f"{r:02d}" for r in range(1, 13)], 63)[:750], n_sessions),
-            ),  # fmt: skip
-            "onset": ("trial", np.tile(np.arange(TRIALS_PER_SESSION) * 4.0, n_sessions)),
-            # voxel positions in NSD's 1.8 mm grid (81 x 104 x 83), 1.8 mm apart
-            **{c: ("voxel", v) for c, v in zip("ijk", ijk.T, strict=True)},
-            **{c: ("voxel", v * 1.8) for c, v in zip("xyz", ijk.T, strict=True)},
-            f"roi_{ROI}": ("voxel", np.ones(n_voxels, dtype=bool)),
-        },
-        attrs={
-            "subject": SUBJECT,
-            "space": "nsd-func1pt8mm",
-            "tr": 1.6,
-            "units": "z-score",
-            "method": "synthetic (benchmarks/scale.py)",
-            "stage": "betas",
-            **provenance_attrs(None),
-        },
-    )
     t0 = time.perf_counter()
-    out = work / "betas.zarr"
-    with atomic_path(out) as tmp:
-        betas = layout.write(tmp, (n_trials, n_voxels), (TRIALS_PER_SESSION, 4096))
-        try:
-            for s in range(n_sessions):
-                rows = slice(s * TRIALS_PER_SESSION, (s + 1) * TRIALS_PER_SESSION)
-                signal = latent[order[rows]] @ weights * gain
-                noise = rng.standard_normal(signal.shape, dtype=np.float32)
-                betas[rows, :] = signal + noise
-        finally:
-            layout.finish()
-        close_store(tmp)
+    write_betas(work / "betas.zarr", SUBJECT, latent, order, weights, gain, rng)
     write_s = time.perf_counter() - t0
 
     for name, (width, _) in FEATURES.items():
@@ -148,6 +177,59 @@ def make_subject(work: Path, n_sessions: int, n_voxels: int, n_test: int, seed: 
         "betas_gb": round(n_trials * n_voxels * 4 / 1e9, 2),
         "write_betas_s": round(write_s, 1),
     }
+
+
+def make_other_subject(work: Path, subject: str, seed: int) -> Path:
+    """Another subject who saw the same images (``sub-{subject}/betas.zarr``): its own voxel
+    weights, trial order and noise over the same latent (the shared backbone's pretraining
+    reads every subject's betas)."""
+    out = work / f"sub-{subject}" / "betas.zarr"
+    if out.exists():
+        return out
+    rng = np.random.default_rng([seed, int(subject)])
+    latent = np.load(work / "latent.npy")
+    n_voxels = json.loads((work / "subject.json").read_text())["n_voxels"]
+    order = rng.permutation(np.repeat(np.arange(len(latent)), REPEATS))
+    weights = (rng.standard_normal((LATENT, n_voxels)) / np.sqrt(LATENT)).astype(np.float32)
+    gain = rng.uniform(0.2, 1.0, n_voxels).astype(np.float32)
+    write_betas(out, subject, latent, order, weights, gain, rng)
+    return out
+
+
+def build_spatial(work: str, tokens: int, channels: int) -> None:
+    """The ``spatial_features`` store of the attention readout: per image a map of
+    ``tokens`` positions x ``channels``, a noisy linear view of the latent (registered as a
+    feature model with a spatial map), channels z-scored on training stimuli."""
+    from brainpipe.features import FEATURE_MODELS, register_feature_model, register_spatial_map
+    from brainpipe.features.spatial import build_spatial_feature_store
+
+    work_dir = Path(work)
+    latent = np.load(work_dir / "latent.npy")
+    stimuli = stimulus_ids(len(latent))
+    mixing = np.random.default_rng(tokens * channels).standard_normal(
+        (LATENT, tokens * channels), dtype=np.float32
+    )
+    if SPATIAL not in FEATURE_MODELS:
+
+        @register_feature_model(SPATIAL)
+        def pooled(stim, stimuli_dir, train_mask):  # pragma: no cover - never called here
+            raise NotImplementedError
+
+        @register_spatial_map(SPATIAL)
+        def spatial_map(stim, stimuli_dir):
+            own = np.random.default_rng(tokens)
+            idx = pd.Index(stimuli).get_indexer(stim["stimulus"].astype(str))
+            out = np.empty((len(idx), tokens, channels), dtype=np.float32)
+            for start in range(0, len(idx), 1000):
+                rows = idx[start : start + 1000]
+                raw = (latent[rows] @ mixing).reshape(len(rows), tokens, channels)
+                out[start : start + 1000] = raw + own.standard_normal(raw.shape, dtype=np.float32)
+            return out
+
+    build_spatial_feature_store(
+        SPATIAL, work_dir / "data" / "stimuli.tsv", work_dir / "splits.tsv",
+        work_dir / "spatial" / f"{SPATIAL}.zarr",
+    )  # fmt: skip
 
 
 def build_features(work: str, name: str) -> None:
@@ -196,14 +278,21 @@ def features_mem_mb() -> int:
 JOB = """
 import json, sys
 sys.path[:0] = [{workflow!r}, {benchmarks!r}]
-from brainpipe.models.jobs import evaluate_job, train_job
+from brainpipe.models.jobs import evaluate_job, pretrain_job, train_job
 a = json.loads({args!r})
 if a["stage"] == "features":
     import scale
     scale.build_features(a["work"], a["name"])
+elif a["stage"] == "spatial_features":
+    import scale
+    scale.build_spatial(a["work"], a["tokens"], a["channels"])
+elif a["stage"] == "pretrain":
+    pretrain_job(a["model"], a["roi"], a["betas_paths"], a["features"], a["splits"],
+                 a["out_paths"], config=a["config"])
 elif a["stage"] == "train":
     train_job(a["model"], a["subject"], a["roi"], a["betas"], a["features"], a["splits"],
-              a["weights"], a["predictions"], config=a["config"])
+              a["weights"], a["predictions"], config=a["config"],
+              pretrained_path=a.get("pretrained"))
 elif a["stage"] == "evaluate":
     evaluate_job(a["model"], a["roi"], a["betas"], a["predictions"], a["metrics"], a["scores"],
                  labels=a["labels"], embedding_path=a["embedding"], config=a["config"],
@@ -279,13 +368,36 @@ def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
     return out
 
 
+def _job_key(job: dict) -> tuple:
+    return tuple(job.get(k) for k in ("rule", "model", "features", "n_subjects"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=40)
     parser.add_argument("--voxels", type=int, default=15000)
     parser.add_argument("--test-images", type=int, default=1000)
-    parser.add_argument("--models", nargs="+", default=["ridge", "ridgedecoder", "mlpdecoder"])
+    parser.add_argument(
+        "--models", nargs="+", default=["ridge", "ridgedecoder", "mlpdecoder"],
+        choices=sorted(MODEL_FEATURES),
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--subjects", type=int, default=2,
+        help="NSD-sized subjects the shared backbone's pretraining reads (subject 01 held out)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--all-held-out", action="store_true",
+        help="pretrain for every held-out subject, as the pretrain job does (default: for "
+        "subject 01 only; the job's wall time is then n_subjects x that)",
+    )  # fmt: skip
+    parser.add_argument("--tokens", type=int, default=64, help="attention: tokens per image")
+    parser.add_argument("--channels", type=int, default=32, help="attention: channels per token")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the other jobs of an earlier result file of the same subject (one model "
+        "per invocation, so each run fits a short hold of a shared machine)",
+    )  # fmt: skip
     parser.add_argument("--limit-mb", type=float, default=6000, help="kill a job above this RSS")
     parser.add_argument("--limit-s", type=float, default=1800, help="kill a job after this time")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (kept)")
@@ -297,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     t_start = time.perf_counter()
     jobs: list[dict] = []
+    notes: dict[str, dict] = {}
 
     def measure(rule: str, args: dict, mem_mb: int, threads: int = 1, **labels) -> dict:
         res = run_job({**args, "stage": rule}, threads, a.limit_mb, a.limit_s)
@@ -314,24 +427,60 @@ def main(argv: list[str] | None = None) -> int:
         from brainpipe.models import get_model, model_params
         from brainpipe.models.data import roi_size
 
-        for name in FEATURES:
-            measure("features", {"work": str(work), "name": name}, features_mem_mb(),
-                    features=name)  # fmt: skip
+        needed = sorted({f for m in a.models for f in MODEL_FEATURES[m]})
+        for name in needed:
+            if name == SPATIAL:
+                measure("spatial_features",
+                        {"work": str(work), "tokens": a.tokens, "channels": a.channels},
+                        features_mem_mb(), features=name)  # fmt: skip
+                notes["attention"] = {"tokens": a.tokens, "channels": a.channels}
+            else:
+                measure("features", {"work": str(work), "name": name}, features_mem_mb(),
+                        features=name)  # fmt: skip
         betas = str(work / "betas.zarr")
         size = roi_size(betas, ROI)
         metrics_paths, scores_paths = [], []
         for model in a.models:
             spec = get_model(model)
-            features = "latent64" if spec.kind == "encoding" else "embed512"
+            stores = MODEL_FEATURES[model]
+            features = stores[0] if len(stores) == 1 else "+".join(stores)
+            paths = [
+                str(work / "spatial" / f"{f}.zarr") if f == SPATIAL else str(work / f"{f}.zarr")
+                for f in stores
+            ]
             params = model_params(model, config)
             d = work / "models" / f"{model}-{features}"
             d.mkdir(parents=True, exist_ok=True)
             common = {"model": model, "subject": SUBJECT, "roi": ROI, "config": config,
                       "betas": betas, "predictions": str(d / "predictions.zarr")}  # fmt: skip
+            pretrained = None
+            if spec.cross_subject:
+                # the pretrain job reads every subject's betas (leave-one-subject-out)
+                subjects = [SUBJECT] + [f"{k:02d}" for k in range(2, a.subjects + 1)]
+                betas_paths = {SUBJECT: betas}
+                for s in subjects[1:]:
+                    betas_paths[s] = str(make_other_subject(work, s, a.seed))
+                held_out = subjects if a.all_held_out else [SUBJECT]
+                out_paths = {s: str(d / f"pretrained-without-{s}.safetensors") for s in held_out}
+                pre = measure(
+                    "pretrain",
+                    {"model": model, "roi": ROI, "betas_paths": betas_paths, "features": paths,
+                     "splits": str(work / "splits.tsv"), "out_paths": out_paths,
+                     "config": config},
+                    spec.job_mem_mb(params, [size] * len(subjects)),
+                    params["threads"],
+                    model=model,
+                    features=features,
+                    n_subjects=len(subjects),
+                    held_out=held_out,
+                )  # fmt: skip
+                if any(k.startswith("killed") for k in pre):
+                    continue
+                pretrained = out_paths[SUBJECT]
             train = measure(
                 "train",
-                {**common, "features": [str(work / f"{features}.zarr")],
-                 "splits": str(work / "splits.tsv"), "weights": str(d / "weights.safetensors")},
+                {**common, "features": paths, "splits": str(work / "splits.tsv"),
+                 "weights": str(d / "weights.safetensors"), "pretrained": pretrained},
                 spec.job_mem_mb(params, [size]),
                 params["threads"],
                 model=model,
@@ -342,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             measure(
                 "evaluate",
                 {**common, "metrics": str(d / "metrics.json"), "scores": str(d / "scores.zarr"),
-                 "embedding": str(work / f"{features}.zarr") if spec.kind == "decoding" else None,
+                 "embedding": paths[0] if spec.kind == "decoding" else None,
                  "labels": {"dataset": "scale", "subject": SUBJECT, "model": model,
                             "features": features},
                  **{k: config["evaluate"][k] for k in ("n_boot", "n_way", "draws")}},
@@ -369,15 +518,36 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    command = "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for job in jobs:
         job["rss_over_mem"] = round(job["max_rss_mb"] / job["mem_mb"], 3)
+        job["command"] = command
+    commands = [command]
+    if a.merge and out.exists():
+        earlier = json.loads(out.read_text())
+        if (
+            earlier.get("subject", {}).get("n_voxels") == subject["n_voxels"]
+            and earlier.get("subject", {}).get("n_trials") == subject["n_trials"]
+        ):
+            new_keys = {_job_key(j) for j in jobs}
+            kept = [j for j in earlier["jobs"] if _job_key(j) not in new_keys]
+            for j in kept:
+                j.setdefault("command", earlier.get("command", ""))
+            jobs = kept + jobs
+            commands = list(dict.fromkeys([j["command"] for j in jobs]))
+            notes = {**earlier.get("notes", {}), **notes}
     per_subject = [j for j in jobs if j["rule"] in ("train", "evaluate")]
-    shared = [j for j in jobs if j["rule"] not in ("train", "evaluate")]
+    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    shared = [j for j in jobs if j["rule"] not in ("train", "evaluate", "pretrain")]
     subject_s = sum(j["seconds"] for j in per_subject)
     shared_s = sum(j["seconds"] for j in shared)
+    # A pretrain job pretrains once per held-out subject, on all the others: measured for
+    # len(held_out) of them, it runs 8 at NSD (each on 7 subjects, the same capped steps).
+    pretrain_8_s = sum(8 * j["seconds"] / len(j.get("held_out") or [1]) for j in pretrain)
     result = {
-        "command": "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": commands[0] if len(commands) == 1 else commands,
         "subject": subject,
+        "notes": notes,
         "jobs": jobs,
         "all_within_mem_mb": all(
             j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
@@ -385,11 +555,17 @@ def main(argv: list[str] | None = None) -> int:
         "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
         "job_seconds_one_subject": round(subject_s + shared_s, 1),
         # train and evaluate run once per subject and are independent; features run once
-        # per dataset; summary and report once (they read one small file per job). So 8
+        # per dataset; summary and report once (they read one small file per job); the
+        # pretrain job once per dataset, once per held-out subject inside it. So 8
         # subjects: 8 x the per-subject jobs + the shared ones (serially; divided by the
-        # jobs that fit side by side on a cluster), each job's memory unchanged.
-        "projected_job_seconds_8_subjects_serial": round(8 * subject_s + shared_s, 1),
-        "projected_peak_job_mb_8_subjects": max((j["max_rss_mb"] for j in jobs), default=0),
+        # jobs that fit side by side on a cluster), each job's memory unchanged but the
+        # pretrain job's (it holds every subject's training betas).
+        "projected_job_seconds_8_subjects_serial": round(
+            8 * subject_s + shared_s + pretrain_8_s, 1
+        ),
+        "projected_peak_job_mb_8_subjects": max(
+            (j["max_rss_mb"] for j in jobs if j["rule"] != "pretrain"), default=0
+        ),
         "total_wall_s": round(time.perf_counter() - t_start, 1),
         "cpu_count": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),
