@@ -208,6 +208,30 @@ def test_ridge_fitted_in_voxel_blocks_read_from_the_store_equals_one_fit(zoo):
     assert lazy.n_voxels_filled == eager.n_voxels_filled
 
 
+def test_banded_ridge_fitted_in_voxel_blocks_read_from_the_store_equals_one_fit(zoo):
+    """bandedridge, like ridge, reads its betas a voxel block at a time (NSD's nsdgeneral
+    would otherwise sit in himalaya several times over); every block sees the same folds
+    and the same sampled band weightings, so the result is the single fit's."""
+    s = zoo["subjects"][0]
+    args = (_betas(zoo, s), [zoo["gabor"], zoo["caption"]], zoo["splits"], "V1", s)
+    eager, lazy = load_job_data(*args), load_job_data(*args, lazy=True)
+    spec = get_model("bandedridge")
+    assert spec.voxelwise and lazy.betas_train is None and lazy.n_voxels > 20
+    params = {**model_params("bandedridge", {}), "n_iter": 5}
+    whole = spec.fit(eager, {**params, "voxel_block": eager.n_voxels})
+    blocks = spec.fit(lazy, {**params, "voxel_block": 7})
+    assert lazy.betas_train is None and blocks.info["voxel_block"] == "7"
+    np.testing.assert_array_equal(blocks.weights["deltas"], whole.weights["deltas"])
+    np.testing.assert_allclose(blocks.weights["coef"], whole.weights["coef"], atol=1e-5)
+    np.testing.assert_allclose(blocks.predicted, whole.predicted, rtol=1e-5, atol=1e-5)
+    # sized from mem_mb: an NSD subject's nsdgeneral in blocks, each within the job's memory
+    from brainpipe.models.encoders import banded_block_voxels
+
+    block = banded_block_voxels(27000, 15000, params["mem_mb"], 7, 5)
+    assert 100 < block < 15000 and block * 27000 * 4 * 6.8 <= params["mem_mb"] * 1e6
+    assert spec.job_mem_mb(params, [(30000, 15000)]) == params["mem_mb"]
+
+
 def test_jobs_declare_the_memory_of_the_betas_they_hold():
     """ridge streams voxel blocks sized from its mem_mb, so it declares exactly that at any
     size; a decoder holds every training trial x voxel, so its declaration grows with them
