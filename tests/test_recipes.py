@@ -146,7 +146,8 @@ def test_nsd_algonauts2023_standin(tmp_path):
     score = ridge.groupby("features")["algonauts2023_score"].mean()
     assert set(score.index) == {"alex5", "alex12", "gabor"}, score
     assert (ridge["mean_r"] > 0.1).all(), ridge[["subject", "features", "mean_r"]]
-    assert score["alex5"] > score["alex12"] and score["alex5"] > score["gabor"], score
+    # with margin (score: % of the noise ceiling): only alex5 spans the generating components
+    assert score["alex5"] > score["alex12"] + 2 and score["alex5"] > score["gabor"] + 2, score
 
 
 @pytest.mark.integration

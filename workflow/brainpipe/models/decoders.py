@@ -43,22 +43,6 @@ _MLP_DEFAULTS = {
 }
 
 
-def _capped_epochs(n_rows: list[int], params: dict, epochs: int) -> int:
-    """``epochs``, or fewer when they would take more than ``params["max_steps"]`` steps.
-
-    ``epochs`` is tuned on small datasets, where an epoch is a few mini-batches; an NSD
-    subject's 27,000 training trials make an epoch ~100 mini-batches, and 100 epochs on
-    a CPU most of an hour. The cap keeps the number of optimizer steps (what training
-    length means for convergence) whatever the dataset size; at least one epoch runs.
-    """
-    cap = params.get("max_steps")
-    if not cap:
-        return int(epochs)
-    bs = int(params["batch_size"])
-    per_epoch = sum(sum(1 for i in range(0, n, bs) if min(bs, n - i) > 1) for n in n_rows)
-    return int(min(epochs, max(1, int(cap) // max(per_epoch, 1))))
-
-
 def _inputs(data: JobData) -> tuple[np.ndarray, np.ndarray]:
     """Voxels z-scored with training statistics: (train trials, averaged test responses).
 
@@ -172,9 +156,9 @@ def _train_decoder(
 
     Each epoch visits every subject's shuffled training trials in mini-batches (subjects
     interleaved); the epochs are capped at ``params["max_steps"]`` optimizer steps
-    (:func:`_capped_epochs`). With ``val`` (voxels, embedding of validation trials of
-    the single subject), the validation loss is recorded before training and after
-    every epoch.
+    (:func:`brainpipe.models.torch_utils.capped_epochs`). With ``val`` (voxels, embedding
+    of validation trials of the single subject), the validation loss is recorded before
+    training and after every epoch.
 
     Returns
     -------
@@ -185,7 +169,7 @@ def _train_decoder(
     """
     import torch
 
-    from brainpipe.models.torch_utils import tensor
+    from brainpipe.models.torch_utils import capped_epochs, tensor
 
     groups = [{"params": [p for a in adapters.values() for p in a.parameters()]}]
     groups.append({"params": list(backbone.parameters()), "lr": params["lr"] * backbone_lr_scale})
@@ -207,7 +191,7 @@ def _train_decoder(
                 val_losses.append(_loss(pred, tensor(val[1], device), params).item())
 
     validate()
-    for _ in range(_capped_epochs([len(x) for x, _ in batches.values()], params, epochs)):
+    for _ in range(capped_epochs([len(x) for x, _ in batches.values()], params, epochs)):
         for a in adapters.values():
             a.train()
         backbone.train()
@@ -299,7 +283,7 @@ def _mlp_fit(data: JobData, params: dict, epochs: int | None = None):
 @register_model("mlpdecoder", kind="decoding", torch=True, defaults=dict(_MLP_DEFAULTS))
 def mlpdecoder(data: JobData, params: dict) -> FitResult:
     """MLP (linear -> LayerNorm/GELU -> linear -> GELU -> linear) with InfoNCE + MSE loss."""
-    from brainpipe.models.torch_utils import state_to_numpy
+    from brainpipe.models.torch_utils import capped_epochs, state_to_numpy
 
     adapter, backbone, pred, y_mean, y_scale, loss, device = _mlp_fit(data, params)
     return FitResult(
@@ -313,7 +297,7 @@ def mlpdecoder(data: JobData, params: dict) -> FitResult:
         info={
             "device": str(device),
             "final_train_loss": f"{loss:.4f}",
-            "epochs_run": str(_capped_epochs([data.n_train], params, int(params["epochs"]))),
+            "epochs_run": str(capped_epochs([data.n_train], params, int(params["epochs"]))),
         },
     )
 

@@ -247,19 +247,28 @@ def _attention_module(n_tokens: int, n_channels: int, n_voxels: int, params: dic
         "batch_size": 64,
         "seed": 0,
         "device": "auto",
+        "max_steps": 3000,
     },
 )
 def attention(data: JobData, params: dict) -> FitResult:
     """Attention readout over a spatial feature map ``(n, n_tokens, n_channels)``.
 
     Trained with MSE on z-scored single-trial betas (training statistics), Adam with
-    weight decay, a fixed number of epochs (no test data, no early stopping on it).
+    weight decay, a fixed number of epochs (no test data, no early stopping on it), capped
+    at ``max_steps`` optimizer steps as the decoders' (an NSD subject's 27,000 training
+    trials make an epoch ~420 steps of 64: the configured 150 epochs would take hours on a
+    CPU; small datasets are unaffected).
     Weights: the module's state dict plus ``y_mean``, ``y_scale``.
     """
     import torch
 
     from brainpipe.backend import torch_device
-    from brainpipe.models.torch_utils import seed_everything, state_to_numpy, tensor
+    from brainpipe.models.torch_utils import (
+        capped_epochs,
+        seed_everything,
+        state_to_numpy,
+        tensor,
+    )
 
     gen = seed_everything(int(params["seed"]), params.get("threads"))
     device = torch_device(params["device"])
@@ -275,7 +284,8 @@ def attention(data: JobData, params: dict) -> FitResult:
     Xd, Yd = tensor(X, device), tensor(Y, device)
     n, bs = len(X), int(params["batch_size"])
     model.train()
-    for _ in range(int(params["epochs"])):
+    epochs = capped_epochs([n], params, int(params["epochs"]))
+    for _ in range(epochs):
         order = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, bs):
             idx = order[start : start + bs]
@@ -289,5 +299,9 @@ def attention(data: JobData, params: dict) -> FitResult:
     return FitResult(
         weights={**state_to_numpy(model, "net."), "y_mean": y_mean, "y_scale": y_scale},
         predicted=(pred * y_scale + y_mean).astype(np.float32),
-        info={"device": str(device), "final_train_loss": f"{float(loss.detach()):.4f}"},
+        info={
+            "device": str(device),
+            "final_train_loss": f"{float(loss.detach()):.4f}",
+            "epochs_run": str(epochs),
+        },
     )

@@ -33,6 +33,23 @@ def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
     return gen
 
 
+def capped_epochs(n_rows: list[int], params: dict, epochs: int) -> int:
+    """``epochs``, or fewer when they would take more than ``params["max_steps"]`` steps.
+
+    ``epochs`` is tuned on small datasets, where an epoch is a few mini-batches; an NSD
+    subject's 27,000 training trials make an epoch ~100 mini-batches of 256 (~420 of
+    64), and 100 epochs on a CPU most of an hour. The cap keeps the number of optimizer
+    steps (what training length means for convergence) whatever the dataset size; at
+    least one epoch runs.
+    """
+    cap = params.get("max_steps")
+    if not cap:
+        return int(epochs)
+    bs = int(params["batch_size"])
+    per_epoch = sum(sum(1 for i in range(0, n, bs) if min(bs, n - i) > 1) for n in n_rows)
+    return int(min(epochs, max(1, int(cap) // max(per_epoch, 1))))
+
+
 def tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """float32 tensor on ``device``."""
     return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)
