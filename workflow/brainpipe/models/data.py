@@ -493,6 +493,16 @@ def load_job_data(
 STANDARDISER_BLOCK = 1024
 
 
+def zscore_in_place(A: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``(A - mean) / sd`` written into ``A`` a block of rows at a time (no full-size
+    temporaries): for a training job's own copy of its betas (``JobData.disposable``), which
+    at NSD scale is most of the job's memory. Returns ``A``."""
+    for r0 in range(0, len(A), 4096):
+        A[r0 : r0 + 4096] -= mean
+        A[r0 : r0 + 4096] /= sd
+    return A
+
+
 def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and sd (sd 0 -> 1) of training rows: fitted on train data only.
 

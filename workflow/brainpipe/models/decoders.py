@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainpipe.models.data import JobData, standardiser
+from brainpipe.models.data import JobData, standardiser, zscore_in_place
 from brainpipe.models.registry import FitResult, register_model
 from brainpipe.ridge import RidgeCVEncoder
 
@@ -52,11 +52,8 @@ def _inputs(data: JobData) -> tuple[np.ndarray, np.ndarray]:
     mean, sd = standardiser(data.betas_train)
     if not data.disposable:
         return (data.betas_train - mean) / sd, (data.betas_test - mean) / sd
-    X, Xt = data.betas_train, data.betas_test
-    for A in (X, Xt):
-        for r0 in range(0, len(A), 4096):  # row blocks: no full-size temporaries
-            A[r0 : r0 + 4096] -= mean
-            A[r0 : r0 + 4096] /= sd
+    X = zscore_in_place(data.betas_train, mean, sd)
+    Xt = zscore_in_place(data.betas_test, mean, sd)
     data.disposable = False  # z-scored now: a second call must not see it as raw betas
     data.betas_train = data.betas_test = None
     return X, Xt
