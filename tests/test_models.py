@@ -227,8 +227,9 @@ def test_banded_ridge_fitted_in_voxel_blocks_read_from_the_store_equals_one_fit(
     # sized from mem_mb: an NSD subject's nsdgeneral in blocks, each within the job's memory
     from brainpipe.models.encoders import banded_block_voxels
 
-    block = banded_block_voxels(27000, 15000, params["mem_mb"], 7, 5)
-    assert 100 < block < 15000 and block * 27000 * 4 * 6.8 <= params["mem_mb"] * 1e6
+    block = banded_block_voxels(27000, 15000, params["mem_mb"], 5)
+    hat = 27000**2 * 4 / 25 * 4  # one alpha's (validation, fit) hat matrix, float32
+    assert 100 < block < 15000 and hat + block * 27000 * 4 * 5 <= params["mem_mb"] * 1e6
     assert spec.job_mem_mb(params, [(30000, 15000)]) == params["mem_mb"]
 
 

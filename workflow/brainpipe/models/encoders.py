@@ -86,20 +86,24 @@ def ridge(data: JobData, params: dict) -> FitResult:
     )
 
 
-def banded_block_voxels(
-    n_train: int, n_voxels: int, mem_mb: float, n_alphas: int, n_folds: int
-) -> int:
+def banded_block_voxels(n_train: int, n_voxels: int, mem_mb: float, n_folds: int) -> int:
     """Voxels per block so that one block's banded-ridge fit stays within ``mem_mb``.
 
-    One block's peak, in units of its training betas (float32, ``n_train`` per voxel): the
-    block, its centred copy, himalaya's copies of each fold's training and validation
-    rows, its validation predictions for every alpha (``n_alphas / n_folds``) and their
-    scores; evened out over the blocks it takes, as :func:`ridge_block_voxels`.
+    himalaya's random search scores each alpha through the fold's hat matrix
+    ``(n_validation, n_fit)`` (one alpha at a time here, ``n_alphas_batch`` 1): a fixed
+    ``n_train**2 * (n_folds - 1) / n_folds**2`` float32 (467 MB for an NSD subject's 27,000
+    training trials), whatever the block. The rest is per voxel, in units of the block's
+    training betas: the block, its centred copy, each fold's training and validation rows,
+    the validation predictions and their scores (5); evened out over the blocks it takes,
+    as :func:`ridge_block_voxels`.
     """
     from brainpipe.compute import chunk_size_for
 
-    multiplier = 4.0 + 2.0 * n_alphas / n_folds
-    most = chunk_size_for(mem_mb, n_train * 4, n_items=n_voxels, multiplier=multiplier)
+    hat_mb = n_train**2 * (n_folds - 1) / n_folds**2 * 4 / 1e6
+    most = chunk_size_for(
+        max(float(mem_mb) - hat_mb, float(mem_mb) / 4), n_train * 4, n_items=n_voxels,
+        multiplier=5.0,
+    )  # fmt: skip
     n_blocks = -(-n_voxels // most)
     return -(-n_voxels // n_blocks)
 
@@ -129,9 +133,12 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
     fitted in blocks of ``voxel_block`` (``None``: sized from the job's ``mem_mb`` by
     :func:`banded_block_voxels`), read from the store a block at a time, so the job's
     memory does not grow with the ROI (NSD's nsdgeneral: 27,000 trials x 15,000 voxels,
-    which himalaya would otherwise hold several times over); every block sees the same
-    folds and the same sampled band weightings (``seed``) and each voxel picks its own,
-    so the result is the single fit's.
+    which himalaya would otherwise hold several times over, besides a hat matrix per
+    alpha: 4.96 GB at 4,000 voxels); every block sees the same folds and the same sampled
+    band weightings (``seed``) and each voxel picks its own, so the result is the single
+    fit's. Time: himalaya scores through the hat matrix, ``n_iter x n_folds x n_alphas x
+    2 n_validation n_fit n_voxels`` flops (~2.4e15 for an NSD subject: most of a day on
+    a CPU; use ``backend: torch_cuda`` on a GPU node).
     ``backend`` is a himalaya backend name (``torch_cuda`` on a GPU node); it falls back to
     numpy with a warning when unavailable.
 
@@ -165,7 +172,7 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
     deltas = np.empty((n_bands, n_vox), dtype=np.float32)
     predicted = np.empty((len(Xt), n_vox), dtype=np.float32)
     block = params.get("voxel_block") or banded_block_voxels(
-        data.n_train, n_vox, float(params["mem_mb"]), len(params["alphas"]), params["n_folds"]
+        data.n_train, n_vox, float(params["mem_mb"]), params["n_folds"]
     )
     for voxels, Y, _ in data.voxel_blocks(block):
         model = BandedRidgeCV(
@@ -173,6 +180,7 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
             solver_params={
                 "alphas": np.asarray(params["alphas"], dtype=np.float64),
                 "n_iter": int(params["n_iter"]),
+                "n_alphas_batch": 1,  # one (n_validation, n_fit) hat matrix at a time
                 "progress_bar": False,
             },
             cv=folds,
