@@ -323,21 +323,15 @@ def reconstruct(
     """
     import torch
 
-    from brainpipe.models.data import load_job_data, standardiser
+    from brainpipe.models.data import features_for, load_job_data, standardiser
 
     p = generate_params(config)
     torch.set_num_threads(max(1, int(threads)))
     data = load_job_data(betas_path, [], splits_path, roi, subject)
     store = open_zarr(latents_path)
-    known = pd.Index(store["stimulus"].values.astype(str))
-    for stim in (data.stimuli_train, data.test_stimuli):
-        idx = known.get_indexer(stim)
-        if (idx < 0).any():
-            raise BrainpipeInputError(
-                latents_path, "stimulus", f"{stim[idx < 0][0]!r} has no latent"
-            )
-    latent = np.asarray(store["latent"].values, np.float32)
-    Y = latent[known.get_indexer(data.stimuli_train)]
+    source = str(latents_path)
+    Y = features_for(store, data.stimuli_train, source, var="latent")
+    truth = features_for(store, data.test_stimuli, source, dtype=None, var="image")
     mean, sd = standardiser(data.betas_train)
     X = (data.betas_train - mean) / sd
     groups = pd.factorize(data.stimuli_train)[0]
@@ -346,7 +340,6 @@ def reconstruct(
     vae = ae.load_autoencoder(weights)
     size = int(store.attrs["image_size"])
     images = ae.decode(vae, predicted, size)
-    truth = np.asarray(store["image"].values)[known.get_indexer(data.test_stimuli)]
     metrics: dict[str, Any] = {
         "subject": subject,
         "roi": roi,
@@ -405,21 +398,16 @@ def _diffusion_stage(
 ) -> dict[str, Any]:
     """Decode the CLIP embeddings and generate images from them (the second stage)."""
     from brainpipe.generate import diffusion as df
+    from brainpipe.models.data import features_for
 
     d = p["diffusion"]
     store = open_zarr(embeddings)
-    known = pd.Index(store["stimulus"].values.astype(str))
-    for stim in (data.stimuli_train, data.test_stimuli):
-        idx = known.get_indexer(stim)
-        if (idx < 0).any():
-            raise BrainpipeInputError(
-                embeddings, "stimulus", f"{stim[idx < 0][0]!r} has no embedding"
-            )
-    emb = np.asarray(store["embedding"].values, np.float32)
-    shape = emb.shape[1:]
-    Y = emb[known.get_indexer(data.stimuli_train)].reshape(len(X), -1)
+    train_emb = features_for(store, data.stimuli_train, str(embeddings), var="embedding")
+    true_emb = features_for(store, data.test_stimuli, str(embeddings), var="embedding")
+    shape = train_emb.shape[1:]
+    Y = train_emb.reshape(len(X), -1)
     decoded, best = _decode_ridge(X, Y, X_test, groups, p)
-    true_emb = emb[known.get_indexer(data.test_stimuli)].reshape(len(decoded), -1)
+    true_emb = true_emb.reshape(len(decoded), -1)
     unet, scheduler = df.load_unet(diffusion)
     pipe = df.make_pipeline(vae, unet, scheduler)
     init = None

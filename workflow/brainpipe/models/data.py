@@ -65,16 +65,24 @@ def roi_size(betas_path: str | Path, roi: str) -> tuple[int, int]:
 
 
 def features_for(
-    features: xr.Dataset, stimuli: np.ndarray, source: str, dtype: type = np.float32
+    features: xr.Dataset,
+    stimuli: np.ndarray,
+    source: str,
+    dtype: type | None = np.float32,
+    var: str = "features",
 ) -> np.ndarray:
-    """Rows of ``features["features"]`` for ``stimuli`` (any trailing dims kept), as ``dtype``."""
+    """Rows of ``features[var]`` for ``stimuli`` (any trailing dims kept), as ``dtype``.
+
+    ``dtype=None`` keeps the store's dtype. A stimulus the store does not hold raises
+    :class:`BrainpipeInputError` naming ``source``.
+    """
     known = pd.Index(features["stimulus"].values.astype(str))
     idx = known.get_indexer(np.asarray(stimuli).astype(str))
     if (idx < 0).any():
         raise BrainpipeInputError(
-            source, "stimulus", f"stimulus {np.asarray(stimuli)[idx < 0][0]!r} has no features"
+            source, "stimulus", f"stimulus {np.asarray(stimuli)[idx < 0][0]!r} has no {var}"
         )
-    return np.asarray(features["features"].values[idx], dtype=dtype)
+    return np.asarray(features[var].values[idx], dtype=dtype)
 
 
 def betas_values(betas: xr.Dataset) -> np.ndarray:
