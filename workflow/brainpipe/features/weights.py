@@ -129,13 +129,21 @@ def check_weights_present(features_cfg: Mapping[str, Any] | None, labels: Sequen
     BrainpipeInputError
         Naming the first missing file, how many are missing, and :data:`FETCH_COMMAND`.
     """
-    missing = missing_files(features_cfg, labels)
+    raise_if_missing(missing_files(features_cfg, labels), "network weights", "feature jobs")
+
+
+def raise_if_missing(missing: Sequence[str | Path], what: str, jobs: str) -> None:
+    """Raise, naming the first of ``missing`` files and :data:`FETCH_COMMAND`, if any.
+
+    ``what`` names the files (``"network weights"``), ``jobs`` the jobs that need them and
+    never download them.
+    """
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise BrainpipeInputError(
             str(missing[0]),
             "(file)",
-            f"network weights are missing{more}; feature jobs never download. Fetch and "
+            f"{what} are missing{more}; {jobs} never download. Fetch and "
             f"verify them once, on a machine with internet, with: {FETCH_COMMAND}",
         )
 

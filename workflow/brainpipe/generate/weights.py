@@ -23,11 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from brainpipe.errors import BrainpipeInputError
 from brainpipe.features.networks import WeightFile, get_network, hf_weight_files
 from brainpipe.features.weights import (
-    FETCH_COMMAND,
     fetch_file,
+    raise_if_missing,
     verify_file,
     weights_dir,
 )
@@ -93,14 +92,7 @@ def check_present(p: Mapping[str, Any], features_cfg: Mapping[str, Any] | None) 
     """Raise before any job runs if a file the generation stage needs is not in the cache."""
     for _label, (_what, files) in requests(p, features_cfg).items():
         missing = [f.path for f in files if not Path(f.path).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise BrainpipeInputError(
-                str(missing[0]),
-                "(file)",
-                f"generation weights are missing{more}; generation jobs never download. "
-                f"Fetch and verify them once, on a machine with internet, with: {FETCH_COMMAND}",
-            )
+        raise_if_missing(missing, "generation weights", "generation jobs")
 
 
 def fetch(
