@@ -251,6 +251,36 @@ def _stimulus_sets(shape: Shape, rng: np.random.Generator):
     return shared, uniq, files
 
 
+#: ``derivatives/fmriprep/dataset_description.json`` as fMRIPrep 23 writes it.
+FMRIPREP_DESCRIPTION = {
+    "Name": "fMRIPrep - fMRI PREProcessing workflow",
+    "BIDSVersion": "1.4.0",
+    "DatasetType": "derivative",
+    "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}],
+}
+
+
+def write_dataset_root(root: Path, name: str, shape: Shape, fmriprep_description: dict) -> Path:
+    """Write a BIDS root's top-level files and ``derivatives/fmriprep``'s description.
+
+    ``shape`` gives ``subjects``, ``task`` and ``tr``. Returns the fMRIPrep folder.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": name, "BIDSVersion": "1.6.0"})
+    )
+    pd.DataFrame({"participant_id": [f"sub-{s}" for s in shape.subjects]}).to_csv(
+        root / "participants.tsv", sep="\t", index=False
+    )
+    (root / f"task-{shape.task}_bold.json").write_text(
+        json.dumps({"RepetitionTime": shape.tr, "TaskName": shape.task})
+    )
+    prep = root / "derivatives" / "fmriprep"
+    prep.mkdir(parents=True)
+    (prep / "dataset_description.json").write_text(json.dumps(fmriprep_description))
+    return prep
+
+
 def make_dataset(
     root: Path,
     shape: Shape,
@@ -277,28 +307,11 @@ def make_dataset(
     ROI files per hemisphere are written as FreeSurfer writes them (:func:`_surface_rois`).
     """
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": f"{shape.name}-shaped fixture", "BIDSVersion": "1.6.0"})
-    )
-    pd.DataFrame({"participant_id": [f"sub-{s}" for s in shape.subjects]}).to_csv(
-        root / "participants.tsv", sep="\t", index=False
-    )
-    (root / f"task-{shape.task}_bold.json").write_text(
-        json.dumps({"RepetitionTime": shape.tr, "TaskName": shape.task})
-    )
-    prep = root / "derivatives" / "fmriprep"
-    prep.mkdir(parents=True)
-    description = {
-        "Name": "fMRIPrep - fMRI PREProcessing workflow",
-        "BIDSVersion": "1.4.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}],
-    }
+    description = FMRIPREP_DESCRIPTION
     if legacy:  # BIDS-Derivatives RC1 style, before GeneratedBy/DatasetType
         description = {"Name": "fMRIPrep outputs", "BIDSVersion": "1.1.1",
                        "PipelineDescription": {"Name": "fMRIPrep", "Version": "1.1.4"}}  # fmt: skip
-    (prep / "dataset_description.json").write_text(json.dumps(description))
+    prep = write_dataset_root(root, f"{shape.name}-shaped fixture", shape, description)
     shared, uniq, files = _stimulus_sets(shape, rng)
     stim_root = root / "stimuli"
     for rel in files.values():

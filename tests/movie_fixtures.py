@@ -13,7 +13,6 @@ clip's frame image under ``stimuli/``, a JPEG), as a movie dataset's events do.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pandas as pd
 from brainpipe.datasets.synthetic_movie import MovieParams, MovieWorld, generate_movie
 
 from .fmriprep_fixtures import (
+    FMRIPREP_DESCRIPTION,
     SHAPE,
     SPACE,
     Shape,
@@ -30,6 +30,7 @@ from .fmriprep_fixtures import (
     _save_nifti,
     _write_current,
     confounds_json,
+    write_dataset_root,
 )
 
 MOVIE_SHAPE = Shape(
@@ -65,23 +66,7 @@ def make_movie_dataset(
             noise_sd=noise_sd,
         )
     )  # fmt: skip
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "movie-watching fixture", "BIDSVersion": "1.6.0"})
-    )
-    pd.DataFrame({"participant_id": [f"sub-{s}" for s in shape.subjects]}).to_csv(
-        root / "participants.tsv", sep="\t", index=False
-    )
-    (root / f"task-{shape.task}_bold.json").write_text(
-        json.dumps({"RepetitionTime": shape.tr, "TaskName": shape.task})
-    )
-    prep = root / "derivatives" / "fmriprep"
-    prep.mkdir(parents=True)
-    (prep / "dataset_description.json").write_text(
-        json.dumps({"Name": "fMRIPrep - fMRI PREProcessing workflow", "BIDSVersion": "1.4.0",
-                    "DatasetType": "derivative",
-                    "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]})
-    )  # fmt: skip
+    prep = write_dataset_root(root, "movie-watching fixture", shape, FMRIPREP_DESCRIPTION)
     clip_trs = int(round(shape.trial_spacing_s / shape.tr))
     n_clips = n_scans // clip_trs
     for r in range(len(shape.runs)):
