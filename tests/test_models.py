@@ -8,6 +8,7 @@ real feature stage.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from safetensors.numpy import load_file
@@ -18,7 +19,7 @@ from brainpipe.errors import BrainpipeInputError
 from brainpipe.features.pca import build_feature_store
 from brainpipe.features.spatial import build_spatial_feature_store
 from brainpipe.models import MODELS, get_model, model_params
-from brainpipe.models.data import load_job_data
+from brainpipe.models.data import ImageFeatures, features_for, load_job_data
 from brainpipe.models.evaluation import (
     ceiling_ratio,
     decoding_metrics,
@@ -173,6 +174,73 @@ def test_banded_ridge_and_attention_readout_predict_v1(zoo, model):
     assert r > 0.2, r
     if spec.torch:  # deterministic seeds: a second fit is identical
         np.testing.assert_array_equal(spec.fit(data, params).predicted, first.predicted)
+
+
+def test_attention_reads_features_per_image_and_streamed_fit_equals_per_trial_fit(zoo):
+    """The training job's spatial features stay in the store, one row per image (never a
+    trials x tokens x channels copy: 21 GB for an NSD subject's DINOv2 tokens); held per
+    image or gathered from the store per minibatch, the fit is the one a per-trial array
+    gives, and no training row is a test stimulus."""
+    s = zoo["subjects"][0]
+    args = (_betas(zoo, s), [zoo["spatial"]], zoo["splits"], "V1", s)
+    params = model_params("attention", {"model_params": {"attention": {"epochs": 3}}})
+    lazy = load_job_data(*args)
+    X, Xt = lazy.features_train[0], lazy.features_test[0]
+    assert isinstance(X, ImageFeatures) and isinstance(Xt, ImageFeatures)
+    store = open_zarr(zoo["spatial"])
+    train_images = set(store["stimulus"].values[np.unique(X.rows)])
+    assert len(train_images) < len(X) and not train_images & set(lazy.test_stimuli)
+    per_trial = features_for(store, lazy.stimuli_train, "spatial")
+    np.testing.assert_array_equal(np.asarray(X), per_trial)
+    np.testing.assert_array_equal(X[np.array([5, 0, 5])], per_trial[[5, 0, 5]])
+    reference = load_job_data(*args)
+    reference.features_train = [per_trial]
+    reference.features_test = [features_for(store, lazy.test_stimuli, "spatial")]
+    streamed = load_job_data(*args)
+    for f in (*streamed.features_train, *streamed.features_test):
+        f.cache_mb = 0
+    assert not streamed.features_train[0].cached and lazy.features_train[0].cached
+    fits = {
+        name: get_model("attention").fit(d, params)
+        for name, d in (("per trial", reference), ("cached", lazy), ("streamed", streamed))
+    }
+    assert fits["streamed"].info["features_read"] == "per image, per batch from the store"
+    for name in ("cached", "streamed"):
+        np.testing.assert_allclose(
+            fits[name].predicted, fits["per trial"].predicted, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_spatial_store_from_a_network_streams_and_is_chunked_by_stimulus(zoo, tmp_path):
+    """A network's token layer becomes the spatial store a chunk of stimuli at a time (the
+    same numbers as z-scoring the whole array), chunked by stimulus rows for per-batch reads."""
+    import zarr
+
+    from brainpipe.features.spatial import build_spatial_store_from_network, spatial_chunk_rows
+
+    stimuli = zoo["root"] / "stimuli" / "stimuli.tsv"
+    names = pd.read_csv(stimuli, sep="\t")["stimulus"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    tokens = (rng.standard_normal((len(names), 36, 256)) * 3 + 1).astype(np.float16)
+    net = xr.Dataset(
+        {"features_12_tokens": (("stimulus", "t", "c"), tokens)},
+        coords={"stimulus": names[::-1].astype(object)},  # another order than the table
+    )
+    net["features_12_tokens"].encoding["chunks"] = (7, 36, 256)
+    write_zarr(net, tmp_path / "alex.zarr")
+    cfg = {"features": {"networks": {"alex": {"network": "alexnet", "layers": ["features.12"],
+                                              "tokens": ["features.12"]}}}}  # fmt: skip
+    out = build_spatial_store_from_network(
+        "alex", tmp_path / "alex.zarr", stimuli, zoo["splits"], tmp_path / "spatial.zarr", cfg
+    )
+    got = open_zarr(out)
+    raw = tokens[::-1].astype(np.float32)
+    train = got["split"].values == "train"
+    mean, sd = raw[train].mean(axis=(0, 1)), raw[train].std(axis=(0, 1))
+    np.testing.assert_allclose(got["features"].values, (raw - mean) / sd, rtol=1e-4, atol=1e-4)
+    rows = spatial_chunk_rows(36, 256, len(names))
+    assert rows < len(names)
+    assert zarr.open_group(str(out), mode="r")["features"].chunks == (rows, 36, 256)
 
 
 def test_test_betas_never_change_the_fitted_model(zoo, tmp_path):

@@ -47,28 +47,71 @@ def gabor_spatial(stimuli: pd.DataFrame, stimuli_dir: Path, grid: int = 8) -> np
     return energy.reshape(n, f * o, grid * grid).transpose(0, 2, 1).astype(np.float32)
 
 
+#: Bytes of one chunk of a spatial store (a few stimuli's maps; a DINOv2 map of 257 x 768
+#: float32 is 0.8 MB, so one stimulus): a training job gathers a minibatch's images from
+#: the store (:class:`brainpipe.models.data.ImageFeatures`) and reads little else.
+SPATIAL_CHUNK_BYTES = 1 << 20
+
+
+def spatial_chunk_rows(n_tokens: int, n_channels: int, n_stimuli: int) -> int:
+    """Stimuli per chunk of a spatial store: :data:`SPATIAL_CHUNK_BYTES` of float32 maps."""
+    return max(1, min(n_stimuli, SPATIAL_CHUNK_BYTES // (n_tokens * n_channels * 4)))
+
+
 def _write_spatial(
-    feats_raw: np.ndarray,
+    feats_raw: Any,
     stim: pd.DataFrame,
     out_path: Path,
     attrs: dict[str, Any],
     config: dict[str, Any] | None,
 ) -> Path:
-    train = (stim["split"] == "train").to_numpy()
-    mean = feats_raw[train].mean(axis=(0, 1))
-    sd = feats_raw[train].std(axis=(0, 1))
-    feats = ((feats_raw - mean) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    """Z-score each channel with the training stimuli's statistics and write the store.
+
+    ``feats_raw`` is ``(n_stimuli, n_tokens, n_channels)``: a numpy array (normalised in
+    place: no second copy) or a Dask array (a network's token layer read lazily: the
+    statistics are one pass over its training rows, the store is written a chunk of stimuli
+    at a time, so the job holds a few chunks, not the 7.9 GB of an NSD subject's DINOv2
+    tokens). The store is chunked by stimulus rows (:func:`spatial_chunk_rows`).
+    """
+    import dask.array as da
+
+    train = np.flatnonzero((stim["split"] == "train").to_numpy())
+    n, t, c = (int(x) for x in feats_raw.shape)
+    rows = spatial_chunk_rows(t, c, n)
+    if isinstance(feats_raw, da.Array):
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):  # one chunk at a time
+            on_train = feats_raw[train].astype(np.float64)
+            mean, sd = dask.compute(on_train.mean(axis=(0, 1)), on_train.std(axis=(0, 1)))
+        mean, sd = mean.astype(np.float32), sd.astype(np.float32)
+        feats = ((feats_raw.astype(np.float32) - mean) / np.where(sd > 0, sd, 1.0)).astype(
+            np.float32
+        )
+        feats = feats.rechunk((rows, t, c))
+    else:
+        feats = np.asarray(feats_raw, dtype=np.float32)
+        mean = feats[train].mean(axis=(0, 1))
+        sd = feats[train].std(axis=(0, 1))
+        feats -= mean
+        feats /= np.where(sd > 0, sd, 1.0).astype(np.float32)
     ds = xr.Dataset(
         {"features": (("stimulus", "token", "channel"), feats)},
         coords={
             "stimulus": stim["stimulus"].to_numpy(dtype=object),
             "split": ("stimulus", stim["split"].to_numpy(dtype=object)),
-            "token": np.arange(feats.shape[1]),
-            "channel": np.arange(feats.shape[2]),
+            "token": np.arange(t),
+            "channel": np.arange(c),
         },
         attrs={**attrs, "layout": "spatial", "fitted_on": "train", **provenance_attrs(config)},
     )
-    return write_zarr(ds, out_path)
+    ds["features"].encoding["chunks"] = (rows, t, c)
+    if isinstance(feats, np.ndarray):
+        return write_zarr(ds, out_path)
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return write_zarr(ds, out_path)
 
 
 def build_spatial_store_from_network(
@@ -114,7 +157,9 @@ def build_spatial_store_from_network(
         raise BrainpipeInputError(
             str(network_store), "stimulus", f"no tokens for {stim['stimulus'][idx < 0].iloc[0]!r}"
         )
-    raw = np.asarray(store[var].values[idx], dtype=np.float32)
+    raw = store[var].data  # lazy (Dask): read a chunk of stimuli at a time
+    if not np.array_equal(idx, np.arange(raw.shape[0])):
+        raw = raw[idx]
     return _write_spatial(
         raw, stim, Path(out_path), {"feature_model": name, "network_layer": layer}, config
     )

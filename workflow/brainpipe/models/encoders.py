@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainpipe.models.data import JobData, standardiser, zscore_in_place
+from brainpipe.models.data import (
+    ImageFeatures,
+    JobData,
+    minibatches,
+    standardiser,
+    zscore_in_place,
+)
 from brainpipe.models.registry import FitResult, register_model
 from brainpipe.ridge import RidgeCVEncoder, make_group_folds
 
@@ -266,6 +272,12 @@ def attention(data: JobData, params: dict) -> FitResult:
     at ``max_steps`` optimizer steps as the decoders' (an NSD subject's 27,000 training
     trials make an epoch ~420 steps of 64: the configured 150 epochs would take hours on a
     CPU; small datasets are unaffected).
+    The features reach the module a minibatch at a time (:func:`minibatches`): a job's
+    spatial store is read per image (:class:`~brainpipe.models.data.ImageFeatures`), held
+    once per image when it fits the cache, else gathered from the store per batch (a DINOv2
+    map of an NSD subject's training trials would be 21 GB per trial, 7.1 GB per image), so
+    the job's memory is its betas plus a batch; the batches, and so the fit, are the ones a
+    per-trial array gives. Test stimuli are predicted a batch at a time too.
     Weights: the module's state dict plus ``y_mean``, ``y_scale``.
     """
     import torch
@@ -293,21 +305,26 @@ def attention(data: JobData, params: dict) -> FitResult:
     opt = torch.optim.AdamW(
         model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
     )
-    Xd, Yd = tensor(X, device), tensor(Y, device)
+    Yd = tensor(Y, device)
     n, bs = len(X), int(params["batch_size"])
     model.train()
     epochs = capped_epochs([n], params, int(params["epochs"]))
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, bs):
-            idx = order[start : start + bs]
-            loss = torch.mean((model(Xd[idx]) - Yd[idx]) ** 2)
+        order = torch.randperm(n, generator=gen)
+        batches = [order[s : s + bs].numpy() for s in range(0, n, bs)]
+        for idx, xb in zip(batches, minibatches(X, batches), strict=True):
+            loss = torch.mean(
+                (model(tensor(xb, device)) - Yd[torch.as_tensor(idx, device=device)]) ** 2
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
     model.eval()
+    test_batches = [np.arange(s, min(s + 256, len(Xt))) for s in range(0, len(Xt), 256)]
     with torch.no_grad():
-        pred = model(tensor(Xt, device)).cpu().numpy()
+        pred = np.concatenate(
+            [model(tensor(xb, device)).cpu().numpy() for xb in minibatches(Xt, test_batches)]
+        )
     return FitResult(
         weights={**state_to_numpy(model, "net."), "y_mean": y_mean, "y_scale": y_scale},
         predicted=(pred * y_scale + y_mean).astype(np.float32),
@@ -315,5 +332,10 @@ def attention(data: JobData, params: dict) -> FitResult:
             "device": str(device),
             "final_train_loss": f"{float(loss.detach()):.4f}",
             "epochs_run": str(epochs),
+            "features_read": (
+                "per trial, in memory"
+                if not isinstance(X, ImageFeatures)
+                else "per image, " + ("in memory" if X.cached else "per batch from the store")
+            ),
         },
     )
