@@ -196,39 +196,70 @@ def make_other_subject(work: Path, subject: str, seed: int) -> Path:
     return out
 
 
-def build_spatial(work: str, tokens: int, channels: int) -> None:
-    """The ``spatial_features`` store of the attention readout: per image a map of
-    ``tokens`` positions x ``channels``, a noisy linear view of the latent (registered as a
-    feature model with a spatial map), channels z-scored on training stimuli."""
-    from brainpipe.features import FEATURE_MODELS, register_feature_model, register_spatial_map
-    from brainpipe.features.spatial import build_spatial_feature_store
+#: The network whose token layer the spatial store is built from, as the workflow builds it
+#: (``features.networks.<label>.tokens``, the spatial_features rule): DINOv2 ViT-B/14, whose
+#: last layer at 224 px is 257 tokens (CLS + 16 x 16 patches) x 768 channels.
+TOKEN_NETWORK = {"network": "dinov2", "layers": ["hidden12"], "tokens": ["hidden12"]}
+
+
+def spatial_label(tokens: int, channels: int) -> str:
+    """The features label of the spatial store (the 64 x 32 default keeps its old name)."""
+    return SPATIAL if (tokens, channels) == (64, 32) else f"{SPATIAL}{tokens}x{channels}"
+
+
+def write_token_store(work: Path, label: str, tokens: int, channels: int) -> Path:
+    """The network feature store's token layer (``hidden12_tokens(stimulus, token,
+    channel)``, float16 in 32 MB chunks of stimuli, as ``brainpipe.features.extract`` writes
+    it), generated directly a chunk at a time: per image a noisy linear view of the latent.
+    Extracting a network's tokens from images is ``benchmarks/features.py``'s to measure."""
+    import zarr
+
+    out = work / f"{label}.zarr"
+    if out.exists():
+        return out
+    latent = np.load(work / "latent.npy")
+    n = len(latent)
+    rng = np.random.default_rng(tokens * channels)
+    mixing = rng.standard_normal((LATENT, tokens * channels), dtype=np.float32)
+    rows = max(1, min(n, (32 << 20) // (tokens * channels * 2)))
+    with atomic_path(out) as tmp:
+        import dask.array as da
+        import xarray as xr
+
+        from brainpipe.storage import portable_strings, quiet_consolidated
+
+        empty = da.zeros((n, tokens, channels), chunks=(rows, tokens, channels), dtype="float16")
+        ds = xr.Dataset(
+            {"hidden12_tokens": (("stimulus", "hidden12_token", "hidden12_channel"), empty)},
+            coords={"stimulus": stimulus_ids(n).astype(object)},
+        )
+        with quiet_consolidated():
+            portable_strings(ds).to_zarr(tmp, mode="w", compute=False, consolidated=True,
+                                         zarr_format=3)  # fmt: skip
+        var = zarr.open_group(str(tmp), mode="r+")["hidden12_tokens"]
+        for start in range(0, n, rows):
+            block = latent[start : start + rows] @ mixing
+            block += rng.standard_normal(block.shape, dtype=np.float32)
+            var[start : start + len(block)] = block.reshape(-1, tokens, channels) / 3
+    return out
+
+
+def token_config(label: str) -> dict:
+    """The ``features`` config block that makes ``label`` a network with a token layer."""
+    return {"networks": {label: dict(TOKEN_NETWORK)}}
+
+
+def build_spatial(work: str, label: str) -> None:
+    """The ``spatial_features`` job of a network with a token layer
+    (:func:`brainpipe.features.spatial.build_spatial_store_from_network`, what the rule's
+    script calls): channels z-scored on training stimuli, chunked by stimulus rows."""
+    from brainpipe.features.spatial import build_spatial_store_from_network
 
     work_dir = Path(work)
-    latent = np.load(work_dir / "latent.npy")
-    stimuli = stimulus_ids(len(latent))
-    mixing = np.random.default_rng(tokens * channels).standard_normal(
-        (LATENT, tokens * channels), dtype=np.float32
-    )
-    if SPATIAL not in FEATURE_MODELS:
-
-        @register_feature_model(SPATIAL)
-        def pooled(stim, stimuli_dir, train_mask):  # pragma: no cover - never called here
-            raise NotImplementedError
-
-        @register_spatial_map(SPATIAL)
-        def spatial_map(stim, stimuli_dir):
-            own = np.random.default_rng(tokens)
-            idx = pd.Index(stimuli).get_indexer(stim["stimulus"].astype(str))
-            out = np.empty((len(idx), tokens, channels), dtype=np.float32)
-            for start in range(0, len(idx), 1000):
-                rows = idx[start : start + 1000]
-                raw = (latent[rows] @ mixing).reshape(len(rows), tokens, channels)
-                out[start : start + 1000] = raw + own.standard_normal(raw.shape, dtype=np.float32)
-            return out
-
-    build_spatial_feature_store(
-        SPATIAL, work_dir / "data" / "stimuli.tsv", work_dir / "splits.tsv",
-        work_dir / "spatial" / f"{SPATIAL}.zarr",
+    build_spatial_store_from_network(
+        label, work_dir / f"{label}.zarr", work_dir / "data" / "stimuli.tsv",
+        work_dir / "splits.tsv", work_dir / "spatial" / f"{label}.zarr",
+        config={"features": token_config(label)},
     )  # fmt: skip
 
 
@@ -262,7 +293,8 @@ def build_features(work: str, name: str) -> None:
 
 def declared_mem_mb(rule: str) -> int:
     """A rule's mem_mb (first attempt) as its .smk file declares it."""
-    path = {"evaluate": "evaluate", "summary": "evaluate", "report": "report"}[rule]
+    path = {"evaluate": "evaluate", "summary": "evaluate", "report": "report",
+            "spatial_features": "features"}[rule]  # fmt: skip
     text = (ROOT / "rules" / f"{path}.smk").read_text()
     body = text.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
     return int(re.search(r"mem_mb=(?:per_attempt\()?(\d+)", body).group(1))
@@ -285,7 +317,7 @@ if a["stage"] == "features":
     scale.build_features(a["work"], a["name"])
 elif a["stage"] == "spatial_features":
     import scale
-    scale.build_spatial(a["work"], a["tokens"], a["channels"])
+    scale.build_spatial(a["work"], a["label"])
 elif a["stage"] == "pretrain":
     pretrain_job(a["model"], a["roi"], a["betas_paths"], a["features"], a["splits"],
                  a["out_paths"], config=a["config"])
@@ -359,12 +391,12 @@ def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
     out = {"seconds": round(wall, 1), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
     if killed:  # ru_maxrss: an upper bound on the job's own peak so far
         return {**out, **killed}
-    out["max_rss_mb"] = round(int(hwm.read_text()) / 1024, 1)
-    shutil.rmtree(hwm.parent, ignore_errors=True)
     if not code_ok:
         err_file.seek(0)
         err = err_file.read().decode(errors="replace")
         raise RuntimeError(f"{args['stage']} {args.get('model', '')} failed:\n{err[-3000:]}")
+    out["max_rss_mb"] = round(int(hwm.read_text()) / 1024, 1)
+    shutil.rmtree(hwm.parent, ignore_errors=True)
     return out
 
 
@@ -391,8 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         help="pretrain for every held-out subject, as the pretrain job does (default: for "
         "subject 01 only; the job's wall time is then n_subjects x that)",
     )  # fmt: skip
-    parser.add_argument("--tokens", type=int, default=64, help="attention: tokens per image")
-    parser.add_argument("--channels", type=int, default=32, help="attention: channels per token")
+    parser.add_argument(
+        "--tokens", type=int, default=64,
+        help="attention: tokens per image of the spatial store (DINOv2 ViT-B/14: 257)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--channels", type=int, default=32,
+        help="attention: channels per token (DINOv2 ViT-B/14: 768)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-steps", type=int, default=None,
+        help="the torch models' max_steps (default: the config's); peak memory does not "
+        "depend on it (one minibatch at a time), the wall time does",
+    )  # fmt: skip
     parser.add_argument(
         "--merge", action="store_true",
         help="keep the other jobs of an earlier result file of the same subject (one model "
@@ -427,13 +470,24 @@ def main(argv: list[str] | None = None) -> int:
         from brainpipe.models import get_model, model_params
         from brainpipe.models.data import roi_size
 
+        label = spatial_label(a.tokens, a.channels)
         needed = sorted({f for m in a.models for f in MODEL_FEATURES[m]})
         for name in needed:
             if name == SPATIAL:
-                measure("spatial_features",
-                        {"work": str(work), "tokens": a.tokens, "channels": a.channels},
-                        features_mem_mb(), features=name)  # fmt: skip
-                notes["attention"] = {"tokens": a.tokens, "channels": a.channels}
+                t0 = time.perf_counter()
+                write_token_store(work, label, a.tokens, a.channels)
+                print(f"token store: {time.perf_counter() - t0:.1f} s", flush=True)
+                measure("spatial_features", {"work": str(work), "label": label},
+                        declared_mem_mb("spatial_features"), features=label)  # fmt: skip
+                notes[f"attention {label}"] = {
+                    "tokens": a.tokens, "channels": a.channels,
+                    "spatial_store_gb": round(subject["n_images"] * a.tokens * a.channels
+                                              * 4 / 1e9, 2),
+                    "per_trial_train_features_gb": round(
+                        subject["n_trials"] * (1 - subject["n_test_images"]
+                                               / subject["n_images"])
+                        * a.tokens * a.channels * 4 / 1e9, 1),
+                }  # fmt: skip
             else:
                 measure("features", {"work": str(work), "name": name}, features_mem_mb(),
                         features=name)  # fmt: skip
@@ -442,12 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         metrics_paths, scores_paths = [], []
         for model in a.models:
             spec = get_model(model)
-            stores = MODEL_FEATURES[model]
+            stores = [label if f == SPATIAL else f for f in MODEL_FEATURES[model]]
             features = stores[0] if len(stores) == 1 else "+".join(stores)
             paths = [
-                str(work / "spatial" / f"{f}.zarr") if f == SPATIAL else str(work / f"{f}.zarr")
+                str(work / "spatial" / f"{f}.zarr") if f == label else str(work / f"{f}.zarr")
                 for f in stores
             ]
+            if a.max_steps and spec.torch:
+                config["model_params"].setdefault(model, {})["max_steps"] = a.max_steps
             params = model_params(model, config)
             d = work / "models" / f"{model}-{features}"
             d.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,12 @@ rule spatial_features:
         features=directory(f"{RESULTS}/features/spatial/{{features}}.zarr"),
     params:
         root=DATA,
+    threads: 1
+    resources:
+        # a network's token layer is z-scored and written a chunk of stimuli at a time
+        # (brainpipe.features.spatial): an NSD subject's DINOv2 tokens (7.9 GB) fit in this
+        mem_mb=2000,
+        runtime=30,
     log:
         f"{LOGS}/features/spatial_{{features}}.log",
     benchmark:

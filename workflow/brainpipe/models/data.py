@@ -146,9 +146,14 @@ class ImageFeatures:
         return int(np.prod(self._array.shape[1:], dtype=np.int64)) * 4
 
     @property
+    def distinct_mb(self) -> float:
+        """MB of the distinct rows (images) as float32: what holding them takes."""
+        return self._n_distinct * self.row_bytes / 1e6
+
+    @property
     def cached(self) -> bool:
         """Whether the distinct rows are held in memory (read on first use)."""
-        return self._n_distinct * self.row_bytes <= self.cache_mb * 1e6
+        return self.distinct_mb <= self.cache_mb
 
     def __len__(self) -> int:
         return len(self.rows)

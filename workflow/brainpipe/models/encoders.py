@@ -217,6 +217,22 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
     )
 
 
+def attention_cache_mb(params: dict, n_train: int, n_voxels: int, batch_mb: float) -> float:
+    """MB of image features a training job of ``attention`` can hold besides its other arrays.
+
+    The job declares at least ``max(mem_mb, JOB_BASE_MB + 2 x its training betas)``
+    (:meth:`~brainpipe.models.registry.ModelSpec.job_mem_mb`); it holds the betas once
+    (z-scored in place) and up to four minibatches of features (the one read ahead, the
+    one training, the gather's two buffers). What is left may hold the distinct training
+    images in memory; beyond it they are read from the store per batch.
+    """
+    from brainpipe.models.registry import DATA_COPIES, JOB_BASE_MB
+
+    betas_mb = n_train * n_voxels * 4 / 1e6
+    declared = max(float(params["mem_mb"]), JOB_BASE_MB + DATA_COPIES * betas_mb)
+    return max(0.0, declared - JOB_BASE_MB - betas_mb - 4 * batch_mb)
+
+
 def _attention_module(n_tokens: int, n_channels: int, n_voxels: int, params: dict):
     import torch
     from torch import nn
@@ -307,6 +323,12 @@ def attention(data: JobData, params: dict) -> FitResult:
     )
     Yd = tensor(Y, device)
     n, bs = len(X), int(params["batch_size"])
+    if isinstance(X, ImageFeatures):  # hold images only within the job's declared memory
+        budget = attention_cache_mb(params, n, Y.shape[1], bs * X.row_bytes / 1e6)
+        for f in (X, Xt):
+            if isinstance(f, ImageFeatures):
+                f.cache_mb = min(f.cache_mb, budget)
+                budget -= f.distinct_mb if f.cached else 0.0
     model.train()
     epochs = capped_epochs([n], params, int(params["epochs"]))
     for _ in range(epochs):
