@@ -294,6 +294,16 @@ def model_mem_mb(wildcards, input, attempt):
     the stores exist Snakemake leaves it to be evaluated (<TBD>), then evaluates it
     before the job runs.
     """
+    return _betas_mem_mb(wildcards, input, attempt, pretrain=False)
+
+
+def pretrain_mem_mb(wildcards, input, attempt):
+    """The pretrain job's memory (every subject's store): ModelSpec.pretrain_mem_mb, which
+    counts only the subjects the model's pretraining holds in memory at once."""
+    return _betas_mem_mb(wildcards, input, attempt, pretrain=True)
+
+
+def _betas_mem_mb(wildcards, input, attempt, pretrain):
     from brainpipe.models.data import roi_size
 
     spec, params = _spec(wildcards.model), _params(wildcards.model)
@@ -302,7 +312,8 @@ def model_mem_mb(wildcards, input, attempt):
     if spec.voxelwise or not paths:
         return memory_for_attempt(params["mem_mb"], attempt)
     sizes = [roi_size(p, wildcards.roi) for p in paths]
-    return memory_for_attempt(spec.job_mem_mb(params, sizes), attempt)
+    need = spec.pretrain_mem_mb(params, sizes) if pretrain else spec.job_mem_mb(params, sizes)
+    return memory_for_attempt(need, attempt)
 
 
 def _submits_to_slurm():

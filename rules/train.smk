@@ -16,7 +16,7 @@ rule pretrain:
         subjects=config["subjects"],
     threads: model_resource("threads")
     resources:
-        mem_mb=model_mem_mb,
+        mem_mb=pretrain_mem_mb,
         runtime=model_resource("runtime"),
         gpu=model_gpu,
     log:

@@ -8,7 +8,9 @@ import pytest
 
 from brainpipe.datasets import synthetic
 from brainpipe.models import get_model, model_params
-from brainpipe.models.data import load_job_data
+from brainpipe.models.data import load_job_data, standardiser
+from brainpipe.models.decoders import _ridge_solutions, gram_ridge, pooled_standardiser
+from brainpipe.models.diskrows import DiskRows
 from brainpipe.models.evaluation import (
     decoding_metrics,
     retrieval_per_query,
@@ -36,9 +38,9 @@ def zoo(tmp_path_factory):
     return build_zoo_inputs(root, tmp_path_factory.mktemp("deczoo"))
 
 
-def _data(zoo, s):
+def _data(zoo, s, lazy=False):
     betas = zoo["splits"].parent / f"sub-{s}_betas.zarr"
-    return load_job_data(betas, [zoo["caption"]], zoo["splits"], "all", s)
+    return load_job_data(betas, [zoo["caption"]], zoo["splits"], "all", s, lazy=lazy)
 
 
 @pytest.mark.parametrize("model", ["ridgedecoder", "mlpdecoder"])
@@ -118,3 +120,63 @@ def test_mlp_decoder_is_deterministic(zoo):
     b = get_model("mlpdecoder").fit(data, params)
     np.testing.assert_array_equal(a.predicted, b.predicted)
     assert a.info["device"] in ("cpu", "cuda")
+
+
+def test_pretraining_from_the_scratch_folder_gives_the_weights_of_pretraining_in_memory(
+    zoo, tmp_path
+):
+    """The pretrain job's way (lazy data, each subject's z-scored voxels written once to a
+    scratch folder and read back a mini-batch at a time) gives the weights of every
+    subject's voxels held in memory, bit for bit; no subject's betas stay in memory, and
+    the next held-out subject's pretraining reuses the files."""
+    spec = get_model("sharedbackbone")
+    params = model_params("sharedbackbone", {"model_params": {"sharedbackbone": {"epochs": 30}}})
+    held_out, *rest = zoo["subjects"]
+    in_memory = spec.pretrain({s: _data(zoo, s) for s in rest}, dict(params))
+    lazy = {s: _data(zoo, s, lazy=True) for s in zoo["subjects"]}
+    others = {s: d for s, d in lazy.items() if s != held_out}
+    from_disk = spec.pretrain(others, {**params, "scratch_dir": str(tmp_path)})
+    assert sorted(from_disk) == sorted(in_memory)
+    for key, value in in_memory.items():
+        np.testing.assert_array_equal(from_disk[key], value, err_msg=key)
+    assert all(d.betas_train is None and d.betas_test is None for d in lazy.values())
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert sorted(files) == [f"sub-{s}_all.npy" for s in rest]
+    for s in rest:
+        rows = DiskRows(tmp_path / f"sub-{s}_all.npy")
+        assert rows.shape == (lazy[s].n_train, lazy[s].n_voxels)
+    # the next held-out subject: one new file, the shared one reused as written
+    without_next = {s: d for s, d in lazy.items() if s != rest[0]}
+    spec.pretrain(without_next, {**params, "scratch_dir": str(tmp_path)})
+    assert len(list(tmp_path.iterdir())) == 3
+    assert all((tmp_path / n).stat().st_mtime_ns == t for n, t in files.items())
+
+
+def test_pooled_statistics_match_the_concatenated_arrays():
+    """The pretraining's pooled embedding standardiser and latent ridge, accumulated one
+    subject at a time, are those of the stacked arrays (standardiser, SVD ridge) to float
+    rounding."""
+    rng = np.random.default_rng(0)
+    ys = [rng.standard_normal((n, 12)).astype(np.float32) * 3 + 1 for n in (50, 70, 40)]
+    hs = [y @ rng.standard_normal((12, 6)).astype(np.float32) + 2 for y in ys]
+    mean, sd = pooled_standardiser(ys)
+    ref_mean, ref_sd = standardiser(np.concatenate(ys))
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sd, ref_sd, rtol=1e-5)
+    for alpha in (0.1, 100.0):
+        coef, intercept = gram_ridge(zip(ys, hs, strict=True), alpha)
+        ref_coef, ref_icpt = _ridge_solutions(np.concatenate(ys), np.concatenate(hs), [alpha])
+        np.testing.assert_allclose(coef, ref_coef[0], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(intercept, ref_icpt[0], rtol=1e-6, atol=1e-8)
+
+
+def test_disk_rows_read_any_rows_and_blocks(tmp_path):
+    a = np.random.default_rng(1).standard_normal((300, 7)).astype(np.float32)
+    rows = DiskRows.write(tmp_path / "x.npy", a)
+    idx = np.array([299, 0, 5, 5, 17])
+    np.testing.assert_array_equal(rows.take(idx), a[idx])
+    np.testing.assert_array_equal(np.concatenate(list(rows.blocks(64))), a)
+    with pytest.raises(IndexError):
+        rows.take(np.array([300]))
+    with pytest.raises(ValueError, match="float32"):
+        DiskRows.write(tmp_path / "y.npy", a.astype(np.float64))

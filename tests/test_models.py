@@ -312,8 +312,16 @@ def test_jobs_declare_the_memory_of_the_betas_they_hold():
         spec, params = get_model(name), model_params(name, {})
         assert spec.job_mem_mb(params, tiny) == params["mem_mb"]
         assert spec.job_mem_mb(params, nsd) >= 700 + spec.data_copies * 1800 > params["mem_mb"]
-        two = spec.job_mem_mb(params, nsd * 2)  # pretraining reads several subjects
+        two = spec.job_mem_mb(params, nsd * 2)  # several subjects' betas in memory
         assert two > spec.job_mem_mb(params, nsd)
+    # pretraining: the shared backbone holds one subject at a time (the others wait in its
+    # scratch folder), so 8 NSD subjects declare what one does; the in-context encoder
+    # holds them all
+    spec, params = get_model("sharedbackbone"), model_params("sharedbackbone", {})
+    smaller = [(30000, 10000)]
+    assert spec.pretrain_mem_mb(params, smaller + nsd * 7) == spec.job_mem_mb(params, nsd)
+    spec, params = get_model("incontext"), model_params("incontext", {})
+    assert spec.pretrain_mem_mb(params, nsd * 8) == spec.job_mem_mb(params, nsd * 8)
 
 
 def test_encoding_metrics_perfect_and_bootstrap():

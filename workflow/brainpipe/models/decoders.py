@@ -20,9 +20,14 @@ statistics; predictions are returned in the embedding's own units.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 
 from brainpipe.models.data import JobData, standardiser, zscore_in_place
+from brainpipe.models.diskrows import DiskRows
 from brainpipe.models.registry import FitResult, register_model
 from brainpipe.ridge import RidgeCVEncoder
 
@@ -148,6 +153,7 @@ def _train_decoder(
     gen=None,
     device=None,
     val: tuple[np.ndarray, np.ndarray] | None = None,
+    y_standardiser: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, list[float]]:
     """Train adapters + backbone with MSE + clip_weight * InfoNCE; mini-batches per subject.
 
@@ -156,6 +162,11 @@ def _train_decoder(
     (:func:`brainpipe.models.torch_utils.capped_epochs`). With ``val`` (voxels, embedding
     of validation trials of the single subject), the validation loss is recorded before
     training and after every epoch.
+
+    A subject's voxels may be :class:`~brainpipe.models.diskrows.DiskRows` (read a
+    mini-batch at a time) instead of an array; with ``y_standardiser`` (mean, scale) the
+    embedding rows are standardised a mini-batch at a time. Either way each step sees the
+    same numbers as with the arrays in memory.
 
     Returns
     -------
@@ -173,7 +184,13 @@ def _train_decoder(
     opt = torch.optim.AdamW(
         groups, lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
     )
-    data = {s: (tensor(x, device), tensor(y, device)) for s, (x, y) in batches.items()}
+    data = {
+        s: (x if isinstance(x, DiskRows) else tensor(x, device), tensor(y, device))
+        for s, (x, y) in batches.items()
+    }
+    y_shift = y_div = None
+    if y_standardiser is not None:
+        y_shift, y_div = (tensor(a, device) for a in y_standardiser)
     bs = int(params["batch_size"])
     loss = float("nan")
     val_losses: list[float] = []
@@ -201,8 +218,11 @@ def _train_decoder(
         for k in torch.randperm(len(steps), generator=gen).tolist():
             s, idx = steps[k]
             x, y = data[s]
+            xb = tensor(x.take(idx.numpy()), device) if isinstance(x, DiskRows) else None
             idx = idx.to(device)
-            step_loss = _loss(backbone(adapters[s](x[idx])), y[idx], params)
+            xb = x[idx] if xb is None else xb
+            yb = y[idx] if y_shift is None else (y[idx] - y_shift) / y_div
+            step_loss = _loss(backbone(adapters[s](xb)), yb, params)
             opt.zero_grad()
             step_loss.backward()
             opt.step()
@@ -299,15 +319,88 @@ def mlpdecoder(data: JobData, params: dict) -> FitResult:
     )
 
 
+def _training_rows(data: JobData, scratch: str | os.PathLike | None) -> np.ndarray | DiskRows:
+    """A pretraining subject's z-scored training voxels (:func:`_inputs`).
+
+    Without ``scratch``: in memory (a copy, unless the data are ``disposable``). With a
+    scratch folder: written there once (``sub-<subject>_<roi>.npy``) and read back a
+    mini-batch at a time (:class:`~brainpipe.models.diskrows.DiskRows`); a later call for
+    the same subject (the next held-out subject of a pretraining job) reuses the file.
+    Betas this call reads itself (a lazy job's) are z-scored in place and dropped once
+    written, so only one subject's training betas are ever in memory.
+    """
+    if scratch is None:
+        return _inputs(data.load())[0]
+    path = Path(scratch) / f"sub-{data.subject}_{data.roi}.npy"
+    if not path.exists():
+        if data.betas_train is None:  # read for this call alone: z-score in place
+            data.load().disposable = True
+        rows = DiskRows.write(path, _inputs(data)[0])
+        if data.source is not None:  # lazy: back to the store until loaded again
+            data.betas_train = data.betas_test = None
+        return rows
+    rows = DiskRows(path)
+    if rows.shape != (data.n_train, data.n_voxels):
+        raise ValueError(f"{path}: {rows.shape} rows, expected {(data.n_train, data.n_voxels)}")
+    return rows
+
+
+def pooled_standardiser(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and sd (sd 0 -> 1) of the rows of ``arrays`` stacked, without stacking them.
+
+    Two passes in float64 (mean, then squared deviations), one array at a time: the
+    numbers of :func:`~brainpipe.models.data.standardiser` on the concatenation, to
+    float32 rounding, in memory that does not grow with the number of arrays.
+    """
+    n = sum(len(a) for a in arrays)
+    mean = sum(a.sum(axis=0, dtype=np.float64) for a in arrays) / n
+    var = sum(np.sum((a - mean) ** 2, axis=0) for a in arrays) / n
+    sd = np.sqrt(var)
+    return mean.astype(np.float32), np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
+
+
+def gram_ridge(
+    pairs: Iterator[tuple[np.ndarray, np.ndarray]], alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge (with intercept, penalty ``alpha``) from ``X`` to ``T`` over blocks of rows.
+
+    ``pairs`` yields blocks ``(X, T)`` of the same rows; only the cross-products
+    ``X'X`` and ``X'T`` (float64) are kept, so memory does not grow with the rows. The
+    solution is :func:`_ridge_solutions`'s (``(Xc'Xc + alpha I)^-1 Xc'Tc`` on centred
+    data), to rounding.
+
+    Returns ``coef`` (n_features, n_targets) and ``intercept`` (n_targets,).
+    """
+    n, sx, st, xx, xt = 0, 0.0, 0.0, 0.0, 0.0
+    for X, T in pairs:
+        X, T = np.asarray(X, np.float64), np.asarray(T, np.float64)
+        n += len(X)
+        sx, st = sx + X.sum(axis=0), st + T.sum(axis=0)
+        xx, xt = xx + X.T @ X, xt + X.T @ T
+    x_mean, t_mean = sx / n, st / n
+    xx_c = xx - n * np.outer(x_mean, x_mean)
+    xt_c = xt - n * np.outer(x_mean, t_mean)
+    coef = np.linalg.solve(xx_c + alpha * np.eye(len(xx_c)), xt_c)
+    return coef, t_mean - x_mean @ coef
+
+
 def pretrain_shared_backbone(datasets: dict[str, JobData], params: dict) -> dict[str, np.ndarray]:
     """Pretrain the shared backbone (and one adapter per subject) on every subject given.
+
+    Memory: with ``params["scratch_dir"]`` (the pretrain job's scratch folder), each
+    subject's z-scored training voxels are written there once and read back a
+    mini-batch at a time (:func:`_training_rows`), so the job holds one subject's
+    training betas at most, whatever the number of subjects; the embedding rows stay in
+    memory (n_train x n_dims each). Without it, every subject's voxels are in memory.
+    The mini-batches, and so the weights, are the same either way.
 
     Parameters
     ----------
     datasets : dict of subject -> JobData
-        Training trials of the pretraining subjects (test stimuli are never used).
+        Training trials of the pretraining subjects (test stimuli are never used); lazy
+        ones (``load_job_data(..., lazy=True)``) are read here.
     params : dict
-        The ``sharedbackbone`` block.
+        The ``sharedbackbone`` block (plus ``scratch_dir``, optional).
 
     Returns
     -------
@@ -326,27 +419,49 @@ def pretrain_shared_backbone(datasets: dict[str, JobData], params: dict) -> dict
 
     gen = seed_everything(int(params["seed"]), params.get("threads"))
     device = torch_device(params["device"])
-    y_mean, y_scale = standardiser(np.concatenate([d.features_train[0] for d in datasets.values()]))
+    subjects = sorted(datasets)
+    embeddings = {s: datasets[s].features_train[0] for s in subjects}
+    y_mean, y_scale = pooled_standardiser([embeddings[s] for s in subjects])
     hidden = int(params["hidden"])
     adapters, batches = {}, {}
-    for s, d in sorted(datasets.items()):
-        X, _ = _inputs(d)
-        batches[s] = (X, (d.features_train[0] - y_mean) / y_scale)
+    for s in subjects:
+        X = _training_rows(datasets[s], params.get("scratch_dir"))
+        batches[s] = (X, embeddings[s])
         adapters[s] = nn.Linear(X.shape[1], hidden).to(device)
     backbone = _backbone(hidden, len(y_mean), float(params["dropout"])).to(device)
     _train_decoder(
-        adapters, backbone, batches, params, int(params["epochs"]), gen=gen, device=device
+        adapters,
+        backbone,
+        batches,
+        params,
+        int(params["epochs"]),
+        gen=gen,
+        device=device,
+        y_standardiser=(y_mean, y_scale),
     )
     weights = {**state_to_numpy(backbone, "backbone."), "y_mean": y_mean, "y_scale": y_scale}
     for s, a in adapters.items():
         weights.update(state_to_numpy(a, f"adapter.{s}."))
+
     # The latent the backbone associates with an embedding: ridge from the standardised
-    # embedding to the adapters' outputs, pooled over the pretraining subjects' trials.
-    H = np.concatenate([_predict(adapters[s], None, batches[s][0], device) for s in adapters])
-    Yp = np.concatenate([batches[s][1] for s in adapters])
-    coef, intercept = _ridge_solutions(Yp, H, [float(params["latent_alpha"])])
-    weights["latent.coef"] = coef[0].astype(np.float32)
-    weights["latent.intercept"] = intercept[0].astype(np.float32)
+    # embedding to the adapters' outputs, pooled over the pretraining subjects' trials
+    # (a block of trials at a time).
+    def latent_pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        block = 4096
+        for s in subjects:
+            X, Y = batches[s]
+            starts = range(0, len(X), block)
+            if isinstance(X, DiskRows):
+                blocks = X.blocks(block)
+            else:
+                blocks = (X[r0 : r0 + block] for r0 in starts)
+            for r0, xb in zip(starts, blocks, strict=True):
+                yb = (Y[r0 : r0 + block] - y_mean) / y_scale
+                yield yb, _predict(adapters[s], None, xb, device)
+
+    coef, intercept = gram_ridge(latent_pairs(), float(params["latent_alpha"]))
+    weights["latent.coef"] = coef.astype(np.float32)
+    weights["latent.intercept"] = intercept.astype(np.float32)
     return weights
 
 
@@ -415,6 +530,7 @@ def _adapt(X, Y, groups, params, device, gen, epochs, val=None):
     kind="decoding",
     torch=True,
     pretrain=pretrain_shared_backbone,
+    pretrain_subjects_in_memory=1,  # the others wait in the job's scratch folder
     defaults={
         **_MLP_DEFAULTS,
         "finetune_sessions": ["01"],

@@ -169,6 +169,8 @@ def meta_train(datasets: dict[str, JobData], params: dict) -> dict[str, np.ndarr
     gen = seed_everything(int(params["seed"]), params.get("threads"))
     device = torch_device(params["device"])
     subjects = sorted(datasets)
+    for s in subjects:  # a pretrain job's data are lazy: every subject's betas are read here
+        datasets[s].load()
     x_all = np.concatenate([datasets[s].features_train[0] for s in subjects])
     # Centre, and scale by one number (the RMS column sd): z-scoring every column would
     # undo the PCA's variance ordering, the prior that ridge gets from raw PCA features.

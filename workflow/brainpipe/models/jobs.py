@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,13 @@ def pretrain_job(
 ) -> None:
     """Pretrain a cross-subject model once per held-out subject (leave-one-subject-out).
 
+    Every subject's data are opened lazily (``load_job_data(..., lazy=True)``: trials,
+    stimuli and embeddings in memory, betas left in the store); the model's ``pretrain``
+    reads the betas it needs. It gets a scratch folder as ``params["scratch_dir"]``
+    (a temporary folder under ``$TMPDIR``, removed when the job ends), shared by the
+    held-out subjects' pretrainings: the shared backbone keeps each subject's z-scored
+    training betas there rather than in memory (1.6 GB per NSD subject on disk).
+
     Parameters
     ----------
     betas_paths : dict of subject -> path
@@ -113,31 +121,33 @@ def pretrain_job(
     spec = get_model(model)
     params = model_params(model, config)
     datasets = {
-        s: load_job_data(p, list(feature_paths), splits_path, roi, s)
+        s: load_job_data(p, list(feature_paths), splits_path, roi, s, lazy=True)
         for s, p in betas_paths.items()
     }
-    for held_out, path in out_paths.items():
-        others = {s: d for s, d in datasets.items() if s != held_out}
-        t0 = time.perf_counter()
-        weights = spec.pretrain(others, params)
-        log.info(
-            "%s %s without sub-%s: pretrained in %.1f s",
-            model,
-            roi,
-            held_out,
-            time.perf_counter() - t0,
-        )
-        _save_weights(
-            weights,
-            path,
-            {
-                "model": model,
-                "roi": roi,
-                "held_out": held_out,
-                "subjects": ",".join(sorted(others)),
-                **provenance_attrs(config),
-            },
-        )
+    with tempfile.TemporaryDirectory(prefix=f"brainpipe-pretrain-{model}-") as scratch:
+        params["scratch_dir"] = scratch
+        for held_out, path in out_paths.items():
+            others = {s: d for s, d in datasets.items() if s != held_out}
+            t0 = time.perf_counter()
+            weights = spec.pretrain(others, params)
+            log.info(
+                "%s %s without sub-%s: pretrained in %.1f s",
+                model,
+                roi,
+                held_out,
+                time.perf_counter() - t0,
+            )
+            _save_weights(
+                weights,
+                path,
+                {
+                    "model": model,
+                    "roi": roi,
+                    "held_out": held_out,
+                    "subjects": ",".join(sorted(others)),
+                    **provenance_attrs(config),
+                },
+            )
 
 
 def evaluate_job(

@@ -91,6 +91,11 @@ class ModelSpec:
         Cross-subject models only: ``pretrain(datasets: dict[subject, JobData], params)
         -> dict[str, ndarray]`` (weights); ``fit`` then receives them as
         ``params["pretrained"]``.
+    pretrain_subjects_in_memory : int or None
+        Cross-subject models: how many subjects' training betas ``pretrain`` holds in
+        memory at once (the shared backbone: 1, the others are read from a scratch folder
+        a mini-batch at a time); ``None``: every subject's. Sizes the pretrain job's
+        memory (:meth:`pretrain_mem_mb`).
     data_copies : float
         Copies of its ROI's training betas the model holds at its peak (sizes the memory
         its jobs declare: :meth:`job_mem_mb`).
@@ -110,6 +115,7 @@ class ModelSpec:
     pretrain: Callable[..., dict[str, np.ndarray]] | None = None
     voxelwise: bool = False
     data_copies: float = DATA_COPIES
+    pretrain_subjects_in_memory: int | None = None
 
     @property
     def cross_subject(self) -> bool:
@@ -138,6 +144,17 @@ class ModelSpec:
         data_mb = sum(t * v for t, v in sizes) * 4 / 1e6
         return max(declared, int(math.ceil(JOB_BASE_MB + self.data_copies * data_mb)))
 
+    def pretrain_mem_mb(self, params: Mapping[str, Any], sizes: list[tuple[int, int]]) -> int:
+        """The memory (MB) a pretraining job (every subject's store in ``sizes``) declares.
+
+        :meth:`job_mem_mb` of the ``pretrain_subjects_in_memory`` largest subjects (all
+        of them when ``None``): a model that reads one subject at a time declares what a
+        training job of its largest subject declares, whatever the number of subjects.
+        """
+        k = self.pretrain_subjects_in_memory
+        largest = sorted(sizes, key=lambda tv: tv[0] * tv[1], reverse=True)
+        return self.job_mem_mb(params, largest if k is None else largest[:k])
+
 
 MODELS: dict[str, ModelSpec] = {}
 """Registered models by name."""
@@ -152,6 +169,7 @@ def register_model(
     pretrain: Callable[..., dict[str, np.ndarray]] | None = None,
     voxelwise: bool = False,
     data_copies: float = DATA_COPIES,
+    pretrain_subjects_in_memory: int | None = None,
 ) -> Callable[[Callable[..., FitResult]], Callable[..., FitResult]]:
     """Decorator registering ``fit`` as model ``name``.
 
@@ -173,6 +191,8 @@ def register_model(
     data_copies : float
         Copies of its training betas the model holds at its peak (sizes its jobs' memory:
         :meth:`ModelSpec.job_mem_mb`).
+    pretrain_subjects_in_memory : int, optional
+        Subjects whose training betas ``pretrain`` holds at once (see :class:`ModelSpec`).
     """
     if not name.isalnum() or name.lower() != name:
         raise ValueError(f"model name must be lowercase letters and digits, got {name!r}")
@@ -194,6 +214,7 @@ def register_model(
             pretrain=pretrain,
             voxelwise=voxelwise,
             data_copies=float(data_copies),
+            pretrain_subjects_in_memory=pretrain_subjects_in_memory,
         )
         return func
 
