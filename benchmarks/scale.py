@@ -401,7 +401,7 @@ def run_job(args: dict, threads: int, limit_mb: float, limit_s: float) -> dict:
 
 
 def _job_key(job: dict) -> tuple:
-    return tuple(job.get(k) for k in ("rule", "model", "features", "n_subjects"))
+    return tuple(job.get(k) for k in ("rule", "model", "features", "n_subjects", "max_steps"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         "--all-held-out", action="store_true",
         help="pretrain for every held-out subject, as the pretrain job does (default: for "
         "subject 01 only; the job's wall time is then n_subjects x that)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pretrain-only", action="store_true",
+        help="cross-subject models: measure the pretrain job alone (the job whose memory "
+        "grew with --subjects), not the held-out subject's train and evaluate",
     )  # fmt: skip
     parser.add_argument(
         "--tokens", type=int, default=64,
@@ -512,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
             pretrained = None
             if spec.cross_subject:
                 # the pretrain job reads every subject's betas (leave-one-subject-out)
+                # (a pretraining with fewer steps is kept apart: its wall time is no projection)
+                steps = {"max_steps": a.max_steps} if a.max_steps else {}
                 subjects = [SUBJECT] + [f"{k:02d}" for k in range(2, a.subjects + 1)]
                 betas_paths = {SUBJECT: betas}
                 for s in subjects[1:]:
@@ -523,14 +530,15 @@ def main(argv: list[str] | None = None) -> int:
                     {"model": model, "roi": ROI, "betas_paths": betas_paths, "features": paths,
                      "splits": str(work / "splits.tsv"), "out_paths": out_paths,
                      "config": config},
-                    spec.job_mem_mb(params, [size] * len(subjects)),
+                    spec.pretrain_mem_mb(params, [size] * len(subjects)),
                     params["threads"],
                     model=model,
                     features=features,
                     n_subjects=len(subjects),
                     held_out=held_out,
+                    **steps,
                 )  # fmt: skip
-                if any(k.startswith("killed") for k in pre):
+                if a.pretrain_only or any(k.startswith("killed") for k in pre):
                     continue
                 pretrained = out_paths[SUBJECT]
             train = measure(
@@ -593,13 +601,21 @@ def main(argv: list[str] | None = None) -> int:
             commands = list(dict.fromkeys([j["command"] for j in jobs]))
             notes = {**earlier.get("notes", {}), **notes}
     per_subject = [j for j in jobs if j["rule"] in ("train", "evaluate")]
-    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    # A pretrain job pretrains once per held-out subject, on all the others: measured for
+    # len(held_out) of them, it runs 8 at NSD (each on 7 subjects, the same capped steps).
+    # Per model, the run with the config's steps and the most subjects; an upper bound, as
+    # the shared backbone writes each subject's scratch file once per job, not per held-out
+    # subject.
+    pretrain: dict[str, dict] = {}
+    for j in jobs:
+        if j["rule"] == "pretrain" and "max_steps" not in j:
+            best = pretrain.get(j["model"])
+            if best is None or j.get("n_subjects", 0) > best.get("n_subjects", 0):
+                pretrain[j["model"]] = j
     shared = [j for j in jobs if j["rule"] not in ("train", "evaluate", "pretrain")]
     subject_s = sum(j["seconds"] for j in per_subject)
     shared_s = sum(j["seconds"] for j in shared)
-    # A pretrain job pretrains once per held-out subject, on all the others: measured for
-    # len(held_out) of them, it runs 8 at NSD (each on 7 subjects, the same capped steps).
-    pretrain_8_s = sum(8 * j["seconds"] / len(j.get("held_out") or [1]) for j in pretrain)
+    pretrain_8_s = sum(8 * j["seconds"] / len(j.get("held_out") or [1]) for j in pretrain.values())
     result = {
         "command": commands[0] if len(commands) == 1 else commands,
         "subject": subject,
@@ -615,12 +631,17 @@ def main(argv: list[str] | None = None) -> int:
         # pretrain job once per dataset, once per held-out subject inside it. So 8
         # subjects: 8 x the per-subject jobs + the shared ones (serially; divided by the
         # jobs that fit side by side on a cluster), each job's memory unchanged but the
-        # pretrain job's (it holds every subject's training betas).
+        # pretrain job's, which reads every subject: counted here only as measured with 8.
         "projected_job_seconds_8_subjects_serial": round(
             8 * subject_s + shared_s + pretrain_8_s, 1
         ),
         "projected_peak_job_mb_8_subjects": max(
-            (j["max_rss_mb"] for j in jobs if j["rule"] != "pretrain"), default=0
+            (
+                j["max_rss_mb"]
+                for j in jobs
+                if j["rule"] != "pretrain" or j.get("n_subjects", 0) >= 8
+            ),
+            default=0,
         ),
         "total_wall_s": round(time.perf_counter() - t_start, 1),
         "cpu_count": os.cpu_count(),
