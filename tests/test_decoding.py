@@ -3,6 +3,8 @@ data, determinism."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,47 @@ def test_disk_rows_read_any_rows_and_blocks(tmp_path):
         rows.take(np.array([300]))
     with pytest.raises(ValueError, match="float32"):
         DiskRows.write(tmp_path / "y.npy", a.astype(np.float64))
+
+
+def test_pretrain_job_writes_every_held_out_subject_and_removes_its_scratch(
+    zoo, tmp_path, monkeypatch
+):
+    """The pretrain job (what the rule's script calls): one weights file per held-out
+    subject, pretrained on the others, and its scratch folder gone afterwards."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    from brainpipe.models.jobs import pretrain_job
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    written = []
+    write = DiskRows.write.__func__
+
+    def recording_write(cls, path, array):
+        written.append(Path(path))
+        return write(cls, path, array)
+
+    monkeypatch.setattr(DiskRows, "write", classmethod(recording_write))
+    subjects = zoo["subjects"]
+    out = {s: tmp_path / f"pretrained-without-{s}.safetensors" for s in subjects}
+    pretrain_job(
+        "sharedbackbone",
+        "all",
+        {s: zoo["splits"].parent / f"sub-{s}_betas.zarr" for s in subjects},
+        [zoo["caption"]],
+        zoo["splits"],
+        out,
+        config={"model_params": {"sharedbackbone": {"epochs": 5}}},
+    )
+    for held_out, path in out.items():
+        with safe_open(str(path), "np") as f:
+            others = sorted(set(subjects) - {held_out})
+            assert f.metadata()["subjects"] == ",".join(others)
+            assert {k.split(".")[1] for k in f.keys() if k.startswith("adapter.")} == set(others)
+    # each subject's voxels written once, in the scratch folder, for the 3 pretrainings
+    assert sorted(p.name for p in written) == [f"sub-{s}_all.npy" for s in subjects]
+    assert all(scratch_root in p.parents for p in written)
+    assert not list(scratch_root.glob("brainpipe-pretrain-*"))
