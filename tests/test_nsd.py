@@ -364,6 +364,89 @@ def test_zscore_is_bit_identical_to_nanmean_and_nanstd(seed):
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
 
 
+def reference_zscore(ints, train, invalid=None):
+    """The z-score spelled out in float64: each voxel's ``int16 / 300`` minus its
+    training trials' mean, over their (population) SD; SD 0 divides by 1; NSD's invalid
+    voxels NaN."""
+    x = ints.astype(np.float64)  # in int16 units: a constant voxel's SD is exactly 0
+    mean = x[train].mean(axis=0)
+    sd = x[train].std(axis=0)
+    mean, sd = mean / 300, sd / 300
+    sd[sd == 0] = 1.0
+    z = (x / 300 - mean) / sd
+    if invalid is not None:
+        z[:, invalid] = np.nan
+    return z, mean, sd
+
+
+def assert_float32_rounding_of(got, ints, train, invalid=None):
+    """``got`` (float32) equals the float64 reference z-score up to float32 rounding of
+    its inputs and steps: |error| <= 2 eps32 (|x| + RMS of the training x) / SD per
+    element (the RMS bounds the mean's and the SD's rounding)."""
+    want, mean, sd = reference_zscore(ints, train, invalid)
+    x = ints / 300
+    rms = np.sqrt((x[train] ** 2).mean(axis=0))
+    bound = 2 * np.finfo(np.float32).eps * (np.abs(x) + rms) / sd
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    err = np.abs(got.astype(np.float64) - want)[ok]
+    assert (err <= bound[ok]).all(), float((err / bound[ok]).max())
+    return err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_train_stats_zscore_within_float32_rounding_of_reference(tmp_path, seed):
+    """The streamed session's z-score (statistics summed exactly from the int16 values as
+    voxels arrive, then ``(x - mean) * (1 / SD)``) and the block z-score it replaces
+    (:func:`zscore_with_train_stats`) both equal the float64 reference z-score up to
+    float32 rounding; only training trials enter the statistics (the test trials' values
+    changed, the training statistics stay bit for bit the same)."""
+    import zarr
+
+    from brainpipe.datasets.nsd_store import BlockWriter, TrainStats
+
+    rng = np.random.default_rng(seed)
+    n_vox = int(rng.integers(300, 900))
+    scale = [30, 3000, 32767, 32767][seed]  # NSD-like, large, full int16 range
+    ints = rng.integers(-scale, scale + 1, (750, n_vox)).astype(np.int16)
+    ints[:, 0] = 1234  # a constant voxel: SD 0
+    ints[:, 1] += 20000 if seed == 3 else 0  # mean >> SD (cancellation in sum_sq)
+    train = rng.random(750) < 0.88
+    invalid = rng.random(n_vox) < 0.05
+    voxel_major = np.ascontiguousarray(ints.T)
+    stats = TrainStats(n_vox, lambda: train, "x")
+    order = rng.permutation(n_vox)  # voxels arrive in file order, not store order
+    late = order[: n_vox // 10]  # some only after the download (complete)
+    for part in np.array_split(order[n_vox // 10 :], 7):
+        stats.add(part, voxel_major[part])
+    stats.complete(voxel_major)
+    assert stats.late == len(late)
+    outs = {}
+    for name, with_stats in (("summed", stats), ("block", None)):
+        betas = zarr.create_array(
+            tmp_path / f"{name}.zarr", shape=(750, n_vox), chunks=(750, 128), dtype="f4",
+            fill_value=np.nan,
+        )  # fmt: skip
+        with BlockWriter(
+            betas, slice(0, 750), 128, train, Path("x"), invalid=invalid, stats=with_stats
+        ) as writer:  # fmt: skip
+            for fut in writer.submit(voxel_major.T, 0):
+                fut.result()
+        outs[name] = betas[:]
+        assert_float32_rounding_of(outs[name], ints, train, invalid)
+    assert (outs["summed"][:, 0][~invalid[0:1].repeat(750)] == 0).all()
+    # leakage: the test trials do not enter the statistics
+    other = voxel_major.copy()
+    other[:, ~train] = rng.integers(-scale, scale + 1, (n_vox, int((~train).sum())))
+    again = TrainStats(n_vox, lambda: train, "x")
+    again.complete(other)
+    for a, b in zip(again.center_scale(), stats.center_scale(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(BrainpipeInputError, match="training trials"):
+        TrainStats(3, lambda: np.eye(750, dtype=bool)[0], "x").complete(voxel_major[:3])
+
+
 @pytest.mark.parametrize("zscore", [False, True])
 def test_block_writer_chunk_files_equal_zarr_writes(tmp_path, monkeypatch, zscore):
     """Chunk files the writer makes itself (int16, or plain float32 z-scored) hold the

@@ -21,6 +21,7 @@ from brainpipe.datasets.registry import load_entry
 from brainpipe.download import fetch_dataset
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.remote import fetch, read_manifest
+from brainpipe.splits import read_splits
 from brainpipe.storage import open_zarr
 
 from .nsd_fixtures import write_nsd_tree
@@ -469,6 +470,15 @@ def test_published_ingest_streams_and_equals_ingest_from_files(
         "finish",
         lambda self, *a: walked.append(self) or real_finish(self, *a),
     )
+    from brainpipe.datasets import nsd_store
+
+    summed = []  # sessions z-scored with statistics summed as their voxels arrived
+    real_center_scale = nsd_store.TrainStats.center_scale
+    monkeypatch.setattr(
+        nsd_store.TrainStats,
+        "center_scale",
+        lambda self: summed.append(self.late) or real_center_scale(self),
+    )
     stores = {}
     for stream_betas in (True, False):
         dest = tmp_path / f"stream-{stream_betas}" / "nsd"
@@ -484,10 +494,27 @@ def test_published_ingest_streams_and_equals_ingest_from_files(
         stores[stream_betas] = open_zarr(out).load()
     import xarray as xr
 
+    if zscore:  # streamed: statistics summed as the voxels arrived; from files: per block
+        from .test_nsd import assert_float32_rounding_of
+
+        mask, _ = kept_voxels(truth)
+        split_of = read_splits(tmp_path / "stream-True" / "splits.tsv")
+        train = np.array([split_of[s] == "train" for s in stores[True]["stimulus"].values])
+        for n, ses in enumerate(SESSIONS):
+            rows = slice(n * 750, (n + 1) * 750)
+            invalid = ~stores[True]["valid"].values[n]
+            for streamed in (True, False):
+                got = stores[streamed]["betas"].values[rows]
+                ints = expected_int16(truth, mask, ses)
+                assert_float32_rounding_of(got, ints, train[rows], invalid)
+        stores = {k: v.drop_vars("betas") for k, v in stores.items()}
     xr.testing.assert_identical(stores[True], stores[False])
     # sessions streamed one at a time (one session buffer), the others from their files
     assert 1 <= len(walked) <= len(SESSIONS)
     assert all(0 < w.from_file < w.placed for w in walked)
+    assert len(summed) == (len(walked) if zscore else 0)
+    if zscore:  # the voxels not summed as they arrived: at least those read from the file
+        assert all(w.from_file <= n < w.placed for n, w in zip(summed, walked, strict=True))
     if not zscore:
         mask, _ = kept_voxels(truth)
         for n, ses in enumerate(SESSIONS):

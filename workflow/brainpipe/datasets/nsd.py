@@ -105,6 +105,7 @@ from brainpipe.datasets.nsd_store import (  # noqa: F401
     BETAS_COMPRESSORS,
     BlockWriter,
     ChunkRowWriter,
+    TrainStats,
     betas_int16_filter,
     raw_int16_root,
     write_session_blocks,
@@ -420,6 +421,11 @@ def _stream_session(
     from brainpipe.datasets.nsd_stream import fetch_session_betas, gather_into
 
     voxels = _VoxelBuffer(len(flat), scratch)
+    stats = None
+    if opts.zscore:  # summed voxel by voxel as a per-voxel chunked session arrives
+        stats = TrainStats(
+            len(flat), lambda: target.result()[1][rows] if target.done() else None, cache / key
+        )
     try:
         if not opts.zscore:
             with ChunkRowWriter(target, rows, flat, voxel_chunk) as writer:
@@ -439,16 +445,20 @@ def _stream_session(
                 gather(t0, slab)
 
             path = fetch_session_betas(
-                opts, key, cache, shape, once_laid_out, flat=flat, voxel_buffer=voxels
-            )
+                opts, key, cache, shape, once_laid_out, flat=flat, voxel_buffer=voxels,
+                on_rows=stats.add,
+            )  # fmt: skip
         if path is not None:
             return path
         betas, train, valid = target.result()
         invalid = ~valid[rows.start // TRIALS_PER_SESSION]
         if voxels.buffer is not None:  # gathered voxel-major: its blocks, transposed
+            if stats is not None:  # the voxels read from the file at the end, or placed
+                stats.complete(voxels.buffer)  # before the training trials were known
+                log.info("%s: %d voxels' statistics summed after the download", key, stats.late)
             with BlockWriter(
                 betas, rows, voxel_chunk, train[rows] if opts.zscore else None, cache / key,
-                invalid=invalid,
+                invalid=invalid, stats=stats,
             ) as writer:  # fmt: skip
                 for fut in writer.submit(voxels.buffer.T, 0):
                     fut.result()

@@ -339,6 +339,12 @@ class StreamedChunks:
         Row of ``out`` of each voxel of the flat volume; -1 for voxels not kept.
     out : ndarray of int16, shape (n_voxels, n_trials), C-contiguous
         Receives each kept voxel's chunk as its row.
+    on_rows : callable, optional
+        Called (on the feeding thread) with ``(rows, values)`` as chunks are placed from
+        the stream: the rows of ``out`` just filled and their values (e.g. to sum each
+        voxel while its chunk is in cache; see
+        :class:`~brainpipe.datasets.nsd_store.TrainStats`). Not called for the rows
+        :meth:`finish` fills.
     """
 
     def __init__(
@@ -350,12 +356,13 @@ class StreamedChunks:
         kept: np.ndarray,
         out: np.ndarray,
         window: int | None = None,
+        on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> None:
         if not out.flags.c_contiguous:
             raise ValueError("out must be C-contiguous")
         self.dims, self.base, self.volume = dims, base, tuple(volume)
         self.key = _key_dtype(dims)
-        self.kept, self.out = kept, out
+        self.kept, self.out, self.on_rows = kept, out, on_rows
         self.row_bytes = out.shape[1] * out.dtype.itemsize
         self.rows = out.view(np.uint8).reshape(len(out), self.row_bytes)
         self.window = max(int(STREAM_WINDOW if window is None else window), 1 << 12)
@@ -507,9 +514,14 @@ class StreamedChunks:
             if whole.any():
                 # each chunk one element of a view of the piece: a memcpy per chunk
                 chunks = np.ndarray((len(piece) - rb + 1,), self.void, piece, 0, (1,))
-                self.out_rows[r[whole]] = chunks[o[whole]]
+                got = chunks[o[whole]]
+                self.out_rows[r[whole]] = got
+                if self.on_rows is not None:
+                    self.on_rows(r[whole], got.view(self.out.dtype).reshape(len(got), -1))
             for at, row in zip(o[~whole].tolist(), r[~whole].tolist(), strict=True):
                 self.rows[row] = self._bytes(first + at, rb)  # one spanning two pieces
+                if self.on_rows is not None:
+                    self.on_rows(np.array([row]), self.out[row : row + 1])
 
     def finish(self, path: str | Path, fill: int = 0) -> np.ndarray:
         """Complete ``out`` from the verified file ``path``: what the window had passed.

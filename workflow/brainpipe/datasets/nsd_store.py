@@ -198,7 +198,9 @@ class BlockWriter:
     as its chunk file directly too where the store's chunks are plain little-endian
     float32 (:func:`raw_float32_root`: the bytes zarr would write, without zarr's encoding
     and its fresh buffers per chunk), else through zarr. The division and file writes
-    release the GIL.
+    release the GIL. With ``stats`` (:class:`TrainStats` of the same training trials,
+    summed as the session arrived) a block is z-scored in two passes, without its
+    statistics' passes.
     """
 
     def __init__(
@@ -210,8 +212,13 @@ class BlockWriter:
         source: Path | None,
         workers: int | None = None,
         invalid: np.ndarray | None = None,
+        stats: TrainStats | None = None,
     ) -> None:
         self.betas, self.rows, self.voxel_chunk = betas, rows, voxel_chunk
+        # the session's per-voxel statistics, already summed: z-scoring in two passes
+        self.center_scale = None
+        if stats is not None and train is not None:
+            self.center_scale = stats.center_scale()
         self.invalid = invalid if invalid is not None and invalid.any() else None
         self.train, self.source = train, source
         self.raw_root = raw_int16_root(betas) if train is None else None
@@ -241,9 +248,16 @@ class BlockWriter:
             buf[:, w:] = np.nan
         else:
             block = buf if w == self.voxel_chunk else np.empty((src.shape[0], w), np.float32)
-        np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
+        if self.center_scale is not None:  # z = (x - mean) / SD in int16 units: two passes
+            v0 = first_voxel + c0
+            center, scale = (a[v0 : v0 + w] for a in self.center_scale)
+            np.subtract(src[:, c0 : c0 + w], center, out=block, dtype=np.float32)
+            np.multiply(block, scale, out=block)
+        else:
+            np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
         if self.train is not None:
-            zscore_with_train_stats(block, self.train, self.source)
+            if self.center_scale is None:
+                zscore_with_train_stats(block, self.train, self.source)
             if self.invalid is not None:  # NSD's calczscore: invalid voxels become NaN
                 v0 = first_voxel + c0
                 block[:, self.invalid[v0 : v0 + w]] = np.nan
@@ -390,3 +404,90 @@ def zscore_with_train_stats(block: np.ndarray, train: np.ndarray, source: Path) 
     block -= mean
     block /= sd
     return block
+
+
+class TrainStats:
+    """Per-voxel sums of a session's int16 betas over its training trials, exact.
+
+    Summed voxel by voxel as the session's rows are placed (:meth:`add`, e.g. as each
+    voxel's chunk arrives), so that after the last byte only the z-scoring pass is left.
+    The sums of ``x`` and ``x**2`` over the training trials are taken in float64 from the
+    int16 values: every term and partial sum is an integer below 2**53, so they are exact
+    whatever the order. The training trials are the ones :func:`zscore_with_train_stats`
+    uses (``train``: the session's trials whose split is ``train``); test trials never
+    enter them.
+
+    Parameters
+    ----------
+    n_voxels : int
+        Rows of the session's voxel-major buffer.
+    train : callable returning ndarray of bool, shape (n_trials,), or None
+        The training trials, or None while they are not known yet (the store is still
+        being laid out): rows added before are left to :meth:`complete`.
+    source : path
+        Named in errors.
+    """
+
+    #: Rows summed at once (bounds the float64 scratch: 4096 × 750 × 8 bytes = 24 MB).
+    BATCH = 4096
+
+    def __init__(self, n_voxels: int, train: Any, source: Path | str) -> None:
+        self._train, self.source = train, source
+        self.weights: np.ndarray | None = None
+        self.sum = np.zeros(n_voxels, np.float64)
+        self.sum_sq = np.zeros(n_voxels, np.float64)
+        self.done = np.zeros(n_voxels, bool)
+        self.late = 0  # voxels summed by complete()
+
+    def _weights(self) -> np.ndarray | None:
+        if self.weights is None:
+            train = self._train()
+            if train is None:
+                return None
+            train = np.asarray(train, bool)
+            if train.sum() < 2:
+                raise BrainpipeInputError(
+                    self.source, "betas", "z-scoring needs >= 2 training trials per session"
+                )
+            self.weights = train.astype(np.float64)
+        return self.weights
+
+    def add(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Sum voxels ``rows`` of the buffer, whose trials are ``values`` (int16, (n, T))."""
+        weights = self._weights()
+        if weights is None:  # summed by complete()
+            return
+        for a in range(0, len(rows), self.BATCH):
+            x = values[a : a + self.BATCH].astype(np.float64)
+            r = rows[a : a + self.BATCH]
+            # einsum: numpy's own loops (a BLAS call would start its spinning threads)
+            self.sum[r] = np.einsum("ij,j->i", x, weights)
+            self.sum_sq[r] = np.einsum("ij,ij,j->i", x, x, weights)
+            self.done[r] = True
+
+    def complete(self, buffer: np.ndarray) -> None:
+        """Sum the voxels not summed yet from the finished voxel-major ``buffer``."""
+        if self._weights() is None:
+            raise RuntimeError("TrainStats: the training trials are not known")
+        rows = np.flatnonzero(~self.done)
+        self.late = len(rows)
+        for a in range(0, len(rows), self.BATCH):
+            r = rows[a : a + self.BATCH]
+            self.add(r, buffer[r])
+
+    def center_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per voxel, float32: the training mean and 1 / SD, both in int16 units.
+
+        ``(x - mean) * (1 / SD)`` is the z-score of ``x / 300`` with the training
+        trials' mean and (population) SD, as :func:`zscore_with_train_stats` gives it
+        (SD 0: divided by 1 in % signal change units). Raises unless every voxel was summed.
+        """
+        if not self.done.all():
+            raise RuntimeError("TrainStats: voxels not summed (call complete)")
+        n = float(self._weights().sum())
+        center = self.sum / n
+        # n * sum_sq - sum**2 is an exact integer (< 2**53): no cancellation error
+        var = np.maximum(n * self.sum_sq - self.sum * self.sum, 0.0) / (n * n)
+        sd = np.sqrt(var)
+        scale = np.divide(1.0, sd, out=np.full_like(sd, 1.0 / BETA_SCALE), where=sd > 0)
+        return center.astype(np.float32), scale.astype(np.float32)

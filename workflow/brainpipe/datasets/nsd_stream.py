@@ -68,6 +68,7 @@ def fetch_session_betas(
     trial_batch: int = 16,
     flat: np.ndarray | None = None,
     voxel_buffer: VoxelBuffer | None = None,
+    on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> Path | None:
     """Fetch one session's betas into ``cache``, handing its trials to ``rows`` on the way.
 
@@ -87,7 +88,9 @@ def fetch_session_betas(
     flat, voxel_buffer : optional
         The kept voxels (:func:`~brainpipe.datasets.nsd_hdf5.hdf5_voxel_index`) and a
         :data:`VoxelBuffer`: with both, ``/betas`` chunked one voxel per chunk is gathered
-        into the buffer's rows (row ``v``: voxel ``flat[v]``) instead of going to ``rows``.
+        into the buffer's rows (row ``v``: voxel ``flat[v]``) instead of going to ``rows``;
+        ``on_rows`` then sees the rows as they are filled
+        (:class:`~brainpipe.datasets.nsd_chunks.StreamedChunks`).
 
     Returns
     -------
@@ -100,7 +103,7 @@ def fetch_session_betas(
     info = source.head(key)
     gather = None
     if not dest.exists():
-        gather = SessionGather(info, shape, rows, trial_batch, flat, voxel_buffer)
+        gather = SessionGather(info, shape, rows, trial_batch, flat, voxel_buffer, on_rows)
     bar = tqdm(
         total=info.size, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
         desc=f"fetch {Path(key).name}", mininterval=1.0,
@@ -143,10 +146,11 @@ class SessionGather:
         trial_batch: int = 16,
         flat: np.ndarray | None = None,
         voxel_buffer: VoxelBuffer | None = None,
+        on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> None:
         from brainpipe.datasets.nsd_hdf5 import TRIALS_PER_SESSION, scratch_array
 
-        self.info, self.shape, self.rows = info, shape, rows
+        self.info, self.shape, self.rows, self.on_rows = info, shape, rows, on_rows
         self.flat, self.voxel_buffer = flat, voxel_buffer
         self.chunks: Any = None  # StreamedChunks, for /betas chunked one voxel per chunk
         self._fed: list[Future] = []  # pieces queued for the chunk walk
@@ -251,7 +255,7 @@ class SessionGather:
         kept = np.full(self.volume, -1, np.int64)
         kept[self.flat] = np.arange(len(self.flat))
         volume = self.shape[::-1]
-        self.chunks = StreamedChunks(*index, volume, kept, out)
+        self.chunks = StreamedChunks(*index, volume, kept, out, on_rows=self.on_rows)
         self.fill = fill
 
     def _feed_chunks(self, view: memoryview) -> None:
