@@ -255,6 +255,12 @@ def main() -> None:
             )
             phase_runs[-1]["voxels_gathered_streaming"] = int(found[1]) if found else 0
             phase_runs[-1]["voxels_read_from_file_after"] = int(found[2]) if found else None
+            # what is left after the session's last byte: its store chunks (streamed only)
+            found = re.search(
+                r"written into the store ([\d.]+) s after its download",
+                (runs / "ingest.log").read_text(errors="replace"),
+            )
+            phase_runs[-1]["store_write_after_last_byte_s"] = float(found[1]) if found else None
             import xarray as xr
 
             store = xr.open_zarr(runs / "betas.zarr", consolidated=True)
@@ -281,8 +287,8 @@ def main() -> None:
     print(f"{'median run':48s} {'wall s':>8s} {'peak tree RSS MB':>17s}")
     for name, m in rows:
         print(f"{name:48s} {m.wall_s:8.2f} {m.peak_tree_rss_mb:17.0f}")
-    print("brainpipe phases (s): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in phases.items() if k.endswith("_s")))  # fmt: skip
+    timed = {k: v for k, v in phases.items() if k.endswith("_s") and v is not None}
+    print("brainpipe phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timed.items()))
     print(f"voxels gathered while streaming: {phases['voxels_gathered_streaming']}, "
           f"read from the file after: {phases['voxels_read_from_file_after']}")  # fmt: skip
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (2 cores)")

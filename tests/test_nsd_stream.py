@@ -514,7 +514,8 @@ def test_published_ingest_streams_and_equals_ingest_from_files(
     assert all(0 < w.from_file < w.placed for w in walked)
     assert len(summed) == (len(walked) if zscore else 0)
     if zscore:  # the voxels not summed as they arrived: at least those read from the file
-        assert all(w.from_file <= n < w.placed for n, w in zip(summed, walked, strict=True))
+        # (all of them where the tiny session arrived before the store was laid out)
+        assert all(w.from_file <= n <= w.placed for n, w in zip(summed, walked, strict=True))
     if not zscore:
         mask, _ = kept_voxels(truth)
         for n, ses in enumerate(SESSIONS):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -450,6 +451,7 @@ def _stream_session(
             )  # fmt: skip
         if path is not None:
             return path
+        last_byte = time.perf_counter()
         betas, train, valid = target.result()
         invalid = ~valid[rows.start // TRIALS_PER_SESSION]
         if voxels.buffer is not None:  # gathered voxel-major: its blocks, transposed
@@ -466,6 +468,10 @@ def _stream_session(
             write_session_blocks(
                 betas, session, rows, voxel_chunk, train[rows], cache / key, invalid=invalid
             )
+        log.info(
+            "%s: written into the store %.2f s after its download", key,
+            time.perf_counter() - last_byte,
+        )  # fmt: skip
         return None
     finally:
         voxels.release()
