@@ -552,6 +552,18 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             if any(k.startswith("killed") for k in train):
                 continue  # no predictions to evaluate
+            from safetensors import safe_open
+
+            with safe_open(str(d / "weights.safetensors"), "np") as f:
+                info = f.metadata()
+            jobs[-1]["fit"] = {
+                k: info[k]
+                for k in ("fit_seconds", "epochs_run", "features_read", "n_train_trials")
+                if k in info
+            }
+            if "epochs_run" in info and "batch_size" in params:
+                n_train, bs = int(info["n_train_trials"]), int(params["batch_size"])
+                jobs[-1]["fit"]["steps"] = int(info["epochs_run"]) * -(-n_train // bs)
             measure(
                 "evaluate",
                 {**common, "metrics": str(d / "metrics.json"), "scores": str(d / "scores.zarr"),

@@ -324,11 +324,11 @@ def attention(data: JobData, params: dict) -> FitResult:
     Yd = tensor(Y, device)
     n, bs = len(X), int(params["batch_size"])
     if isinstance(X, ImageFeatures):  # hold images only within the job's declared memory
-        budget = attention_cache_mb(params, n, Y.shape[1], bs * X.row_bytes / 1e6)
-        for f in (X, Xt):
-            if isinstance(f, ImageFeatures):
-                f.cache_mb = min(f.cache_mb, budget)
-                budget -= f.distinct_mb if f.cached else 0.0
+        X.cache_mb = min(
+            X.cache_mb, attention_cache_mb(params, n, Y.shape[1], bs * X.row_bytes / 1e6)
+        )
+    if isinstance(Xt, ImageFeatures):  # each test image is read once: nothing to hold
+        Xt.cache_mb = 0.0
     model.train()
     epochs = capped_epochs([n], params, int(params["epochs"]))
     for _ in range(epochs):
@@ -341,6 +341,7 @@ def attention(data: JobData, params: dict) -> FitResult:
             opt.zero_grad()
             loss.backward()
             opt.step()
+    del Y, Yd  # the training betas (1.6 GB for NSD) are not needed to predict
     model.eval()
     test_batches = [np.arange(s, min(s + 256, len(Xt))) for s in range(0, len(Xt), 256)]
     with torch.no_grad():
