@@ -395,6 +395,15 @@ class Refs:
         self.summary = jobs["summary", None]["seconds"]
         self.report = jobs["report", None]["seconds"]
         self.eval_decoder = jobs["evaluate", "mlpdecoder"]["seconds"]
+        # the spatial_features job of the largest token map scale.py built (its shape in
+        # the notes: `--tokens 257 --channels 768`, a DINOv2 ViT-B/14 layer)
+        spatial = [
+            (j, scale["notes"][f"attention {j['features']}"])
+            for j in scale["jobs"]
+            if j["rule"] == "spatial_features" and f"attention {j['features']}" in scale["notes"]
+        ]
+        self.spatial, shape = max(spatial, key=lambda js: js[1]["tokens"] * js[1]["channels"])
+        self.spatial_shape = (sub["n_images"], shape["tokens"], shape["channels"])
         # scale.py trains mlpdecoder with the default config's block (batch 256, epochs
         # capped at max_steps) on the subject's training trials: whole-job s per step
         mlp = get_params(
@@ -582,14 +591,17 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
                 "every token of the layer",
             )
         )
+        sp, (sp_n, sp_t, sp_c) = refs.spatial, refs.spatial_shape
         rows.append(
             row(
                 "spatial_features",
                 counts["spatial_features"],
-                n_images * tok["tokens"] * tok["channels"] * 6 / 200e6,
-                "reading the float16 tokens and writing them float32 at an assumed "
-                "200 MB/s (the forward pass is the features job's)",
-                measured="assumed",
+                sp["seconds"] * n_images * tok["tokens"] * tok["channels"] / (sp_n * sp_t * sp_c),
+                f"scale.json spatial_features ({sp['seconds']:.0f} s for {sp_n:,} images x "
+                f"{sp_t} tokens x {sp_c} channels: float16 tokens read, z-scored and written "
+                f"float32 a chunk of stimuli at a time, peak {sp['max_rss_mb']:,.0f} MB of "
+                f"{sp['mem_mb']:,}) x stimuli x tokens x channels (the forward pass is the "
+                "features job's)",
             )
         )
     if "attention" in models:

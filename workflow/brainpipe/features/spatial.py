@@ -49,7 +49,8 @@ def gabor_spatial(stimuli: pd.DataFrame, stimuli_dir: Path, grid: int = 8) -> np
 
 #: Bytes of one chunk of a spatial store (a few stimuli's maps; a DINOv2 map of 257 x 768
 #: float32 is 0.8 MB, so one stimulus): a training job gathers a minibatch's images from
-#: the store (:class:`brainpipe.models.data.ImageFeatures`) and reads little else.
+#: the store (:class:`brainpipe.models.data.ImageFeatures`) and reads little else
+#: (uncompressed: see :func:`_write_spatial`).
 SPATIAL_CHUNK_BYTES = 1 << 20
 
 
@@ -105,7 +106,9 @@ def _write_spatial(
         },
         attrs={**attrs, "layout": "spatial", "fitted_on": "train", **provenance_attrs(config)},
     )
-    ds["features"].encoding["chunks"] = (rows, t, c)
+    # uncompressed: float32 activations barely compress (zstd kept 7.0 of 7.9 GB of the
+    # scale benchmark's tokens) and decompressing took half of each per-batch read
+    ds["features"].encoding.update(chunks=(rows, t, c), compressors=None)
     if isinstance(feats, np.ndarray):
         return write_zarr(ds, out_path)
     import dask
