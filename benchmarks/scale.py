@@ -404,6 +404,56 @@ def _job_key(job: dict) -> tuple:
     return tuple(job.get(k) for k in ("rule", "model", "features", "n_subjects", "max_steps"))
 
 
+def summarise(jobs: list[dict], subject: dict, notes: dict, commands: list[str]) -> dict:
+    """The result file's figures from its job rows: within memory, job-seconds for one
+    subject and projected to NSD's 8, the largest job."""
+    # a train job run with fewer steps (``max_steps``) is no projection of the job's time
+    per_subject = [j for j in jobs if j["rule"] in ("train", "evaluate") and "max_steps" not in j]
+    # A pretrain job pretrains once per held-out subject, on all the others: measured for
+    # len(held_out) of them, it runs 8 at NSD (each on 7 subjects, the same capped steps).
+    # Per model, the run with the config's steps and the most subjects; an upper bound, as
+    # the shared backbone writes each subject's scratch file once per job, not per held-out
+    # subject.
+    pretrain: dict[str, dict] = {}
+    for j in jobs:
+        if j["rule"] == "pretrain" and "max_steps" not in j:
+            best = pretrain.get(j["model"])
+            if best is None or j.get("n_subjects", 0) > best.get("n_subjects", 0):
+                pretrain[j["model"]] = j
+    shared = [j for j in jobs if j["rule"] not in ("train", "evaluate", "pretrain")]
+    subject_s = sum(j["seconds"] for j in per_subject)
+    shared_s = sum(j["seconds"] for j in shared)
+    pretrain_8_s = sum(8 * j["seconds"] / len(j.get("held_out") or [1]) for j in pretrain.values())
+    return {
+        "command": commands[0] if len(commands) == 1 else commands,
+        "subject": subject,
+        "notes": notes,
+        "jobs": jobs,
+        "all_within_mem_mb": all(
+            j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
+        ),  # fmt: skip
+        "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
+        "job_seconds_one_subject": round(subject_s + shared_s, 1),
+        # train and evaluate run once per subject and are independent; features run once
+        # per dataset; summary and report once (they read one small file per job); the
+        # pretrain job once per dataset, once per held-out subject inside it. So 8
+        # subjects: 8 x the per-subject jobs + the shared ones (serially; divided by the
+        # jobs that fit side by side on a cluster), each job's memory unchanged but the
+        # pretrain job's, which reads every subject: counted here only as measured with 8.
+        "projected_job_seconds_8_subjects_serial": round(
+            8 * subject_s + shared_s + pretrain_8_s, 1
+        ),
+        "projected_peak_job_mb_8_subjects": max(
+            (
+                j["max_rss_mb"]
+                for j in jobs
+                if j["rule"] != "pretrain" or j.get("n_subjects", 0) >= 8
+            ),
+            default=0,
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=40)
@@ -549,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                 params["threads"],
                 model=model,
                 features=features,
+                # a fit with fewer steps is kept apart: its wall time is no projection
+                **({"max_steps": a.max_steps} if a.max_steps and spec.torch else {}),
             )  # fmt: skip
             if any(k.startswith("killed") for k in train):
                 continue  # no predictions to evaluate
@@ -612,53 +664,10 @@ def main(argv: list[str] | None = None) -> int:
             jobs = kept + jobs
             commands = list(dict.fromkeys([j["command"] for j in jobs]))
             notes = {**earlier.get("notes", {}), **notes}
-    per_subject = [j for j in jobs if j["rule"] in ("train", "evaluate")]
-    # A pretrain job pretrains once per held-out subject, on all the others: measured for
-    # len(held_out) of them, it runs 8 at NSD (each on 7 subjects, the same capped steps).
-    # Per model, the run with the config's steps and the most subjects; an upper bound, as
-    # the shared backbone writes each subject's scratch file once per job, not per held-out
-    # subject.
-    pretrain: dict[str, dict] = {}
-    for j in jobs:
-        if j["rule"] == "pretrain" and "max_steps" not in j:
-            best = pretrain.get(j["model"])
-            if best is None or j.get("n_subjects", 0) > best.get("n_subjects", 0):
-                pretrain[j["model"]] = j
-    shared = [j for j in jobs if j["rule"] not in ("train", "evaluate", "pretrain")]
-    subject_s = sum(j["seconds"] for j in per_subject)
-    shared_s = sum(j["seconds"] for j in shared)
-    pretrain_8_s = sum(8 * j["seconds"] / len(j.get("held_out") or [1]) for j in pretrain.values())
-    result = {
-        "command": commands[0] if len(commands) == 1 else commands,
-        "subject": subject,
-        "notes": notes,
-        "jobs": jobs,
-        "all_within_mem_mb": all(
-            j["rss_over_mem"] <= 1 and "killed_over_mb" not in j for j in jobs
-        ),  # fmt: skip
-        "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
-        "job_seconds_one_subject": round(subject_s + shared_s, 1),
-        # train and evaluate run once per subject and are independent; features run once
-        # per dataset; summary and report once (they read one small file per job); the
-        # pretrain job once per dataset, once per held-out subject inside it. So 8
-        # subjects: 8 x the per-subject jobs + the shared ones (serially; divided by the
-        # jobs that fit side by side on a cluster), each job's memory unchanged but the
-        # pretrain job's, which reads every subject: counted here only as measured with 8.
-        "projected_job_seconds_8_subjects_serial": round(
-            8 * subject_s + shared_s + pretrain_8_s, 1
-        ),
-        "projected_peak_job_mb_8_subjects": max(
-            (
-                j["max_rss_mb"]
-                for j in jobs
-                if j["rule"] != "pretrain" or j.get("n_subjects", 0) >= 8
-            ),
-            default=0,
-        ),
-        "total_wall_s": round(time.perf_counter() - t_start, 1),
-        "cpu_count": os.cpu_count(),
-        "load_avg_at_end": os.getloadavg(),
-    }
+    result = summarise(jobs, subject, notes, commands)
+    result["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    result["cpu_count"] = os.cpu_count()
+    result["load_avg_at_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "jobs"}, indent=2))
