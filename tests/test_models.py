@@ -293,13 +293,50 @@ def test_banded_ridge_fitted_in_voxel_blocks_read_from_the_store_equals_one_fit(
     np.testing.assert_array_equal(blocks.weights["deltas"], whole.weights["deltas"])
     np.testing.assert_allclose(blocks.weights["coef"], whole.weights["coef"], atol=1e-5)
     np.testing.assert_allclose(blocks.predicted, whole.predicted, rtol=1e-5, atol=1e-5)
-    # sized from mem_mb: an NSD subject's nsdgeneral in blocks, each within the job's memory
+    # sized from mem_mb: an NSD subject's nsdgeneral (two 64-column bands) in blocks, each
+    # within the job's memory: three copies of the block's betas (as ridge) plus float64
+    # fold statistics per feature; nothing of size trials x trials (no hat matrix)
     from brainpipe.models.encoders import banded_block_voxels
 
-    block = banded_block_voxels(27000, 15000, params["mem_mb"], 5)
-    hat = 27000**2 * 4 / 25 * 4  # one alpha's (validation, fit) hat matrix, float32
-    assert 100 < block < 15000 and hat + block * 27000 * 4 * 5 <= params["mem_mb"] * 1e6
+    block = banded_block_voxels(27000, 15000, params["mem_mb"], 5, 128)
+    per_voxel = 3 * 27000 * 4 + 1024 * 8 + 15 * 128 * 8
+    assert 100 < block < 15000 and block * per_voxel <= (params["mem_mb"] - 400) * 1e6
     assert spec.job_mem_mb(params, [(30000, 15000)]) == params["mem_mb"]
+
+
+def test_banded_ridge_model_equals_himalaya_banded_ridge_cv(zoo):
+    """The model's coefficients, band penalties and test predictions are those of
+    himalaya's BandedRidgeCV (what the model called before it solved the search in
+    feature space) on the same standardised bands, folds, seed and alphas."""
+    from himalaya.backend import set_backend
+    from himalaya.ridge import BandedRidgeCV
+
+    from brainpipe.ridge import make_group_folds
+
+    s = zoo["subjects"][0]
+    data = load_job_data(_betas(zoo, s), [zoo["gabor"], zoo["caption"]], zoo["splits"], "V1", s)
+    params = {**model_params("bandedridge", {}), "n_iter": 6}
+    ours = get_model("bandedridge").fit(data, params)
+    w = ours.weights
+    X = ((np.concatenate(data.features_train, 1) - w["x_mean"]) / w["x_scale"]).astype(np.float32)
+    Xt = ((np.concatenate(data.features_test, 1) - w["x_mean"]) / w["x_scale"]).astype(np.float32)
+    band = np.repeat(np.arange(2), w["band_sizes"].astype(int))
+    Y = data.betas_train - data.betas_train.mean(0)
+    set_backend("numpy", on_error="warn")
+    ref = BandedRidgeCV(
+        groups=band,
+        solver_params={"alphas": np.asarray(params["alphas"], float), "n_iter": 6,
+                       "progress_bar": False},
+        cv=make_group_folds(len(X), params["n_folds"], data.stimuli_train, params["seed"]),
+        fit_intercept=False,
+        random_state=params["seed"],
+    ).fit(X, Y)  # fmt: skip
+    np.testing.assert_allclose(np.exp(w["deltas"]), np.exp(ref.deltas_), rtol=1e-4, atol=1e-8)
+    scale = np.abs(ref.coef_).max()
+    np.testing.assert_allclose(w["coef"], ref.coef_, rtol=1e-3, atol=1e-4 * scale)
+    ref_pred = ref.predict(Xt) + w["intercept"]
+    atol = 1e-4 * np.abs(ref_pred).max()
+    np.testing.assert_allclose(ours.predicted, ref_pred, rtol=1e-3, atol=atol)
 
 
 def test_jobs_declare_the_memory_of_the_betas_they_hold():

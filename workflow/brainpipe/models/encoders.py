@@ -2,8 +2,9 @@
 
 - ``ridge``: per-voxel penalty by grouped CV, one decomposition shared across voxels and
   penalties, primal/dual by shape (:class:`brainpipe.ridge.RidgeCVEncoder`).
-- ``bandedridge``: one penalty per feature space and voxel (himalaya ``BandedRidgeCV``,
-  random search over the simplex of band weights).
+- ``bandedridge``: one penalty per feature space and voxel (himalaya ``BandedRidgeCV``'s
+  random search over the simplex of band weights, solved in feature space by
+  :mod:`brainpipe.banded_ridge`).
 - ``attention``: a transformer-style readout whose per-ROI learned queries attend over
   the tokens (grid positions) of a spatial feature map, trained with torch.
 
@@ -92,26 +93,48 @@ def ridge(data: JobData, params: dict) -> FitResult:
     )
 
 
-def banded_block_voxels(n_train: int, n_voxels: int, mem_mb: float, n_folds: int) -> int:
+#: Float64 ``(n_features, n_voxels)`` arrays a banded-ridge block holds besides its
+#: betas: each fold's validation cross-products, all rows', and the search's temporaries.
+BANDED_STATS_ARRAYS = 10
+
+
+def banded_block_voxels(
+    n_train: int, n_voxels: int, mem_mb: float, n_folds: int, n_features: int
+) -> int:
     """Voxels per block so that one block's banded-ridge fit stays within ``mem_mb``.
 
-    himalaya's random search scores each alpha through the fold's hat matrix
-    ``(n_validation, n_fit)`` (one alpha at a time here, ``n_alphas_batch`` 1): a fixed
-    ``n_train**2 * (n_folds - 1) / n_folds**2`` float32 (467 MB for an NSD subject's 27,000
-    training trials), whatever the block. The rest is per voxel, in units of the block's
-    training betas: the block, its centred copy, each fold's training and validation rows,
-    the validation predictions and their scores (5); evened out over the blocks it takes,
-    as :func:`ridge_block_voxels`.
+    Per voxel: its float32 column of training betas, in units of
+    :data:`RIDGE_BLOCK_MULTIPLIER` as ridge (the block, the fill mask, the read buffers),
+    the float64 rows moved at a time (:data:`brainpipe.banded_ridge.ROW_CHUNK`) and the
+    fold statistics (``n_folds`` validation cross-products and
+    :data:`BANDED_STATS_ARRAYS` more ``n_features`` float64 columns). No array grows with
+    the trials squared (the search stays in feature space); evened out over the blocks it
+    takes, as :func:`ridge_block_voxels`.
     """
+    from brainpipe.banded_ridge import ROW_CHUNK
     from brainpipe.compute import chunk_size_for
 
-    hat_mb = n_train**2 * (n_folds - 1) / n_folds**2 * 4 / 1e6
-    most = chunk_size_for(
-        max(float(mem_mb) - hat_mb, float(mem_mb) / 4), n_train * 4, n_items=n_voxels,
-        multiplier=5.0,
-    )  # fmt: skip
+    per_voxel = (
+        RIDGE_BLOCK_MULTIPLIER * n_train * 4
+        + min(ROW_CHUNK, n_train) * 8
+        + (n_folds + BANDED_STATS_ARRAYS) * n_features * 8
+    )
+    most = chunk_size_for(mem_mb, int(per_voxel), n_items=n_voxels, multiplier=1.0)
     n_blocks = -(-n_voxels // most)
     return -(-n_voxels // n_blocks)
+
+
+def _banded_backend(name: str):
+    """brainpipe's float64 backend ``name``; numpy with a warning when it is unavailable."""
+    import warnings
+
+    from brainpipe.backend import get_backend
+
+    try:
+        return get_backend(name, "float64")
+    except ValueError as err:
+        warnings.warn(f"bandedridge: {err}; using numpy", stacklevel=3)
+        return get_backend("numpy", "float64")
 
 
 @register_model(
@@ -133,28 +156,29 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
     """Banded ridge: one penalty per feature space (band) and voxel, chosen by grouped CV.
 
     Features are centred and each band divided by its RMS column sd (training statistics),
-    then concatenated;
-    himalaya's ``BandedRidgeCV`` searches band weightings (``n_iter`` points of the
-    simplex, each with every alpha) on the same grouped folds as ``ridge``. Voxels are
-    fitted in blocks of ``voxel_block`` (``None``: sized from the job's ``mem_mb`` by
-    :func:`banded_block_voxels`), read from the store a block at a time, so the job's
-    memory does not grow with the ROI (NSD's nsdgeneral: 27,000 trials x 15,000 voxels,
-    which himalaya would otherwise hold several times over, besides a hat matrix per
-    alpha: 4.96 GB at 4,000 voxels); every block sees the same folds and the same sampled
-    band weightings (``seed``) and each voxel picks its own, so the result is the single
-    fit's. Time: himalaya scores through the hat matrix, ``n_iter x n_folds x n_alphas x
-    2 n_validation n_fit n_voxels`` flops (~2.4e15 for an NSD subject: most of a day on
-    a CPU; use ``backend: torch_cuda`` on a GPU node).
-    ``backend`` is a himalaya backend name (``torch_cuda`` on a GPU node); it falls back to
-    numpy with a warning when unavailable.
+    then concatenated. The search is himalaya's ``BandedRidgeCV`` (random search: ``n_iter``
+    band weightings drawn by himalaya's sampler with ``seed``, each with every alpha,
+    scored by himalaya's l2 loss on the same grouped folds as ``ridge``), solved in feature
+    space by :func:`brainpipe.banded_ridge.banded_ridge_cv`: one pass over the betas gives
+    every fold's Gram matrices and cross-products, then each weighting, fold and alpha
+    costs ``O(n_features² n_voxels)`` instead of himalaya's hat matrix ``(n_validation,
+    n_fit)`` per voxel (~2.4e15 flops for an NSD subject; tests/test_banded_ridge.py checks
+    the result is himalaya's). Voxels are fitted in blocks of ``voxel_block`` (``None``:
+    sized from the job's ``mem_mb`` by :func:`banded_block_voxels`), read from the store a
+    block at a time, so the job's memory does not grow with the ROI; every block sees the
+    same folds and the same weightings and each voxel picks its own, so the result is the
+    single fit's. ``backend``: ``numpy``, ``torch`` (CPU), ``torch_cuda`` (a GPU node) or
+    ``auto`` (:func:`brainpipe.backend.get_backend`); an unavailable one falls back to
+    numpy with a warning.
 
     Weights: ``coef (n_features, n_voxels)``, ``intercept``, ``deltas (n_bands, n_voxels)``
-    (log band penalties), ``x_mean``, ``x_scale``, ``band_sizes``.
+    (log band penalties, ``log(gamma / alpha)``), ``x_mean``, ``x_scale``, ``band_sizes``.
     """
-    from himalaya.backend import set_backend
-    from himalaya.ridge import BandedRidgeCV
+    from threadpoolctl import threadpool_limits
 
-    backend = set_backend(params["backend"], on_error="warn")
+    from brainpipe.banded_ridge import banded_ridge_cv
+
+    backend = _banded_backend(str(params["backend"]))
     blocks_train, blocks_test, groups = [], [], []
     for b, (tr, te) in enumerate(zip(data.features_train, data.features_test, strict=True)):
         blocks_train.append(tr)
@@ -178,27 +202,21 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
     deltas = np.empty((n_bands, n_vox), dtype=np.float32)
     predicted = np.empty((len(Xt), n_vox), dtype=np.float32)
     block = params.get("voxel_block") or banded_block_voxels(
-        data.n_train, n_vox, float(params["mem_mb"]), params["n_folds"]
+        data.n_train, n_vox, float(params["mem_mb"]), params["n_folds"], X.shape[1]
     )
-    for voxels, Y, _ in data.voxel_blocks(block):
-        model = BandedRidgeCV(
-            groups=band,
-            solver_params={
-                "alphas": np.asarray(params["alphas"], dtype=np.float64),
-                "n_iter": int(params["n_iter"]),
-                "n_alphas_batch": 1,  # one (n_validation, n_fit) hat matrix at a time
-                "progress_bar": False,
-            },
-            cv=folds,
-            fit_intercept=False,
-            random_state=int(params["seed"]),
-        )
-        y_mean[voxels] = Y.mean(axis=0)
-        model.fit(X, (Y - y_mean[voxels]).astype(np.float32))
-        coef[:, voxels] = np.asarray(backend.to_numpy(model.coef_), dtype=np.float32)
-        deltas[:, voxels] = np.asarray(backend.to_numpy(model.deltas_), dtype=np.float32)
-        predicted[:, voxels] = Xt @ coef[:, voxels] + y_mean[voxels]
-        del Y, model
+    # BLAS threads = the job's threads: more (OpenBLAS's default, one per core) spin
+    # against each other on a shared node and made the search ~25x slower here.
+    with threadpool_limits(limits=max(1, int(params.get("threads") or 1))):
+        for voxels, Y, _ in data.voxel_blocks(block):
+            y_mean[voxels] = Y.mean(axis=0)
+            fit = banded_ridge_cv(
+                X, Y, band, folds, params["alphas"], int(params["n_iter"]),
+                int(params["seed"]), backend, y_offset=y_mean[voxels],
+            )  # fmt: skip
+            coef[:, voxels] = fit["coef"]
+            deltas[:, voxels] = fit["deltas"]
+            predicted[:, voxels] = Xt @ coef[:, voxels] + y_mean[voxels]
+            del Y, fit
     return FitResult(
         weights={
             "coef": coef,
@@ -211,7 +229,7 @@ def bandedridge(data: JobData, params: dict) -> FitResult:
         predicted=predicted,
         info={
             "bands": ",".join(data.feature_names),
-            "backend": str(backend.name),
+            "backend": backend.name,
             "voxel_block": str(block),
         },
     )
