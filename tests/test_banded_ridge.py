@@ -113,3 +113,18 @@ def test_offset_is_subtracted_as_read_and_torch_backend_agrees():
     torch_fit = banded_ridge_cv(X, Y, band, folds, ALPHAS, 6, 0, get_backend("torch", "float64"))
     np.testing.assert_array_equal(torch_fit["deltas"], numpy_fit["deltas"])
     np.testing.assert_allclose(torch_fit["coef"], numpy_fit["coef"], rtol=1e-9, atol=1e-12)
+
+
+def test_backend_names_and_cuda_fallback():
+    """``backend`` takes brainpipe.backend's names; ``torch_cuda`` without a GPU falls back
+    to numpy with a warning (as himalaya's ``set_backend(on_error="warn")`` did)."""
+    from brainpipe.backend import cuda_available
+    from brainpipe.models.encoders import _banded_backend
+
+    assert _banded_backend("torch").name == "torch"
+    assert _banded_backend("torch").dtype == "float64"
+    if cuda_available():
+        pytest.skip("a GPU is visible: torch_cuda is used, not the fallback")
+    with pytest.warns(UserWarning, match="using numpy"):
+        assert _banded_backend("torch_cuda").name == "numpy"
+    assert _banded_backend("auto").name == "numpy"
