@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+
+from measure import run_child  # noqa: E402
 
 ALPHAS = [0.1, 1, 10, 100, 1000, 10000, 100000]
 N_FOLDS = 5
@@ -101,21 +102,17 @@ def child(which: str, n: int, v: int, threads: int, out: str) -> None:
 
 def run(which: str, args) -> dict:
     out = tempfile.mktemp(suffix=".npz")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
+    wall, peak_rss_mb = run_child(
         [sys.executable, __file__, "--child", which, "--out", out]
-        + ["--n", str(args.n), "--v", str(args.v), "--threads", str(args.threads)]
+        + ["--n", str(args.n), "--v", str(args.v), "--threads", str(args.threads)],
+        which,
     )  # fmt: skip
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"{which} failed with status {status}")
     res = np.load(out)
     os.unlink(out)
     return {
         "wall_s": wall,
         "fit_s": float(res["fit_s"]),
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,
         "pred": res["pred"],
         "scaling": res["scaling"],
         "cv_score": res["cv_score"],

@@ -59,3 +59,20 @@ def measure(cmd: list[str], cwd: str | None = None, interval: float = 0.1, **kwa
     done.set()
     thread.join()
     return Measurement(wall, peaks["tree"] / 2**20, peaks["single"] / 2**20, returncode)
+
+
+def run_child(cmd: list[str], name: str) -> tuple[float, float]:
+    """Run ``cmd`` as one child process and wait for it.
+
+    Returns its wall seconds and its peak RSS in MiB (``ru_maxrss`` from ``os.wait4``: the
+    child's own high-water mark). Raises ``SystemExit`` naming ``name`` if it fails.
+    """
+    import os
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{name} failed with status {status}")
+    return wall, usage.ru_maxrss / 1024
