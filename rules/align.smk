@@ -69,3 +69,24 @@ rule align_encoding:
         ENV
     script:
         "../workflow/scripts/align_encoding.py"
+
+
+rule align_decoding:
+    input:
+        stores=align_stores(),
+        features=expand(f"{RESULTS}/features/{{features}}.zarr", features=align_decoding_features()),
+    output:
+        scores=f"{RESULTS}/align/decoding.tsv",
+    params:
+        alphas=config.get("ridge", {}).get("alphas"),
+    resources:
+        mem_mb=per_attempt(2000),
+        runtime=20,
+    log:
+        f"{LOGS}/align/decoding.log",
+    benchmark:
+        f"{BENCH}/align/decoding.tsv"
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/align_decoding.py"

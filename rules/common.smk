@@ -115,19 +115,30 @@ def align_stores():
     )
 
 
-def align_encoding_features():
-    """Feature models of the encoding models fitted in each aligned space (align.encoding_features)."""
+def _align_feature_models(key):
+    """Feature models named in `align.<key>`, each checked against feature_models; none
+    without an alignment method."""
     from brainpipe.errors import BrainpipeInputError
 
-    labels = list(config.get("align", {}).get("encoding_features", []) or [])
+    labels = list(config.get("align", {}).get(key, []) or [])
     for label in labels:
         if label not in config["feature_models"]:
             raise BrainpipeInputError(
                 "config",
-                "align.encoding_features",
+                f"align.{key}",
                 f"{label!r} is not in feature_models ({', '.join(config['feature_models'])})",
             )
     return labels if align_stores() else []
+
+
+def align_encoding_features():
+    """Feature models of the encoding models fitted in each aligned space (align.encoding_features)."""
+    return _align_feature_models("encoding_features")
+
+
+def align_decoding_features():
+    """Feature models decoded in each aligned space (align.decoding_features)."""
+    return _align_feature_models("decoding_features")
 # Shared response over time (rules/timeseries.smk): the `timeseries` block over its defaults.
 from brainpipe.align.timeseries_jobs import (
     check_timeseries_config,

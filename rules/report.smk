@@ -10,6 +10,7 @@ rule report:
         data=DATA,
         align_scores=f"{RESULTS}/align/crosssubject.tsv" if align_stores() else [],
         align_encoding=f"{RESULTS}/align/encoding.tsv" if align_encoding_features() else [],
+        align_decoding=f"{RESULTS}/align/decoding.tsv" if align_decoding_features() else [],
         reconstructions=[
             f.replace("metrics.json", "reconstructions.zarr") for f in generate_metric_files()
         ],

@@ -413,6 +413,57 @@ def test_changing_test_betas_leaves_every_transform_bit_identical(dataset, store
         )
 
 
+def _shared_response_features(dataset, out, scramble_test=False):
+    """A features store (contract: ``features(stimulus, feature)``) holding the world's true
+    shared responses: what a decoder in the aligned space should recover."""
+    shared = open_zarr(dataset["root"] / "derivatives" / "groundtruth" / "shared_responses.zarr")
+    response = shared["response"].to_pandas()
+    values = response.to_numpy(np.float32).copy()
+    if scramble_test:  # what the test stimuli's features say must not change any fit
+        splits = read_splits(dataset["splits"]).reindex(response.index).to_numpy()
+        rng = np.random.default_rng(1)
+        values[splits == "test"] = rng.standard_normal(values[splits == "test"].shape)
+    ds = xr.Dataset(
+        {"features": (("stimulus", "feature"), values)},
+        coords={"stimulus": response.index.astype(str).to_numpy()},
+        attrs={"feature_model": "shared"},
+    )
+    return write_zarr(ds, out)
+
+
+def test_decoders_in_an_aligned_space_decode_other_subjects(dataset, stores, tmp_path):
+    from brainpipe.align.decoding import aligned_decoding_scores, write_aligned_decoding_scores
+
+    features = _shared_response_features(dataset, tmp_path / "shared.zarr")
+    paths = [dataset["base"] / "align" / f"{m}.zarr" for m in ("anatomical", "procrustes", "srm")]
+    table = write_aligned_decoding_scores(paths, [features], tmp_path / "decoding.tsv")
+    assert list(table.columns) == list(pd.read_csv(tmp_path / "decoding.tsv", sep="\t").columns)
+    # 3 methods x 3 sources x 3 targets, one row each
+    assert len(table) == 27 and table.groupby("relation").size().to_dict() == {
+        "cross": 18,
+        "within": 9,
+    }
+    n_test = table["n_test_stimuli"].iloc[0]
+    assert n_test >= 10 and np.allclose(table["top1_chance"], 1 / table["n_test_stimuli"])
+    mean = table.groupby(["method", "relation"])[["top1", "two_way"]].mean()
+    anatomical_cross = mean.loc[("anatomical", "cross"), "two_way"]
+    for method in ("procrustes", "srm"):
+        cross, within = mean.loc[(method, "cross")], mean.loc[(method, "within")]
+        # fit on one subject's shared space, decode another's: far above chance, and above
+        # anatomical alignment (subjects share a template topography only in part)
+        assert cross["two_way"] > 0.8 and cross["top1"] > 5 / n_test, mean
+        assert cross["two_way"] > anatomical_cross + 0.1, mean
+        assert within["two_way"] >= cross["two_way"] - 0.05, mean
+
+    # The test stimuli's features reach only the scoring: scrambling them leaves every fitted
+    # decoder (its penalty) as it was and takes identification down to chance.
+    scrambled = _shared_response_features(dataset, tmp_path / "scrambled.zarr", scramble_test=True)
+    other = aligned_decoding_scores(paths[2], scrambled)
+    same = aligned_decoding_scores(paths[2], features)
+    np.testing.assert_array_equal(other["alpha"].values, same["alpha"].values)
+    assert other["two_way"].mean() < 0.65 < same["two_way"].mean(), (other, same)
+
+
 def test_subjects_with_fewer_trials_are_padded(dataset, tmp_path):
     short = dict(dataset["betas"])
     ds = open_zarr(dataset["betas"]["03"]).load().isel(trial=slice(0, 80))

@@ -243,7 +243,13 @@ def _check_bold5000(results: Path) -> None:
     assert aligned.groupby("relation").size().to_dict() == {"cross": 4, "within": 4}, aligned
     cross = aligned[aligned["relation"] == "cross"]
     assert (cross["mean_r"] > 0.05).all(), cross  # fit on one subject, predict another
-    for figure in ("alignment_crosssubject", "alignment_encoding"):
+    decoded = pd.read_csv(results / "align" / "decoding.tsv", sep="\t", dtype={"source": str})
+    assert decoded.groupby("relation").size().to_dict() == {"cross": 4, "within": 4}, decoded
+    cross = decoded[decoded["relation"] == "cross"]
+    # fit on one subject, decode another: identification above chance for every pair
+    assert (cross["two_way"] > cross["two_way_chance"] + 0.1).all(), cross
+    assert cross["top1"].mean() > 2 * cross["top1_chance"].mean(), cross
+    for figure in ("alignment_crosssubject", "alignment_encoding", "alignment_decoding"):
         assert (results / "report_figures" / f"{figure}.png").is_file(), figure
 
 

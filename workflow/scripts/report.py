@@ -13,6 +13,7 @@ with log_to(snakemake.log[0]):
         recipe=snakemake.params.recipe,
         align_scores=snakemake.input.align_scores or None,
         align_encoding=snakemake.input.align_encoding or None,
+        align_decoding=snakemake.input.align_decoding or None,
         timeseries_scores=snakemake.input.timeseries_scores or None,
         reconstructions=list(snakemake.input.reconstructions),
         run={

@@ -40,20 +40,42 @@ COLUMNS = ["method", "features", "source", "target", "relation", "alpha", "n_tra
 DEFAULT_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 
 
-def _fit_source(store, source: str, features, features_path: str, alphas: Sequence[float]):
-    """Ridge from features to the source's shared-space responses on its training trials."""
-    from sklearn.linear_model import RidgeCV
+def training_trials(store, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    """A subject's training trials in an align store: the trial mask and their stimuli.
 
-    valid = store["valid"].sel(subject=source).values.astype(bool)
-    split = store["split"].sel(subject=source).values.astype(str)
+    Raises :class:`BrainpipeInputError` with fewer than 3 (nothing to fit a model on).
+    """
+    valid = store["valid"].sel(subject=subject).values.astype(bool)
+    split = store["split"].sel(subject=subject).values.astype(str)
     train = valid & (split == "train")
     if train.sum() < 3:
         raise BrainpipeInputError(
             "align",
             "split",
-            f"subject {source} has {int(train.sum())} training trials in the store",
+            f"subject {subject} has {int(train.sum())} training trials in the store",
         )
-    stimuli = store["stimulus"].sel(subject=source).values.astype(str)[train]
+    return train, store["stimulus"].sel(subject=subject).values.astype(str)[train]
+
+
+def pair_row(method, features, source, target, model, n_train, n_test) -> dict:
+    """The columns every within/cross-subject score row starts with (encoding, decoding)."""
+    return {
+        "method": method,
+        "features": features,
+        "source": source,
+        "target": target,
+        "relation": "within" if source == target else "cross",
+        "alpha": float(model.alpha_),
+        "n_train_trials": n_train,
+        "n_test_stimuli": n_test,
+    }
+
+
+def _fit_source(store, source: str, features, features_path: str, alphas: Sequence[float]):
+    """Ridge from features to the source's shared-space responses on its training trials."""
+    from sklearn.linear_model import RidgeCV
+
+    train, stimuli = training_trials(store, source)
     X = features_for(features, stimuli, features_path, dtype=np.float64)
     Z = store["responses"].sel(subject=source).values[train].astype(np.float64)
     model = RidgeCV(alphas=list(alphas), fit_intercept=True).fit(X, Z)
@@ -116,14 +138,7 @@ def aligned_encoding_scores(
             r = pearson_r(observed, predicted)
             rows.append(
                 {
-                    "method": method,
-                    "features": name,
-                    "source": source,
-                    "target": target,
-                    "relation": "within" if source == target else "cross",
-                    "alpha": float(model.alpha_),
-                    "n_train_trials": n_train,
-                    "n_test_stimuli": len(test),
+                    **pair_row(method, name, source, target, model, n_train, len(test)),
                     "n_voxels": len(voxels),
                     "mean_r": float(np.mean(r)),
                     "median_r": float(np.median(r)),

@@ -224,10 +224,10 @@ def alignment_figure(scores: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def aligned_encoding_figure(scores: pd.DataFrame) -> plt.Figure:
-    """Grouped bars per alignment method x feature model: within- vs cross-subject test r."""
+def _within_cross_bars(ax, scores: pd.DataFrame, metric: str) -> list[tuple[str, str]]:
+    """Bars of ``metric`` per (method, feature model): within- then cross-subject, the mean
+    over subjects / ordered pairs, each as a dot. Returns the groups in drawing order."""
     groups = list(dict.fromkeys(zip(scores["method"], scores["features"], strict=True)))
-    fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH_IN, 2.8 + 1.5 * len(groups)), 3.4))
     for g, (method, feats) in enumerate(groups):
         rows = scores[(scores["method"] == method) & (scores["features"] == feats)]
         for k, (relation, colour) in enumerate((("within", "C0"), ("cross", "C1"))):
@@ -235,15 +235,46 @@ def aligned_encoding_figure(scores: pd.DataFrame) -> plt.Figure:
             if sel.empty:
                 continue
             x = g + (k - 0.5) * 0.38
-            ax.bar(x, sel["mean_r"].mean(), width=0.36, color=colour,
+            ax.bar(x, sel[metric].mean(), width=0.36, color=colour,
                    label=f"{relation}-subject" if g == 0 else None)  # fmt: skip
             xs = x + (np.linspace(-0.12, 0.12, len(sel)) if len(sel) > 1 else np.zeros(1))
-            ax.scatter(xs, sel["mean_r"], s=8, color="k", zorder=2)
-    ax.axhline(0, color="k", lw=0.8)
+            ax.scatter(xs, sel[metric], s=8, color="k", zorder=2)
     ax.set_xticks(range(len(groups)), [f"{m}\n{f}" for m, f in groups])
+    ax.spines[["top", "right"]].set_visible(False)
+    return groups
+
+
+def aligned_encoding_figure(scores: pd.DataFrame) -> plt.Figure:
+    """Grouped bars per alignment method x feature model: within- vs cross-subject test r."""
+    n_groups = len(set(zip(scores["method"], scores["features"], strict=True)))
+    fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH_IN, 2.8 + 1.5 * n_groups), 3.4))
+    _within_cross_bars(ax, scores, "mean_r")
+    ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("test r in the target's voxels\n(mean over voxels)")
     ax.legend(frameon=False, fontsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def aligned_decoding_figure(scores: pd.DataFrame) -> plt.Figure:
+    """Per alignment method x feature model: within- vs cross-subject identification, top-1
+    among all test stimuli (left) and 2-way (right), chance dashed."""
+    n_groups = len(set(zip(scores["method"], scores["features"], strict=True)))
+    width = min(PAGE_WIDTH_IN, 2 * (2.0 + 1.2 * n_groups))
+    fig, axes = plt.subplots(1, 2, figsize=(width, 3.4), sharey=True)
+    n = int(scores["n_test_stimuli"].median())
+    panels = (("top1", "top1_chance", f"top-1 among {n} test stimuli"),
+              ("two_way", "two_way_chance", "2-way identification"))  # fmt: skip
+    for ax, (metric, chance, title) in zip(axes, panels, strict=True):
+        groups = _within_cross_bars(ax, scores, metric)
+        for g, (method, feats) in enumerate(groups):
+            rows = scores[(scores["method"] == method) & (scores["features"] == feats)]
+            ax.hlines(float(rows[chance].mean()), g - 0.45, g + 0.45, colors="k",
+                      linestyles="--", lw=0.8, label="chance" if g == 0 else None)  # fmt: skip
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("identification accuracy\n(target's test stimuli)")
+    axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 

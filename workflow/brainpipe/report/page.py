@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from brainpipe import __version__  # noqa: E402
 from brainpipe.report.brainmaps import score_maps_figure  # noqa: E402
 from brainpipe.report.figures import (  # noqa: E402
+    aligned_decoding_figure,
     aligned_encoding_figure,
     alignment_figure,
     decoding_figure,
@@ -73,6 +74,9 @@ class ReportInputs:
     align_encoding : path or None
         ``align/encoding.tsv`` (:mod:`brainpipe.align.encoding`): encoding models fitted in
         each aligned space, scored on their own and on the other subjects.
+    align_decoding : path or None
+        ``align/decoding.tsv`` (:mod:`brainpipe.align.decoding`): decoders fitted in each
+        aligned space, scored on their own and on the other subjects.
     timeseries_scores : path or None
         ``timeseries/matching.tsv`` (:mod:`brainpipe.align.timeseries_jobs`).
     reconstructions : list of path
@@ -88,6 +92,7 @@ class ReportInputs:
     run: dict[str, Any] = field(default_factory=dict)
     align_scores: str | Path | None = None
     align_encoding: str | Path | None = None
+    align_decoding: str | Path | None = None
     timeseries_scores: str | Path | None = None
     reconstructions: list[str | Path] = field(default_factory=list)
 
@@ -227,18 +232,22 @@ def alignment_figures(inputs: ReportInputs) -> list[Figure]:
     if scores.empty:
         return []
     n = int(scores["n_test_stimuli"].median())
-    return [
-        Figure(
-            "alignment_crosssubject",
-            "Alignment",
-            "Cross-subject prediction: each subject's test responses predicted from another "
-            "subject's through the shared space of each alignment method (fitted on shared "
-            "training stimuli only), correlated voxel by voxel with the target's own test "
-            f"responses (median {n} test stimuli per pair). Bars: mean over ordered subject "
-            "pairs; dots: pairs.",
-            _render(alignment_figure(scores)),
-        )
-    ] + aligned_encoding_figures(inputs)
+    return (
+        [
+            Figure(
+                "alignment_crosssubject",
+                "Alignment",
+                "Cross-subject prediction: each subject's test responses predicted from another "
+                "subject's through the shared space of each alignment method (fitted on shared "
+                "training stimuli only), correlated voxel by voxel with the target's own test "
+                f"responses (median {n} test stimuli per pair). Bars: mean over ordered subject "
+                "pairs; dots: pairs.",
+                _render(alignment_figure(scores)),
+            )
+        ]
+        + aligned_encoding_figures(inputs)
+        + aligned_decoding_figures(inputs)
+    )
 
 
 def aligned_encoding_figures(inputs: ReportInputs) -> list[Figure]:
@@ -260,6 +269,31 @@ def aligned_encoding_figures(inputs: ReportInputs) -> list[Figure]:
             f"correlated voxel by voxel with the measured test responses (median {n} test "
             "stimuli). Bars: mean over subjects / ordered pairs; dots: each.",
             _render(aligned_encoding_figure(scores)),
+        )
+    ]
+
+
+def aligned_decoding_figures(inputs: ReportInputs) -> list[Figure]:
+    """Decoders fitted in an aligned space: own subject vs the other subjects."""
+    if inputs.align_decoding is None:
+        return []
+    scores = pd.read_csv(inputs.align_decoding, sep="\t", dtype={"source": str, "target": str})
+    if scores.empty:
+        return []
+    n = int(scores["n_test_stimuli"].median())
+    return [
+        Figure(
+            "alignment_decoding",
+            "Alignment",
+            "Decoders in the aligned space: per alignment method and feature model, a ridge "
+            "decoder maps one subject's shared-space training responses to the stimulus "
+            "features; it decodes the shared-space test responses of the same subject "
+            "(within) and of every other subject (cross: fit on one subject, decode another), "
+            f"and each decoded vector is matched against the true features of all {n} test "
+            "stimuli (median per subject). Left: top-1 identification among them; right: "
+            "2-way identification. Dashed: chance. Bars: mean over subjects / ordered pairs; "
+            "dots: each.",
+            _render(aligned_decoding_figure(scores)),
         )
     ]
 
