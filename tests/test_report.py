@@ -177,3 +177,20 @@ def test_decoding_figure_fits_the_page_and_names_the_candidates():
     assert fig._suptitle is None
     assert all("among 20 candidates" in ax.get_xlabel() for ax in fig.axes)
     assert all("dashed: chance" in ax.get_xlabel() for ax in fig.axes)
+
+
+def test_ci_whiskers_are_never_negative_when_the_interval_misses_the_estimate():
+    """A percentile bootstrap interval can lie wholly above a biased estimate (r² % of a few
+    test stimuli: 5.45 with CI [5.62, 6.83] in a 20-step scale run); matplotlib refuses
+    negative whiskers, so that side is drawn as zero and the other reaches the interval."""
+    from brainpipe.report.figures import _ci
+
+    rows = pd.DataFrame(
+        {
+            "mean_r2_percent": [5.45, 3.0],
+            "mean_r2_percent_ci_low": [5.62, 2.0],
+            "mean_r2_percent_ci_high": [6.83, 4.5],
+        }
+    )
+    np.testing.assert_allclose(_ci(rows, "mean_r2_percent"), [[0.0, 1.0], [1.38, 1.5]])
+    assert _ci(rows.drop(columns="mean_r2_percent_ci_low"), "mean_r2_percent") is None

@@ -46,11 +46,18 @@ def _labelled(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ci(rows: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """Whisker lengths (below, above) of each row's bootstrap CI around its estimate.
+
+    A percentile interval need not contain the estimate (a biased statistic such as r² from
+    few test stimuli: resampled stimuli repeat, which inflates r); the whisker on the side
+    the estimate lies outside is then drawn as zero, never negative.
+    """
     low, high = f"{metric}_ci_low", f"{metric}_ci_high"
     if low not in rows or high not in rows:
         return None
     values = rows[metric].to_numpy(float)
-    return np.vstack([values - rows[low].to_numpy(float), rows[high].to_numpy(float) - values])
+    whiskers = np.vstack([values - rows[low].to_numpy(float), rows[high].to_numpy(float) - values])
+    return np.clip(whiskers, 0.0, None)
 
 
 def encoding_accuracy_figure(summary: pd.DataFrame) -> plt.Figure:
