@@ -255,9 +255,11 @@ def _check_bold5000(results: Path) -> None:
 
 @pytest.mark.integration
 def test_nsd_transformer_readout_standin(tmp_path):
-    """Attention over the ViT's tokens and ridge on its pooled feature both predict V1 (whose
-    responses that pooled feature generated) well above zero, ridge at least as well; the
-    verified challenge score is printed, the not-found ridge number as such."""
+    """On a world whose V1 voxels have retinotopic pRFs on the ViT's patch tokens
+    (synthetic.response_prf), attention over the tokens beats ridge on the pooled (CLS)
+    feature in V1, as the paper's claim: measured (seed 5, two subjects' mean) attention
+    0.679, ridge 0.588; the verified challenge score is printed, the not-found ridge
+    number as such, and the table's "this run" column keeps the same order."""
     result = _run_standin("nsd-transformer-readout", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _check_transformer_readout(tmp_path / "results" / "synthetic")
@@ -269,11 +271,13 @@ def _check_transformer_readout(results: Path) -> None:
     paper = table["paper"].tolist()  # the page prints 3 decimals
     assert abs(paper[0] - 63.5229) < 1e-3 and np.isnan(paper[1]), paper
     assert table["this run"].notna().all() and (table["rows (subjects) averaged"] == 2).all()
+    assert list(table["summary rows"]) == ["model=attention", "model=ridge"], table
+    assert table["this run"][0] > table["this run"][1], table  # attention's score, ridge's
     summary = _summary(results)
     v1 = summary[(summary["roi"] == "V1") & summary["baseline_of"].isna()]
     r = v1.groupby("model")["mean_r"].mean()
     assert set(r.index) == {"ridge", "attention"}, r
     assert (v1["mean_r"] > 0.1).all(), v1[["subject", "model", "mean_r"]]
-    assert r["ridge"] >= r["attention"] - 0.02, r
+    assert r["attention"] > r["ridge"] + 0.02, r
     tokens = open_zarr(results / "features" / "spatial" / "dino.zarr")
     assert tokens.sizes["token"] == 197 and tokens.sizes["channel"] == 768  # ViT-B/16 tokens

@@ -5,8 +5,9 @@
 - ``bandedridge``: one penalty per feature space and voxel (himalaya ``BandedRidgeCV``'s
   random search over the simplex of band weights, solved in feature space by
   :mod:`brainpipe.banded_ridge`).
-- ``attention``: a transformer-style readout whose per-ROI learned queries attend over
-  the tokens (grid positions) of a spatial feature map, trained with torch.
+- ``attention``: a transformer-style readout whose per-voxel learned queries attend over
+  the tokens (grid positions, fixed 2-D sinusoidal keys) of a spatial feature map, each
+  voxel reading its attended values (what/where factorised), trained with torch.
 
 Each model is ``fit(data: JobData, params) -> FitResult``; the targets are single-trial
 training betas, the predictions are for the job's test stimuli.
@@ -251,30 +252,116 @@ def attention_cache_mb(params: dict, n_train: int, n_voxels: int, batch_mb: floa
     return max(0.0, declared - JOB_BASE_MB - betas_mb - 4 * batch_mb)
 
 
+def grid_positional_encoding(n_tokens: int, pos_dim: int) -> tuple[np.ndarray, int]:
+    """Fixed 2-D sinusoidal encoding of a token grid's positions.
+
+    The last ``side²`` of ``n_tokens`` tokens are taken as a square grid, row-major (a
+    ViT's patch tokens follow its class and register tokens; every position of a conv
+    map); the leading ones have no position. Each grid position ``(x, y)`` (centres in
+    fractions of the image side) is encoded per axis by ``sin(pi f a), cos(pi f a)`` for
+    ``f = 1 .. pos_dim / 4``: a dot product with it is a smooth function of the position,
+    and its softmax over the grid a bump whose centre and width one vector sets.
+
+    Parameters
+    ----------
+    n_tokens, pos_dim : int
+        Tokens of the map; encoding width (a multiple of 4).
+
+    Returns
+    -------
+    encoding : ndarray of float32, shape (side², pos_dim)
+    n_extra : int
+        Leading tokens without a grid position.
+    """
+    if pos_dim % 4 or pos_dim < 4:
+        raise ValueError(f"attention pos_dim must be a positive multiple of 4, got {pos_dim}")
+    side = int(np.sqrt(n_tokens))
+    freqs = np.pi * np.arange(1, pos_dim // 4 + 1)
+    centres = (np.arange(side) + 0.5) / side
+    yy, xx = np.meshgrid(centres, centres, indexing="ij")
+    parts = []
+    for axis in (xx.ravel(), yy.ravel()):
+        angle = axis[:, None] * freqs[None, :]
+        parts += [np.sin(angle), np.cos(angle)]
+    return np.concatenate(parts, axis=1).astype(np.float32), n_tokens - side * side
+
+
+#: Voxels whose attention and attended values are computed at once: the values of a chunk
+#: (batch x chunk x n_queries x dim floats) are recomputed in the backward pass rather than
+#: held, so a step's memory does not grow with the ROI (NSD: 15,000 voxels).
+ATTENTION_VOXEL_CHUNK = 1024
+
+
+def _read_voxels(queries, keys, values, weight):
+    """Predictions of a chunk of voxels: softmax of ``sqrt(pos_dim) q.k`` over the tokens
+    (position keys ``(tokens, pos_dim)``, the same for every image, or per image
+    ``(n, tokens, pos_dim)``), the attended values, each voxel's linear readout of them."""
+    import torch
+
+    scale = float(np.sqrt(keys.shape[-1]))  # scaled, not divided: unit queries span pRFs
+    if keys.ndim == 2:
+        attn = torch.softmax(scale * queries @ keys.T, dim=-1)  # (voxels * queries, tokens)
+        out = torch.matmul(attn, values)  # (n, voxels * queries, dim)
+    else:
+        attn = torch.softmax(scale * torch.einsum("qp,ntp->nqt", queries, keys), dim=-1)
+        out = torch.einsum("nqt,ntd->nqd", attn, values)
+    out = out.reshape(len(values), len(weight), -1)
+    return torch.einsum("nvd,vd->nv", out, weight)
+
+
 def _attention_module(n_tokens: int, n_channels: int, n_voxels: int, params: dict):
     import torch
     from torch import nn
+    from torch.utils.checkpoint import checkpoint
 
     dim, n_queries = int(params["dim"]), int(params["n_queries"])
+    pos_dim, content = int(params["pos_dim"]), bool(params["content_keys"])
+    encoding, n_extra = grid_positional_encoding(n_tokens, pos_dim)
 
     class AttentionReadout(nn.Module):
-        """Per-ROI queries attend over projected feature-map tokens; a linear readout to voxels."""
+        """Voxel queries attend over the tokens; each voxel reads its attended values.
+
+        What and where are factorised: a value projection shared by all voxels (what;
+        layer-normalised per token, dropout),
+        ``n_queries`` learned queries per voxel whose attention over the tokens' fixed
+        2-D sinusoidal position keys is that voxel's spatial pooling (where; the leading
+        non-grid tokens have learned keys), and a per-voxel linear readout of its attended
+        values. With ``content_keys`` the keys add a learned projection of each token, so
+        where a voxel looks may depend on the image.
+        """
 
         def __init__(self) -> None:
             super().__init__()
+            self.register_buffer("grid", torch.from_numpy(encoding))
+            self.extra = nn.Parameter(torch.zeros(n_extra, pos_dim))
             self.proj = nn.Linear(n_channels, dim)
-            self.pos = nn.Parameter(0.02 * torch.randn(n_tokens, dim))
-            self.queries = nn.Parameter(0.02 * torch.randn(n_queries, dim))
-            self.attn = nn.MultiheadAttention(dim, int(params["heads"]), batch_first=True)
+            self.key = nn.Linear(n_channels, pos_dim) if content else None
+            if self.key is not None:  # starts as the position-only readout
+                nn.init.zeros_(self.key.weight)
+                nn.init.zeros_(self.key.bias)
+            self.queries = nn.Parameter(0.02 * torch.randn(n_voxels * n_queries, pos_dim))
             self.norm = nn.LayerNorm(dim)
             self.drop = nn.Dropout(float(params["dropout"]))
-            self.readout = nn.Linear(n_queries * dim, n_voxels)
+            self.weight = nn.Parameter(
+                torch.randn(n_voxels, n_queries * dim) / np.sqrt(n_queries * dim)
+            )
+            self.bias = nn.Parameter(torch.zeros(n_voxels))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            tokens = self.proj(x) + self.pos
-            q = self.queries.unsqueeze(0).expand(len(x), -1, -1)
-            out, _ = self.attn(q, tokens, tokens, need_weights=False)
-            return self.readout(self.drop(self.norm(out)).flatten(1))
+            keys = torch.cat([self.extra, self.grid])  # (tokens, pos_dim)
+            if self.key is not None:
+                keys = keys + self.key(x)  # (n, tokens, pos_dim)
+            values = self.drop(self.norm(self.proj(x)))  # (n, tokens, dim)
+            parts = []
+            for v0 in range(0, n_voxels, ATTENTION_VOXEL_CHUNK):
+                v1 = min(v0 + ATTENTION_VOXEL_CHUNK, n_voxels)
+                args = (self.queries[v0 * n_queries : v1 * n_queries], keys, values)
+                args += (self.weight[v0:v1],)
+                if torch.is_grad_enabled():  # recomputed in backward, not held
+                    parts.append(checkpoint(_read_voxels, *args, use_reentrant=False))
+                else:
+                    parts.append(_read_voxels(*args))
+            return torch.cat(parts, dim=1) + self.bias
 
     return AttentionReadout()
 
@@ -285,9 +372,10 @@ def _attention_module(n_tokens: int, n_channels: int, n_voxels: int, params: dic
     torch=True,
     inputs="spatial",
     defaults={
-        "n_queries": 4,
+        "n_queries": 1,
         "dim": 32,
-        "heads": 2,
+        "pos_dim": 16,
+        "content_keys": False,
         "dropout": 0.1,
         "epochs": 150,
         "lr": 3e-3,
@@ -300,6 +388,14 @@ def _attention_module(n_tokens: int, n_channels: int, n_voxels: int, params: dic
 )
 def attention(data: JobData, params: dict) -> FitResult:
     """Attention readout over a spatial feature map ``(n, n_tokens, n_channels)``.
+
+    Each voxel has ``n_queries`` queries attending over the tokens, whose keys are a fixed
+    2-D sinusoidal encoding of their grid position (:func:`grid_positional_encoding`;
+    ``content_keys`` adds a learned projection of the token) and whose values a projection
+    to ``dim`` shared by all voxels; a voxel's prediction is a linear readout of its
+    attended values. Where a voxel looks is then ``pos_dim`` numbers per query, and a
+    smooth bump over the image is what such a query makes, so a few hundred images
+    locate a pRF (docs/models.md).
 
     Trained with MSE on z-scored single-trial betas (training statistics), Adam with
     weight decay, a fixed number of epochs (no test data, no early stopping on it), capped
