@@ -131,6 +131,12 @@ def _align_feature_models(key):
     return labels if align_stores() else []
 
 
+def align_roi_label():
+    """`align.roi` as one label (a list joined with `+`): the ROI of aligned summary rows."""
+    roi = config.get("align", {}).get("roi", "all")
+    return "+".join(roi) if isinstance(roi, list) else str(roi)
+
+
 def align_encoding_features():
     """Feature models of the encoding models fitted in each aligned space (align.encoding_features)."""
     return _align_feature_models("encoding_features")

@@ -33,8 +33,12 @@ rule evaluate:
 rule summary:
     input:
         metrics=[f"{d}/metrics.json" for d in model_dirs()],
+        aligned_decoding=f"{RESULTS}/align/decoding.tsv" if align_decoding_features() else [],
     output:
         summary=f"{RESULTS}/summary.tsv",
+    params:
+        dataset=DATASET,
+        aligned_roi=align_roi_label(),
     resources:
         mem_mb=per_attempt(1000),
         runtime=5,

@@ -19,7 +19,8 @@ import pandas as pd
 from brainpipe.storage import write_text_atomic
 
 #: Leading columns of summary.tsv, in order: together they identify a row.
-KEY_COLUMNS = ["dataset", "subject", "roi", "model", "baseline_of", "kind", "features"]
+KEY_COLUMNS = ["dataset", "subject", "roi", "model", "baseline_of", "kind", "features",
+               "space", "train_subject"]  # fmt: skip
 
 #: Metrics a decoding job reports per predictor (the model or one of its baselines).
 DECODING_METRICS = ("top1", "top5", "two_way")
@@ -69,7 +70,35 @@ def tidy_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def collect_summary(metrics_paths: list[str | Path], out_tsv: str | Path) -> pd.DataFrame:
+#: ``model`` of the rows of decoders fitted in an aligned space (:mod:`brainpipe.align.decoding`).
+ALIGNED_DECODER = "alignedridge"
+
+
+def aligned_summary_rows(table: pd.DataFrame, dataset: str, roi: str) -> pd.DataFrame:
+    """``align/decoding.tsv`` as rows of the tidy ``summary.tsv``.
+
+    One row per decoded subject x alignment method x features x fitted subject:
+    ``subject`` is the subject decoded, ``train_subject`` the one the decoder was fitted
+    on, ``space = aligned-<method>`` (native rows have ``space = native``).
+    """
+    out = table.rename(columns={"target": "subject", "source": "train_subject"})
+    out.insert(0, "dataset", dataset)
+    out["roi"] = roi
+    out["model"] = ALIGNED_DECODER
+    out["kind"] = "decoding"
+    out["baseline_of"] = ""
+    out["space"] = "aligned-" + out.pop("method").astype(str)
+    out.pop("relation")
+    return out
+
+
+def collect_summary(
+    metrics_paths: list[str | Path],
+    out_tsv: str | Path,
+    aligned_decoding: str | Path | None = None,
+    dataset: str = "",
+    aligned_roi: str = "",
+) -> pd.DataFrame:
     """Gather every job's ``metrics.json`` into one tidy ``summary.tsv``.
 
     Parameters
@@ -78,6 +107,14 @@ def collect_summary(metrics_paths: list[str | Path], out_tsv: str | Path) -> pd.
         The evaluate jobs' ``metrics.json`` files.
     out_tsv : path
         Written atomically.
+    aligned_decoding : path, optional
+        ``align/decoding.tsv`` (:mod:`brainpipe.align.decoding`): decoders fitted in an
+        aligned space, one row per decoded subject x ROI x model x features x
+        ``space`` (``aligned-<method>``) x ``train_subject``. With it, every row has
+        ``space`` (``native`` for the ordinary jobs) and ``train_subject`` (the subject
+        itself for them).
+    dataset, aligned_roi : str
+        ``dataset`` and ``roi`` of the aligned rows (``align.roi``).
 
     Returns
     -------
@@ -86,13 +123,30 @@ def collect_summary(metrics_paths: list[str | Path], out_tsv: str | Path) -> pd.
     """
     rows = [row for p in metrics_paths for row in tidy_rows(json.loads(Path(p).read_text()))]
     table = pd.DataFrame(rows)
+    if aligned_decoding is not None:
+        aligned = pd.read_csv(aligned_decoding, sep="\t", dtype={"source": str, "target": str})
+        table["space"] = "native"
+        table["train_subject"] = table["subject"]
+        table = pd.concat(
+            [table, aligned_summary_rows(aligned, dataset, aligned_roi)], ignore_index=True
+        )
     order = [c for c in KEY_COLUMNS if c in table]
     table = table[order + [c for c in table if c not in order]]
     table["baseline_of"] = table["baseline_of"].fillna("")
     table = table.sort_values(
         [
             c
-            for c in ["dataset", "kind", "model", "baseline_of", "subject", "roi", "features"]
+            for c in [
+                "dataset",
+                "kind",
+                "space",
+                "model",
+                "baseline_of",
+                "subject",
+                "train_subject",
+                "roi",
+                "features",
+            ]  # fmt: skip
             if c in table
         ]
     )

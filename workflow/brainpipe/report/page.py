@@ -440,6 +440,8 @@ def write_report(
     inputs = inputs or ReportInputs()
     summary = pd.read_csv(summary_tsv, sep="\t", dtype={"subject": str, "baseline_of": str})
     summary["baseline_of"] = summary.get("baseline_of", pd.Series(dtype=str)).fillna("")
+    if "space" in summary:  # aligned decoders' rows: drawn from align/decoding.tsv
+        summary = summary[summary["space"].fillna("native") == "native"]
     kind = summary["kind"] if "kind" in summary else pd.Series("encoding", index=summary.index)
     encoding, decoding = summary[kind == "encoding"], summary[kind == "decoding"]
     figures = (
