@@ -154,6 +154,18 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     )
 
 
+def read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Read a ``.npy`` file's magic and header from the open binary ``fh``.
+
+    Returns ``(shape, fortran_order, dtype)`` with ``fh`` left at the first data byte.
+    Raises ``ValueError`` (numpy's) when ``fh`` is not a ``.npy`` file.
+    """
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Write a text file atomically (temporary name, then rename)."""
     with atomic_path(path) as tmp:

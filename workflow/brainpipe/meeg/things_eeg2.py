@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from brainpipe.errors import BrainpipeInputError
+from brainpipe.storage import read_npy_header
 
 #: The 63 EEG channels of THINGS-EEG2, in the order of the published ``ch_names``
 #: (64-channel easycap, 10-10 positions; the reference is not among them).
@@ -172,13 +173,7 @@ def read_raw_dict(path: str | Path) -> dict[str, Any]:
         raise BrainpipeInputError(path, "<file>", "THINGS-EEG2 raw file is missing")
     with open(path, "rb") as fh:
         try:
-            version = np.lib.format.read_magic(fh)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            _, _, dtype = read_header(fh)
+            _, _, dtype = read_npy_header(fh)
         except ValueError as err:
             raise BrainpipeInputError(path, "<file>", f"not a .npy file ({err})") from err
         if dtype != np.dtype(object):
@@ -375,11 +370,7 @@ def stimuli_from_metadata(metadata: str | Path, out_tsv: str | Path) -> Path:
 
 def _read_npy_dict(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            np.lib.format.read_array_header_1_0(fh)
-        else:
-            np.lib.format.read_array_header_2_0(fh)
+        read_npy_header(fh)
         try:
             obj = _materialise(_ArrayUnpickler(fh).load())
         except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as err:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainpipe.storage import atomic_path
+from brainpipe.storage import atomic_path, read_npy_header
 
 
 class DiskRows:
@@ -37,13 +37,7 @@ class DiskRows:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
+            shape, fortran, dtype = read_npy_header(f)
             self.offset = f.tell()
         if len(shape) != 2 or fortran or np.dtype(dtype) != np.float32:
             raise ValueError(f"{self.path}: expected a C-ordered 2-D float32 array")

@@ -224,12 +224,19 @@ def decoding_figures(summary: pd.DataFrame, inputs: ReportInputs) -> list[Figure
     return figures
 
 
+def _pair_scores(path: str | Path | None) -> pd.DataFrame | None:
+    """A source x target score table of the align stage (subject labels kept as text), or
+    None when the stage did not run or scored nothing."""
+    if path is None:
+        return None
+    scores = pd.read_csv(path, sep="\t", dtype={"source": str, "target": str})
+    return None if scores.empty else scores
+
+
 def alignment_figures(inputs: ReportInputs) -> list[Figure]:
     """Cross-subject prediction per alignment method (fit on one subject, predict another)."""
-    if inputs.align_scores is None:
-        return []
-    scores = pd.read_csv(inputs.align_scores, sep="\t", dtype={"source": str, "target": str})
-    if scores.empty:
+    scores = _pair_scores(inputs.align_scores)
+    if scores is None:
         return []
     n = int(scores["n_test_stimuli"].median())
     return (
@@ -252,10 +259,8 @@ def alignment_figures(inputs: ReportInputs) -> list[Figure]:
 
 def aligned_encoding_figures(inputs: ReportInputs) -> list[Figure]:
     """Encoding models fitted in an aligned space: own subject vs the other subjects."""
-    if inputs.align_encoding is None:
-        return []
-    scores = pd.read_csv(inputs.align_encoding, sep="\t", dtype={"source": str, "target": str})
-    if scores.empty:
+    scores = _pair_scores(inputs.align_encoding)
+    if scores is None:
         return []
     n = int(scores["n_test_stimuli"].median())
     return [
@@ -275,10 +280,8 @@ def aligned_encoding_figures(inputs: ReportInputs) -> list[Figure]:
 
 def aligned_decoding_figures(inputs: ReportInputs) -> list[Figure]:
     """Decoders fitted in an aligned space: own subject vs the other subjects."""
-    if inputs.align_decoding is None:
-        return []
-    scores = pd.read_csv(inputs.align_decoding, sep="\t", dtype={"source": str, "target": str})
-    if scores.empty:
+    scores = _pair_scores(inputs.align_decoding)
+    if scores is None:
         return []
     n = int(scores["n_test_stimuli"].median())
     return [
