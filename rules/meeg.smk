@@ -80,8 +80,13 @@ rule meeg_evaluate:
 rule meeg_summary:
     input:
         metrics=[f"{d}/metrics.json" for d in meeg_model_dirs()],
+        # the script is shared with `summary`; M/EEG has no aligned-space decoders
+        aligned_decoding=[],
     output:
         summary=f"{RESULTS}/summary.tsv",
+    params:
+        dataset=DATASET,
+        aligned_roi="",
     resources:
         mem_mb=per_attempt(1000),
         runtime=5,
