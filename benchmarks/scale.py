@@ -404,11 +404,76 @@ def _job_key(job: dict) -> tuple:
     return tuple(job.get(k) for k in ("rule", "model", "features", "n_subjects", "max_steps"))
 
 
+def _drop_key(text: str) -> tuple:
+    """``rule:model:features[:n_subjects[:max_steps]]`` (empty fields: none) as a job key."""
+    parts = text.split(":") + [""] * 5
+    rule, model, features, n_subjects, max_steps = parts[:5]
+    return (rule, model or None, features or None, int(n_subjects) if n_subjects else None,
+            int(max_steps) if max_steps else None)  # fmt: skip
+
+
+def schedule_steps(model: str, n_rows: list[int], config: dict) -> int:
+    """Optimizer steps a torch model's training (or the shared backbone's pretraining, one
+    entry of ``n_rows`` per subject) runs under ``config``: its epochs capped at
+    ``max_steps`` (:func:`brainpipe.models.torch_utils.capped_epochs`) x mini-batches per
+    epoch."""
+    from brainpipe.models import model_params
+    from brainpipe.models.torch_utils import capped_epochs
+
+    params = model_params(model, config)
+    bs = int(params["batch_size"])
+    per_epoch = sum(sum(1 for i in range(0, n, bs) if min(bs, n - i) > 1) for n in n_rows)
+    return capped_epochs(n_rows, params, int(params["epochs"])) * per_epoch
+
+
+def label_steps(job: dict, subject: dict, config: dict) -> None:
+    """Record the optimizer steps a torch job ran (``steps``) and those of the config's
+    schedule (``full_steps``), and for a job run with fewer steps the projection of its
+    wall time to the full schedule (``projected_seconds_full_steps``: the run's time plus
+    its fitting time per step for the missing steps). Derived from what the entry holds
+    (older entries included): the fit's epochs for train, the subjects for pretrain."""
+    from brainpipe.models import get_model
+
+    model = job.get("model")
+    if not model or not get_model(model).torch or job["rule"] not in ("train", "pretrain"):
+        return
+    n_train = subject["n_trials"] - subject["n_test_images"] * REPEATS
+    if job["rule"] == "pretrain":
+        rows = [n_train] * (int(job["n_subjects"]) - 1)
+        run = json.loads(json.dumps(config))
+        if job.get("max_steps"):
+            run.setdefault("model_params", {}).setdefault(model, {})["max_steps"] = job["max_steps"]
+        job["steps"] = schedule_steps(model, rows, run)
+        job["full_steps"] = schedule_steps(model, rows, config)
+    else:
+        if get_model(model).cross_subject:  # a fine-tune: epochs chosen by CV folds
+            return
+        fit = job.get("fit") or {}
+        job["full_steps"] = schedule_steps(model, [n_train], config)
+        if "steps" not in fit and "max_steps" in job:
+            return  # an older capped entry without its fit's epochs: steps unknown
+        # an entry without its fit's epochs and no cap ran the config's schedule
+        job["steps"] = int(fit.get("steps", job["full_steps"]))
+        if job["steps"] < job["full_steps"] and "fit_seconds" in fit:
+            per_step = float(fit["fit_seconds"]) / job["steps"]
+            job["projected_seconds_full_steps"] = round(
+                job["seconds"] + per_step * (job["full_steps"] - job["steps"]), 1
+            )
+
+
 def summarise(jobs: list[dict], subject: dict, notes: dict, commands: list[str]) -> dict:
     """The result file's figures from its job rows: within memory, job-seconds for one
     subject and projected to NSD's 8, the largest job."""
-    # a train job run with fewer steps (``max_steps``) is no projection of the job's time
+    # a train job run with fewer steps (``max_steps``) is no measure of the job's time: a
+    # model measured only so counts with its projection to the full schedule
     per_subject = [j for j in jobs if j["rule"] in ("train", "evaluate") and "max_steps" not in j]
+    full = {(j["rule"], j.get("model"), j.get("features")) for j in per_subject}
+    projected = {}
+    for j in jobs:
+        key = (j["rule"], j.get("model"), j.get("features"))
+        if "projected_seconds_full_steps" in j and key not in full:
+            if key not in projected or j["steps"] > projected[key]["steps"]:
+                projected[key] = j
     # A pretrain job pretrains once per held-out subject, on all the others: measured for
     # len(held_out) of them, it runs 8 at NSD (each on 7 subjects, the same capped steps).
     # Per model, the run with the config's steps and the most subjects; an upper bound, as
@@ -421,7 +486,9 @@ def summarise(jobs: list[dict], subject: dict, notes: dict, commands: list[str])
             if best is None or j.get("n_subjects", 0) > best.get("n_subjects", 0):
                 pretrain[j["model"]] = j
     shared = [j for j in jobs if j["rule"] not in ("train", "evaluate", "pretrain")]
-    subject_s = sum(j["seconds"] for j in per_subject)
+    subject_s = sum(j["seconds"] for j in per_subject) + sum(
+        j["projected_seconds_full_steps"] for j in projected.values()
+    )
     shared_s = sum(j["seconds"] for j in shared)
     pretrain_8_s = sum(8 * j["seconds"] / len(j.get("held_out") or [1]) for j in pretrain.values())
     return {
@@ -434,6 +501,11 @@ def summarise(jobs: list[dict], subject: dict, notes: dict, commands: list[str])
         ),  # fmt: skip
         "all_finished": not any(k.startswith("killed") for j in jobs for k in j),
         "job_seconds_one_subject": round(subject_s + shared_s, 1),
+        # train jobs measured with fewer steps only: their projection to the full schedule
+        "projected_from_fewer_steps": [
+            f"{r} {m} {f}: {j['steps']} of {j['full_steps']} steps measured"
+            for (r, m, f), j in sorted(projected.items())
+        ],
         # train and evaluate run once per subject and are independent; features run once
         # per dataset; summary and report once (they read one small file per job); the
         # pretrain job once per dataset, once per held-out subject inside it. So 8
@@ -496,6 +568,15 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the other jobs of an earlier result file of the same subject (one model "
         "per invocation, so each run fits a short hold of a shared machine)",
     )  # fmt: skip
+    parser.add_argument(
+        "--drop", action="append", default=[],
+        metavar="RULE:MODEL:FEATURES[:N_SUBJECTS[:MAX_STEPS]]",
+        help="with --merge: leave this earlier job out (measured with code since replaced)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--relabel-only", action="store_true",
+        help="run no job: merge (--merge, --drop) and relabel the earlier result file",
+    )  # fmt: skip
     parser.add_argument("--limit-mb", type=float, default=6000, help="kill a job above this RSS")
     parser.add_argument("--limit-s", type=float, default=1800, help="kill a job after this time")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (kept)")
@@ -505,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or ROOT / "benchmarks" / "results" / ("scale.json" if full else "scale_small.json")
     work = a.work or Path(tempfile.mkdtemp(prefix="brainpipe-scale-"))
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    base_config = json.loads(json.dumps(config))  # before any --max-steps
+    if a.relabel_only:
+        a.models, a.merge = [], True
     t_start = time.perf_counter()
     jobs: list[dict] = []
     notes: dict[str, dict] = {}
@@ -516,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         return res
 
     try:
-        if a.work is not None and (work / "subject.json").exists():
+        if a.relabel_only:
+            subject = json.loads(out.read_text())["subject"]
+        elif a.work is not None and (work / "subject.json").exists():
             subject = json.loads((work / "subject.json").read_text())  # a kept scratch folder
         else:
             subject = make_subject(work, a.sessions, a.voxels, a.test_images, a.seed)
@@ -547,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                 measure("features", {"work": str(work), "name": name}, features_mem_mb(),
                         features=name)  # fmt: skip
         betas = str(work / "betas.zarr")
-        size = roi_size(betas, ROI)
+        size = roi_size(betas, ROI) if a.models else None
         metrics_paths, scores_paths = [], []
         for model in a.models:
             spec = get_model(model)
@@ -657,17 +743,22 @@ def main(argv: list[str] | None = None) -> int:
             earlier.get("subject", {}).get("n_voxels") == subject["n_voxels"]
             and earlier.get("subject", {}).get("n_trials") == subject["n_trials"]
         ):
-            new_keys = {_job_key(j) for j in jobs}
+            new_keys = {_job_key(j) for j in jobs} | {_drop_key(d) for d in a.drop}
             kept = [j for j in earlier["jobs"] if _job_key(j) not in new_keys]
             for j in kept:
                 j.setdefault("command", earlier.get("command", ""))
             jobs = kept + jobs
             commands = list(dict.fromkeys([j["command"] for j in jobs]))
             notes = {**earlier.get("notes", {}), **notes}
+    for job in jobs:
+        label_steps(job, subject, base_config)
     result = summarise(jobs, subject, notes, commands)
     result["total_wall_s"] = round(time.perf_counter() - t_start, 1)
     result["cpu_count"] = os.cpu_count()
     result["load_avg_at_end"] = os.getloadavg()
+    if a.relabel_only:  # the figures of the last run that measured something
+        for key in ("total_wall_s", "load_avg_at_end"):
+            result[key] = earlier.get(key, result[key])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "jobs"}, indent=2))

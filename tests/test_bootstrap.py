@@ -102,3 +102,41 @@ def test_split_betas_masks_invalid_sessions_as_the_in_memory_path_does():
     ref, ref_counts = average_test_responses(ds, test, whole)
     np.testing.assert_allclose(means, ref, rtol=1e-6)
     np.testing.assert_array_equal(counts, ref_counts)
+
+
+def test_training_means_in_blocks_are_the_same_whatever_the_blocks():
+    """The fill values of missing betas, accumulated a block of rows at a time (a lazy
+    fine-tune streams the store), are the same bit for bit whatever the blocks, and
+    ``np.nanmean`` over the rows (bit for bit with several voxels, as fill_missing
+    computed them before: numpy adds rows one after another); fill_missing fills with them."""
+    from brainpipe.models.data import TrainingMeans, fill_missing
+
+    rng = np.random.default_rng(3)
+    for shape in ((1000, 37), (300, 1)):
+        a = (rng.standard_normal(shape) * 50 + 3).astype(np.float32)
+        a[rng.random(shape) < 0.05] = np.nan
+        if shape[1] > 1:
+            a[:, 0] = np.nan  # a voxel with no finite value: filled with 0
+        with np.errstate(all="ignore"):
+            expected = np.nanmean(a, axis=0)
+        expected = np.where(np.isfinite(expected), expected, 0).astype(np.float32)
+        got = []
+        for blocks in ((len(a),), (7, 293, len(a)), (1,) * 10 + (len(a),)):
+            means = TrainingMeans(shape[1])
+            r0 = 0
+            for b in blocks:
+                means.add(a[r0 : r0 + b])
+                r0 = min(len(a), r0 + b)
+            assert means.count.sum() == np.isfinite(a).sum()
+            got.append(means.means())
+        for g in got[1:]:
+            np.testing.assert_array_equal(g, got[0])
+        if shape[1] > 1:
+            np.testing.assert_array_equal(got[0], expected)
+        else:  # one column: numpy sums it pairwise, not row after row
+            np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+        filled, test = a.copy(), a[:5].copy()
+        assert fill_missing(filled, test) == int(np.isnan(a).any(axis=0).sum())
+        missing = np.nonzero(np.isnan(a))
+        np.testing.assert_array_equal(filled[missing], got[0][missing[1]])
+        assert np.isfinite(filled).all() and np.isfinite(test).all()

@@ -226,3 +226,115 @@ def test_pretrain_job_writes_every_held_out_subject_and_removes_its_scratch(
     assert sorted(p.name for p in written) == [f"sub-{s}_all.npy" for s in subjects]
     assert all(scratch_root in p.parents for p in written)
     assert not list(scratch_root.glob("brainpipe-pretrain-*"))
+
+
+#: A short shared-backbone recipe: the comparisons below need identical fits, not good ones.
+SHORT = {"epochs": 20, "finetune_epochs": 4}
+
+
+def _with_missing_values(zoo, s, out):
+    """Subject ``s``'s betas with missing values where the fill matters: in a training
+    trial of every session (the fine-tune's session 01 is filled with means over *every*
+    training trial), in a whole voxel of session 02 (NSD's invalid voxels) and in a test
+    trial."""
+    from brainpipe.storage import open_zarr, write_zarr
+
+    store = open_zarr(zoo["splits"].parent / f"sub-{s}_betas.zarr").load()
+    data = _data(zoo, s, lazy=True)
+    trials = np.flatnonzero(~np.isin(store["stimulus"].values.astype(str), data.test_stimuli))
+    sessions = store["session"].values.astype(str)
+    values = store["betas"].values
+    # voxels of the job's ROI ("all": the union of the store's ROI masks)
+    v = np.flatnonzero(np.any([store[c].values for c in store.coords if c.startswith("roi_")], 0))
+    for ses in sorted(set(sessions)):
+        values[trials[sessions[trials] == ses][0], v[1]] = np.nan
+    values[trials[sessions[trials] == "02"], v[4]] = np.nan
+    test_trial = np.flatnonzero(np.isin(store["stimulus"].values.astype(str), data.test_stimuli))
+    values[test_trial[0], v[6]] = np.nan
+    write_zarr(store, out)
+    return out
+
+
+def test_fine_tune_reads_only_its_sessions_and_fits_as_with_every_trial_loaded(
+    zoo, tmp_path, monkeypatch
+):
+    """The fine-tune of a lazy job (what the train job gives the shared backbone) reads
+    only its session's training trials from the store, never every training trial, and
+    its weights, predictions (baselines included) and metadata are those of the job with
+    every training trial loaded, bit for bit: the same trials in the same order, test
+    responses averaged over every session, missing values filled with the means over
+    every training trial."""
+    import brainpipe.models.data as data_module
+
+    spec = get_model("sharedbackbone")
+    params = model_params("sharedbackbone", {"model_params": {"sharedbackbone": SHORT}})
+    held_out, *rest = zoo["subjects"]
+    params["pretrained"] = spec.pretrain({s: _data(zoo, s) for s in rest}, dict(params))
+    read = []
+    split_betas = data_module.split_betas
+
+    def recording_split(betas, test_stimuli, train=None, *args, **kwargs):
+        read.append(None if train is None else int(train.sum()))
+        return split_betas(betas, test_stimuli, train, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "split_betas", recording_split)
+    missing = _with_missing_values(zoo, held_out, tmp_path / "missing.zarr")
+    for betas in (zoo["splits"].parent / f"sub-{held_out}_betas.zarr", missing):
+        args = (betas, [zoo["caption"]], zoo["splits"], "all", held_out)
+        eager, lazy = load_job_data(*args), load_job_data(*args, lazy=True)
+        session = int((lazy.sessions_train == "01").sum())
+        assert 0 < session < lazy.n_train
+        read.clear()
+        new = spec.fit(lazy, params)
+        assert read == [session] and lazy.betas_train is None  # one session's trials only
+        old = spec.fit(eager, params)
+        assert lazy.n_voxels_filled == eager.n_voxels_filled
+        assert sorted(new.weights) == sorted(old.weights)
+        for key, value in old.weights.items():
+            np.testing.assert_array_equal(new.weights[key], value, err_msg=key)
+        np.testing.assert_array_equal(new.predicted, old.predicted)
+        assert sorted(new.extra_predictions) == ["mlpdecoder", "ridgedecoder"]
+        for name, pred in old.extra_predictions.items():
+            np.testing.assert_array_equal(new.extra_predictions[name], pred, err_msg=name)
+        assert new.info == old.info and new.info["n_finetune_trials"] == str(session)
+    assert eager.n_voxels_filled == 2  # the missing-value store: voxels 1 and 4
+
+
+def test_train_job_fine_tunes_from_the_store_without_loading_every_trial(
+    zoo, tmp_path, monkeypatch
+):
+    """The train job of the shared backbone (what the rule's script calls) leaves the
+    betas in the store (never ``JobData.load``: every training trial) and writes the
+    predictions of the fit with every trial loaded."""
+    from safetensors.numpy import load_file
+
+    from brainpipe.models.data import JobData
+    from brainpipe.models.jobs import pretrain_job, train_job
+    from brainpipe.storage import open_zarr
+
+    config = {"model_params": {"sharedbackbone": SHORT}}
+    held_out = zoo["subjects"][0]
+    betas = {s: zoo["splits"].parent / f"sub-{s}_betas.zarr" for s in zoo["subjects"]}
+    pretrained = tmp_path / "pretrained.safetensors"
+    pretrain_job(
+        "sharedbackbone", "all", betas, [zoo["caption"]], zoo["splits"],
+        {held_out: pretrained}, config=config,
+    )  # fmt: skip
+    eager = _data(zoo, held_out)
+    params = {**model_params("sharedbackbone", config), "pretrained": load_file(pretrained)}
+    reference = get_model("sharedbackbone").fit(eager, params)
+
+    def no_full_load(self):
+        raise AssertionError("the fine-tune loaded every training trial")
+
+    monkeypatch.setattr(JobData, "load", no_full_load)
+    train_job(
+        "sharedbackbone", held_out, "all", betas[held_out], [zoo["caption"]], zoo["splits"],
+        tmp_path / "weights.safetensors", tmp_path / "predictions.zarr", config=config,
+        pretrained_path=pretrained,
+    )  # fmt: skip
+    written = open_zarr(tmp_path / "predictions.zarr")
+    np.testing.assert_array_equal(written["predicted"].values, reference.predicted)
+    for name, pred in reference.extra_predictions.items():
+        np.testing.assert_array_equal(written[f"predicted_{name}"].values, pred)
+    assert written.attrs["n_train_trials"] == reference.info["n_train_trials"]

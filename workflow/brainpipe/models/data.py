@@ -274,6 +274,7 @@ def split_betas(
     test_stimuli: np.ndarray,
     train: np.ndarray | None = None,
     trial_block: int = TRIAL_BLOCK,
+    means: TrainingMeans | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Training trials and test responses averaged over repeats, in one pass over the store.
 
@@ -294,6 +295,10 @@ def split_betas(
         Training trials to return; ``None``: none (evaluation).
     trial_block : int
         Trials per read.
+    means : TrainingMeans, optional
+        Also accumulates, in the same pass, each voxel's mean over the finite values of
+        ``means.trials`` (the fill values of :func:`fill_missing` when ``train`` is a
+        subset of those trials: :meth:`LazyBetas.read_trials`).
 
     Returns
     -------
@@ -324,6 +329,8 @@ def split_betas(
             keep = train[t0:t1]
             out[row : row + int(keep.sum())] = block[keep]
             row += int(keep.sum())
+        if means is not None:
+            means.add(block[means.trials[t0:t1]])
         c = codes[t0:t1]
         hit = np.flatnonzero(c >= 0)
         if len(hit):
@@ -381,26 +388,70 @@ def voxel_coords(betas: xr.Dataset) -> dict[str, np.ndarray]:
     )
 
 
+class TrainingMeans:
+    """Each voxel's mean over the finite values of training rows, added a block at a time.
+
+    What :func:`fill_missing` fills missing values with: float32 sums added row after row
+    (the order in which numpy's sum over the rows of a C-ordered array adds them, so the
+    numbers of ``np.nanmean(train, axis=0)``), divided by the count of finite values; 0
+    where a voxel has none. The whole array and the same rows streamed in blocks of any
+    size give the same numbers, bit for bit.
+
+    Parameters
+    ----------
+    n_voxels : int
+    trials : ndarray of bool, optional
+        The trials whose rows are added, when :func:`split_betas` streams a store.
+    """
+
+    def __init__(self, n_voxels: int, trials: np.ndarray | None = None) -> None:
+        self.trials = trials
+        self.total = np.zeros(n_voxels, dtype=np.float32)
+        self.count = np.zeros(n_voxels, dtype=np.intp)
+        #: Voxels with a missing (non-finite) value among the rows added.
+        self.missing = np.zeros(n_voxels, dtype=bool)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add ``rows`` ``(n, n_voxels)`` (the next rows, in order)."""
+        if not len(rows):
+            return
+        finite = np.isfinite(rows)
+        self.missing |= ~finite.all(axis=0)
+        self.count += finite.sum(axis=0)
+        for row in np.where(finite, rows, 0):  # row after row, whatever the blocks
+            np.add(self.total, row, out=self.total)
+
+    def means(self) -> np.ndarray:
+        """float32 means (0 where a voxel has no finite value)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (self.total.astype(np.float64) / self.count).astype(np.float32)
+        return np.where(np.isfinite(mean), mean, 0).astype(np.float32)
+
+    def fill(self, *arrays: np.ndarray) -> int:
+        """Replace non-finite entries of ``arrays`` (in place) with the voxels' means;
+        returns how many voxels had a missing value among the rows added."""
+        if self.missing.any() or not all(np.isfinite(a).all() for a in arrays):
+            mean = self.means()
+            for a in arrays:
+                missing = ~np.isfinite(a)
+                a[missing] = mean[np.nonzero(missing)[1]]
+        return int(self.missing.sum())
+
+
 def fill_missing(train: np.ndarray, *others: np.ndarray) -> int:
     """Replace NaN (in place) with each voxel's mean over its finite training values.
 
-    The mean comes from ``train`` alone (0 where a voxel has none); ``others`` (test
-    responses) are filled with the same training means. Returns how many voxels had a
-    missing training value. Ridge and the decoders need finite inputs; a voxel NSD marks
-    invalid in one session keeps its other sessions.
+    The mean comes from ``train`` alone (0 where a voxel has none; :class:`TrainingMeans`);
+    ``others`` (test responses) are filled with the same training means. Returns how many
+    voxels had a missing training value. Ridge and the decoders need finite inputs; a
+    voxel NSD marks invalid in one session keeps its other sessions.
     """
-    bad = ~np.isfinite(train)
-    if not bad.any() and all(np.isfinite(o).all() for o in others):
+    if np.isfinite(train).all() and all(np.isfinite(o).all() for o in others):
         return 0
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(np.where(bad, np.nan, train), axis=0)
-    mean = np.where(np.isfinite(mean), mean, 0).astype(train.dtype)
-    cols = np.nonzero(bad)[1]
-    train[bad] = mean[cols]
-    for other in others:
-        missing = ~np.isfinite(other)
-        other[missing] = mean[np.nonzero(missing)[1]]
-    return int(bad.any(axis=0).sum())
+    means = TrainingMeans(train.shape[1])
+    for r0 in range(0, len(train), TRIAL_BLOCK):
+        means.add(train[r0 : r0 + TRIAL_BLOCK])
+    return means.fill(train, *others)
 
 
 @dataclass
@@ -424,6 +475,28 @@ class LazyBetas:
         betas = self.betas if voxels is None else self.betas.isel(voxel=voxels)
         train, test, counts = split_betas(betas, self.test_stimuli, self.train)
         return train, test, counts
+
+    def read_trials(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Training trials ``keep`` (a mask over the training trials) and the test responses.
+
+        One pass over the store, holding only those training trials: the test responses
+        are averaged over every session as :meth:`read` averages them, and missing values
+        are filled with the means over *every* training trial, as :meth:`JobData.load`
+        then ``fill_missing`` would fill them. So the arrays are ``read()``'s restricted to
+        ``keep``, bit for bit, without ever holding every training trial.
+
+        Returns
+        -------
+        betas_train : ndarray of float32, shape (keep.sum(), n_voxels)
+        betas_test : ndarray of float32, shape (n_test, n_voxels)
+        n_voxels_filled : int
+            Voxels with a missing value among every training trial (as ``load`` counts).
+        """
+        rows = np.zeros(len(self.train), dtype=bool)
+        rows[np.flatnonzero(self.train)[keep]] = True
+        means = TrainingMeans(int(self.betas.sizes["voxel"]), trials=self.train)
+        train, test, _ = split_betas(self.betas, self.test_stimuli, rows, means=means)
+        return train, test, means.fill(train, test)
 
 
 @dataclass
@@ -530,8 +603,13 @@ class JobData:
             yield sl, train, test
 
     def restrict_sessions(self, sessions: list[str]) -> JobData:
-        """The same job with training trials restricted to ``sessions`` (test unchanged)."""
-        self.load()
+        """The same job with training trials restricted to ``sessions`` (test unchanged).
+
+        A lazy job (``load_job_data(..., lazy=True)``) reads just those trials from the
+        store (:meth:`LazyBetas.read_trials`: an NSD session's 675 training trials, not
+        all 27,000), and ``self`` stays lazy; the arrays are the ones loading every
+        training trial and then keeping those would give, bit for bit.
+        """
         keep = np.isin(self.sessions_train, [str(s) for s in sessions])
         if not keep.any():
             raise BrainpipeInputError(
@@ -540,10 +618,14 @@ class JobData:
                 f"no training trials in sessions {sessions}"
                 f" (has {sorted(set(self.sessions_train))})",
             )
+        if self.betas_train is None:
+            betas_train, betas_test, self.n_voxels_filled = self.source.read_trials(keep)
+        else:
+            betas_train, betas_test = self.betas_train[keep], self.betas_test
         return JobData(
             subject=self.subject,
             roi=self.roi,
-            betas_train=self.betas_train[keep],
+            betas_train=betas_train,
             stimuli_train=self.stimuli_train[keep],
             sessions_train=self.sessions_train[keep],
             features_train=[
@@ -551,7 +633,7 @@ class JobData:
                 for f in self.features_train
             ],
             test_stimuli=self.test_stimuli,
-            betas_test=self.betas_test,
+            betas_test=betas_test,
             repeats_test=self.repeats_test,
             features_test=self.features_test,
             voxel_ijk=self.voxel_ijk,

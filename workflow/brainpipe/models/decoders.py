@@ -531,6 +531,7 @@ def _adapt(X, Y, groups, params, device, gen, epochs, val=None):
     torch=True,
     pretrain=pretrain_shared_backbone,
     pretrain_subjects_in_memory=1,  # the others wait in the job's scratch folder
+    reads_betas=True,  # the fine-tune reads its finetune_sessions' trials, not all
     defaults={
         **_MLP_DEFAULTS,
         "finetune_sessions": ["01"],
@@ -547,11 +548,14 @@ def sharedbackbone(data: JobData, params: dict) -> FitResult:
 
     ``params["pretrained"]`` holds :func:`pretrain_shared_backbone`'s weights (trained
     without this subject). Only the subject's training trials of ``finetune_sessions``
-    are used: a new adapter is first fitted in closed form (ridge from the voxels to the
-    backbone's latents of the trials' embeddings, penalty by grouped CV through the
-    frozen backbone), then adapter and backbone are fine-tuned (backbone at
-    ``lr * backbone_lr_scale``) for a number of epochs (at most ``finetune_epochs``, maybe
-    none) chosen by grouped CV over the training stimuli. With ``baselines``, the
+    are used, and a training job reads only those from the store
+    (:meth:`~brainpipe.models.data.JobData.restrict_sessions` of its lazy data: an NSD
+    session's 675 training trials, not all 27,000): a new adapter is first fitted in
+    closed form (ridge from the voxels to the backbone's latents of the trials'
+    embeddings, penalty by grouped CV through the frozen backbone), then adapter and
+    backbone are fine-tuned (backbone at ``lr * backbone_lr_scale``) for a number of
+    epochs (at most ``finetune_epochs``, maybe none) chosen by grouped CV over the
+    training stimuli. With ``baselines``, the
     per-subject MLP (from scratch) and the ridge decoder are trained on the same trials
     and returned as extra predictions ``mlpdecoder`` and ``ridgedecoder``.
     """

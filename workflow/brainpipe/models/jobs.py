@@ -56,11 +56,12 @@ def train_job(
     """
     spec = get_model(model)
     params = model_params(model, config)
-    # A voxelwise model streams the betas itself; any other gets this job's own copy,
-    # which it may overwrite (decoders z-score in place rather than copy every trial).
-    data = load_job_data(
-        betas_path, list(feature_paths), splits_path, roi, subject, lazy=spec.voxelwise
-    )
+    # A voxelwise model streams the betas itself, and a model that reads them itself
+    # (``reads_betas``: the shared backbone's fine-tune, one session's trials) reads what
+    # it uses; any other gets this job's own copy, which it may overwrite (decoders
+    # z-score in place rather than copy every trial).
+    lazy = spec.voxelwise or spec.reads_betas
+    data = load_job_data(betas_path, list(feature_paths), splits_path, roi, subject, lazy=lazy)
     data.disposable = True
     if spec.cross_subject:
         params["pretrained"] = load_file(str(pretrained_path))

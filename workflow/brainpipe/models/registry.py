@@ -104,6 +104,11 @@ class ModelSpec:
         betas in the store and ``fit`` reads them with ``data.voxel_blocks(n)`` (sized
         from ``params["mem_mb"]``), so the job's memory does not grow with the ROI.
         Otherwise ``fit`` gets the ROI's training betas in memory.
+    reads_betas : bool
+        ``fit`` reads the training betas itself (``data.load()``, or
+        ``data.restrict_sessions(...)``, which reads just those sessions' trials): the
+        training job leaves them in the store, so a model that fits on a subset of the
+        trials (the shared backbone's fine-tune on one session) never holds all of them.
     """
 
     name: str
@@ -116,6 +121,7 @@ class ModelSpec:
     voxelwise: bool = False
     data_copies: float = DATA_COPIES
     pretrain_subjects_in_memory: int | None = None
+    reads_betas: bool = False
 
     @property
     def cross_subject(self) -> bool:
@@ -170,6 +176,7 @@ def register_model(
     voxelwise: bool = False,
     data_copies: float = DATA_COPIES,
     pretrain_subjects_in_memory: int | None = None,
+    reads_betas: bool = False,
 ) -> Callable[[Callable[..., FitResult]], Callable[..., FitResult]]:
     """Decorator registering ``fit`` as model ``name``.
 
@@ -193,6 +200,8 @@ def register_model(
         :meth:`ModelSpec.job_mem_mb`).
     pretrain_subjects_in_memory : int, optional
         Subjects whose training betas ``pretrain`` holds at once (see :class:`ModelSpec`).
+    reads_betas : bool
+        ``fit`` reads the training betas itself (see :class:`ModelSpec`).
     """
     if not name.isalnum() or name.lower() != name:
         raise ValueError(f"model name must be lowercase letters and digits, got {name!r}")
@@ -215,6 +224,7 @@ def register_model(
             voxelwise=voxelwise,
             data_copies=float(data_copies),
             pretrain_subjects_in_memory=pretrain_subjects_in_memory,
+            reads_betas=reads_betas,
         )
         return func
 
