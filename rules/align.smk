@@ -78,7 +78,8 @@ rule align_decoding:
     output:
         scores=f"{RESULTS}/align/decoding.tsv",
     params:
-        alphas=config.get("ridge", {}).get("alphas"),
+        # the registry's decoders (align.decoding_models) with their model_params blocks
+        models=align_decoding_models(),
     resources:
         mem_mb=per_attempt(2000),
         runtime=20,

@@ -145,6 +145,15 @@ def align_encoding_features():
 def align_decoding_features():
     """Feature models decoded in each aligned space (align.decoding_features)."""
     return _align_feature_models("decoding_features")
+
+
+def align_decoding_models():
+    """The registry's decoders run in each aligned space (align.decoding_models, checked
+    against the registry), each with its parameters (model_params.<name> applies)."""
+    from brainpipe.align.decoding import check_decoding_models
+    from brainpipe.models import model_params
+
+    return {name: model_params(name, config) for name in check_decoding_models(config)}
 # Shared response over time (rules/timeseries.smk): the `timeseries` block over its defaults.
 from brainpipe.align.timeseries_jobs import (
     check_timeseries_config,

@@ -455,13 +455,47 @@ def test_decoders_in_an_aligned_space_decode_other_subjects(dataset, stores, tmp
         assert cross["two_way"] > anatomical_cross + 0.1, mean
         assert within["two_way"] >= cross["two_way"] - 0.05, mean
 
+    assert set(table["model"]) == {"ridgedecoder"}  # the registry's, by default
+    assert table["fit_info"].str.contains("median_alpha=").all()
+
     # The test stimuli's features reach only the scoring: scrambling them leaves every fitted
-    # decoder (its penalty) as it was and takes identification down to chance.
+    # decoder (its penalties) as it was and takes identification down to chance.
     scrambled = _shared_response_features(dataset, tmp_path / "scrambled.zarr", scramble_test=True)
     other = aligned_decoding_scores(paths[2], scrambled)
     same = aligned_decoding_scores(paths[2], features)
-    np.testing.assert_array_equal(other["alpha"].values, same["alpha"].values)
+    np.testing.assert_array_equal(other["fit_info"].values, same["fit_info"].values)
     assert other["two_way"].mean() < 0.65 < same["two_way"].mean(), (other, same)
+
+
+def test_a_registered_mlp_decoder_runs_in_an_aligned_space(dataset, stores, tmp_path):
+    """align.decoding_models picks any one-subject registry decoder: the MLP decoder, fitted
+    through the registry's own fit function, decodes other subjects above chance."""
+    from brainpipe.align.decoding import aligned_decoding_scores
+    from brainpipe.models import model_params
+
+    features = _shared_response_features(dataset, tmp_path / "shared.zarr")
+    params = model_params(
+        "mlpdecoder",
+        {"model_params": {"mlpdecoder": {"epochs": 30, "hidden": 32, "max_steps": 200}}},
+    )
+    path = dataset["base"] / "align" / "procrustes.zarr"
+    table = aligned_decoding_scores(path, features, {"mlpdecoder": params})
+    assert set(table["model"]) == {"mlpdecoder"} and len(table) == 9
+    assert table["fit_info"].str.contains("final_train_loss=").all()
+    cross = table[table["relation"] == "cross"]
+    assert cross["two_way"].mean() > 0.7, cross
+    assert cross["top1"].mean() > 3 * cross["top1_chance"].mean(), cross
+
+
+def test_aligned_decoding_models_are_checked_against_the_registry():
+    from brainpipe.align.decoding import check_decoding_models
+    from brainpipe.errors import BrainpipeInputError
+
+    assert check_decoding_models({}) == ["ridgedecoder"]
+    assert check_decoding_models({"align": {"decoding_models": ["mlpdecoder"]}}) == ["mlpdecoder"]
+    for bad in ("nosuchdecoder", "ridge", "sharedbackbone"):
+        with pytest.raises(BrainpipeInputError, match=rf"align\.decoding_models\.1.*'{bad}'"):
+            check_decoding_models({"align": {"decoding_models": ["ridgedecoder", bad]}})
 
 
 def test_subjects_with_fewer_trials_are_padded(dataset, tmp_path):

@@ -97,7 +97,7 @@ def test_summary_rows_and_report_figure(run):
     assert (native["train_subject"] == native["subject"]).all()
     aligned = summary[summary["space"] == "aligned-procrustes"]
     assert len(aligned) == 4 and set(aligned["train_subject"]) == {"01", "02"}
-    assert set(aligned["model"]) == {"alignedridge"} and set(aligned["roi"]) == {"LOC"}
+    assert set(aligned["model"]) == {"ridgedecoder"} and set(aligned["roi"]) == {"LOC"}
     assert aligned["top1"].astype(float).notna().all()
     # the report's native decoding figures are not fed aligned rows
     assert '<figure id="decoding_retrieval"><img src="data:image/png;base64,' in html

@@ -96,7 +96,8 @@ def validate_config(
 
 
 def _check_registered(config: Mapping[str, Any], source: str) -> None:
-    """Names that must be registry entries: feature models (or configured networks), models.
+    """Names that must be registry entries: feature models (or configured networks), models,
+    the decoders of ``align.decoding_models``.
 
     The registries are the one list of what exists (the schema checks only the spelling),
     so adding a model or a feature model needs no schema edit.
@@ -122,6 +123,9 @@ def _check_registered(config: Mapping[str, Any], source: str) -> None:
             raise BrainpipeInputError(
                 source, f"models.{n}", f"unknown model {name!r} (registered: {sorted(MODELS)})"
             )
+    from brainpipe.align.decoding import check_decoding_models
+
+    check_decoding_models(config, source)  # align.decoding_models: one-subject decoders
 
 
 def result_locations(config: Mapping[str, Any]) -> dict[str, str]:

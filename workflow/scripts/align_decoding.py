@@ -1,4 +1,4 @@
-from brainpipe.align.decoding import DEFAULT_ALPHAS, write_aligned_decoding_scores
+from brainpipe.align.decoding import write_aligned_decoding_scores
 from brainpipe.logs import log_to
 
 with log_to(snakemake.log[0]):
@@ -6,5 +6,5 @@ with log_to(snakemake.log[0]):
         list(snakemake.input.stores),
         list(snakemake.input.features),
         snakemake.output.scores,
-        snakemake.params.alphas or DEFAULT_ALPHAS,
+        dict(snakemake.params.models),
     )

@@ -70,25 +70,22 @@ def tidy_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-#: ``model`` of the rows of decoders fitted in an aligned space (:mod:`brainpipe.align.decoding`).
-ALIGNED_DECODER = "alignedridge"
-
-
 def aligned_summary_rows(table: pd.DataFrame, dataset: str, roi: str) -> pd.DataFrame:
     """``align/decoding.tsv`` as rows of the tidy ``summary.tsv``.
 
     One row per decoded subject x alignment method x features x fitted subject:
     ``subject`` is the subject decoded, ``train_subject`` the one the decoder was fitted
-    on, ``space = aligned-<method>`` (native rows have ``space = native``).
+    on, ``space = aligned-<method>`` (native rows have ``space = native``), ``model`` the
+    registered decoder (``align.decoding_models``).
     """
     out = table.rename(columns={"target": "subject", "source": "train_subject"})
     out.insert(0, "dataset", dataset)
     out["roi"] = roi
-    out["model"] = ALIGNED_DECODER
     out["kind"] = "decoding"
     out["baseline_of"] = ""
     out["space"] = "aligned-" + out.pop("method").astype(str)
     out.pop("relation")
+    out.pop("fit_info")
     return out
 
 

@@ -231,12 +231,24 @@ def alignment_figure(scores: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _within_cross_bars(ax, scores: pd.DataFrame, metric: str) -> list[tuple[str, str]]:
-    """Bars of ``metric`` per (method, feature model): within- then cross-subject, the mean
-    over subjects / ordered pairs, each as a dot. Returns the groups in drawing order."""
-    groups = list(dict.fromkeys(zip(scores["method"], scores["features"], strict=True)))
-    for g, (method, feats) in enumerate(groups):
-        rows = scores[(scores["method"] == method) & (scores["features"] == feats)]
+def _groups(scores: pd.DataFrame) -> tuple[list[str], list[tuple]]:
+    """The grouping columns of an align score table (method, model when it has one,
+    feature model) and its groups in table order."""
+    keys = [k for k in ("method", "model", "features") if k in scores]
+    return keys, list(dict.fromkeys(zip(*(scores[k] for k in keys), strict=True)))
+
+
+def _group_rows(scores: pd.DataFrame, keys: list[str], group: tuple) -> pd.DataFrame:
+    return scores[np.logical_and.reduce([scores[k] == v for k, v in zip(keys, group, strict=True)])]
+
+
+def _within_cross_bars(ax, scores: pd.DataFrame, metric: str) -> list[tuple]:
+    """Bars of ``metric`` per (method, [model,] feature model): within- then cross-subject,
+    the mean over subjects / ordered pairs, each as a dot. Returns the groups in drawing
+    order."""
+    keys, groups = _groups(scores)
+    for g, group in enumerate(groups):
+        rows = _group_rows(scores, keys, group)
         for k, (relation, colour) in enumerate((("within", "C0"), ("cross", "C1"))):
             sel = rows[rows["relation"] == relation]
             if sel.empty:
@@ -246,7 +258,7 @@ def _within_cross_bars(ax, scores: pd.DataFrame, metric: str) -> list[tuple[str,
                    label=f"{relation}-subject" if g == 0 else None)  # fmt: skip
             xs = x + (np.linspace(-0.12, 0.12, len(sel)) if len(sel) > 1 else np.zeros(1))
             ax.scatter(xs, sel[metric], s=8, color="k", zorder=2)
-    ax.set_xticks(range(len(groups)), [f"{m}\n{f}" for m, f in groups])
+    ax.set_xticks(range(len(groups)), ["\n".join(map(str, g)) for g in groups])
     ax.spines[["top", "right"]].set_visible(False)
     return groups
 
@@ -264,18 +276,18 @@ def aligned_encoding_figure(scores: pd.DataFrame) -> plt.Figure:
 
 
 def aligned_decoding_figure(scores: pd.DataFrame) -> plt.Figure:
-    """Per alignment method x feature model: within- vs cross-subject identification, top-1
-    among all test stimuli (left) and 2-way (right), chance dashed."""
-    n_groups = len(set(zip(scores["method"], scores["features"], strict=True)))
-    width = min(PAGE_WIDTH_IN, 2 * (2.0 + 1.2 * n_groups))
+    """Per alignment method x decoder x feature model: within- vs cross-subject
+    identification, top-1 among all test stimuli (left) and 2-way (right), chance dashed."""
+    keys, all_groups = _groups(scores)
+    width = min(PAGE_WIDTH_IN, 2 * (2.0 + 1.2 * len(all_groups)))
     fig, axes = plt.subplots(1, 2, figsize=(width, 3.4), sharey=True)
     n = int(scores["n_test_stimuli"].median())
     panels = (("top1", "top1_chance", f"top-1 among {n} test stimuli"),
               ("two_way", "two_way_chance", "2-way identification"))  # fmt: skip
     for ax, (metric, chance, title) in zip(axes, panels, strict=True):
         groups = _within_cross_bars(ax, scores, metric)
-        for g, (method, feats) in enumerate(groups):
-            rows = scores[(scores["method"] == method) & (scores["features"] == feats)]
+        for g, group in enumerate(groups):
+            rows = _group_rows(scores, keys, group)
             ax.hlines(float(rows[chance].mean()), g - 0.45, g + 0.45, colors="k",
                       linestyles="--", lw=0.8, label="chance" if g == 0 else None)  # fmt: skip
         ax.set_title(title, fontsize=9)

@@ -288,9 +288,10 @@ def aligned_decoding_figures(inputs: ReportInputs) -> list[Figure]:
         Figure(
             "alignment_decoding",
             "Alignment",
-            "Decoders in the aligned space: per alignment method and feature model, a ridge "
-            "decoder maps one subject's shared-space training responses to the stimulus "
-            "features; it decodes the shared-space test responses of the same subject "
+            "Decoders in the aligned space: per alignment method, registered decoder "
+            "(align.decoding_models) and feature model, the decoder is fitted on one "
+            "subject's shared-space training responses to the stimulus features; it "
+            "decodes the shared-space test responses of the same subject "
             "(within) and of every other subject (cross: fit on one subject, decode another), "
             f"and each decoded vector is matched against the true features of all {n} test "
             "stimuli (median per subject). Left: top-1 identification among them; right: "
