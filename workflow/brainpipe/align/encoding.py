@@ -58,7 +58,7 @@ def training_trials(store, subject: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pair_row(method, features, source, target, model, n_train, n_test) -> dict:
-    """The columns every within/cross-subject score row starts with (encoding, decoding)."""
+    """The columns every within/cross-subject encoding score row starts with."""
     return {
         "method": method,
         "features": features,
