@@ -91,28 +91,38 @@ def write_betas(
     weights: np.ndarray,
     gain: np.ndarray,
     rng: np.random.Generator,
+    *,
+    trials_per_session: int = TRIALS_PER_SESSION,
+    runs_per_session: int = 12,
+    rois: dict[str, np.ndarray] | None = None,
+    attrs: dict | None = None,
 ) -> None:
     """A subject's ``betas.zarr``: trial ``t`` shows image ``order[t]``, its betas are
-    ``latent @ weights * gain`` plus unit noise, a session of trials at a time."""
+    ``latent @ weights * gain`` plus unit noise, a session of trials at a time.
+
+    The defaults are NSD's design (750 trials in 12 runs per session, every voxel in
+    ``nsdgeneral``); another dataset's sessions, runs, ROI masks (``roi_<name>`` voxel
+    coords, boolean) and extra attrs (e.g. ``affine``) can be given."""
     n_trials, n_voxels = len(order), weights.shape[1]
-    n_sessions = n_trials // TRIALS_PER_SESSION
+    n_sessions = n_trials // trials_per_session
     stimuli = stimulus_ids(len(latent))
-    sessions = np.repeat([f"{s + 1:02d}" for s in range(n_sessions)], TRIALS_PER_SESSION)
+    sessions = np.repeat([f"{s + 1:02d}" for s in range(n_sessions)], trials_per_session)
+    per_run = -(-trials_per_session // runs_per_session)
+    run_labels = np.repeat([f"{r:02d}" for r in range(1, runs_per_session + 1)], per_run)
+    if rois is None:
+        rois = {ROI: np.ones(n_voxels, dtype=bool)}
     ijk = np.stack(np.unravel_index(np.arange(n_voxels), (81, 104, 83)), axis=1)
     layout = BetasLayout(
         data_vars=placeholder_vars(n_voxels),
         coords={
             "stimulus": ("trial", stimuli[order]),
             "session": ("trial", sessions),
-            "run": (
-                "trial",
-                np.tile(np.repeat([f"{r:02d}" for r in range(1, 13)], 63)[:750], n_sessions),
-            ),  # fmt: skip
-            "onset": ("trial", np.tile(np.arange(TRIALS_PER_SESSION) * 4.0, n_sessions)),
+            "run": ("trial", np.tile(run_labels[:trials_per_session], n_sessions)),
+            "onset": ("trial", np.tile(np.arange(trials_per_session) * 4.0, n_sessions)),
             # voxel positions in NSD's 1.8 mm grid (81 x 104 x 83), 1.8 mm apart
             **{c: ("voxel", v) for c, v in zip("ijk", ijk.T, strict=True)},
             **{c: ("voxel", v * 1.8) for c, v in zip("xyz", ijk.T, strict=True)},
-            f"roi_{ROI}": ("voxel", np.ones(n_voxels, dtype=bool)),
+            **{f"roi_{name}": ("voxel", mask) for name, mask in rois.items()},
         },
         attrs={
             "subject": subject,
@@ -122,14 +132,15 @@ def write_betas(
             "method": "synthetic (benchmarks/scale.py)",
             "stage": "betas",
             **provenance_attrs(None),
+            **(attrs or {}),
         },
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        betas = layout.write(tmp, (n_trials, n_voxels), (TRIALS_PER_SESSION, 4096))
+        betas = layout.write(tmp, (n_trials, n_voxels), (trials_per_session, 4096))
         try:
             for s in range(n_sessions):
-                rows = slice(s * TRIALS_PER_SESSION, (s + 1) * TRIALS_PER_SESSION)
+                rows = slice(s * trials_per_session, (s + 1) * trials_per_session)
                 signal = latent[order[rows]] @ weights * gain
                 noise = rng.standard_normal(signal.shape, dtype=np.float32)
                 betas[rows, :] = signal + noise
@@ -263,9 +274,11 @@ def build_spatial(work: str, label: str) -> None:
     )  # fmt: skip
 
 
-def build_features(work: str, name: str) -> None:
+def build_features(work: str, name: str, n_components: int | None = None) -> None:
     """The ``features`` job of feature model ``name``: a noisy linear view of the latent
-    (registered as a feature model), PCA on the training stimuli, the Zarr store."""
+    (registered as a feature model; its mixing matrix ``mixing_{name}.npy`` in ``work``),
+    PCA on the training stimuli (``n_components``, default :data:`FEATURES`'), the Zarr
+    store."""
     from brainpipe.features import FEATURE_MODELS, register_feature_model
     from brainpipe.features.pca import build_feature_store
 
@@ -287,7 +300,7 @@ def build_features(work: str, name: str) -> None:
         work_dir / "data" / "stimuli.tsv",
         work_dir / "splits.tsv",
         work_dir / f"{name}.zarr",
-        FEATURES[name][1],
+        n_components or FEATURES[name][1],
     )
 
 
