@@ -430,10 +430,6 @@ class Refs:
             betas["data"]["n_voxels"] * betas["data"]["n_runs"] * betas["data"]["n_scans"]
         )
         self.betas_s = betas["brainpipe_glmsingle_AD"]["wall_s"]
-        align = load_result("align.json")
-        self.align_size = align["size"]
-        self.align_srm_s = align["results"]["srm/brainpipe"]["wall_s"]
-        self.align_procrustes_s = align["results"]["piecewise_procrustes/brainpipe"]["wall_s"]
 
 
 def ridge_job_s(refs: Refs, trials: int, voxels: int, features: int) -> float:
@@ -883,22 +879,27 @@ def bold5000_costs(config: dict, counts: dict, refs: Refs, nets: dict) -> dict:
             + f"; {per_roi:,.0f} voxels per ROI job (banded: two bands counted as one)",
         )
     )
-    a = refs.align_size
-    align_s = (
-        (refs.align_srm_s + refs.align_procrustes_s)
-        / 2
-        * (n_sub * ds["roi_voxels"] * trials)
-        / (a["n_subjects"] * a["n_voxels"] * a["n_trials"])
-    )
-    rows.append(
-        row(
-            "align",
-            counts.get("align", 0),
-            align_s,
-            "align.json (mean of SRM and piecewise Procrustes, 8 subjects x 15,000 "
-            "voxels x 10,000 trials) x subjects x voxels x trials",
+    jobs = load_result("align_jobs.json")
+    size = jobs["size"]
+    for rule in ("align", "align_scores", "align_encoding", "align_decoding"):
+        measured = [j for j in jobs["jobs"] if j["rule"] == rule]
+        if not counts.get(rule) or not measured:
+            continue
+        s = sum(j["seconds"] for j in measured) / len(measured)
+        peak = max(j["max_rss_mb"] for j in measured)
+        what = ", ".join(f"{j.get('method', rule)} {j['seconds']:.1f} s" for j in measured)
+        rows.append(
+            row(
+                rule,
+                counts[rule],
+                s,
+                f"align_jobs.json, the job at this recipe's size ({size['n_subjects']} "
+                f"subjects x {size['n_trials']:,} trials x {size['n_voxels']:,} ROI voxels, "
+                f"{size['fit_stimuli']:,} fit images; ROI voxels only in the stores): {what}, "
+                f"peak {peak:,.0f} MB",
+                measured="measured",
+            )
         )
-    )
     rows += common_rows(refs, counts)
     return {
         "rows": rows,
