@@ -413,6 +413,26 @@ class Refs:
         bs = int(mlp["batch_size"])
         self.mlp_steps = capped_epochs([n_train], mlp, int(mlp["epochs"])) * math.ceil(n_train / bs)
         self.mlp_s_per_step = jobs["train", "mlpdecoder"]["seconds"] / self.mlp_steps
+        # the attention readout's whole train job on the largest token map scale.py trained
+        # it on (its fit seconds over the steps it ran) and its evaluate job on that map
+        attention = [
+            (j, scale["notes"][f"attention {j['features']}"])
+            for j in scale["jobs"]
+            if j.get("model") == "attention" and f"attention {j['features']}" in scale["notes"]
+        ]
+        train, shape = max(
+            ((j, n) for j, n in attention if j["rule"] == "train"),
+            key=lambda js: js[1]["tokens"] * js[1]["channels"],
+        )
+        self.attention_shape = {
+            "tokens": shape["tokens"], "channels": shape["channels"], "voxels": self.scale_voxels
+        }  # fmt: skip
+        self.attention_s_per_step = float(train["fit"]["fit_seconds"]) / int(train["fit"]["steps"])
+        self.attention_steps = int(train["fit"]["steps"])
+        self.attention_eval = next(
+            j["seconds"] for j, _ in attention
+            if j["rule"] == "evaluate" and j["features"] == train["features"]
+        )  # fmt: skip
         feats = load_result("features.json")
         self.pca_gb = feats["pca"]["gigabytes"]
         self.pca_s = feats["pca"]["fit_s"] + feats["pca"]["transform_s"]
@@ -624,8 +644,9 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
             row(
                 "evaluate (attention)",
                 n,
-                refs.ridge_eval * per_roi / refs.scale_voxels,
-                "scale.json ridge evaluate x voxels (scoring dominates)",
+                refs.attention_eval * per_roi / refs.scale_voxels,
+                f"scale.json attention evaluate ({refs.attention_eval:.1f} s on "
+                f"{refs.scale_voxels:,} voxels) x voxels",
             )
         )
     if "mlpdecoder" in models or "sharedbackbone" in models:
@@ -714,8 +735,17 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
 
 
 def step_basis(p: dict, refs: Refs) -> str:
+    if p.get("reference") == "attention":
+        t = refs.attention_shape
+        return (
+            f"{p['job_s_per_step']:.3f} s per step = {p['ratio_to_reference_step']:.2f} "
+            f"(this step over one of the readout at scale.json's shape and the default "
+            f"config's parameters, {t['tokens']} tokens x {t['channels']} channels -> "
+            f"{t['voxels']:,} voxels, both measured here) x scale.json's whole-job attention "
+            f"s/step there ({refs.attention_s_per_step:.2f}, {refs.attention_steps} steps)"
+        )
     return (
-        f"{p['job_s_per_step']:.3f} s per step = {p['ratio_to_reference_mlp_step']:.2f} "
+        f"{p['job_s_per_step']:.3f} s per step = {p['ratio_to_reference_step']:.2f} "
         f"(this step over scale.json's mlpdecoder step, both measured here) x scale.json's "
         f"whole-job mlpdecoder s/step ({refs.mlp_s_per_step:.3f})"
     )
@@ -1069,16 +1099,33 @@ def main() -> None:
             },
             get_params("nice", cfg),
         )
-    steps = {k: v for k, v in old.get("steps", {}).items() if k in wanted_steps}
+    # The attention readout is timed against itself at scale.json's shape: its per-voxel
+    # queries make its step cost unlike the MLP's, so an MLP reference would not carry over.
+    default_cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    references = {
+        "attention": ("attention", refs.attention_shape, get_params("attention", default_cfg),
+                      refs.attention_s_per_step),
+    }  # fmt: skip
+    steps = {}
+    for k, v in old.get("steps", {}).items():  # reuse a step timed against today's reference
+        v = {"reference": "mlpdecoder", **v}
+        if "ratio_to_reference_mlp_step" in v:  # recipes.json before the attention reference
+            v["ratio_to_reference_step"] = v.pop("ratio_to_reference_mlp_step")
+        if k in wanted_steps and v["reference"] == references.get(k, ("mlpdecoder",))[0]:
+            steps[k] = v
     for kind, (shape, params) in wanted_steps.items():
         if kind in steps:
             continue
         print(f"measuring a {kind} step ...", flush=True)
-        before = measure_step("mlp", ref_shape, ref_mlp)["s_per_step"]
+        ref_kind, ref_at, ref_params, ref_job_s = references.get(
+            kind, ("mlp", ref_shape, ref_mlp, refs.mlp_s_per_step)
+        )
+        before = measure_step(ref_kind, ref_at, ref_params)["s_per_step"]
         step = measure_step(kind, shape, params)
-        after = measure_step("mlp", ref_shape, ref_mlp)["s_per_step"]
-        step["ratio_to_reference_mlp_step"] = step["s_per_step"] / ((before + after) / 2)
-        step["job_s_per_step"] = step["ratio_to_reference_mlp_step"] * refs.mlp_s_per_step
+        after = measure_step(ref_kind, ref_at, ref_params)["s_per_step"]
+        step["reference"] = "attention" if ref_kind == "attention" else "mlpdecoder"
+        step["ratio_to_reference_step"] = step["s_per_step"] / ((before + after) / 2)
+        step["job_s_per_step"] = step["ratio_to_reference_step"] * ref_job_s
         steps[kind] = step
 
     recipes = {}
