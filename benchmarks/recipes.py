@@ -413,6 +413,10 @@ class Refs:
         bs = int(mlp["batch_size"])
         self.mlp_steps = capped_epochs([n_train], mlp, int(mlp["epochs"])) * math.ceil(n_train / bs)
         self.mlp_s_per_step = jobs["train", "mlpdecoder"]["seconds"] / self.mlp_steps
+        # sharedbackbone's pretrain job as scale.py ran it whole (every step of its schedule)
+        pre = jobs["pretrain", "sharedbackbone"]
+        self.pretrain_s_per_step = pre["seconds"] / int(pre["steps"])
+        self.pretrain_steps, self.pretrain_subjects = int(pre["steps"]), int(pre["n_subjects"])
         # the attention readout's whole train job on the largest token map scale.py trained
         # it on (its fit seconds over the steps it ran) and its evaluate job on that map
         attention = [
@@ -680,9 +684,13 @@ def nsd_costs(name: str, config: dict, counts: dict, refs: Refs, nets: dict, ste
                 row(
                     "pretrain (sharedbackbone)",
                     counts.get("pretrain", 0),
-                    n_sub * pre_steps * p["job_s_per_step"],
-                    basis + f": {n_sub} backbones x {pre_steps} steps over "
-                    f"{n_sub - 1} subjects each",
+                    n_sub * pre_steps * p["ratio_to_reference_step"] * refs.pretrain_s_per_step,
+                    f"{p['ratio_to_reference_step'] * refs.pretrain_s_per_step:.3f} s per step = "
+                    f"{p['ratio_to_reference_step']:.2f} (the recipe's MLP step over "
+                    f"scale.json's, both measured here) x scale.json's whole pretrain job s/step "
+                    f"({refs.pretrain_s_per_step:.3f}: {refs.pretrain_steps:,} steps, "
+                    f"{refs.pretrain_subjects} subjects): {n_sub} backbones x {pre_steps} steps "
+                    f"over {n_sub - 1} subjects each",
                     gpu_flops=n_sub * pre_steps * p["flops_per_step"],
                     gpu_steps=n_sub * pre_steps,
                 )
