@@ -194,3 +194,14 @@ def test_ci_whiskers_are_never_negative_when_the_interval_misses_the_estimate():
     )
     np.testing.assert_allclose(_ci(rows, "mean_r2_percent"), [[0.0, 1.0], [1.38, 1.5]])
     assert _ci(rows.drop(columns="mean_r2_percent_ci_low"), "mean_r2_percent") is None
+
+
+def test_counts_print_as_integers_when_some_rows_lack_them():
+    from brainpipe.report.page import _table
+
+    # aligned decoders' summary rows have no voxel count: pandas reads the column as float
+    frame = pd.DataFrame({"model": ["ridge", "ridgedecoder"], "n_voxels": [67.0, np.nan],
+                          "mean_r": [0.5, 0.25]})  # fmt: skip
+    html = _table(frame)
+    assert ">67<" in html and "67.000" not in html
+    assert "0.500" in html  # scores keep their three decimals

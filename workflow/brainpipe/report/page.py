@@ -117,6 +117,10 @@ def _render(fig: plt.Figure) -> bytes:
 
 
 def _table(frame: pd.DataFrame) -> str:
+    # counts (n_*) print as integers: a column that is empty on some summary rows (aligned
+    # decoders have no voxel count) is float in pandas and would print 67.000
+    counts = [c for c in frame.columns if str(c).startswith("n_") and frame[c].dtype.kind == "f"]
+    frame = frame.astype({c: "Int64" for c in counts if (frame[c].dropna() % 1 == 0).all()})
     # wide tables (the per-subject ones) scroll inside the page instead of running past it
     html = frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
     return f'<div style="overflow-x:auto">\n{html}\n</div>'
