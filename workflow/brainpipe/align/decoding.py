@@ -133,7 +133,7 @@ def aligned_job_data(
     n_components = int(store.sizes["component"])
     return JobData(
         subject=source,
-        roi=str(store.attrs.get("method", "aligned")),
+        roi=str(store.attrs["method"]),  # every align store names its method
         betas_train=betas_train,
         stimuli_train=stimuli,
         sessions_train=sessions,
