@@ -35,6 +35,7 @@ import pandas as pd
 
 from brainpipe.align.crosssubject import test_means
 from brainpipe.align.encoding import training_trials
+from brainpipe.config import schema_default
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.models.data import JobData, features_for, fill_missing, standardiser
 from brainpipe.models.evaluation import retrieval_per_query, similarity_matrix
@@ -47,8 +48,8 @@ COLUMNS = ["method", "model", "features", "source", "target", "relation", "n_tra
            "n_test_stimuli", "n_components", "top1", "top1_chance", "two_way",
            "two_way_chance", "fit_info"]  # fmt: skip
 
-#: ``align.decoding_models`` when the config names none.
-DEFAULT_MODELS = ("ridgedecoder",)
+#: ``align.decoding_models`` when the config names none: the schema's default (its one home).
+DEFAULT_MODELS = tuple(schema_default("align.decoding_models"))
 
 
 def aligned_decoder(name: str, key: str = "align.decoding_models", source: str = "config"):
