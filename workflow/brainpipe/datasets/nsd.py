@@ -219,10 +219,18 @@ def ingest_nsd_subject(
             log.info("sub-%s session %s: streamed into %s", subject, ses, out_path)
         return path
 
+    from threadpoolctl import threadpool_limits
+
     store = None
     with atomic_path(out_path) as tmp, quiet_consolidated():
         try:
-            with ThreadPoolExecutor(max(1, min(workers, len(stream)))) as pool:
+            # one BLAS thread while sessions stream: the statistics' small products
+            # (TrainStats) would wake OpenBLAS's threads, which spin for the cores the
+            # download, its hashing and the gather need
+            with (
+                threadpool_limits(limits=1, user_api="blas"),
+                ThreadPoolExecutor(max(1, min(workers, len(stream)))) as pool,
+            ):
                 fetching = [pool.submit(one, item) for item in stream]
                 try:
                     store, train, valid = _subject_layout(

@@ -186,6 +186,18 @@ def _write_blocks(fds: list[int], view: memoryview, chunks: range, size: int, of
             written += os.pwrite(fds[c], block[written:], offset + written)
 
 
+#: Voxels per tile when a voxel-major buffer is turned into trial-major blocks: a tile's
+#: rows (256 × 750 int16, and their float32) stay in cache, where one strided pass over a
+#: whole block missed it on nearly every element (3x slower per block, measured with
+#: ``benchmarks/ingest.py``'s session).
+TILE_VOXELS = 256
+
+
+def _voxel_major(src: np.ndarray) -> bool:
+    """Whether ``src`` (trials × voxels) is the transposed view of a voxel-major buffer."""
+    return src.ndim == 2 and src.shape[1] > 1 and src.strides[0] < src.strides[1]
+
+
 class BlockWriter:
     """Writes int16 ×300 blocks of a session as Zarr chunks, on a small thread pool.
 
@@ -248,18 +260,18 @@ class BlockWriter:
             buf[:, w:] = np.nan
         else:
             block = buf if w == self.voxel_chunk else np.empty((src.shape[0], w), np.float32)
-        if self.center_scale is not None:  # z = (x - mean) / SD in int16 units: two passes
-            v0 = first_voxel + c0
-            center, scale = (a[v0 : v0 + w] for a in self.center_scale)
-            np.subtract(src[:, c0 : c0 + w], center, out=block, dtype=np.float32)
-            np.multiply(block, scale, out=block)
+        v0 = first_voxel + c0
+        if _voxel_major(src):  # the buffer's rows are voxels: converted a tile at a time
+            rows = src.T[c0 : c0 + w]
+            for t0, t1, tile in self._tiles(rows.shape):
+                self._convert(rows[t0:t1], v0 + t0, v0 + t1, tile, voxel_rows=True)
+                block[:, t0:t1] = tile.T
         else:
-            np.divide(src[:, c0 : c0 + w], BETA_SCALE, out=block, dtype=np.float32)
+            self._convert(src[:, c0 : c0 + w], v0, v0 + w, block, voxel_rows=False)
         if self.train is not None:
             if self.center_scale is None:
                 zscore_with_train_stats(block, self.train, self.source)
             if self.invalid is not None:  # NSD's calczscore: invalid voxels become NaN
-                v0 = first_voxel + c0
                 block[:, self.invalid[v0 : v0 + w]] = np.nan
         if self.float_root is not None:
             self._write_chunk(self.float_root, buf, first_voxel + c0)
@@ -288,12 +300,39 @@ class BlockWriter:
         buf = getattr(self.local, "buf16", None)
         if buf is None:  # page-aligned: written as it is (O_DIRECT)
             buf = self.local.buf16 = scratch_array((n_rows, self.voxel_chunk), "<i2")
-        buf[:, :w] = src[:, c0 : c0 + w]
+        if _voxel_major(src):  # a tile of the buffer's voxel rows at a time (cache-sized)
+            rows = src.T[c0 : c0 + w]
+            for t0 in range(0, w, TILE_VOXELS):
+                t1 = min(w, t0 + TILE_VOXELS)
+                buf[:, t0:t1] = rows[t0:t1].T
+        else:
+            buf[:, :w] = src[:, c0 : c0 + w]
         buf[:, w:] = 0
         coords = (self.rows.start // n_rows, (first_voxel + c0) // self.voxel_chunk)
         path = self.raw_root / self.betas.metadata.encode_chunk_key(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file_direct(path, buf)
+
+    def _tiles(self, shape: tuple[int, int]) -> Any:
+        """``(t0, t1, tile)`` over ``shape[0]`` voxel rows: a per-thread float32 tile each."""
+        buf = getattr(self.local, "tile", None)
+        if buf is None or buf.shape[1] != shape[1]:
+            buf = self.local.tile = np.empty((TILE_VOXELS, shape[1]), np.float32)
+        for t0 in range(0, shape[0], TILE_VOXELS):
+            t1 = min(shape[0], t0 + TILE_VOXELS)
+            yield t0, t1, buf[: t1 - t0]
+
+    def _convert(
+        self, values: np.ndarray, v0: int, v1: int, out: np.ndarray, voxel_rows: bool
+    ) -> None:
+        """``out`` = the int16 ``values`` of voxels ``v0:v1`` as float32 % signal change, or
+        centred and scaled by the summed statistics (``voxel_rows``: a voxel per row)."""
+        if self.center_scale is not None:  # z = (x - mean) / SD in int16 units: two passes
+            center, scale = (a[v0:v1, None] if voxel_rows else a[v0:v1] for a in self.center_scale)
+            np.subtract(values, center, out=out, dtype=np.float32)
+            np.multiply(out, scale, out=out)
+        else:
+            np.divide(values, BETA_SCALE, out=out, dtype=np.float32)
 
     def submit(self, src: np.ndarray, first_voxel: int) -> list[Any]:
         """Queue the blocks of ``src`` (voxels ``first_voxel`` on); return their futures."""
@@ -428,7 +467,7 @@ class TrainStats:
         Named in errors.
     """
 
-    #: Rows summed at once (bounds the float64 scratch: 4096 × 750 × 8 bytes = 24 MB).
+    #: Rows :meth:`complete` takes at once.
     BATCH = 4096
 
     def __init__(self, n_voxels: int, train: Any, source: Path | str) -> None:
@@ -438,6 +477,7 @@ class TrainStats:
         self.sum_sq = np.zeros(n_voxels, np.float64)
         self.done = np.zeros(n_voxels, bool)
         self.late = 0  # voxels summed by complete()
+        self._tile: np.ndarray | None = None  # float64 rows summed at once (reused)
 
     def _weights(self) -> np.ndarray | None:
         if self.weights is None:
@@ -457,12 +497,19 @@ class TrainStats:
         weights = self._weights()
         if weights is None:  # summed by complete()
             return
-        for a in range(0, len(rows), self.BATCH):
-            x = values[a : a + self.BATCH].astype(np.float64)
-            r = rows[a : a + self.BATCH]
-            # einsum: numpy's own loops (a BLAS call would start its spinning threads)
-            self.sum[r] = np.einsum("ij,j->i", x, weights)
-            self.sum_sq[r] = np.einsum("ij,ij,j->i", x, x, weights)
+        tile = self._tile
+        if tile is None or tile.shape[1] != values.shape[1]:
+            tile = self._tile = np.empty((TILE_VOXELS, values.shape[1]), np.float64)
+        # a cache-sized tile of rows at a time, and a matrix-vector product each (BLAS:
+        # ~4x numpy's einsum over whole float64 copies; run under one BLAS thread, see
+        # blas_single_thread)
+        for a in range(0, len(rows), TILE_VOXELS):
+            x = tile[: min(TILE_VOXELS, len(rows) - a)]
+            r = rows[a : a + len(x)]
+            np.copyto(x, values[a : a + len(x)])
+            self.sum[r] = x @ weights
+            np.multiply(x, x, out=x)
+            self.sum_sq[r] = x @ weights
             self.done[r] = True
 
     def complete(self, buffer: np.ndarray) -> None:
