@@ -23,7 +23,12 @@ $(STAMP): requirements.lock pyproject.toml cluster/patches/*.patch
 	sh cluster/patches/apply.sh $(BIN)/python   # SLURM plugin fixes: cluster/patches/README.md
 	touch $(STAMP)
 
+# brainpipe's own modules compiled once here, as pip compiles every installed package's:
+# each Snakemake job imports them afresh, and where bytecode is not written
+# (PYTHONDONTWRITEBYTECODE) they were compiled again in every job (~0.2 s each, measured
+# with benchmarks/ingest.py). Stale files are only recompiled; Python checks the source.
 install: $(STAMP)
+	$(BIN)/python -m compileall -q workflow/brainpipe
 
 run: install
 	$(BIN)/snakemake --cores $(CORES)

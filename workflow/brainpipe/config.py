@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,26 @@ from brainpipe.errors import BrainpipeInputError
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schemas" / "config.schema.yaml"
 
 
-def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Read the config JSON schema (written as YAML)."""
+#: libyaml's loader where PyYAML was built with it (parses the schema ~10x faster than
+#: the pure-Python one: every job that imports brainpipe reads the schema's defaults).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_schema(path: str, mtime_ns: int) -> dict[str, Any]:
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the config JSON schema (written as YAML); a fresh copy each call."""
+    return copy.deepcopy(_schema(path))
+
+
+def _schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The parsed schema, shared (parsed once per file version): not to be modified."""
+    path = Path(path)
+    return _parsed_schema(str(path), path.stat().st_mtime_ns)
 
 
 def schema_default(key: str, schema: Mapping[str, Any] | None = None) -> Any:
@@ -33,14 +51,14 @@ def schema_default(key: str, schema: Mapping[str, Any] | None = None) -> Any:
     KeyError
         When the key has no default in the schema.
     """
-    node: Any = load_schema() if schema is None else schema
+    node: Any = _schema() if schema is None else schema
     for part in key.split("."):
         node = (node.get("properties") or {}).get(part)
         if node is None:
             raise KeyError(f"{key}: not a key of the config schema")
     if "default" not in node:
         raise KeyError(f"{key}: the config schema gives no default")
-    return node["default"]
+    return copy.deepcopy(node["default"])  # the parsed schema is shared
 
 
 #: Voxels per storage chunk and compute block (``betas.voxel_chunk``; from the schema).
@@ -86,7 +104,7 @@ def validate_config(
         For the first problem found (deepest path first), naming the key, the
         value received and what was expected.
     """
-    schema = load_schema() if schema is None else schema
+    schema = _schema() if schema is None else schema
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(dict(config)), key=lambda e: (-len(e.path), str(e.path)))
     if errors:
