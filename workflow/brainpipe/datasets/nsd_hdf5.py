@@ -235,8 +235,12 @@ def scratch_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     numpy advises transparent huge pages for big arrays; where the kernel then
     compacts memory on first touch (``defrag=madvise``) that stalls for seconds
     per GB. Page-sized anonymous memory avoids the stall; it is freed with the array.
+    Private, not shared (``mmap``'s default): shared anonymous pages are shmem, and
+    faulting them in cost ~1.7x as much kernel time (0.29 s against 0.17 s for an NSD
+    session's 393 MB buffer).
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if nbytes < 1 << 22:
         return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=private), dtype=dtype).reshape(shape)
