@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 HEADER_BYTES = 1 << 20
 
 
+#: Bytes of a per-voxel chunked session queued for the chunk walk at most (held by
+#: reference): bounds the memory, and how far the walk may trail the last byte.
+QUEUED_BYTES = 32 << 20
+
 #: Takes the trials ``[t0, t0 + n)`` of a session as an int16 ``(n, volume)`` slab.
 RowsSink = Callable[[int, np.ndarray], None]
 
@@ -133,7 +137,7 @@ class SessionGather:
     fills (the network read loop never waits for it). Memory: two batches of volumes.
     ``/betas`` chunked one voxel per chunk (NSD's layout) goes, with ``flat`` and a
     ``voxel_buffer``, to a :class:`~brainpipe.datasets.nsd_chunks.StreamedChunks` on
-    that thread instead (the pieces queued by reference, at most 32 at once), which
+    that thread instead (the pieces queued by reference, at most :data:`QUEUED_BYTES`), which
     fills the buffer's rows; :meth:`check_complete` finishes it from the verified file.
     Call :meth:`close` when done.
     """
@@ -153,7 +157,8 @@ class SessionGather:
         self.info, self.shape, self.rows, self.on_rows = info, shape, rows, on_rows
         self.flat, self.voxel_buffer = flat, voxel_buffer
         self.chunks: Any = None  # StreamedChunks, for /betas chunked one voxel per chunk
-        self._fed: list[Future] = []  # pieces queued for the chunk walk
+        self._fed: list[tuple[Future, int]] = []  # pieces queued for the chunk walk, sizes
+        self._fed_bytes = 0
         self.volume = int(np.prod(shape))
         self.trials = TRIALS_PER_SESSION
         self.batch = max(1, min(trial_batch, self.trials))
@@ -265,9 +270,12 @@ class SessionGather:
         """
         if not len(view):
             return
-        if len(self._fed) >= 32:  # bounded: the oldest pieces are walked first
-            self._fed.pop(0).result()
-        self._fed.append(self._pool.submit(self._walk_piece, view))
+        while self._fed and self._fed_bytes + len(view) > QUEUED_BYTES:  # the oldest first
+            future, size = self._fed.pop(0)
+            future.result()
+            self._fed_bytes -= size
+        self._fed.append((self._pool.submit(self._walk_piece, view), len(view)))
+        self._fed_bytes += len(view)
 
     def _walk_piece(self, view: memoryview) -> None:
         from brainpipe.datasets.nsd_chunks import ChunkLayoutError
@@ -281,8 +289,8 @@ class SessionGather:
 
     def _drain(self, check: bool = True) -> None:
         """Wait for the queued chunk walk (raising its errors when ``check``)."""
-        fed, self._fed = self._fed, []
-        for future in fed:
+        fed, self._fed, self._fed_bytes = self._fed, [], 0
+        for future, _ in fed:
             if check:
                 future.result()
             else:
