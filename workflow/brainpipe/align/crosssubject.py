@@ -51,6 +51,35 @@ def back_map(store, s: str, betas, voxels: np.ndarray):
     return sp.csr_matrix((weights, (rows, cols)), shape=shape).T
 
 
+def shared_space_trials(store, subject: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A subject's rows in an align store: ``(valid, stimulus, split)``, each ``(n_rows,)``.
+
+    The store's rows are as many as the most trials any subject has; a subject with fewer
+    is padded, its padding rows ``valid`` False.
+    """
+    valid = store["valid"].sel(subject=subject).values.astype(bool)
+    stimulus = store["stimulus"].sel(subject=subject).values.astype(str)
+    split = store["split"].sel(subject=subject).values.astype(str)
+    return valid, stimulus, split
+
+
+def measured_trials(
+    store, subject: str, betas, voxels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A subject's measured betas of its aligned voxels, standardised as the alignment was
+    fitted (the store's ``mean_sub-*`` and ``scale_sub-*``, from training trials).
+
+    Returns
+    -------
+    stimulus, split : ndarray of str, shape (n_trials,)
+    values : ndarray, shape (n_trials, n_voxels)
+    """
+    split = shared_space_trials(store, subject)[2][: betas.sizes["trial"]]
+    values = betas["betas"].isel(voxel=voxels).values
+    values = (values - store[f"mean_sub-{subject}"].values) / store[f"scale_sub-{subject}"].values
+    return betas["stimulus"].values.astype(str), split, values
+
+
 def test_means(stimuli: np.ndarray, split: np.ndarray, values: np.ndarray, keep: list[str]):
     """Per-stimulus means of ``values`` over the test trials of the stimuli in ``keep``, in
     that order: ``(len(keep), n_columns)`` float64."""
@@ -80,9 +109,8 @@ def cross_subject_scores(
     store = open_zarr(align_path)
     method = str(store.attrs["method"])
     subjects = [str(s) for s in store.attrs["subjects"]]
-    stim = {s: store["stimulus"].sel(subject=s).values.astype(str) for s in subjects}
-    split = {s: store["split"].sel(subject=s).values.astype(str) for s in subjects}
-    test = {s: set(stim[s][split[s] == "test"]) for s in subjects}
+    trials = {s: shared_space_trials(store, s) for s in subjects}
+    test = {s: set(stim[split == "test"]) for s, (_, stim, split) in trials.items()}
     rows = []
     for target in subjects:
         betas = open_zarr(betas_paths[target])
@@ -94,22 +122,16 @@ def cross_subject_scores(
             shared = sorted(test[source] & test[target])
             if len(shared) < 3:
                 continue
-            valid = store["valid"].sel(subject=source).values
+            valid, stim, split = trials[source]
             Z = test_means(
-                stim[source][valid],
-                split[source][valid],
+                stim[valid],
+                split[valid],
                 store["responses"].sel(subject=source).values[valid],
                 shared,
             )
             if back is None:
                 back = back_map(store, target, betas, voxels)
-                n_t = betas.sizes["trial"]
-                observed_trials = betas["betas"].isel(voxel=voxels).values
-                mean = store[f"mean_sub-{target}"].values
-                scale = store[f"scale_sub-{target}"].values
-                observed_std = (observed_trials - mean) / scale
-                t_stim = betas["stimulus"].values.astype(str)
-                t_split = split[target][:n_t]
+                t_stim, t_split, observed_std = measured_trials(store, target, betas, voxels)
             observed = test_means(t_stim, t_split, observed_std, shared)
             r = pearson_r(observed, np.asarray(back.T @ Z.T).T if sp.issparse(back) else Z @ back)
             rows.append(

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainpipe.align.crosssubject import test_means
+from brainpipe.align.crosssubject import shared_space_trials, test_means
 from brainpipe.align.encoding import training_trials
 from brainpipe.config import schema_default
 from brainpipe.errors import BrainpipeInputError
@@ -94,9 +94,8 @@ def _test_rows(store, subjects: Sequence[str]) -> dict[str, tuple[list[str], np.
     shared-space responses to each, averaged over repeats (float32)."""
     out = {}
     for subject in subjects:
-        valid = store["valid"].sel(subject=subject).values.astype(bool)
-        stim = store["stimulus"].sel(subject=subject).values.astype(str)[valid]
-        split = store["split"].sel(subject=subject).values.astype(str)[valid]
+        valid, stim, split = shared_space_trials(store, subject)
+        stim, split = stim[valid], split[valid]
         test = sorted(set(stim[split == "test"]))
         if len(test) < 3:
             continue

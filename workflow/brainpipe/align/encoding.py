@@ -26,7 +26,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from brainpipe.align.crosssubject import back_map, test_means
+from brainpipe.align.crosssubject import (
+    back_map,
+    measured_trials,
+    shared_space_trials,
+    test_means,
+)
 from brainpipe.errors import BrainpipeInputError
 from brainpipe.metrics import pearson_r
 from brainpipe.models.data import features_for
@@ -45,8 +50,7 @@ def training_trials(store, subject: str) -> tuple[np.ndarray, np.ndarray]:
 
     Raises :class:`BrainpipeInputError` with fewer than 3 (nothing to fit a model on).
     """
-    valid = store["valid"].sel(subject=subject).values.astype(bool)
-    split = store["split"].sel(subject=subject).values.astype(str)
+    valid, stimulus, split = shared_space_trials(store, subject)
     train = valid & (split == "train")
     if train.sum() < 3:
         raise BrainpipeInputError(
@@ -54,7 +58,7 @@ def training_trials(store, subject: str) -> tuple[np.ndarray, np.ndarray]:
             "split",
             f"subject {subject} has {int(train.sum())} training trials in the store",
         )
-    return train, store["stimulus"].sel(subject=subject).values.astype(str)[train]
+    return train, stimulus[train]
 
 
 def pair_row(method, features, source, target, model, n_train, n_test) -> dict:
@@ -112,23 +116,18 @@ def aligned_encoding_scores(
     method = str(store.attrs["method"])
     name = str(features.attrs.get("feature_model", Path(features_path).stem.replace(".zarr", "")))
     subjects = [str(s) for s in store.attrs["subjects"]]
-    stim = {s: store["stimulus"].sel(subject=s).values.astype(str) for s in subjects}
-    split = {s: store["split"].sel(subject=s).values.astype(str) for s in subjects}
+    trials = {s: shared_space_trials(store, s) for s in subjects}
     fitted = {s: _fit_source(store, s, features, str(features_path), alphas) for s in subjects}
     rows = []
     for target in subjects:
         betas = open_zarr(betas_paths[target])
         voxels = store[f"voxel_sub-{target}"].values
-        back = back_map(store, target, betas, voxels)
-        observed_trials = betas["betas"].isel(voxel=voxels).values
-        mean = store[f"mean_sub-{target}"].values
-        scale = store[f"scale_sub-{target}"].values
-        observed_std = (observed_trials - mean) / scale
-        t_stim = betas["stimulus"].values.astype(str)
-        t_split = split[target][: betas.sizes["trial"]]
-        test = sorted(set(stim[target][split[target] == "test"]))
+        _, stim, split = trials[target]
+        test = sorted(set(stim[split == "test"]))
         if len(test) < 3:
             continue
+        back = back_map(store, target, betas, voxels)
+        t_stim, t_split, observed_std = measured_trials(store, target, betas, voxels)
         observed = test_means(t_stim, t_split, observed_std, test)
         X_test = features_for(features, np.asarray(test), str(features_path), dtype=np.float64)
         for source in subjects:
