@@ -188,8 +188,9 @@ def _write_blocks(fds: list[int], view: memoryview, chunks: range, size: int, of
 
 #: Voxels per tile when a voxel-major buffer is turned into trial-major blocks: a tile's
 #: rows (256 × 750 int16, and their float32) stay in cache, where one strided pass over a
-#: whole block missed it on nearly every element (3x slower per block, measured with
-#: ``benchmarks/ingest.py``'s session).
+#: whole block misses it: a quarter less CPU per session (``benchmarks/nsd_blocks.py``;
+#: where the chunk files' writes bound the step, as on its machine, that does not show:
+#: docs/datasets/nsd.md).
 TILE_VOXELS = 256
 
 
@@ -501,8 +502,8 @@ class TrainStats:
         if tile is None or tile.shape[1] != values.shape[1]:
             tile = self._tile = np.empty((TILE_VOXELS, values.shape[1]), np.float64)
         # a cache-sized tile of rows at a time, and a matrix-vector product each (BLAS:
-        # ~4x numpy's einsum over whole float64 copies; run under one BLAS thread, see
-        # blas_single_thread)
+        # ~4x numpy's einsum over whole float64 copies, benchmarks/nsd_blocks.py; run
+        # under one BLAS thread, see ingest_nsd_subject)
         for a in range(0, len(rows), TILE_VOXELS):
             x = tile[: min(TILE_VOXELS, len(rows) - a)]
             r = rows[a : a + len(x)]
