@@ -494,6 +494,10 @@ def fault_run(gpu_cluster, local_run, tmp_path_factory) -> FaultRun:
         # Killed, not stopped: its lock on the working directory stays. Only the Ctrl-C test
         # fails for that; the other faults are still tried on an unlocked directory.
         run_snakemake(workdir, "--unlock", env=env)
+    # The chain's job may have run to the end before the Ctrl-C landed (on two cores it can
+    # start first and hold the node while the pretrain job waits): phase 2 needs its
+    # attempts, so its outputs go again, as at the start.
+    shutil.rmtree(results / CHAIN, ignore_errors=True)
 
     # Phase 2: scancel, SIGKILL, node DOWN, each on the next running attempt of the chain.
     run.before_phase2 = last_job_id(env)
