@@ -9,6 +9,7 @@ model, and the betas must recover those amplitudes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -167,8 +168,11 @@ def test_dry_run_plans_our_stages_offline(tmp_path):
 
 
 def test_snakemake_from_fetch_to_betas_recovers_amplitudes(ts_server, tmp_path):
+    """fetch -> preprocess -> betas on a 14-run (resting-state) session, and on to a
+    trained encoding model (gabor features, ridge) scored on the session's test trials."""
     endpoint, truth = ts_server
-    targets = ["results/nsd/sub-01/betas.zarr", "results/nsd/splits.tsv"]
+    model = "results/nsd/models/sub-01/V1/ridge-gabor/metrics.json"
+    targets = ["results/nsd/sub-01/betas.zarr", "results/nsd/splits.tsv", model]
     result = run_snakemake(tmp_path, ts_config(endpoint), *targets)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rule preprocess:" in result.stderr and "rule betas:" in result.stderr
@@ -214,3 +218,8 @@ def test_snakemake_from_fetch_to_betas_recovers_amplitudes(ts_server, tmp_path):
     split = read_splits(tmp_path / targets[1])
     test = sorted(s for s, v in split.items() if v == "test")
     assert test == [nsd.stimulus_name(i) for i in truth["shared"]]
+    # The model: trained on the training trials, scored on every V1 voxel.
+    assert "rule train:" in result.stderr and "rule evaluate:" in result.stderr
+    metrics = json.loads((tmp_path / model).read_text())
+    assert metrics["n_voxels"] == int(ds["roi_V1"].sum())
+    assert np.isfinite(metrics["mean_r"])
