@@ -216,3 +216,20 @@ def test_remote_executor_removes_an_earlier_runs_logs_before_submission(tmp_path
     RemoteExecutor.remove_stale_logs(None, job("other"))
     RemoteExecutor.remove_stale_logs(None, job("other"))  # no log there: nothing to do
     assert not logs["other"].exists()
+
+
+def test_scheduler_waits_in_slices_so_one_ctrl_c_is_seen():
+    """Snakemake's scheduler waits for its next event in 1 s slices (cluster/patches): a lock
+    wait without a timeout sees only a SIGINT delivered to the main thread, and the kernel may
+    deliver a Ctrl-C to any of Snakemake's threads (tests/test_cluster.py runs one Ctrl-C)."""
+    import inspect
+
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    source = inspect.getsource(JobScheduler.schedule)
+    if "self._open_jobs.acquire(timeout=1)" not in source:
+        pytest.fail(
+            f"snakemake {version('snakemake')} is not patched: run "
+            "`sh cluster/patches/apply.sh .venv/bin/python` (make install does)"
+        )
+    assert "self._open_jobs.acquire()\n" not in source

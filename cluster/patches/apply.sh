@@ -11,7 +11,7 @@ set -eu
 PYTHON=${1:-.venv/bin/python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SITE=$("$PYTHON" -c 'import os, snakemake_executor_plugin_slurm as m; print(os.path.dirname(os.path.dirname(m.__file__)))')
-for DIST in snakemake-executor-plugin-slurm snakemake-interface-executor-plugins; do
+for DIST in snakemake snakemake-executor-plugin-slurm snakemake-interface-executor-plugins; do
     VERSION=$("$PYTHON" -c "from importlib.metadata import version; print(version('$DIST'))")
     PATCH="$HERE/$DIST-$VERSION.patch"
     if [ ! -f "$PATCH" ]; then
@@ -29,6 +29,7 @@ for DIST in snakemake-executor-plugin-slurm snakemake-interface-executor-plugins
         patch -p1 --forward --silent -d "$SITE" <"$PATCH"
         PACKAGE=$(echo "$DIST" | tr - _)
         find "$SITE/$PACKAGE" -name '*.pyc' -delete
+        "$PYTHON" -m compileall -q "$SITE/$PACKAGE" >/dev/null  # where bytecode is not written
         echo "cluster/patches: applied $(basename "$PATCH") in $SITE"
     done
 done
