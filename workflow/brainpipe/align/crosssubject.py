@@ -64,17 +64,20 @@ def shared_space_trials(store, subject: str) -> tuple[np.ndarray, np.ndarray, np
 
 
 def measured_trials(
-    store, subject: str, betas, voxels: np.ndarray
+    store, subject: str, split: np.ndarray, betas, voxels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A subject's measured betas of its aligned voxels, standardised as the alignment was
     fitted (the store's ``mean_sub-*`` and ``scale_sub-*``, from training trials).
+
+    ``split`` is the subject's split in the store (:func:`shared_space_trials`), whose
+    first rows are the betas' trials.
 
     Returns
     -------
     stimulus, split : ndarray of str, shape (n_trials,)
     values : ndarray, shape (n_trials, n_voxels)
     """
-    split = shared_space_trials(store, subject)[2][: betas.sizes["trial"]]
+    split = split[: betas.sizes["trial"]]
     values = betas["betas"].isel(voxel=voxels).values
     values = (values - store[f"mean_sub-{subject}"].values) / store[f"scale_sub-{subject}"].values
     return betas["stimulus"].values.astype(str), split, values
@@ -131,7 +134,9 @@ def cross_subject_scores(
             )
             if back is None:
                 back = back_map(store, target, betas, voxels)
-                t_stim, t_split, observed_std = measured_trials(store, target, betas, voxels)
+                t_stim, t_split, observed_std = measured_trials(
+                    store, target, trials[target][2], betas, voxels
+                )
             observed = test_means(t_stim, t_split, observed_std, shared)
             r = pearson_r(observed, np.asarray(back.T @ Z.T).T if sp.issparse(back) else Z @ back)
             rows.append(

@@ -127,7 +127,7 @@ def aligned_encoding_scores(
         if len(test) < 3:
             continue
         back = back_map(store, target, betas, voxels)
-        t_stim, t_split, observed_std = measured_trials(store, target, betas, voxels)
+        t_stim, t_split, observed_std = measured_trials(store, target, split, betas, voxels)
         observed = test_means(t_stim, t_split, observed_std, test)
         X_test = features_for(features, np.asarray(test), str(features_path), dtype=np.float64)
         for source in subjects:

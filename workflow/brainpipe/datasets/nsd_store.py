@@ -502,7 +502,7 @@ class TrainStats:
         if tile is None or tile.shape[1] != values.shape[1]:
             tile = self._tile = np.empty((TILE_VOXELS, values.shape[1]), np.float64)
         # a cache-sized tile of rows at a time, and a matrix-vector product each (BLAS:
-        # ~4x numpy's einsum over whole float64 copies, benchmarks/nsd_blocks.py; run
+        # 2x numpy's einsum over float64 copies, benchmarks/nsd_blocks.py; run
         # under one BLAS thread, see ingest_nsd_subject)
         for a in range(0, len(rows), TILE_VOXELS):
             x = tile[: min(TILE_VOXELS, len(rows) - a)]
